@@ -1,0 +1,56 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/smarthost/smarthost/relay/upstream"
+)
+
+func checkConfigCmd(args []string, stdout, stderr io.Writer) int {
+	fs := newFlags("check-config", stderr)
+	path := fs.String("config", "", "configuration file")
+	probe := fs.Bool("probe", false, "also connect to each upstream and report")
+	if _, err := parseFlags(fs, args); err != nil {
+		return exitBadConfig
+	}
+	if *path == "" {
+		errorf(stderr, "check-config needs --config FILE")
+		return exitBadConfig
+	}
+	f, err := loadConfig(*path)
+	if err != nil {
+		printProblems(stdout, *path, err)
+		return exitBadConfig
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	p, probs := compose(f, false, log)
+	if len(probs) > 0 {
+		printProblems(stdout, *path, probs)
+		return exitBadConfig
+	}
+	fmt.Fprintf(stdout, "%s: configuration is valid\n", *path)
+	if !*probe {
+		return exitOK
+	}
+	router, err := upstream.NewRouter(p.upstream, log)
+	if err != nil {
+		fmt.Fprintf(stdout, "upstreams: %v\n", err)
+		return exitRuntime
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	code := exitOK
+	for _, r := range router.Probe(ctx) {
+		if r.Err != nil {
+			fmt.Fprintf(stdout, "upstream %s: FAILED: %v\n", r.Name, r.Err)
+			code = exitRuntime
+		} else {
+			fmt.Fprintf(stdout, "upstream %s: ok\n", r.Name)
+		}
+	}
+	return code
+}

@@ -1,0 +1,232 @@
+package main
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/big"
+	"net"
+	"os"
+	"sort"
+	"sync/atomic"
+	"time"
+
+	"github.com/smarthost/smarthost/configs"
+	"github.com/smarthost/smarthost/dkim"
+	"github.com/smarthost/smarthost/policy"
+	"github.com/smarthost/smarthost/relay"
+	"github.com/smarthost/smarthost/relay/queue"
+	"github.com/smarthost/smarthost/relay/upstream"
+)
+
+// parts is a configuration translated into the Config structs of each
+// package, with files (certificates, users, keys) loaded.
+type parts struct {
+	relay    relay.Config
+	deps     relay.Deps // without Queue
+	queue    queue.Config
+	upstream upstream.Config
+	cert     *tls.Certificate
+}
+
+// compose translates f. With create, keys marked create_if_missing are made;
+// check-config passes false so that it never writes anything.
+func compose(f *configs.File, create bool, log *slog.Logger) (*parts, configs.Problems) {
+	var probs configs.Problems
+	bad := func(path, format string, args ...any) { probs = append(probs, f.Problem(path, format, args...)) }
+	p := &parts{}
+
+	needTLS := false
+	for _, l := range f.Listeners {
+		p.relay.Listeners = append(p.relay.Listeners, relay.Listener{Address: l.Address, Mode: l.Mode})
+		needTLS = needTLS || l.Mode != relay.ModePlain
+	}
+	for i, l := range f.Listeners {
+		if l.ProxyProtocol {
+			bad(fmt.Sprintf("listeners[%d].proxy_protocol", i), "PROXY protocol is not supported by this version yet")
+		}
+	}
+	if needTLS {
+		cert, err := loadCert(f)
+		if err != nil {
+			bad("tls", "%v", err)
+		}
+		p.cert = cert
+	}
+
+	var dir policy.Directory
+	switch f.Auth.Backend {
+	case "static":
+		s, err := policy.LoadStatic(f.Auth.Static.UsersFile)
+		if err != nil {
+			bad("auth.static.users_file", "%v", err)
+		} else {
+			dir = policy.NewCache(s, time.Duration(f.Auth.Static.CacheTTL), nil)
+		}
+	case "ldap":
+		bad("auth.backend", "the ldap backend is not available in this version yet; use static")
+	}
+	pc := policy.Config{
+		TrustedSenders:          f.Policy.TrustedSenders,
+		EnforceHeaderFrom:       *f.Policy.EnforceHeaderFrom,
+		AllowedRecipientDomains: f.Policy.AllowedRecipientDomains,
+	}
+	for _, c := range f.Policy.TrustedNetworks {
+		if n, err := configs.ParsePrefix(c); err == nil {
+			pc.TrustedNetworks = append(pc.TrustedNetworks, n)
+		}
+	}
+	p.deps.Policy = policy.New(pc, dir)
+
+	if f.RateLimit.Backend == "redis" {
+		bad("ratelimit.backend", "the redis backend is not available in this version yet; use memory")
+	}
+
+	keys, kprobs := loadDKIM(f, create, log)
+	probs = append(probs, kprobs...)
+	p.deps.Signer = dkim.New(dkim.Config{Domains: keys, Oversign: f.DKIM.Oversign})
+	p.deps.RejectNoKey = f.DKIM.OnMissingKey == "reject"
+
+	p.relay.Hostname = f.Hostname
+	p.relay.AllowInsecureAuth = f.Auth.AllowInsecureAuth
+	p.relay.MaxRecipients = f.Policy.MaxRecipients
+	p.relay.MaxMessageSize = int64(f.Policy.MaxMessageSize)
+	p.relay.ConnectionsPerIP = f.RateLimit.ConnectionsPerIP
+
+	p.upstream.Hostname = f.Hostname
+	for i, u := range f.Upstreams {
+		up := upstream.Upstream{
+			Name: u.Name, URL: u.URL, TLS: u.TLS, TLSVerify: u.TLSVerify == nil || *u.TLSVerify,
+			Username: u.Username, Password: u.Password, MaxConnections: u.MaxConnections, Timeout: time.Duration(u.Timeout),
+		}
+		if u.CAFile != "" {
+			pool, err := loadCA(u.CAFile)
+			if err != nil {
+				bad(fmt.Sprintf("upstreams[%d].ca_file", i), "%v", err)
+			}
+			up.RootCAs = pool
+		}
+		p.upstream.Upstreams = append(p.upstream.Upstreams, up)
+	}
+	for _, r := range f.Routes {
+		p.upstream.Routes = append(p.upstream.Routes, upstream.Route{
+			RecipientDomains: r.Match.RecipientDomains, SenderDomains: r.Match.SenderDomains, Upstreams: r.Upstreams,
+		})
+	}
+
+	p.queue = queue.Config{Dir: f.Queue.Dir, Workers: f.Queue.Workers, MaxAge: time.Duration(f.Queue.MaxAge), Hostname: f.Hostname}
+	for _, d := range f.Queue.Retry {
+		p.queue.Retry = append(p.queue.Retry, time.Duration(d))
+	}
+	return p, probs
+}
+
+func loadCA(path string) (*x509.CertPool, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("%s holds no PEM certificate", path)
+	}
+	return pool, nil
+}
+
+func loadCert(f *configs.File) (*tls.Certificate, error) {
+	if f.TLS.SelfSigned {
+		return selfSigned(f.Hostname)
+	}
+	c, err := tls.LoadX509KeyPair(f.TLS.CertFile, f.TLS.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("cannot load certificate: %w", err)
+	}
+	return &c, nil
+}
+
+// selfSigned makes an in-memory certificate for development.
+func selfSigned(hostname string) (*tls.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject:      pkix.Name{CommonName: hostname, Organization: []string{"smarthost self-signed"}},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(365 * 24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		DNSNames:     []string{hostname, "localhost"},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
+}
+
+// certHolder serves the current certificate; SIGHUP swaps it.
+type certHolder struct{ c atomic.Pointer[tls.Certificate] }
+
+func (h *certHolder) tlsConfig(minVersion string) *tls.Config {
+	v := uint16(tls.VersionTLS12)
+	if minVersion == "1.3" {
+		v = tls.VersionTLS13
+	}
+	return &tls.Config{
+		MinVersion: v,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			if c := h.c.Load(); c != nil {
+				return c, nil
+			}
+			return nil, errors.New("no certificate")
+		},
+	}
+}
+
+// loadDKIM loads every configured key, making missing ones where allowed.
+func loadDKIM(f *configs.File, create bool, log *slog.Logger) (map[string][]dkim.Key, configs.Problems) {
+	var probs configs.Problems
+	out := map[string][]dkim.Key{}
+	domains := make([]string, 0, len(f.DKIM.Domains))
+	for d := range f.DKIM.Domains {
+		domains = append(domains, d)
+	}
+	sort.Strings(domains)
+	for _, d := range domains {
+		for i, k := range f.DKIM.Domains[d] {
+			path := fmt.Sprintf("dkim.domains.%s[%d].key_file", d, i)
+			signer, err := dkim.LoadKey(k.KeyFile)
+			if err != nil && errors.Is(err, os.ErrNotExist) && k.CreateIfMissing {
+				if !create {
+					continue // serve will make it
+				}
+				var pemText []byte
+				signer, pemText, err = dkim.GenerateKey(k.Algo)
+				if err == nil {
+					err = dkim.WriteKey(k.KeyFile, pemText)
+				}
+				if err == nil {
+					name, value, _ := dkim.DNSRecord(d, k.Selector, signer.Public())
+					log.Warn("created a DKIM key; publish its DNS record", "file", k.KeyFile, "name", name, "txt", value)
+				}
+			}
+			if err != nil {
+				probs = append(probs, f.Problem(path, "%v", err))
+				continue
+			}
+			out[d] = append(out[d], dkim.Key{Selector: k.Selector, Signer: signer})
+		}
+	}
+	return out, probs
+}
+

@@ -1,0 +1,90 @@
+// Command smarthost is an authenticated mail submission relay (RFC 6409).
+// This package is the composition root: the only one that knows every other.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+)
+
+// Exit codes of the contract.
+const (
+	exitOK        = 0
+	exitRuntime   = 1
+	exitBadConfig = 2
+)
+
+const usage = `usage: smarthost COMMAND [flags]
+
+commands:
+  serve [--config FILE]             run the relay (no --config: the embedded quickstart)
+  check-config --config FILE [--probe]
+                                    validate a configuration; --probe also connects to backends
+  passwd                            read a password, print a bcrypt hash for the users file
+  dkim keygen --domain D --selector S [--algo rsa2048|rsa4096|ed25519] [--out DIR]
+  dkim dns --config FILE            print the DNS TXT records of every configured key
+  queue list|show ID|retry ID|delete ID --config FILE
+  version                           print version, commit and Go version
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return exitBadConfig
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "serve":
+		return serveCmd(rest, stderr)
+	case "check-config":
+		return checkConfigCmd(rest, stdout, stderr)
+	case "passwd":
+		return passwdCmd(rest, stdin, stdout, stderr)
+	case "dkim":
+		return dkimCmd(rest, stdout, stderr)
+	case "queue":
+		return queueCmd(rest, stdout, stderr)
+	case "version", "--version", "-version":
+		return versionCmd(stdout)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return exitOK
+	}
+	fmt.Fprintf(stderr, "smarthost: unknown command %q\n\n%s", cmd, usage)
+	return exitBadConfig
+}
+
+// parseFlags parses flags that may come before or after positional
+// arguments ("queue show ID --config F"), which the flag package alone does
+// not allow.
+func parseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return pos, nil
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+}
+
+func newFlags(name string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("smarthost "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return fs
+}
+
+func errorf(w io.Writer, format string, args ...any) {
+	fmt.Fprintf(w, "smarthost: "+strings.TrimSuffix(format, "\n")+"\n", args...)
+}

@@ -1,0 +1,169 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/smarthost/smarthost/configs"
+	"github.com/smarthost/smarthost/relay"
+	"github.com/smarthost/smarthost/relay/queue"
+	"github.com/smarthost/smarthost/relay/upstream"
+)
+
+// shutdownGrace is how long open transactions may take after SIGTERM.
+const shutdownGrace = 30 * time.Second
+
+func serveCmd(args []string, stderr io.Writer) int {
+	fs := newFlags("serve", stderr)
+	path := fs.String("config", "", "configuration file (default: the embedded quickstart)")
+	if _, err := parseFlags(fs, args); err != nil {
+		return exitBadConfig
+	}
+	f, err := loadConfig(*path)
+	if err != nil {
+		printProblems(stderr, *path, err)
+		return exitBadConfig
+	}
+	log := newLogger(f.Log, stderr)
+	p, probs := compose(f, true, log)
+	if len(probs) > 0 {
+		printProblems(stderr, *path, probs)
+		return exitBadConfig
+	}
+
+	router, err := upstream.NewRouter(p.upstream, log)
+	if err != nil {
+		errorf(stderr, "%v", err)
+		return exitBadConfig
+	}
+	q, err := queue.Open(p.queue, router, log)
+	if err != nil {
+		errorf(stderr, "%v", err)
+		return exitRuntime
+	}
+	defer q.Close()
+	var certs certHolder
+	if p.cert != nil {
+		certs.c.Store(p.cert)
+		p.relay.TLS = certs.tlsConfig(f.TLS.MinVersion)
+	}
+	p.deps.Queue = q
+	srv, err := relay.NewServer(p.relay, p.deps, log)
+	if err != nil {
+		errorf(stderr, "%v", err)
+		return exitRuntime
+	}
+	if err := srv.Listen(); err != nil {
+		errorf(stderr, "%v", err)
+		return exitRuntime
+	}
+	if f.Metrics.Listen != "" {
+		log.Warn("metrics.listen is set but this version has no metrics endpoint yet")
+	}
+
+	ctx, stopQueue := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		q.Run(ctx)
+	}()
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve() }()
+	addrs := srv.Addrs()
+	for i, l := range p.relay.Listeners {
+		log.Info("listening", "address", addrs[i].String(), "mode", l.Mode)
+	}
+	log.Info("smarthost started", "version", version, "queued", q.Len())
+
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	code := exitOK
+loop:
+	for {
+		select {
+		case s := <-sig:
+			if s == syscall.SIGHUP {
+				reload(*path, srv, q, &certs, log)
+				continue
+			}
+			log.Info("shutting down", "signal", s.String())
+			break loop
+		case err := <-serveErr:
+			log.Error("listener failed", "err", err)
+			code = exitRuntime
+			break loop
+		}
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Warn("closed sessions still open at the end of the grace period", "err", err)
+	}
+	stopQueue()
+	wg.Wait()
+	log.Info("stopped", "queued", q.Len())
+	return code
+}
+
+// reload re-reads the configuration and swaps what can be swapped without
+// dropping connections: users, policy, DKIM keys and the certificate.
+// Listeners, the queue and upstreams need a restart.
+func reload(path string, srv *relay.Server, q *queue.Queue, certs *certHolder, log *slog.Logger) {
+	f, err := loadConfig(path)
+	if err != nil {
+		log.Error("reload refused: configuration has problems; keeping the running one", "problems", err.Error())
+		return
+	}
+	p, probs := compose(f, true, log)
+	if len(probs) > 0 {
+		log.Error("reload refused: configuration has problems; keeping the running one", "problems", probs.Error())
+		return
+	}
+	if p.cert != nil {
+		certs.c.Store(p.cert)
+	}
+	p.deps.Queue = q
+	srv.Reload(p.deps)
+	log.Info("configuration reloaded")
+}
+
+func loadConfig(path string) (*configs.File, error) {
+	if path == "" {
+		return configs.Parse(configs.Quickstart)
+	}
+	return configs.Load(path)
+}
+
+func printProblems(w io.Writer, path string, err error) {
+	if path == "" {
+		path = "embedded quickstart"
+	}
+	var probs configs.Problems
+	if errors.As(err, &probs) {
+		fmt.Fprintf(w, "%s: %d problem(s):\n", path, len(probs))
+		for _, p := range probs {
+			fmt.Fprintf(w, "  %s\n", p)
+		}
+		return
+	}
+	fmt.Fprintf(w, "%s: %v\n", path, err)
+}
+
+func newLogger(c configs.Log, w io.Writer) *slog.Logger {
+	var lvl slog.Level
+	lvl.UnmarshalText([]byte(c.Level))
+	opts := &slog.HandlerOptions{Level: lvl}
+	if c.Format == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}

@@ -1,0 +1,270 @@
+package configs
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+)
+
+func (f *File) applyDefaults() {
+	if f.Hostname == "" {
+		f.Hostname, _ = os.Hostname()
+	}
+	if f.TLS.MinVersion == "" {
+		f.TLS.MinVersion = "1.2"
+	}
+	for i := range f.Listeners {
+		if f.Listeners[i].Mode == "" {
+			f.Listeners[i].Mode = "starttls"
+		}
+	}
+	if f.Auth.Static.CacheTTL == 0 {
+		f.Auth.Static.CacheTTL = Duration(time.Minute)
+	}
+	l := &f.Auth.LDAP
+	if l.UserFilter == "" {
+		l.UserFilter = "(&(objectClass=inetOrgPerson)(uid={username}))"
+	}
+	if len(l.AddressAttributes) == 0 {
+		l.AddressAttributes = []string{"mail"}
+	}
+	if l.Timeout == 0 {
+		l.Timeout = Duration(5 * time.Second)
+	}
+	if l.CacheTTL == 0 {
+		l.CacheTTL = Duration(time.Minute)
+	}
+	p := &f.Policy
+	if p.EnforceHeaderFrom == nil {
+		t := true
+		p.EnforceHeaderFrom = &t
+	}
+	if p.MaxRecipients == 0 {
+		p.MaxRecipients = 100
+	}
+	if p.MaxMessageSize == 0 {
+		p.MaxMessageSize = 25 << 20
+	}
+	r := &f.RateLimit
+	if r.Backend == "" {
+		r.Backend = "memory"
+	}
+	if r.OnBackendError == "" {
+		r.OnBackendError = "tempfail"
+	}
+	if len(r.Redis.Addrs) == 0 {
+		r.Redis.Addrs = []string{"127.0.0.1:6379"}
+	}
+	if f.DKIM.OnMissingKey == "" {
+		f.DKIM.OnMissingKey = "send_unsigned"
+	}
+	if f.DKIM.Oversign == nil {
+		f.DKIM.Oversign = []string{"from", "to", "cc", "subject", "date", "reply-to", "message-id"}
+	}
+	for i := range f.Upstreams {
+		u := &f.Upstreams[i]
+		if u.TLS == "" {
+			u.TLS = "required"
+		}
+		if u.MaxConnections == 0 {
+			u.MaxConnections = 8
+		}
+		if u.Timeout == 0 {
+			u.Timeout = Duration(5 * time.Minute)
+		}
+	}
+	q := &f.Queue
+	if q.Dir == "" {
+		q.Dir = "/var/lib/smarthost/queue"
+	}
+	if q.Workers == 0 {
+		q.Workers = 16
+	}
+	if len(q.Retry) == 0 {
+		q.Retry = []Duration{Duration(time.Minute), Duration(5 * time.Minute), Duration(15 * time.Minute), Duration(time.Hour)}
+	}
+	if q.MaxAge == 0 {
+		q.MaxAge = Duration(120 * time.Hour)
+	}
+	if f.Log.Format == "" {
+		f.Log.Format = "json"
+	}
+	if f.Log.Level == "" {
+		f.Log.Level = "info"
+	}
+}
+
+// validate checks every value that can be checked without other packages.
+func (f *File) validate(add func(string, int, string)) {
+	bad := func(path, format string, args ...any) { add(path, f.lineOf(path), fmt.Sprintf(format, args...)) }
+	oneOf := func(path, v string, allowed ...string) {
+		for _, a := range allowed {
+			if v == a {
+				return
+			}
+		}
+		bad(path, "%q is not one of %s", v, strings.Join(allowed, ", "))
+	}
+
+	if len(f.Listeners) == 0 {
+		bad("listeners", "at least one listener is needed")
+	}
+	needTLS := false
+	for i, l := range f.Listeners {
+		p := fmt.Sprintf("listeners[%d]", i)
+		if _, _, err := net.SplitHostPort(l.Address); err != nil {
+			bad(p+".address", "bad address %q: use host:port", l.Address)
+		}
+		oneOf(p+".mode", l.Mode, "starttls", "implicit", "plain")
+		needTLS = needTLS || l.Mode != "plain"
+		if l.ProxyProtocol && len(f.Policy.ProxyNetworks) == 0 {
+			bad(p+".proxy_protocol", "needs policy.proxy_networks: PROXY headers are only read from those")
+		}
+	}
+	if needTLS && !f.TLS.SelfSigned && (f.TLS.CertFile == "" || f.TLS.KeyFile == "") {
+		bad("tls", "a starttls or implicit listener needs tls.cert_file and tls.key_file, or tls.self_signed: true")
+	}
+	oneOf("tls.min_version", f.TLS.MinVersion, "1.2", "1.3")
+
+	oneOf("auth.backend", f.Auth.Backend, "static", "ldap")
+	switch f.Auth.Backend {
+	case "static":
+		if f.Auth.Static.UsersFile == "" {
+			bad("auth.static.users_file", "is required with auth.backend: static")
+		}
+	case "ldap":
+		l := f.Auth.LDAP
+		if len(l.URLs) == 0 {
+			bad("auth.ldap.urls", "at least one LDAP URL is needed")
+		}
+		for i, u := range l.URLs {
+			if pu, err := url.Parse(u); err != nil || (pu.Scheme != "ldap" && pu.Scheme != "ldaps") || pu.Host == "" {
+				bad(fmt.Sprintf("auth.ldap.urls[%d]", i), "bad LDAP URL %q: use ldap://host:389 or ldaps://host:636", u)
+			}
+		}
+		if l.BaseDN == "" {
+			bad("auth.ldap.base_dn", "is required with auth.backend: ldap")
+		}
+		if !strings.Contains(l.UserFilter, "{username}") {
+			bad("auth.ldap.user_filter", "must contain {username}")
+		}
+	}
+
+	prefixes := func(path string, cidrs []string) {
+		for i, c := range cidrs {
+			if _, err := ParsePrefix(c); err != nil {
+				bad(fmt.Sprintf("%s[%d]", path, i), "%v", err)
+			}
+		}
+	}
+	prefixes("policy.trusted_networks", f.Policy.TrustedNetworks)
+	prefixes("policy.proxy_networks", f.Policy.ProxyNetworks)
+	if len(f.Policy.TrustedNetworks) > 0 && len(f.Policy.TrustedSenders) == 0 {
+		bad("policy.trusted_senders", "trusted_networks relay without AUTH only as these senders; list at least one")
+	}
+	for i, s := range f.Policy.TrustedSenders {
+		if !strings.Contains(s, "@") {
+			bad(fmt.Sprintf("policy.trusted_senders[%d]", i), "%q is not an address or *@domain pattern", s)
+		}
+	}
+	if f.Policy.MaxRecipients < 0 {
+		bad("policy.max_recipients", "must be positive")
+	}
+
+	oneOf("ratelimit.backend", f.RateLimit.Backend, "redis", "memory")
+	oneOf("ratelimit.on_backend_error", f.RateLimit.OnBackendError, "tempfail", "allow")
+	if f.RateLimit.ConnectionsPerIP < 0 {
+		bad("ratelimit.connections_per_ip", "must be positive")
+	}
+
+	oneOf("dkim.on_missing_key", f.DKIM.OnMissingKey, "send_unsigned", "reject")
+	for d, keys := range f.DKIM.Domains {
+		for i, k := range keys {
+			p := fmt.Sprintf("dkim.domains.%s[%d]", d, i)
+			if k.Selector == "" {
+				bad(p+".selector", "is required")
+			}
+			if k.KeyFile == "" {
+				bad(p+".key_file", "is required")
+			}
+			if k.Algo != "" {
+				oneOf(p+".algo", k.Algo, "rsa2048", "rsa4096", "ed25519")
+			}
+		}
+	}
+
+	names := map[string]bool{}
+	if len(f.Upstreams) == 0 {
+		bad("upstreams", "at least one upstream is needed")
+	}
+	for i, u := range f.Upstreams {
+		p := fmt.Sprintf("upstreams[%d]", i)
+		if u.Name == "" {
+			bad(p+".name", "is required")
+		} else if names[u.Name] {
+			bad(p+".name", "upstream %q is defined twice", u.Name)
+		}
+		names[u.Name] = true
+		pu, err := url.Parse(u.URL)
+		switch {
+		case err != nil:
+			bad(p+".url", "bad URL %q", u.URL)
+		case pu.Scheme == "file":
+			if pu.Path == "" && pu.Opaque == "" {
+				bad(p+".url", "file:// needs a directory, e.g. file:///var/spool/outbox")
+			}
+		case pu.Scheme == "smtp" || pu.Scheme == "smtps":
+			if pu.Hostname() == "" || pu.Port() == "" {
+				bad(p+".url", "%q needs a host and a port, e.g. smtp://smtp.example.com:587", u.URL)
+			}
+		default:
+			bad(p+".url", "scheme of %q must be smtp, smtps or file", u.URL)
+		}
+		oneOf(p+".tls", u.TLS, "required", "opportunistic", "none")
+		if u.Username != "" && u.Password == "" {
+			bad(p+".password", "is required with a username")
+		}
+	}
+	for i, r := range f.Routes {
+		p := fmt.Sprintf("routes[%d]", i)
+		if len(r.Upstreams) == 0 {
+			bad(p+".upstreams", "a route needs at least one upstream")
+		}
+		for j, n := range r.Upstreams {
+			if !names[n] {
+				bad(fmt.Sprintf("%s.upstreams[%d]", p, j), "no upstream is named %q", n)
+			}
+		}
+	}
+
+	if f.Queue.Workers < 0 {
+		bad("queue.workers", "must be positive")
+	}
+	for i, d := range f.Queue.Retry {
+		if d <= 0 {
+			bad(fmt.Sprintf("queue.retry[%d]", i), "must be more than zero")
+		}
+	}
+	if f.Metrics.Listen != "" {
+		if _, _, err := net.SplitHostPort(f.Metrics.Listen); err != nil {
+			bad("metrics.listen", "bad address %q: use host:port", f.Metrics.Listen)
+		}
+	}
+	oneOf("log.format", f.Log.Format, "json", "text")
+	oneOf("log.level", f.Log.Level, "debug", "info", "warn", "error")
+}
+
+// ParsePrefix accepts a CIDR ("10.0.0.0/8") or a single address.
+func ParsePrefix(s string) (netip.Prefix, error) {
+	if p, err := netip.ParsePrefix(s); err == nil {
+		return p.Masked(), nil
+	}
+	if a, err := netip.ParseAddr(s); err == nil {
+		return netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), nil
+	}
+	return netip.Prefix{}, fmt.Errorf("bad CIDR %q: use a network such as 10.0.0.0/8 or an address", s)
+}

@@ -1,0 +1,95 @@
+package policy
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"sync"
+	"time"
+)
+
+// ErrBadCredentials means the name or password is wrong, or the account may
+// not submit mail. Any other error from a Directory means it could not decide.
+var ErrBadCredentials = errors.New("policy: bad credentials")
+
+// Directory verifies a user's credentials and says which addresses they own.
+// It is implemented by Static and by policy/ldap.
+type Directory interface {
+	// Authenticate returns the user for valid credentials and
+	// ErrBadCredentials for a wrong name or password. Any other error means
+	// the backend could not decide; the caller must treat it as temporary,
+	// never as a refusal.
+	Authenticate(ctx context.Context, username, password string) (*User, error)
+}
+
+// Cache remembers verified logins for a while, because checking a password
+// (bcrypt, an LDAP round trip) is slow and application servers reconnect
+// for every message. Failures are never remembered, and neither is the
+// password: entries are keyed by an HMAC of name and password under a key
+// that lives only in this process.
+type Cache struct {
+	dir Directory
+	ttl time.Duration
+	now func() time.Time
+	key [32]byte
+
+	mu      sync.Mutex
+	entries map[[32]byte]cacheEntry
+}
+
+type cacheEntry struct {
+	user    *User
+	expires time.Time
+}
+
+// NewCache wraps dir. A ttl of zero or less disables caching. now may be nil.
+func NewCache(dir Directory, ttl time.Duration, now func() time.Time) *Cache {
+	if now == nil {
+		now = time.Now
+	}
+	c := &Cache{dir: dir, ttl: ttl, now: now, entries: map[[32]byte]cacheEntry{}}
+	if _, err := rand.Read(c.key[:]); err != nil {
+		panic("policy: no randomness for the login cache: " + err.Error())
+	}
+	return c
+}
+
+func (c *Cache) Authenticate(ctx context.Context, username, password string) (*User, error) {
+	if c.ttl <= 0 {
+		return c.dir.Authenticate(ctx, username, password)
+	}
+	m := hmac.New(sha256.New, c.key[:])
+	m.Write([]byte(username))
+	m.Write([]byte{0})
+	m.Write([]byte(password))
+	var k [32]byte
+	copy(k[:], m.Sum(nil))
+
+	now := c.now()
+	c.mu.Lock()
+	e, ok := c.entries[k]
+	c.mu.Unlock()
+	if ok && now.Before(e.expires) {
+		return e.user, nil
+	}
+	u, err := c.dir.Authenticate(ctx, username, password)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err != nil {
+		delete(c.entries, k)
+		return nil, err
+	}
+	// Drop expired entries now and then so the map stays bounded by the
+	// number of distinct logins within one ttl.
+	if len(c.entries) > 1024 {
+		for key, old := range c.entries {
+			if !now.Before(old.expires) {
+				delete(c.entries, key)
+			}
+		}
+	}
+	c.entries[k] = cacheEntry{user: u, expires: now.Add(c.ttl)}
+	return u, nil
+}

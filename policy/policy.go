@@ -1,0 +1,148 @@
+// Package policy decides who may relay as whom: AUTH is required unless the
+// client is on a trusted network, an authenticated user may only use the
+// addresses they own (envelope and From:/Sender: headers), and recipients
+// may be limited to some domains.
+package policy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/mail"
+	"net/netip"
+	"strings"
+)
+
+var (
+	ErrAuthRequired   = errors.New("policy: authentication required")
+	ErrSenderNotOwned = errors.New("policy: sender address not owned by user")
+	ErrHeaderNotOwned = errors.New("policy: header address not owned by user")
+	ErrHeaderMissing  = errors.New("policy: From header missing or unreadable")
+	ErrRelayDenied    = errors.New("policy: relay access denied")
+	ErrBadAddress     = errors.New("policy: bad address syntax")
+)
+
+// Config is the policy section of the configuration, parsed.
+type Config struct {
+	TrustedNetworks         []netip.Prefix
+	TrustedSenders          []string // addresses or "*@domain"
+	EnforceHeaderFrom       bool
+	AllowedRecipientDomains []string // empty: any domain
+}
+
+// Policy applies Config with a Directory for logins. It is safe for
+// concurrent use and immutable; a reload builds a new one.
+type Policy struct {
+	cfg Config
+	dir Directory
+}
+
+// Client is what the policy knows about one SMTP client.
+type Client struct {
+	Addr netip.Addr // after PROXY protocol
+	User *User      // nil unless AUTH succeeded
+}
+
+func New(cfg Config, dir Directory) *Policy {
+	for i, d := range cfg.AllowedRecipientDomains {
+		cfg.AllowedRecipientDomains[i] = strings.ToLower(strings.TrimPrefix(d, "@"))
+	}
+	return &Policy{cfg: cfg, dir: dir}
+}
+
+// Authenticate checks credentials with the directory. An empty name or
+// password never reaches the backend: some LDAP servers treat an empty
+// password as an anonymous bind that "succeeds".
+func (p *Policy) Authenticate(ctx context.Context, username, password string) (*User, error) {
+	if username == "" || password == "" {
+		return nil, ErrBadCredentials
+	}
+	return p.dir.Authenticate(ctx, username, password)
+}
+
+// Trusted reports whether the client may relay without AUTH.
+func (p *Policy) Trusted(c Client) bool {
+	a := c.Addr.Unmap()
+	for _, n := range p.cfg.TrustedNetworks {
+		if n.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// CheckSender decides on MAIL FROM. The null sender is refused: a submitted
+// message always has someone to bounce to.
+func (p *Policy) CheckSender(c Client, from string) error {
+	if c.User == nil {
+		if !p.Trusted(c) {
+			return ErrAuthRequired
+		}
+		if !matchAny(p.cfg.TrustedSenders, from) {
+			return fmt.Errorf("%w: %q from trusted network %s", ErrSenderNotOwned, from, c.Addr)
+		}
+		return nil
+	}
+	if !c.User.Owns(from) {
+		return fmt.Errorf("%w: %q by %s", ErrSenderNotOwned, from, c.User.Name)
+	}
+	return nil
+}
+
+// CheckRecipient decides on RCPT TO.
+func (p *Policy) CheckRecipient(c Client, to string) error {
+	if c.User == nil && !p.Trusted(c) {
+		return ErrAuthRequired
+	}
+	_, domain, ok := SplitAddress(to)
+	if !ok {
+		return fmt.Errorf("%w: %q", ErrBadAddress, to)
+	}
+	if len(p.cfg.AllowedRecipientDomains) == 0 {
+		return nil
+	}
+	for _, d := range p.cfg.AllowedRecipientDomains {
+		if d == domain {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: %q", ErrRelayDenied, to)
+}
+
+// CheckHeader decides on the From: and Sender: fields of a message: with
+// enforce_header_from every address in them must be the client's own, so a
+// user cannot show a forged author to the reader while the envelope is his.
+func (p *Policy) CheckHeader(c Client, h mail.Header) error {
+	if !p.cfg.EnforceHeaderFrom {
+		return nil
+	}
+	owns := func(a string) bool {
+		if c.User != nil {
+			return c.User.Owns(a)
+		}
+		return matchAny(p.cfg.TrustedSenders, a)
+	}
+	from, err := h.AddressList("From")
+	if err != nil || len(from) == 0 {
+		return ErrHeaderMissing
+	}
+	if len(h["From"]) > 1 {
+		// Two From: fields show a reader one and a verifier another.
+		return fmt.Errorf("%w: more than one From field", ErrHeaderMissing)
+	}
+	for _, a := range from {
+		if !owns(a.Address) {
+			return fmt.Errorf("%w: From %q", ErrHeaderNotOwned, a.Address)
+		}
+	}
+	if len(h["Sender"]) > 0 {
+		s, err := h.AddressList("Sender")
+		if err != nil || len(s) != 1 || len(h["Sender"]) != 1 {
+			return fmt.Errorf("%w: bad Sender field", ErrHeaderMissing)
+		}
+		if !owns(s[0].Address) {
+			return fmt.Errorf("%w: Sender %q", ErrHeaderNotOwned, s[0].Address)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,81 @@
+package policy
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+
+	"golang.org/x/crypto/bcrypt"
+	"gopkg.in/yaml.v3"
+)
+
+// Static is the users file backend: bcrypt hashes and address lists kept in
+// a small YAML file (see configs/users.quickstart.yaml).
+type Static struct {
+	users map[string]staticUser
+}
+
+type staticUser struct {
+	PasswordHash string   `yaml:"password_hash"`
+	Addresses    []string `yaml:"addresses"`
+	Class        string   `yaml:"class"`
+}
+
+// dummyHash is compared against when the user does not exist, so that an
+// unknown name costs the same time as a wrong password.
+var dummyHash, _ = bcrypt.GenerateFromPassword([]byte("smarthost-dummy"), bcrypt.DefaultCost)
+
+// LoadStatic reads a users file.
+func LoadStatic(path string) (*Static, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("users file: %w", err)
+	}
+	return ParseStatic(b)
+}
+
+// ParseStatic parses the text of a users file.
+func ParseStatic(text []byte) (*Static, error) {
+	var f struct {
+		Users map[string]staticUser `yaml:"users"`
+	}
+	dec := yaml.NewDecoder(strings.NewReader(string(text)))
+	dec.KnownFields(true)
+	if err := dec.Decode(&f); err != nil {
+		return nil, fmt.Errorf("users file: %w", err)
+	}
+	var probs []string
+	s := &Static{users: map[string]staticUser{}}
+	for name, u := range f.Users {
+		if _, err := bcrypt.Cost([]byte(u.PasswordHash)); err != nil {
+			probs = append(probs, fmt.Sprintf("user %q: password_hash is not a bcrypt hash (make one with `smarthost passwd`)", name))
+		}
+		for _, a := range u.Addresses {
+			if _, _, ok := SplitAddress(a); !ok {
+				probs = append(probs, fmt.Sprintf("user %q: %q is not an address or *@domain pattern", name, a))
+			}
+		}
+		s.users[strings.ToLower(name)] = u
+	}
+	if len(probs) > 0 {
+		return nil, fmt.Errorf("users file: %s", strings.Join(probs, "; "))
+	}
+	return s, nil
+}
+
+// Len is the number of users.
+func (s *Static) Len() int { return len(s.users) }
+
+func (s *Static) Authenticate(_ context.Context, username, password string) (*User, error) {
+	name := strings.ToLower(username)
+	u, ok := s.users[name]
+	hash := []byte(u.PasswordHash)
+	if !ok {
+		hash = dummyHash
+	}
+	if err := bcrypt.CompareHashAndPassword(hash, []byte(password)); err != nil || !ok || password == "" {
+		return nil, ErrBadCredentials
+	}
+	return &User{Name: name, Addresses: u.Addresses, Class: u.Class}, nil
+}

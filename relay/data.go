@@ -1,0 +1,222 @@
+package relay
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/mail"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/smarthost/smarthost/dkim"
+	"github.com/smarthost/smarthost/policy"
+	"github.com/smarthost/smarthost/relay/queue"
+)
+
+// Data receives a message: it streams it into a spool draft with bounded
+// memory (only the header block is held), refuses bare CR or LF, checks the
+// From:/Sender: owner, adds the RFC 6409 section 8 fields, DKIM-signs, and
+// acknowledges only once the queue has fsynced it.
+func (s *session) Data(r io.Reader) error {
+	d, err := s.deps.Queue.Create()
+	if err != nil {
+		return s.fail("DATA", fmt.Errorf("%w: %w", errSpool, err))
+	}
+	id, err := s.receive(d, &crlfReader{r: r})
+	if err != nil {
+		d.Abort()
+		return s.fail("DATA", err)
+	}
+	s.log.Info("queued", "msg_id", id, "from", s.from, "rcpts", len(s.rcpts), "size", d.Size())
+	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK: queued as " + id}
+}
+
+func (s *session) receive(d *queue.Draft, r io.Reader) (string, error) {
+	br := bufio.NewReaderSize(r, 32<<10)
+	header, err := readHeaderBlock(br, s.srv.cfg.MaxHeaderSize)
+	if err != nil {
+		return "", err
+	}
+	msg, err := mail.ReadMessage(bytes.NewReader(header))
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", errBadHeader, err)
+	}
+	if err := s.deps.Policy.CheckHeader(s.client, msg.Header); err != nil {
+		return "", err
+	}
+
+	added := s.addedFields(d.ID(), msg.Header)
+	var sign *dkim.Signing
+	if s.deps.Signer != nil {
+		sign, err = s.beginSigning(msg.Header, added)
+		if err != nil {
+			return "", err
+		}
+	}
+	var w io.Writer = spoolWriter{d}
+	if sign != nil {
+		w = io.MultiWriter(d, sign)
+		sign.Write(added)
+	}
+	if _, err := w.Write(header); err != nil {
+		return "", err
+	}
+	if _, err := br.WriteTo(w); err != nil {
+		return "", err
+	}
+	prepend := added
+	if sign != nil {
+		sigs, err := sign.Finish()
+		if err != nil {
+			return "", err
+		}
+		prepend = append(sigs, added...)
+	}
+	id, err := d.Commit(s.from, s.rcpts, prepend)
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", errSpool, err)
+	}
+	return id, nil
+}
+
+func (s *session) beginSigning(h mail.Header, added []byte) (*dkim.Signing, error) {
+	from, err := h.AddressList("From")
+	if err != nil || len(from) == 0 {
+		return nil, s.noKey(fmt.Errorf("%w: no From address", dkim.ErrNoKey))
+	}
+	_, domain, _ := policy.SplitAddress(from[0].Address)
+	var fields []string
+	for k, v := range h {
+		for range v {
+			fields = append(fields, k)
+		}
+	}
+	for _, line := range strings.Split(string(added), "\r\n") {
+		if k, _, ok := strings.Cut(line, ":"); ok && !strings.HasPrefix(line, " ") && !strings.HasPrefix(line, "\t") {
+			fields = append(fields, k)
+		}
+	}
+	sign, err := s.deps.Signer.Begin(domain, fields)
+	if err != nil {
+		return nil, s.noKey(err)
+	}
+	return sign, nil
+}
+
+// noKey applies on_missing_key: with send_unsigned a missing key is not an
+// error (nil signing); any other signing failure always is.
+func (s *session) noKey(err error) error {
+	if errors.Is(err, dkim.ErrNoKey) && !s.deps.RejectNoKey {
+		s.log.Info("sending unsigned", "reason", err)
+		return nil
+	}
+	return err
+}
+
+// addedFields are the fields a submission server adds (RFC 6409 section 8):
+// always a Received: trace field, and Message-ID: and Date: when missing.
+func (s *session) addedFields(id string, h mail.Header) []byte {
+	now := time.Now()
+	var b bytes.Buffer
+	proto := "ESMTP"
+	if s.tls {
+		proto += "S"
+	}
+	if s.client.User != nil {
+		proto += "A" // RFC 3848
+	}
+	fmt.Fprintf(&b, "Received: from %s ([%s])\r\n\tby %s (smarthost) with %s id %s", sanitizeHelo(s.helo), s.client.Addr, s.srv.cfg.Hostname, proto, id)
+	if len(s.rcpts) == 1 {
+		fmt.Fprintf(&b, "\r\n\tfor <%s>", s.rcpts[0])
+	}
+	fmt.Fprintf(&b, ";\r\n\t%s\r\n", now.Format(time.RFC1123Z))
+	if h.Get("Message-Id") == "" {
+		fmt.Fprintf(&b, "Message-ID: <%s@%s>\r\n", id, s.srv.cfg.Hostname)
+	}
+	if h.Get("Date") == "" {
+		fmt.Fprintf(&b, "Date: %s\r\n", now.Format(time.RFC1123Z))
+	}
+	return b.Bytes()
+}
+
+// sanitizeHelo keeps a client's EHLO argument from forging trace structure.
+func sanitizeHelo(h string) string {
+	h = strings.Map(func(r rune) rune {
+		if r < 0x21 || r > 0x7e || r == '(' || r == ')' || r == ';' {
+			return '_'
+		}
+		return r
+	}, h)
+	if len(h) > 255 {
+		h = h[:255]
+	}
+	return h
+}
+
+// spoolWriter marks write errors of the draft, so that a full disk is told
+// apart from a broken client.
+type spoolWriter struct{ d *queue.Draft }
+
+func (w spoolWriter) Write(p []byte) (int, error) {
+	n, err := w.d.Write(p)
+	if err != nil {
+		err = fmt.Errorf("%w: %w", errSpool, err)
+	}
+	return n, err
+}
+
+// readHeaderBlock reads the header up to and including the empty line that
+// ends it. A message without a body gets that empty line added, so that the
+// header block is always well formed for signing and for the upstream.
+func readHeaderBlock(br *bufio.Reader, max int) ([]byte, error) {
+	var h bytes.Buffer
+	for {
+		line, err := br.ReadSlice('\n')
+		if errors.Is(err, bufio.ErrBufferFull) {
+			err = nil // a long line: keep reading it
+		}
+		h.Write(line)
+		if h.Len() > max {
+			return nil, errHeaderTooLarge
+		}
+		if errors.Is(err, io.EOF) {
+			if h.Len() > 0 && !bytes.HasSuffix(h.Bytes(), []byte("\r\n")) {
+				h.WriteString("\r\n")
+			}
+			h.WriteString("\r\n")
+			return h.Bytes(), nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		if bytes.Equal(line, []byte("\r\n")) {
+			return h.Bytes(), nil
+		}
+	}
+}
+
+// crlfReader passes the message through and fails on a CR not followed by
+// LF or an LF not preceded by CR. Such bytes are how SMTP smuggling hides a
+// second message in the first; we refuse rather than repair.
+type crlfReader struct {
+	r      io.Reader
+	prevCR bool
+}
+
+func (c *crlfReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	for _, b := range p[:n] {
+		if (c.prevCR && b != '\n') || (!c.prevCR && b == '\n') {
+			return 0, errBareLineEnding
+		}
+		c.prevCR = b == '\r'
+	}
+	if errors.Is(err, io.EOF) && c.prevCR {
+		return 0, errBareLineEnding
+	}
+	return n, err
+}

@@ -1,0 +1,104 @@
+package queue
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"mime/quotedprintable"
+	"strings"
+)
+
+// maxBounceHeader caps how much of the original header a bounce quotes.
+const maxBounceHeader = 64 << 10
+
+// bounce queues a delivery status notification (RFC 3464) to the sender of m
+// for the failed recipients. Bounces have the null sender, so they never
+// bounce themselves.
+func (q *Queue) bounce(m *Message, failed []Recipient) error {
+	orig, err := m.Open()
+	if err != nil {
+		return err
+	}
+	header := readHeader(orig, maxBounceHeader)
+	orig.Close()
+
+	now := q.now()
+	boundary := "=_" + newID()
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "From: Mail Delivery System <MAILER-DAEMON@%s>\r\n", q.cfg.Hostname)
+	fmt.Fprintf(&b, "To: <%s>\r\n", m.From)
+	fmt.Fprintf(&b, "Subject: Undelivered Mail Returned to Sender\r\n")
+	fmt.Fprintf(&b, "Date: %s\r\n", now.Format("Mon, 02 Jan 2006 15:04:05 -0700"))
+	fmt.Fprintf(&b, "Message-ID: <%s.bounce@%s>\r\n", m.ID, q.cfg.Hostname)
+	fmt.Fprintf(&b, "Auto-Submitted: auto-replied\r\n")
+	fmt.Fprintf(&b, "MIME-Version: 1.0\r\n")
+	fmt.Fprintf(&b, "Content-Type: multipart/report; report-type=delivery-status; boundary=\"%s\"\r\n\r\n", boundary)
+
+	fmt.Fprintf(&b, "--%s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n", boundary)
+	var text strings.Builder
+	fmt.Fprintf(&text, "This is the mail system at %s.\r\n\r\nYour message (queue ID %s) could not be delivered to these recipients:\r\n\r\n", q.cfg.Hostname, m.ID)
+	for _, r := range failed {
+		fmt.Fprintf(&text, "<%s>: %s\r\n", r.Addr, r.Error)
+	}
+	qp := quotedprintable.NewWriter(&b)
+	qp.Write([]byte(text.String()))
+	qp.Close()
+	b.WriteString("\r\n")
+
+	fmt.Fprintf(&b, "--%s\r\nContent-Type: message/delivery-status\r\n\r\n", boundary)
+	fmt.Fprintf(&b, "Reporting-MTA: dns; %s\r\nX-Queue-ID: %s\r\nArrival-Date: %s\r\n\r\n",
+		q.cfg.Hostname, m.ID, m.Created.Format("Mon, 02 Jan 2006 15:04:05 -0700"))
+	for _, r := range failed {
+		fmt.Fprintf(&b, "Final-Recipient: rfc822; %s\r\nAction: failed\r\nStatus: %s\r\nDiagnostic-Code: smtp; %s\r\n\r\n",
+			r.Addr, dsnStatus(r.Error), oneLine(r.Error))
+	}
+	fmt.Fprintf(&b, "--%s\r\nContent-Type: text/rfc822-headers\r\n\r\n", boundary)
+	b.Write(header)
+	fmt.Fprintf(&b, "\r\n--%s--\r\n", boundary)
+
+	d, err := q.Create()
+	if err != nil {
+		return err
+	}
+	if _, err := d.Write(b.Bytes()); err != nil {
+		d.Abort()
+		return err
+	}
+	id, err := d.Commit("", []string{m.From}, nil)
+	if err == nil {
+		q.log.Info("bounce queued", "msg_id", m.ID, "bounce_id", id, "to", m.From)
+	}
+	return err
+}
+
+// readHeader returns the header block of a message, cut at max bytes.
+func readHeader(r io.Reader, max int) []byte {
+	br := bufio.NewReader(io.LimitReader(r, int64(max)))
+	var h bytes.Buffer
+	for {
+		line, err := br.ReadBytes('\n')
+		if len(bytes.TrimRight(line, "\r\n")) == 0 || err != nil {
+			h.Write(line)
+			break
+		}
+		h.Write(line)
+	}
+	return h.Bytes()
+}
+
+// dsnStatus picks the enhanced status code out of an SMTP error text, or
+// 5.0.0 when there is none.
+func dsnStatus(errText string) string {
+	for _, f := range strings.Fields(errText) {
+		var a, b, c int
+		if n, _ := fmt.Sscanf(f, "%d.%d.%d", &a, &b, &c); n == 3 && (a == 4 || a == 5) {
+			return fmt.Sprintf("5.%d.%d", b, c) // failed for good, so class 5
+		}
+	}
+	return "5.0.0"
+}
+
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(s), " ")
+}

@@ -1,0 +1,360 @@
+// Package queue is the durable spool: messages are fsynced to disk before
+// they are acknowledged, delivered by a bounded pool of workers, retried on a
+// schedule, and bounced to their sender when they fail for good.
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Config is the queue section of the configuration, parsed.
+type Config struct {
+	Dir      string
+	Workers  int
+	Retry    []time.Duration // delay after attempt 1, 2, ...; then the last one
+	MaxAge   time.Duration   // after this a pending recipient bounces
+	Hostname string          // names the reporting MTA in bounces
+	// Rescan is how often the spool folder is read again to pick up
+	// `smarthost queue retry|delete`; default 10s.
+	Rescan time.Duration
+	Now    func() time.Time // nil: time.Now
+}
+
+// Deliverer makes one attempt at the pending recipients of m and reports one
+// outcome per recipient of m.Pending(), in order (nil = accepted). An error
+// for which IsPermanent is true fails the recipient; any other is retried.
+type Deliverer interface {
+	Deliver(ctx context.Context, m *Message) []error
+}
+
+// PermanentError marks a delivery failure that no retry can fix.
+type PermanentError struct{ Err error }
+
+func (e *PermanentError) Error() string { return e.Err.Error() }
+func (e *PermanentError) Unwrap() error { return e.Err }
+
+// Permanent marks err as permanent.
+func Permanent(err error) error { return &PermanentError{err} }
+
+// IsPermanent reports whether err was marked permanent. Everything else is
+// temporary: when in doubt, retry.
+func IsPermanent(err error) bool {
+	var p *PermanentError
+	return errors.As(err, &p)
+}
+
+// Queue is the spool plus its delivery workers.
+type Queue struct {
+	cfg  Config
+	d    Deliverer
+	log  *slog.Logger
+	lock *os.File
+
+	mu       sync.Mutex
+	items    map[string]*Message
+	inflight map[string]bool
+	wake     chan struct{}
+}
+
+// Open opens (creating if needed) the spool at cfg.Dir, takes its lock so
+// that no second process delivers from it, and loads what is there.
+func Open(cfg Config, d Deliverer, log *slog.Logger) (*Queue, error) {
+	if cfg.Workers <= 0 {
+		cfg.Workers = 1
+	}
+	if len(cfg.Retry) == 0 {
+		cfg.Retry = []time.Duration{time.Minute}
+	}
+	if cfg.Rescan <= 0 {
+		cfg.Rescan = 10 * time.Second
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	for _, sub := range []string{"tmp", "msg"} {
+		if err := os.MkdirAll(filepath.Join(cfg.Dir, sub), 0o700); err != nil {
+			return nil, fmt.Errorf("queue: %w", err)
+		}
+	}
+	lock, err := os.OpenFile(filepath.Join(cfg.Dir, "lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("queue: %w", err)
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("queue: %s is in use by another process: %w", cfg.Dir, err)
+	}
+	q := &Queue{cfg: cfg, d: d, log: log, lock: lock,
+		items: map[string]*Message{}, inflight: map[string]bool{}, wake: make(chan struct{}, 1)}
+	// Drafts of connections that died with the last process were never
+	// acknowledged.
+	tmp, _ := os.ReadDir(filepath.Join(cfg.Dir, "tmp"))
+	for _, e := range tmp {
+		os.Remove(filepath.Join(cfg.Dir, "tmp", e.Name()))
+	}
+	if err := q.rescan(); err != nil {
+		lock.Close()
+		return nil, err
+	}
+	q.removeOrphans()
+	return q, nil
+}
+
+// Close releases the spool lock. Call it after Run has returned.
+func (q *Queue) Close() error { return q.lock.Close() }
+
+func (q *Queue) now() time.Time { return q.cfg.Now() }
+
+// Len is the number of messages in the spool.
+func (q *Queue) Len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.items)
+}
+
+func (q *Queue) add(m *Message) {
+	q.mu.Lock()
+	q.items[m.ID] = m
+	q.mu.Unlock()
+	q.kick()
+}
+
+func (q *Queue) kick() {
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// rescan brings the in-memory index in line with the folder: messages
+// deleted by an administrator go, retry requests take effect.
+func (q *Queue) rescan() error {
+	ids, err := scan(q.cfg.Dir)
+	if err != nil {
+		return err
+	}
+	seen := map[string]bool{}
+	for _, id := range ids {
+		seen[id] = true
+		retry := filepath.Join(q.cfg.Dir, "msg", id+".retry")
+		_, statErr := os.Stat(retry)
+		q.mu.Lock()
+		m, known := q.items[id]
+		busy := q.inflight[id]
+		q.mu.Unlock()
+		if !known {
+			if m, err = readEnv(q.cfg.Dir, id); err != nil {
+				q.log.Error("queue: unreadable envelope left in place", "msg_id", id, "err", err)
+				continue
+			}
+			q.mu.Lock()
+			q.items[id] = m
+			q.mu.Unlock()
+		}
+		if statErr == nil && !busy {
+			q.mu.Lock()
+			m.NextAttempt = q.now()
+			q.mu.Unlock()
+			os.Remove(retry)
+		}
+	}
+	q.mu.Lock()
+	for id := range q.items {
+		if !seen[id] && !q.inflight[id] {
+			delete(q.items, id)
+		}
+	}
+	q.mu.Unlock()
+	return nil
+}
+
+func (q *Queue) removeOrphans() {
+	ents, _ := os.ReadDir(filepath.Join(q.cfg.Dir, "msg"))
+	for _, e := range ents {
+		id, ok := strings.CutSuffix(e.Name(), ".data")
+		if !ok {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(q.cfg.Dir, "msg", id+".env")); errors.Is(err, os.ErrNotExist) {
+			os.Remove(filepath.Join(q.cfg.Dir, "msg", e.Name()))
+		}
+	}
+}
+
+// Run delivers until ctx is done, then waits for the attempts in flight.
+func (q *Queue) Run(ctx context.Context) error {
+	work := make(chan *Message)
+	var wg sync.WaitGroup
+	for i := 0; i < q.cfg.Workers; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for m := range work {
+				q.attempt(ctx, m)
+			}
+		}()
+	}
+	defer func() {
+		close(work)
+		wg.Wait()
+	}()
+
+	lastScan := q.now()
+	for {
+		if q.now().Sub(lastScan) >= q.cfg.Rescan {
+			if err := q.rescan(); err != nil {
+				q.log.Error("queue: rescan", "err", err)
+			}
+			lastScan = q.now()
+		}
+		due, next := q.due()
+		for _, m := range due {
+			select {
+			case work <- m:
+			case <-ctx.Done():
+				q.mu.Lock()
+				delete(q.inflight, m.ID)
+				q.mu.Unlock()
+				return nil
+			}
+		}
+		wait := q.cfg.Rescan
+		if !next.IsZero() {
+			wait = min(wait, next.Sub(q.now()))
+		}
+		if len(due) > 0 {
+			continue // workers may have freed up; look again at once
+		}
+		t := time.NewTimer(max(wait, 10*time.Millisecond))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-q.wake:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+// due marks and returns the messages whose time has come, oldest first, and
+// the time of the next one after them.
+func (q *Queue) due() ([]*Message, time.Time) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	now := q.now()
+	var due []*Message
+	var next time.Time
+	for id, m := range q.items {
+		if q.inflight[id] {
+			continue
+		}
+		if !m.NextAttempt.After(now) {
+			due = append(due, m)
+		} else if next.IsZero() || m.NextAttempt.Before(next) {
+			next = m.NextAttempt
+		}
+	}
+	sort.Slice(due, func(i, j int) bool { return due[i].NextAttempt.Before(due[j].NextAttempt) })
+	for _, m := range due {
+		q.inflight[m.ID] = true
+	}
+	return due, next
+}
+
+// attempt makes one delivery attempt and records its outcome durably.
+func (q *Queue) attempt(ctx context.Context, m *Message) {
+	defer func() {
+		q.mu.Lock()
+		delete(q.inflight, m.ID)
+		q.mu.Unlock()
+	}()
+	// An administrator may have deleted it since it was scheduled.
+	if _, err := os.Stat(m.envPath()); err != nil {
+		q.forget(m)
+		return
+	}
+	pending := m.Pending()
+	var errs []error
+	if len(pending) > 0 {
+		errs = q.d.Deliver(ctx, m)
+		if len(errs) != len(pending) {
+			err := fmt.Errorf("queue: deliverer gave %d outcomes for %d recipients", len(errs), len(pending))
+			errs = make([]error, len(pending))
+			for i := range errs {
+				errs[i] = err
+			}
+		}
+	}
+	now := q.now()
+	expired := now.Sub(m.Created) >= q.cfg.MaxAge
+	var failed []Recipient
+	q.mu.Lock()
+	m.Attempts++
+	i := 0
+	for j := range m.Recipients {
+		r := &m.Recipients[j]
+		if r.Status != StatusPending {
+			continue
+		}
+		err := errs[i]
+		i++
+		switch {
+		case err == nil:
+			r.Status, r.Error = StatusSent, ""
+			q.log.Info("delivered", "msg_id", m.ID, "rcpt", r.Addr, "attempt", m.Attempts)
+		case IsPermanent(err) || expired:
+			r.Status, r.Error = StatusFailed, err.Error()
+			if !IsPermanent(err) {
+				r.Error = fmt.Sprintf("gave up after %s: %v", q.cfg.MaxAge, err)
+			}
+			failed = append(failed, *r)
+			q.log.Warn("delivery failed", "msg_id", m.ID, "rcpt", r.Addr, "attempt", m.Attempts, "err", err)
+		default:
+			r.Error = err.Error()
+			m.LastError = err.Error()
+			q.log.Info("delivery deferred", "msg_id", m.ID, "rcpt", r.Addr, "attempt", m.Attempts, "err", err)
+		}
+	}
+	m.NextAttempt = now.Add(q.cfg.Retry[min(m.Attempts, len(q.cfg.Retry))-1])
+	done := len(m.Pending()) == 0
+	q.mu.Unlock()
+
+	if len(failed) > 0 && m.From != "" {
+		if err := q.bounce(m, failed); err != nil {
+			// The failure itself stays in the log and in `queue show` while
+			// the message has other recipients pending.
+			q.log.Error("queue: cannot queue bounce", "msg_id", m.ID, "err", err)
+		}
+	}
+	if done {
+		if err := q.remove(m); err != nil {
+			q.log.Error("queue: remove", "msg_id", m.ID, "err", err)
+		}
+		q.forget(m)
+		return
+	}
+	if _, err := os.Stat(m.envPath()); err != nil {
+		q.forget(m) // deleted while we were delivering
+		return
+	}
+	if err := q.writeEnv(m); err != nil {
+		q.log.Error("queue: save state", "msg_id", m.ID, "err", err)
+	}
+}
+
+func (q *Queue) forget(m *Message) {
+	q.mu.Lock()
+	delete(q.items, m.ID)
+	q.mu.Unlock()
+}

@@ -1,0 +1,326 @@
+package queue
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+)
+
+// The spool is two folders under Config.Dir:
+//
+//	tmp/   drafts being received; anything left here at start is garbage
+//	msg/   ID.data (the message as received) and ID.env (JSON: envelope,
+//	       header fields to prepend, per-recipient state)
+//
+// ID.env is the commit point: it is renamed into msg/ only after ID.data is
+// there and both are fsynced, and it is removed before ID.data. So an .env
+// always has its data, and a lone .data is a message never acknowledged.
+
+// Status of one recipient.
+const (
+	StatusPending = "pending"
+	StatusSent    = "sent"
+	StatusFailed  = "failed"
+)
+
+// Recipient is one envelope recipient and what became of it.
+type Recipient struct {
+	Addr   string `json:"addr"`
+	Status string `json:"status"`
+	Error  string `json:"error,omitempty"`
+}
+
+// Message is one spooled message.
+type Message struct {
+	ID          string      `json:"id"`
+	From        string      `json:"from"` // "" for a bounce
+	Recipients  []Recipient `json:"recipients"`
+	Prepend     string      `json:"prepend"` // header fields sent before the data
+	Size        int64       `json:"size"`    // of the data file
+	Created     time.Time   `json:"created"`
+	Attempts    int         `json:"attempts"`
+	NextAttempt time.Time   `json:"next_attempt"`
+	LastError   string      `json:"last_error,omitempty"`
+
+	dir string
+}
+
+// Pending lists the recipients still to be delivered, in envelope order.
+func (m *Message) Pending() []string {
+	var p []string
+	for _, r := range m.Recipients {
+		if r.Status == StatusPending {
+			p = append(p, r.Addr)
+		}
+	}
+	return p
+}
+
+// Open returns the message as it is to be sent: the prepended header fields
+// and then the data, byte for byte.
+func (m *Message) Open() (io.ReadCloser, error) {
+	f, err := os.Open(m.dataPath())
+	if err != nil {
+		return nil, fmt.Errorf("queue: open %s: %w", m.ID, err)
+	}
+	return struct {
+		io.Reader
+		io.Closer
+	}{io.MultiReader(strings.NewReader(m.Prepend), f), f}, nil
+}
+
+func (m *Message) dataPath() string { return filepath.Join(m.dir, "msg", m.ID+".data") }
+func (m *Message) envPath() string  { return filepath.Join(m.dir, "msg", m.ID+".env") }
+
+func newID() string {
+	var b [10]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic("queue: no randomness: " + err.Error())
+	}
+	return strings.ToUpper(hex.EncodeToString(b[:]))
+}
+
+func validID(id string) bool {
+	if len(id) != 20 {
+		return false
+	}
+	_, err := hex.DecodeString(id)
+	return err == nil
+}
+
+// Draft is a message being received. It is owned by one goroutine.
+type Draft struct {
+	q    *Queue
+	id   string
+	f    *os.File
+	size int64
+}
+
+// Create starts a draft in the spool's tmp folder.
+func (q *Queue) Create() (*Draft, error) {
+	id := newID()
+	f, err := os.OpenFile(filepath.Join(q.cfg.Dir, "tmp", id+".data"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("queue: create draft: %w", err)
+	}
+	return &Draft{q: q, id: id, f: f}, nil
+}
+
+// ID is the queue ID the message will have.
+func (d *Draft) ID() string { return d.id }
+
+func (d *Draft) Write(p []byte) (int, error) {
+	n, err := d.f.Write(p)
+	d.size += int64(n)
+	if err != nil {
+		err = fmt.Errorf("queue: write draft: %w", err)
+	}
+	return n, err
+}
+
+// Size is the number of bytes written so far.
+func (d *Draft) Size() int64 { return d.size }
+
+// Abort throws the draft away.
+func (d *Draft) Abort() {
+	d.f.Close()
+	os.Remove(d.f.Name())
+}
+
+// Commit makes the draft a queued message: on return without error it is on
+// disk, fsynced, and will be delivered even if the process dies right away.
+func (d *Draft) Commit(from string, to []string, prepend []byte) (string, error) {
+	q := d.q
+	if err := d.f.Sync(); err != nil {
+		d.Abort()
+		return "", fmt.Errorf("queue: fsync draft: %w", err)
+	}
+	if err := d.f.Close(); err != nil {
+		d.Abort()
+		return "", fmt.Errorf("queue: close draft: %w", err)
+	}
+	now := q.now()
+	m := &Message{ID: d.id, From: from, Prepend: string(prepend), Size: d.size, Created: now, NextAttempt: now, dir: q.cfg.Dir}
+	for _, r := range to {
+		m.Recipients = append(m.Recipients, Recipient{Addr: r, Status: StatusPending})
+	}
+	if err := os.Rename(d.f.Name(), m.dataPath()); err != nil {
+		os.Remove(d.f.Name())
+		return "", fmt.Errorf("queue: commit data: %w", err)
+	}
+	if err := q.writeEnv(m); err != nil {
+		os.Remove(m.dataPath())
+		return "", err
+	}
+	q.add(m)
+	return m.ID, nil
+}
+
+// writeEnv replaces m's envelope file atomically and durably.
+func (q *Queue) writeEnv(m *Message) error {
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return fmt.Errorf("queue: encode %s: %w", m.ID, err)
+	}
+	tmp := filepath.Join(q.cfg.Dir, "tmp", m.ID+".env")
+	if err := writeFileSync(tmp, b); err != nil {
+		return fmt.Errorf("queue: write envelope: %w", err)
+	}
+	if err := os.Rename(tmp, m.envPath()); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("queue: commit envelope: %w", err)
+	}
+	if err := syncDir(filepath.Join(q.cfg.Dir, "msg")); err != nil {
+		return fmt.Errorf("queue: fsync spool: %w", err)
+	}
+	return nil
+}
+
+func writeFileSync(path string, b []byte) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		os.Remove(path)
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		os.Remove(path)
+		return err
+	}
+	return f.Close()
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// remove deletes a message: envelope first, so a crash in between leaves
+// only an orphan data file, which the next start cleans up.
+func (q *Queue) remove(m *Message) error {
+	if err := os.Remove(m.envPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("queue: remove %s: %w", m.ID, err)
+	}
+	syncDir(filepath.Join(q.cfg.Dir, "msg"))
+	os.Remove(m.dataPath())
+	return nil
+}
+
+func readEnv(dir, id string) (*Message, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "msg", id+".env"))
+	if err != nil {
+		return nil, err
+	}
+	m := &Message{dir: dir}
+	if err := json.Unmarshal(b, m); err != nil {
+		return nil, fmt.Errorf("queue: decode %s: %w", id, err)
+	}
+	if m.ID != id {
+		return nil, fmt.Errorf("queue: %s.env names message %q", id, m.ID)
+	}
+	return m, nil
+}
+
+// scan lists the IDs of committed messages.
+func scan(dir string) ([]string, error) {
+	ents, err := os.ReadDir(filepath.Join(dir, "msg"))
+	if err != nil {
+		return nil, fmt.Errorf("queue: read spool: %w", err)
+	}
+	var ids []string
+	for _, e := range ents {
+		if id, ok := strings.CutSuffix(e.Name(), ".env"); ok && validID(id) {
+			ids = append(ids, id)
+		}
+	}
+	return ids, nil
+}
+
+// Spool is read-only and administrative access to a spool folder, for the
+// `smarthost queue` command; it works whether or not a server is running.
+type Spool struct{ dir string }
+
+// OpenSpool opens the spool at dir for inspection.
+func OpenSpool(dir string) (*Spool, error) {
+	if _, err := os.Stat(filepath.Join(dir, "msg")); err != nil {
+		return nil, fmt.Errorf("queue: %s is not a spool: %w", dir, err)
+	}
+	return &Spool{dir: dir}, nil
+}
+
+// List returns every queued message, oldest first.
+func (s *Spool) List() ([]*Message, error) {
+	ids, err := scan(s.dir)
+	if err != nil {
+		return nil, err
+	}
+	var ms []*Message
+	for _, id := range ids {
+		m, err := readEnv(s.dir, id)
+		if err != nil {
+			continue // delivered or deleted since the scan
+		}
+		ms = append(ms, m)
+	}
+	sort.Slice(ms, func(i, j int) bool { return ms[i].Created.Before(ms[j].Created) })
+	return ms, nil
+}
+
+// Show returns one message's state and its content as it will be sent.
+func (s *Spool) Show(id string) (*Message, []byte, error) {
+	if !validID(id) {
+		return nil, nil, fmt.Errorf("queue: %q is not a queue ID", id)
+	}
+	m, err := readEnv(s.dir, id)
+	if err != nil {
+		return nil, nil, fmt.Errorf("queue: no message %s: %w", id, err)
+	}
+	r, err := m.Open()
+	if err != nil {
+		return nil, nil, err
+	}
+	defer r.Close()
+	var b bytes.Buffer
+	_, err = io.Copy(&b, r)
+	return m, b.Bytes(), err
+}
+
+// Retry asks for a delivery attempt now. A running server sees the request
+// at its next spool scan.
+func (s *Spool) Retry(id string) error {
+	if _, _, err := s.Show(id); err != nil {
+		return err
+	}
+	return writeFileSync(filepath.Join(s.dir, "msg", id+".retry"), nil)
+}
+
+// Delete removes a message without a bounce.
+func (s *Spool) Delete(id string) error {
+	if !validID(id) {
+		return fmt.Errorf("queue: %q is not a queue ID", id)
+	}
+	env := filepath.Join(s.dir, "msg", id+".env")
+	if err := os.Remove(env); err != nil {
+		return fmt.Errorf("queue: no message %s: %w", id, err)
+	}
+	os.Remove(filepath.Join(s.dir, "msg", id+".data"))
+	os.Remove(filepath.Join(s.dir, "msg", id+".retry"))
+	return syncDir(filepath.Join(s.dir, "msg"))
+}

@@ -1,0 +1,241 @@
+// Package relay is the SMTP front door: listeners, sessions (go-smtp's
+// Backend/Session), AUTH, the submission policy checks and the DATA pipeline
+// into the queue.
+package relay
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/smarthost/smarthost/dkim"
+	"github.com/smarthost/smarthost/policy"
+	"github.com/smarthost/smarthost/relay/queue"
+)
+
+// Listener modes.
+const (
+	ModeStartTLS = "starttls"
+	ModeImplicit = "implicit"
+	ModePlain    = "plain"
+)
+
+// Config is what the front door needs from the configuration.
+type Config struct {
+	Hostname          string
+	Listeners         []Listener
+	TLS               *tls.Config // required unless every listener is plain
+	AllowInsecureAuth bool        // AUTH without TLS (tests only)
+	MaxRecipients     int
+	MaxMessageSize    int64
+	ConnectionsPerIP  int           // 0: no limit
+	IdleTimeout       time.Duration // per read; default 5m (RFC 5321 4.5.3.2)
+	WriteTimeout      time.Duration // per reply; default 1m
+	AuthTimeout       time.Duration // per credential check; default 30s
+	MaxHeaderSize     int           // header block kept in memory; default 1MiB
+}
+
+// Listener is one listening socket.
+type Listener struct {
+	Address string
+	Mode    string
+}
+
+// Deps are the parts a session works with. They are swapped as a whole on
+// reload; a session keeps the set it started with.
+type Deps struct {
+	Policy      *policy.Policy
+	Signer      *dkim.Signer // nil: no signing
+	RejectNoKey bool         // on_missing_key: reject
+	Queue       *queue.Queue
+}
+
+// Server runs the listeners.
+type Server struct {
+	cfg  Config
+	log  *slog.Logger
+	deps atomic.Pointer[Deps]
+
+	closing atomic.Bool
+	mu      sync.Mutex
+	servers []*smtp.Server
+	lns     []net.Listener
+	perIP   map[netip.Addr]int
+}
+
+func NewServer(cfg Config, deps Deps, log *slog.Logger) (*Server, error) {
+	if cfg.IdleTimeout == 0 {
+		cfg.IdleTimeout = 5 * time.Minute
+	}
+	if cfg.WriteTimeout == 0 {
+		cfg.WriteTimeout = time.Minute
+	}
+	if cfg.AuthTimeout == 0 {
+		cfg.AuthTimeout = 30 * time.Second
+	}
+	if cfg.MaxHeaderSize == 0 {
+		cfg.MaxHeaderSize = 1 << 20
+	}
+	if cfg.MaxRecipients <= 0 || cfg.MaxMessageSize <= 0 {
+		return nil, errors.New("relay: MaxRecipients and MaxMessageSize must be set")
+	}
+	for _, l := range cfg.Listeners {
+		if l.Mode != ModePlain && cfg.TLS == nil {
+			return nil, fmt.Errorf("relay: listener %s (%s) needs TLS", l.Address, l.Mode)
+		}
+	}
+	s := &Server{cfg: cfg, log: log, perIP: map[netip.Addr]int{}}
+	s.deps.Store(&deps)
+	return s, nil
+}
+
+// Reload swaps the dependencies; open sessions keep their snapshot.
+func (s *Server) Reload(deps Deps) { s.deps.Store(&deps) }
+
+// Listen binds every listener, so that a bad address fails before serving.
+func (s *Server) Listen() error {
+	for _, l := range s.cfg.Listeners {
+		ln, err := net.Listen("tcp", l.Address)
+		if err != nil {
+			s.closeListeners()
+			return fmt.Errorf("relay: listen %s: %w", l.Address, err)
+		}
+		var wrapped net.Listener = &limitListener{Listener: ln, s: s}
+		if l.Mode == ModeImplicit {
+			wrapped = tls.NewListener(wrapped, s.cfg.TLS)
+		}
+		srv := smtp.NewServer(&backend{s: s, mode: l.Mode})
+		srv.Domain = s.cfg.Hostname
+		srv.MaxRecipients = s.cfg.MaxRecipients
+		srv.MaxMessageBytes = s.cfg.MaxMessageSize
+		srv.MaxLineLength = 2000 // RFC 5321 allows 1000; twice that for sloppy clients
+		srv.WriteTimeout = s.cfg.WriteTimeout
+		// No ReadTimeout: go-smtp would set it once per command, which makes
+		// it a deadline for a whole DATA upload. Our conn sets it per read.
+		// AUTH before TLS is refused by the session with the contract's 538
+		// rather than by go-smtp's 523; see session.AuthMechanisms.
+		srv.AllowInsecureAuth = true
+		srv.EnableSMTPUTF8 = true
+		srv.ErrorLog = slogLogger{s.log}
+		if l.Mode == ModeStartTLS {
+			srv.TLSConfig = s.cfg.TLS
+		}
+		if l.Mode == ModeImplicit {
+			srv.TLSConfig = s.cfg.TLS
+		}
+		s.mu.Lock()
+		s.servers = append(s.servers, srv)
+		s.lns = append(s.lns, wrapped)
+		s.mu.Unlock()
+	}
+	return nil
+}
+
+// Addrs are the bound addresses, in listener order (useful with port 0).
+func (s *Server) Addrs() []net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var a []net.Addr
+	for _, l := range s.lns {
+		a = append(a, l.Addr())
+	}
+	return a
+}
+
+func (s *Server) closeListeners() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, l := range s.lns {
+		l.Close()
+	}
+}
+
+// Serve runs the bound listeners until Shutdown.
+func (s *Server) Serve() error {
+	s.mu.Lock()
+	servers, lns := s.servers, s.lns
+	s.mu.Unlock()
+	errc := make(chan error, len(servers))
+	for i := range servers {
+		go func(srv *smtp.Server, ln net.Listener) { errc <- srv.Serve(ln) }(servers[i], lns[i])
+	}
+	var first error
+	for range servers {
+		if err := <-errc; err != nil && first == nil && !s.closing.Load() {
+			first = err
+			s.closeListeners()
+		}
+	}
+	return first
+}
+
+// Shutdown stops accepting, lets open transactions finish until ctx is done,
+// then closes what is left. Nothing unacknowledged is lost: a client cut off
+// mid-DATA retries, and its draft is discarded.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.closing.Store(true)
+	s.mu.Lock()
+	servers := s.servers
+	s.mu.Unlock()
+	var wg sync.WaitGroup
+	var err error
+	var emu sync.Mutex
+	for _, srv := range servers {
+		wg.Add(1)
+		go func(srv *smtp.Server) {
+			defer wg.Done()
+			if e := srv.Shutdown(ctx); e != nil && !errors.Is(e, smtp.ErrServerClosed) {
+				srv.Close()
+				emu.Lock()
+				err = e
+				emu.Unlock()
+			}
+		}(srv)
+	}
+	wg.Wait()
+	return err
+}
+
+type backend struct {
+	s    *Server
+	mode string
+}
+
+func (b *backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	if b.s.closing.Load() {
+		return nil, replyShuttingDown
+	}
+	_, isTLS := c.TLSConnectionState()
+	sess := &session{
+		srv:  b.s,
+		deps: b.s.deps.Load(),
+		conn: c,
+		tls:  isTLS,
+		helo: c.Hostname(),
+	}
+	sess.client.Addr = remoteAddr(c.Conn())
+	sess.log = b.s.log.With("remote", sess.client.Addr.String(), "tls", isTLS)
+	return sess, nil
+}
+
+func remoteAddr(c net.Conn) netip.Addr {
+	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
+		return ap.Addr().Unmap()
+	}
+	return netip.Addr{}
+}
+
+// slogLogger gives go-smtp's internal error log (panics, accept errors) to slog.
+type slogLogger struct{ l *slog.Logger }
+
+func (l slogLogger) Printf(format string, v ...any) { l.l.Error(fmt.Sprintf(format, v...)) }
+func (l slogLogger) Println(v ...any)               { l.l.Error(fmt.Sprint(v...)) }

@@ -1,0 +1,83 @@
+package relay
+
+import (
+	"context"
+	"log/slog"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/smarthost/smarthost/policy"
+)
+
+// session is one SMTP session: from EHLO (or STARTTLS, which starts a new
+// one) to QUIT. go-smtp calls it from one goroutine.
+type session struct {
+	srv  *Server
+	deps *Deps
+	conn *smtp.Conn
+	log  *slog.Logger
+	tls  bool
+	helo string
+
+	client policy.Client
+	from   string
+	rcpts  []string
+	utf8   bool
+}
+
+var (
+	_ smtp.Session     = (*session)(nil)
+	_ smtp.AuthSession = (*session)(nil)
+)
+
+// fail logs a refusal and returns its reply.
+func (s *session) fail(cmd string, err error) error {
+	r := reply(cmd, err)
+	lvl := slog.LevelInfo
+	if r == replyInternal || r == replySpool || r == replyAuthTempFail {
+		lvl = slog.LevelError
+	}
+	s.log.Log(context.Background(), lvl, "rejected", "cmd", cmd, "code", r.Code,
+		"enhanced", r.EnhancedCode, "user", s.userName(), "from", s.from, "err", err)
+	return r
+}
+
+func (s *session) userName() string {
+	if s.client.User == nil {
+		return ""
+	}
+	return s.client.User.Name
+}
+
+func (s *session) Mail(from string, opts *smtp.MailOptions) error {
+	s.Reset()
+	if s.client.User == nil && !s.deps.Policy.Trusted(s.client) {
+		return s.fail("MAIL", policy.ErrAuthRequired)
+	}
+	if _, _, ok := policy.SplitAddress(from); !ok {
+		return s.fail("MAIL", policy.ErrBadAddress)
+	}
+	if err := s.deps.Policy.CheckSender(s.client, from); err != nil {
+		return s.fail("MAIL", err)
+	}
+	// go-smtp has already refused a SIZE= above MaxMessageBytes.
+	s.from = from
+	s.utf8 = opts != nil && opts.UTF8
+	return nil
+}
+
+func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	if err := s.deps.Policy.CheckRecipient(s.client, to); err != nil {
+		return s.fail("RCPT", err)
+	}
+	s.rcpts = append(s.rcpts, to)
+	return nil
+}
+
+func (s *session) Reset() {
+	s.from = ""
+	s.rcpts = nil
+	s.utf8 = false
+}
+
+func (s *session) Logout() error { return nil }

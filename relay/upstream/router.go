@@ -1,0 +1,214 @@
+// Package upstream forwards queued messages to the configured smart hosts:
+// it picks the upstreams by route and fails over between them in order.
+package upstream
+
+import (
+	"context"
+	"crypto/x509"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/smarthost/smarthost/policy"
+	"github.com/smarthost/smarthost/relay/queue"
+)
+
+// Config is the upstreams and routes sections of the configuration, parsed.
+type Config struct {
+	Hostname  string // our EHLO name
+	Upstreams []Upstream
+	Routes    []Route // first match wins; none: every message to all upstreams in order
+}
+
+// Upstream is one smart host.
+type Upstream struct {
+	Name           string
+	URL            string // smtp://host:port, smtps://host:port, file:///dir
+	TLS            string // required | opportunistic | none (smtp:// only)
+	TLSVerify      bool
+	RootCAs        *x509.CertPool // nil: the system roots
+	Username       string
+	Password       string
+	MaxConnections int
+	Timeout        time.Duration // per connection and per command
+}
+
+// Route sends the recipients it matches to its upstreams, in failover order.
+// An empty match matches everything.
+type Route struct {
+	RecipientDomains []string
+	SenderDomains    []string
+	Upstreams        []string
+}
+
+// Transport makes one attempt to hand a message to one upstream. It returns
+// one outcome per recipient of to, in order; a 5xx answer is marked with
+// queue.Permanent.
+type Transport interface {
+	Send(ctx context.Context, m *queue.Message, to []string) []error
+}
+
+type named struct {
+	name string
+	t    Transport
+}
+
+// Router implements queue.Deliverer.
+type Router struct {
+	cfg    Config
+	byName map[string]named
+	log    *slog.Logger
+}
+
+var _ queue.Deliverer = (*Router)(nil)
+
+// NewRouter builds the transports of every upstream.
+func NewRouter(cfg Config, log *slog.Logger) (*Router, error) {
+	r := &Router{cfg: cfg, byName: map[string]named{}, log: log}
+	for _, u := range cfg.Upstreams {
+		t, err := newTransport(u, cfg.Hostname)
+		if err != nil {
+			return nil, fmt.Errorf("upstream %s: %w", u.Name, err)
+		}
+		r.byName[u.Name] = named{u.Name, t}
+	}
+	for i, rt := range cfg.Routes {
+		for _, n := range rt.Upstreams {
+			if _, ok := r.byName[n]; !ok {
+				return nil, fmt.Errorf("routes[%d]: no upstream is named %q", i, n)
+			}
+		}
+	}
+	return r, nil
+}
+
+func newTransport(u Upstream, hostname string) (Transport, error) {
+	pu, err := url.Parse(u.URL)
+	if err != nil {
+		return nil, err
+	}
+	switch pu.Scheme {
+	case "file":
+		return newFileTransport(FilePath(pu))
+	case "smtp", "smtps":
+		return newSMTPTransport(u, pu, hostname)
+	}
+	return nil, fmt.Errorf("scheme of %q must be smtp, smtps or file", u.URL)
+}
+
+// FilePath is the folder a file:// URL names: file:///abs/dir, or a path
+// relative to the working folder as file://./dir or file:dir.
+func FilePath(u *url.URL) string {
+	if u.Opaque != "" {
+		return u.Opaque
+	}
+	if u.Host != "" {
+		return u.Host + u.Path
+	}
+	return u.Path
+}
+
+// upstreamsFor returns the failover list for one recipient.
+func (r *Router) upstreamsFor(from, rcpt string) []string {
+	_, rd, _ := policy.SplitAddress(rcpt)
+	_, sd, _ := policy.SplitAddress(from)
+	for _, rt := range r.cfg.Routes {
+		if matchDomain(rt.RecipientDomains, rd) && matchDomain(rt.SenderDomains, sd) {
+			return rt.Upstreams
+		}
+	}
+	all := make([]string, len(r.cfg.Upstreams))
+	for i, u := range r.cfg.Upstreams {
+		all[i] = u.Name
+	}
+	return all
+}
+
+func matchDomain(list []string, d string) bool {
+	if len(list) == 0 {
+		return true
+	}
+	for _, x := range list {
+		if strings.EqualFold(x, d) {
+			return true
+		}
+	}
+	return false
+}
+
+// Deliver sends m's pending recipients, grouped by route. Each group tries
+// its upstreams in order; a recipient moves on to the next upstream after a
+// temporary failure (connection refused, 4xx) and stops at acceptance or a
+// permanent refusal.
+func (r *Router) Deliver(ctx context.Context, m *queue.Message) []error {
+	pending := m.Pending()
+	errs := make([]error, len(pending))
+	groups := map[string][]int{} // failover list → indexes into pending
+	var order []string
+	for i, rcpt := range pending {
+		key := strings.Join(r.upstreamsFor(m.From, rcpt), "\x00")
+		if _, ok := groups[key]; !ok {
+			order = append(order, key)
+		}
+		groups[key] = append(groups[key], i)
+	}
+	for _, key := range order {
+		left := groups[key]
+		for _, name := range strings.Split(key, "\x00") {
+			if len(left) == 0 {
+				break
+			}
+			up := r.byName[name]
+			to := make([]string, len(left))
+			for j, i := range left {
+				to[j] = pending[i]
+			}
+			out := up.t.Send(ctx, m, to)
+			var retry []int
+			for j, i := range left {
+				err := out[j]
+				if err != nil {
+					err = fmt.Errorf("upstream %s: %w", name, err)
+				}
+				errs[i] = err
+				if err != nil && !queue.IsPermanent(err) {
+					retry = append(retry, i)
+				}
+			}
+			if len(retry) > 0 {
+				r.log.Info("upstream deferred", "msg_id", m.ID, "upstream", name, "recipients", len(retry), "err", errs[retry[0]])
+			}
+			left = retry
+		}
+	}
+	return errs
+}
+
+// all repeats one error for n recipients.
+func all(n int, err error) []error {
+	out := make([]error, n)
+	for i := range out {
+		out[i] = err
+	}
+	return out
+}
+
+// ProbeResult is the outcome of one upstream's probe.
+type ProbeResult struct {
+	Name string
+	Err  error
+}
+
+// Probe connects to every upstream as a delivery would (TLS, AUTH) without
+// sending anything, for `check-config --probe`.
+func (r *Router) Probe(ctx context.Context) []ProbeResult {
+	var out []ProbeResult
+	for _, u := range r.cfg.Upstreams {
+		out = append(out, ProbeResult{u.Name, r.byName[u.Name].t.(prober).probe(ctx)})
+	}
+	return out
+}
+
+type prober interface{ probe(ctx context.Context) error }
