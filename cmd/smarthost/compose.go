@@ -175,7 +175,9 @@ func selfSigned(hostname string) (*tls.Certificate, error) {
 }
 
 // certHolder serves the current certificate; SIGHUP swaps it.
-type certHolder struct{ c atomic.Pointer[tls.Certificate] }
+type certHolder struct {
+	c atomic.Pointer[tls.Certificate]
+}
 
 func (h *certHolder) tlsConfig(minVersion string) *tls.Config {
 	v := uint16(tls.VersionTLS12)
@@ -229,4 +231,3 @@ func loadDKIM(f *configs.File, create bool, log *slog.Logger) (map[string][]dkim
 	}
 	return out, probs
 }
-

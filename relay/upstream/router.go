@@ -211,4 +211,6 @@ func (r *Router) Probe(ctx context.Context) []ProbeResult {
 	return out
 }
 
-type prober interface{ probe(ctx context.Context) error }
+type prober interface {
+	probe(ctx context.Context) error
+}

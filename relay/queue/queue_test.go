@@ -1,0 +1,268 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// scripted is a Deliverer whose outcomes the test sets per recipient.
+type scripted struct {
+	mu       sync.Mutex
+	outcome  map[string]error
+	attempts map[string]int
+	got      []string // "id from rcpt data" per accepted recipient
+}
+
+func newScripted() *scripted {
+	return &scripted{outcome: map[string]error{}, attempts: map[string]int{}}
+}
+
+func (s *scripted) set(rcpt string, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.outcome[rcpt] = err
+}
+
+func (s *scripted) Deliver(_ context.Context, m *Message) []error {
+	r, err := m.Open()
+	if err != nil {
+		panic(err)
+	}
+	data, _ := io.ReadAll(r)
+	r.Close()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []error
+	for _, rc := range m.Pending() {
+		s.attempts[rc]++
+		err := s.outcome[rc]
+		if err == nil {
+			s.got = append(s.got, m.ID+" "+m.From+" "+rc+" "+string(data))
+		}
+		out = append(out, err)
+	}
+	return out
+}
+
+func (s *scripted) delivered() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.got...)
+}
+
+func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func openQ(t *testing.T, dir string, d Deliverer, maxAge time.Duration) *Queue {
+	t.Helper()
+	q, err := Open(Config{Dir: dir, Workers: 2, Retry: []time.Duration{20 * time.Millisecond}, MaxAge: maxAge,
+		Hostname: "relay.test", Rescan: 50 * time.Millisecond}, d, quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return q
+}
+
+func run(t *testing.T, q *Queue) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { q.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done; q.Close() })
+}
+
+func enqueue(t *testing.T, q *Queue, from string, to []string, prepend, data string) string {
+	t.Helper()
+	d, err := q.Create()
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(d, data)
+	id, err := d.Commit(from, to, []byte(prepend))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+// eventually polls cond; the queue works in the background.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestCommitIsDurableAndDelivered(t *testing.T) {
+	dir := t.TempDir()
+	q := openQ(t, dir, newScripted(), time.Hour)
+	id := enqueue(t, q, "a@x.org", []string{"b@y.org"}, "X-Added: 1\r\n", "Subject: s\r\n\r\nbody\r\n")
+	q.Close()
+
+	// A new process finds it and delivers prepend + data byte for byte.
+	d := newScripted()
+	q2 := openQ(t, dir, d, time.Hour)
+	run(t, q2)
+	eventually(t, "delivery", func() bool { return len(d.delivered()) == 1 })
+	if want := id + " a@x.org b@y.org X-Added: 1\r\nSubject: s\r\n\r\nbody\r\n"; d.delivered()[0] != want {
+		t.Fatalf("delivered %q, want %q", d.delivered()[0], want)
+	}
+	eventually(t, "removal", func() bool { return q2.Len() == 0 })
+	if ents, _ := os.ReadDir(filepath.Join(dir, "msg")); len(ents) != 0 {
+		t.Fatalf("spool not empty after delivery: %v", ents)
+	}
+}
+
+func TestSecondProcessLockedOut(t *testing.T) {
+	dir := t.TempDir()
+	q := openQ(t, dir, newScripted(), time.Hour)
+	defer q.Close()
+	if _, err := Open(Config{Dir: dir}, newScripted(), quiet()); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("second Open: %v, want in use", err)
+	}
+}
+
+func TestAbortedAndOrphansCleaned(t *testing.T) {
+	dir := t.TempDir()
+	q := openQ(t, dir, newScripted(), time.Hour)
+	d, _ := q.Create()
+	io.WriteString(d, "half a message")
+	d.Abort()
+	d2, _ := q.Create()
+	io.WriteString(d2, "never committed") // the process "dies" here
+	q.Close()
+	os.WriteFile(filepath.Join(dir, "msg", "0123456789ABCDEF0123.data"), []byte("orphan"), 0o600)
+
+	q2 := openQ(t, dir, newScripted(), time.Hour)
+	defer q2.Close()
+	for _, sub := range []string{"tmp", "msg"} {
+		if ents, _ := os.ReadDir(filepath.Join(dir, sub)); len(ents) != 0 {
+			t.Errorf("%s not cleaned: %v", sub, ents)
+		}
+	}
+}
+
+func TestTemporaryFailureRetried(t *testing.T) {
+	d := newScripted()
+	d.set("b@y.org", errors.New("451 try later"))
+	q := openQ(t, t.TempDir(), d, time.Hour)
+	run(t, q)
+	enqueue(t, q, "a@x.org", []string{"b@y.org", "c@y.org"}, "", "Subject: s\r\n\r\nbody\r\n")
+	eventually(t, "two attempts", func() bool {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		return d.attempts["b@y.org"] >= 2
+	})
+	d.set("b@y.org", nil)
+	eventually(t, "delivery after retry", func() bool { return len(d.delivered()) == 2 })
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.attempts["c@y.org"] != 1 {
+		t.Errorf("accepted recipient attempted %d times, want 1", d.attempts["c@y.org"])
+	}
+}
+
+func TestPermanentFailureBounces(t *testing.T) {
+	d := newScripted()
+	d.set("gone@y.org", Permanent(errors.New("550 5.1.1 no such user")))
+	q := openQ(t, t.TempDir(), d, time.Hour)
+	run(t, q)
+	id := enqueue(t, q, "a@x.org", []string{"gone@y.org", "ok@y.org"}, "", "Subject: original\r\nMessage-ID: <m@x>\r\n\r\nbody\r\n")
+	eventually(t, "bounce", func() bool { return len(d.delivered()) == 2 })
+	var bounce string
+	for _, g := range d.delivered() {
+		if strings.Contains(g, "  a@x.org ") { // null sender
+			bounce = g
+		}
+	}
+	if bounce == "" {
+		t.Fatalf("no bounce to the sender: %q", d.delivered())
+	}
+	for _, want := range []string{"report-type=delivery-status", "Final-Recipient: rfc822; gone@y.org", "Status: 5.1.1",
+		"Action: failed", "Subject: original", "X-Queue-ID: " + id} {
+		if !strings.Contains(bounce, want) {
+			t.Errorf("bounce lacks %q:\n%s", want, bounce)
+		}
+	}
+	if strings.Contains(bounce, "ok@y.org") {
+		t.Error("bounce names the recipient that was delivered")
+	}
+}
+
+func TestBounceNeverBounces(t *testing.T) {
+	d := newScripted()
+	d.set("a@x.org", Permanent(errors.New("550 nope")))
+	q := openQ(t, t.TempDir(), d, time.Hour)
+	run(t, q)
+	enqueue(t, q, "", []string{"a@x.org"}, "", "Subject: bounce\r\n\r\nx\r\n")
+	eventually(t, "attempt", func() bool { d.mu.Lock(); defer d.mu.Unlock(); return d.attempts["a@x.org"] == 1 })
+	eventually(t, "removal", func() bool { return q.Len() == 0 })
+	if len(d.delivered()) != 0 {
+		t.Fatalf("a bounce bounced: %q", d.delivered())
+	}
+}
+
+func TestMaxAgeBounces(t *testing.T) {
+	d := newScripted()
+	d.set("slow@y.org", errors.New("451 later"))
+	q := openQ(t, t.TempDir(), d, 0)
+	run(t, q)
+	enqueue(t, q, "a@x.org", []string{"slow@y.org"}, "", "Subject: s\r\n\r\nx\r\n")
+	eventually(t, "bounce", func() bool { return len(d.delivered()) == 1 })
+	if g := d.delivered()[0]; !strings.Contains(g, "gave up after") || !strings.Contains(g, "Status: 5.0.0") {
+		t.Fatalf("bounce: %s", g)
+	}
+}
+
+func TestSpoolAdmin(t *testing.T) {
+	dir := t.TempDir()
+	d := newScripted()
+	d.set("b@y.org", errors.New("451 later"))
+	q, err := Open(Config{Dir: dir, Workers: 1, Retry: []time.Duration{time.Hour}, MaxAge: 48 * time.Hour, Rescan: 20 * time.Millisecond}, d, quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, q)
+	id := enqueue(t, q, "a@x.org", []string{"b@y.org"}, "X-P: 1\r\n", "Subject: s\r\n\r\nx\r\n")
+	id2 := enqueue(t, q, "a@x.org", []string{"b@y.org"}, "", "Subject: t\r\n\r\nx\r\n")
+	attempts := func() int { d.mu.Lock(); defer d.mu.Unlock(); return d.attempts["b@y.org"] }
+	eventually(t, "first attempts", func() bool { return attempts() == 2 })
+
+	sp, err := OpenSpool(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ms, err := sp.List()
+	if err != nil || len(ms) != 2 || ms[0].ID != id {
+		t.Fatalf("List: %v %+v", err, ms)
+	}
+	m, body, err := sp.Show(id)
+	if err != nil || m.Attempts != 1 || string(body) != "X-P: 1\r\nSubject: s\r\n\r\nx\r\n" || !strings.Contains(m.LastError, "451") {
+		t.Fatalf("Show: %v %+v %q", err, m, body)
+	}
+	// retry: the running queue attempts again long before the hour is up.
+	if err := sp.Retry(id); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "retry on request", func() bool { return attempts() == 3 })
+	if err := sp.Delete(id2); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "forgotten after delete", func() bool { return q.Len() == 1 })
+	if _, _, err := sp.Show(id2); err == nil {
+		t.Fatal("deleted message still shown")
+	}
+	if err := sp.Delete("../../etc/passwd"); err == nil {
+		t.Fatal("Delete accepted a path")
+	}
+}

@@ -1,0 +1,231 @@
+// Package relaytest has test helpers shared by the relay's packages: Sink is
+// an SMTP server on loopback that records what it receives, like httptest.
+package relaytest
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"io"
+	"math/big"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+)
+
+// Message is one message a Sink accepted.
+type Message struct {
+	From string
+	To   []string
+	Data []byte
+	User string // AUTH username, if any
+	TLS  bool
+}
+
+// Sink is a recording SMTP server. Set the knobs before sending.
+type Sink struct {
+	Addr string
+
+	mu      sync.Mutex
+	msgs    []Message
+	rcptErr map[string]error // per recipient
+	mailErr error
+	dataErr error
+	users   map[string]string
+	arrived chan struct{}
+	srv     *smtp.Server
+	ln      net.Listener
+}
+
+// SinkOptions choose how the sink listens.
+type SinkOptions struct {
+	Addr     string            // default 127.0.0.1:0
+	TLS      *tls.Certificate  // offer STARTTLS (or implicit TLS) with this
+	Implicit bool              // TLS from the first byte
+	Users    map[string]string // require AUTH with these
+}
+
+// NewSink starts a sink; Close stops it.
+func NewSink(o SinkOptions) (*Sink, error) {
+	if o.Addr == "" {
+		o.Addr = "127.0.0.1:0"
+	}
+	s := &Sink{rcptErr: map[string]error{}, users: o.Users, arrived: make(chan struct{}, 1<<16)}
+	s.srv = smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
+		_, isTLS := c.TLSConnectionState()
+		return &sinkSession{s: s, tls: isTLS}, nil
+	}))
+	s.srv.Domain = "sink.test"
+	s.srv.ReadTimeout = 30 * time.Second
+	s.srv.WriteTimeout = 30 * time.Second
+	s.srv.AllowInsecureAuth = true
+	s.srv.MaxMessageBytes = 64 << 20
+	s.srv.ErrorLog = nopLog{}
+	ln, err := net.Listen("tcp", o.Addr)
+	if err != nil {
+		return nil, err
+	}
+	if o.TLS != nil {
+		s.srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{*o.TLS}}
+		if o.Implicit {
+			ln = tls.NewListener(ln, s.srv.TLSConfig)
+		}
+	}
+	s.ln = ln
+	s.Addr = ln.Addr().String()
+	go s.srv.Serve(ln)
+	return s, nil
+}
+
+func (s *Sink) Close() { s.srv.Close() }
+
+// Messages returns what arrived so far.
+func (s *Sink) Messages() []Message {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]Message(nil), s.msgs...)
+}
+
+// Wait waits until n messages arrived in all, or the timeout passes; it
+// returns what arrived.
+func (s *Sink) Wait(n int, timeout time.Duration) []Message {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for {
+		if m := s.Messages(); len(m) >= n {
+			return m
+		}
+		select {
+		case <-s.arrived:
+		case <-deadline.C:
+			return s.Messages()
+		}
+	}
+}
+
+// FailRcpt makes the sink answer RCPT TO:<addr> with err (nil: accept).
+func (s *Sink) FailRcpt(addr string, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.rcptErr[strings.ToLower(addr)] = err
+}
+
+// FailData makes the sink answer the end of DATA with err (nil: accept).
+func (s *Sink) FailData(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.dataErr = err
+}
+
+type sinkSession struct {
+	s    *Sink
+	tls  bool
+	user string
+	msg  Message
+}
+
+func (ss *sinkSession) AuthMechanisms() []string {
+	if ss.s.users == nil {
+		return nil
+	}
+	return []string{sasl.Plain}
+}
+
+func (ss *sinkSession) Auth(mech string) (sasl.Server, error) {
+	return sasl.NewPlainServer(func(_, user, pass string) error {
+		if p, ok := ss.s.users[user]; !ok || p != pass {
+			return smtp.ErrAuthFailed
+		}
+		ss.user = user
+		return nil
+	}), nil
+}
+
+func (ss *sinkSession) Mail(from string, _ *smtp.MailOptions) error {
+	if ss.s.users != nil && ss.user == "" {
+		return smtp.ErrAuthRequired
+	}
+	ss.msg = Message{From: from, User: ss.user, TLS: ss.tls}
+	return nil
+}
+
+func (ss *sinkSession) Rcpt(to string, _ *smtp.RcptOptions) error {
+	ss.s.mu.Lock()
+	err := ss.s.rcptErr[strings.ToLower(to)]
+	ss.s.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	ss.msg.To = append(ss.msg.To, to)
+	return nil
+}
+
+func (ss *sinkSession) Data(r io.Reader) error {
+	var b bytes.Buffer
+	if _, err := io.Copy(&b, r); err != nil {
+		return err
+	}
+	ss.s.mu.Lock()
+	defer ss.s.mu.Unlock()
+	if ss.s.dataErr != nil {
+		return ss.s.dataErr
+	}
+	ss.msg.Data = b.Bytes()
+	ss.s.msgs = append(ss.s.msgs, ss.msg)
+	select {
+	case ss.s.arrived <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+func (ss *sinkSession) Reset()        { ss.msg = Message{} }
+func (ss *sinkSession) Logout() error { return nil }
+
+type nopLog struct{}
+
+func (nopLog) Printf(string, ...any) {}
+func (nopLog) Println(...any)        {}
+
+// ErrTemp and ErrPerm are ready-made upstream refusals.
+var (
+	ErrTemp = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "try later"}
+	ErrPerm = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"}
+)
+
+// Cert makes a self-signed certificate for 127.0.0.1 and localhost, and the
+// pool that trusts it.
+func Cert() (*tls.Certificate, *x509.CertPool, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(time.Now().UnixNano()),
+		Subject:               pkix.Name{CommonName: "127.0.0.1"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		DNSNames:              []string{"localhost"},
+		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		return nil, nil, err
+	}
+	leaf, _ := x509.ParseCertificate(der)
+	pool := x509.NewCertPool()
+	pool.AddCert(leaf)
+	return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, pool, nil
+}
