@@ -68,8 +68,8 @@ func ParseSize(s string) (int64, error) {
 	return v * mult, nil
 }
 
-// Rate is "N/unit" with unit s, m, h or d ("200/h"); N may be a size for byte
-// rates ("1GiB/d").
+// Rate is "N/unit" with unit s, m, h or d ("200/h"), optionally with a
+// count of units ("10/10m"); N may be a size for byte rates ("1GiB/d").
 type Rate struct {
 	N   int64
 	Per time.Duration
@@ -93,22 +93,24 @@ func ParseRate(s string) (Rate, error) {
 	if !ok {
 		return Rate{}, fmt.Errorf("bad rate %q: use N/unit such as 200/h", s)
 	}
-	per := map[string]time.Duration{"s": time.Second, "m": time.Minute, "h": time.Hour, "d": 24 * time.Hour}[strings.TrimSpace(unit)]
+	unit = strings.TrimSpace(unit)
+	// The window may carry a count: "10/10m" is ten per ten minutes.
+	k := int64(1)
+	if i := strings.IndexFunc(unit, func(r rune) bool { return r < '0' || r > '9' }); i > 0 {
+		v, err := strconv.ParseInt(unit[:i], 10, 32)
+		if err != nil || v == 0 {
+			return Rate{}, fmt.Errorf("bad rate %q: window must be a positive count and a unit, such as 10m", s)
+		}
+		k, unit = v, unit[i:]
+	}
+	per := map[string]time.Duration{"s": time.Second, "m": time.Minute, "h": time.Hour, "d": 24 * time.Hour}[unit]
 	if per == 0 {
 		return Rate{}, fmt.Errorf("bad rate %q: unit must be s, m, h or d", s)
 	}
+	per *= time.Duration(k)
 	v, err := ParseSize(num)
 	if err != nil || v == 0 {
 		return Rate{}, fmt.Errorf("bad rate %q: N must be a positive whole number or size", s)
 	}
 	return Rate{N: v, Per: per}, nil
-}
-
-func (r Rate) String() string {
-	for unit, d := range map[string]time.Duration{"s": time.Second, "m": time.Minute, "h": time.Hour, "d": 24 * time.Hour} {
-		if r.Per == d {
-			return fmt.Sprintf("%d/%s", r.N, unit)
-		}
-	}
-	return fmt.Sprintf("%d/%s", r.N, r.Per)
 }

@@ -37,7 +37,6 @@ type Sink struct {
 	mu      sync.Mutex
 	msgs    []Message
 	rcptErr map[string]error // per recipient
-	mailErr error
 	dataErr error
 	users   map[string]string
 	arrived chan struct{}
