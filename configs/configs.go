@@ -36,6 +36,8 @@ type File struct {
 	// lines maps a YAML path to the line it starts on, for Problems found
 	// after decoding.
 	lines map[string]int
+	// values maps a YAML path to the position of its value node.
+	values map[string][2]int
 }
 
 type Listener struct {
@@ -213,16 +215,16 @@ func Load(path string) (*File, error) {
 	return f, err
 }
 
-var lineRe = regexp.MustCompile(`^line (\d+): (.*)$`)
+var lineRe = regexp.MustCompile(`^line (\d+)(?: column (\d+))?: (.*)$`)
 
 // Parse decodes and validates YAML text. On problems it still returns the
 // File as far as it could be decoded, with a Problems error.
 func Parse(text []byte) (*File, error) {
 	var root yaml.Node
 	if err := yaml.Unmarshal(text, &root); err != nil {
-		return nil, Problems{problemFromYAML(err.Error(), nil)}
+		return nil, Problems{problemFromYAML(err.Error(), nil, nil)}
 	}
-	f := &File{lines: map[string]int{}}
+	f := &File{lines: map[string]int{}, values: map[string][2]int{}}
 	var probs Problems
 	add := func(path string, line int, msg string) { probs = append(probs, Problem{path, line, msg}) }
 	if len(root.Content) == 0 {
@@ -230,17 +232,17 @@ func Parse(text []byte) (*File, error) {
 		return f, probs
 	}
 	doc := root.Content[0]
-	index(doc, "", f.lines)
+	index(doc, "", f.lines, f.values)
 	checkKeys(doc, reflect.TypeOf(*f), "", add)
 	expandEnv(doc, "", add)
 
 	if err := doc.Decode(f); err != nil {
 		if te, ok := err.(*yaml.TypeError); ok {
 			for _, e := range te.Errors {
-				probs = append(probs, problemFromYAML(e, f.lines))
+				probs = append(probs, problemFromYAML(e, f.lines, f.values))
 			}
 		} else {
-			probs = append(probs, problemFromYAML(err.Error(), f.lines))
+			probs = append(probs, problemFromYAML(err.Error(), f.lines, f.values))
 		}
 	}
 	f.readSecrets(add)
@@ -281,14 +283,25 @@ func sortLine(p Problem) int {
 	return p.Line
 }
 
-func problemFromYAML(msg string, lines map[string]int) Problem {
+func problemFromYAML(msg string, lines map[string]int, values map[string][2]int) Problem {
 	m := lineRe.FindStringSubmatch(strings.TrimPrefix(msg, "yaml: "))
 	if m == nil {
 		return Problem{Msg: strings.TrimPrefix(msg, "yaml: ")}
 	}
 	line, _ := strconv.Atoi(m[1])
-	p := Problem{Line: line, Msg: m[2]}
-	// The deepest path that starts on this line names the value.
+	p := Problem{Line: line, Msg: m[3]}
+	if m[2] != "" {
+		col, _ := strconv.Atoi(m[2])
+		for path, pos := range values {
+			if pos == [2]int{line, col} && len(path) > len(p.Path) {
+				p.Path = path
+			}
+		}
+		if p.Path != "" {
+			return p
+		}
+	}
+	// Without a column, the deepest path that starts on this line.
 	for path, l := range lines {
 		if l == line && len(path) > len(p.Path) {
 			p.Path = path
@@ -298,21 +311,22 @@ func problemFromYAML(msg string, lines map[string]int) Problem {
 }
 
 // index records the line of every path in the document.
-func index(n *yaml.Node, path string, lines map[string]int) {
+func index(n *yaml.Node, path string, lines map[string]int, values map[string][2]int) {
 	if _, ok := lines[path]; !ok && path != "" {
 		lines[path] = n.Line
 	}
+	values[path] = [2]int{n.Line, n.Column}
 	switch n.Kind {
 	case yaml.MappingNode:
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k, v := n.Content[i], n.Content[i+1]
 			p := join(path, k.Value)
 			lines[p] = k.Line
-			index(v, p, lines)
+			index(v, p, lines, values)
 		}
 	case yaml.SequenceNode:
 		for i, c := range n.Content {
-			index(c, fmt.Sprintf("%s[%d]", path, i), lines)
+			index(c, fmt.Sprintf("%s[%d]", path, i), lines, values)
 		}
 	}
 }

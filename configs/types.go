@@ -14,7 +14,7 @@ import (
 // problem in a file is reported at once.
 
 func badValue(n *yaml.Node, format string, args ...any) error {
-	return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: %s", n.Line, fmt.Sprintf(format, args...))}}
+	return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d column %d: %s", n.Line, n.Column, fmt.Sprintf(format, args...))}}
 }
 
 // Duration is a Go duration ("90s", "5m", "120h").

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh Debian machine or a developer's:
+# installs what is missing (apt-get), starts slapd and redis-server on free
+# loopback ports, runs gofmt/vet/staticcheck and `go test -race ./...`, and
+# stops the services again. Extra arguments go to `go test`.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export PATH=$PATH:/usr/local/go/bin:$(go env GOPATH 2>/dev/null || echo "$HOME/go")/bin
+
+need=()
+for f in /usr/sbin/slapd:slapd /usr/bin/ldapsearch:ldap-utils /usr/bin/redis-server:redis-server \
+         /usr/bin/openssl:openssl /usr/bin/swaks:swaks /usr/share/perl5/IO/Socket/SSL.pm:libio-socket-ssl-perl \
+         /usr/share/perl5/Authen/SASL.pm:libauthen-sasl-perl /usr/bin/dkimverify:python3-dkim \
+         /etc/ssl/certs/ca-certificates.crt:ca-certificates; do
+  [ -e "${f%%:*}" ] || need+=("${f##*:}")
+done
+perl -MNet::SSLeay -e1 2>/dev/null || need+=(libnet-ssleay-perl)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "test.sh: installing ${need[*]}" >&2
+  SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+  export DEBIAN_FRONTEND=noninteractive
+  # Without this, slapd's postinst builds a system directory and starts a
+  # system slapd on :389; the tests run their own.
+  echo 'slapd slapd/no_configuration boolean true' | $SUDO debconf-set-selections
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+eval "$(scripts/test-services.sh start)"
+trap 'scripts/test-services.sh stop' EXIT
+
+echo "test.sh: gofmt, go vet, staticcheck" >&2
+unformatted=$(gofmt -l .)
+[ -z "$unformatted" ] || { echo "gofmt needed on: $unformatted" >&2; exit 1; }
+go vet ./...
+command -v staticcheck >/dev/null || go install honnef.co/go/tools/cmd/staticcheck@v0.8.2
+staticcheck ./...
+
+echo "test.sh: go test -race ./..." >&2
+go test -race -count=1 "$@" ./...
