@@ -38,6 +38,7 @@ var (
 	replyBadSender      = code(553, 5, 1, 7, "Bad sender address syntax")
 	replyTooLarge       = code(552, 5, 3, 4, "Message too large")
 	replyBareLineEnding = code(554, 5, 6, 0, "Message has bare CR or LF line endings; use CRLF")
+	replyLineTooLong    = code(500, 5, 5, 2, "Line too long")
 	replyBadHeader      = code(554, 5, 6, 0, "Malformed message header")
 	replyNoDKIMKey      = code(550, 5, 7, 1, "Sender domain has no signing key here")
 	replyShuttingDown   = code(421, 4, 3, 2, "Service shutting down, try again later")
@@ -78,6 +79,8 @@ func reply(cmd string, err error) *smtp.SMTPError {
 		return replyRelayDenied
 	case errors.Is(err, errHeaderTooLarge):
 		return replyTooLarge
+	case errors.Is(err, smtp.ErrTooLongLine):
+		return replyLineTooLong
 	case errors.Is(err, errBareLineEnding):
 		return replyBareLineEnding
 	case errors.Is(err, errBadHeader):

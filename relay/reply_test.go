@@ -32,6 +32,7 @@ func TestReplyTable(t *testing.T) {
 		{"DATA", errBareLineEnding, "554 5.6.0 Message has bare CR or LF line endings; use CRLF"},
 		{"DATA", wrap(errSpool), "451 4.3.0 Could not queue the message, try again later"},
 		{"DATA", wrap(dkim.ErrNoKey), "550 5.7.1 Sender domain has no signing key here"},
+		{"DATA", smtp.ErrTooLongLine, "500 5.5.2 Line too long"},
 		{"EHLO", errShuttingDown, "421 4.3.2 Service shutting down, try again later"},
 		{"DATA", errors.New("something nobody thought of"), "451 4.3.0 Internal error, try again later"},
 		{"MAIL", errors.New("redis: connection refused"), "451 4.3.0 Internal error, try again later"},

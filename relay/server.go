@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -237,5 +238,14 @@ func remoteAddr(c net.Conn) netip.Addr {
 // slogLogger gives go-smtp's internal error log (panics, accept errors) to slog.
 type slogLogger struct{ l *slog.Logger }
 
-func (l slogLogger) Printf(format string, v ...any) { l.l.Error(fmt.Sprintf(format, v...)) }
-func (l slogLogger) Println(v ...any)               { l.l.Error(fmt.Sprint(v...)) }
+func (l slogLogger) Printf(format string, v ...any) {
+	msg := fmt.Sprintf(format, v...)
+	// "error handling <addr>: ..." is a client that hung up or failed its
+	// TLS handshake: the client's problem, not ours.
+	if strings.HasPrefix(format, "error handling") {
+		l.l.Info("connection ended", "err", msg)
+		return
+	}
+	l.l.Error(msg)
+}
+func (l slogLogger) Println(v ...any) { l.l.Error(fmt.Sprint(v...)) }

@@ -278,6 +278,7 @@ func (q *Queue) attempt(ctx context.Context, m *Message) {
 		q.mu.Lock()
 		delete(q.inflight, m.ID)
 		q.mu.Unlock()
+		q.kick() // its next attempt may be the earliest now
 	}()
 	// An administrator may have deleted it since it was scheduled.
 	if _, err := os.Stat(m.envPath()); err != nil {

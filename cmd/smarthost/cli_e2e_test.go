@@ -1,0 +1,154 @@
+package main
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"crypto/tls"
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+	"golang.org/x/crypto/bcrypt"
+)
+
+func execCommand(name string, args ...string) (string, error) {
+	out, err := exec.Command(name, args...).CombinedOutput()
+	return string(out), err
+}
+
+func fmtInt(n int) string { return strconv.Itoa(n) }
+
+func runCLI(args ...string) (string, error) { return execCommand(binary, args...) }
+
+func exitCode(err error) int {
+	if ee, ok := err.(*exec.ExitError); ok {
+		return ee.ExitCode()
+	}
+	if err != nil {
+		return -1
+	}
+	return 0
+}
+
+func TestCheckConfig(t *testing.T) {
+	e := newRelayEnv(t, envOpts{})
+	out, err := runCLI("check-config", "--config", e.config)
+	if exitCode(err) != 0 || !strings.Contains(out, "configuration is valid") {
+		t.Fatalf("valid config: exit %d\n%s", exitCode(err), out)
+	}
+	if _, err := os.Stat(filepath.Join(e.dir, "dkim")); err == nil {
+		t.Error("check-config wrote the DKIM keys it only had to check")
+	}
+	bad := filepath.Join(e.dir, "bad.yaml")
+	text, _ := os.ReadFile(e.config)
+	os.WriteFile(bad, []byte(strings.Replace(string(text), "mode: implicit", "mode: implicit, colour: red", 1)+
+		"routes: [{upstreams: [nope]}]\n"), 0o600)
+	out, err = runCLI("check-config", "--config", bad)
+	if exitCode(err) != 2 || !strings.Contains(out, `listeners[1].colour (line 4): unknown key "colour"`) ||
+		!strings.Contains(out, `routes[0].upstreams[0]`) || !strings.Contains(out, `no upstream is named "nope"`) {
+		t.Fatalf("bad config: exit %d\n%s", exitCode(err), out)
+	}
+	out, err = runCLI("check-config", "--config", filepath.Join(e.dir, "missing.yaml"))
+	if exitCode(err) != 2 {
+		t.Fatalf("missing file: exit %d\n%s", exitCode(err), out)
+	}
+	// --probe: the file:// outbox is fine, a closed port is not.
+	out, err = runCLI("check-config", "--probe", "--config", e.config)
+	if exitCode(err) != 0 || !strings.Contains(out, "upstream up: ok") {
+		t.Fatalf("probe ok: exit %d\n%s", exitCode(err), out)
+	}
+	down := newRelayEnv(t, envOpts{upstream: "smtp://" + freePort(t)})
+	out, err = runCLI("check-config", "--config", down.config, "--probe")
+	if exitCode(err) != 1 || !strings.Contains(out, "upstream up: FAILED") {
+		t.Fatalf("probe down: exit %d\n%s", exitCode(err), out)
+	}
+	if out, err := runCLI("serve", "--config", bad); exitCode(err) != 2 {
+		t.Fatalf("serve with a bad config: exit %d\n%s", exitCode(err), out)
+	}
+}
+
+func TestGracefulStop(t *testing.T) {
+	e := newRelayEnv(t, envOpts{})
+	p := e.start(t)
+	p.signal(t, syscall.SIGTERM)
+	if code := p.wait(t, 40*time.Second); code != 0 {
+		t.Fatalf("exit code %d after SIGTERM", code)
+	}
+	if !strings.Contains(p.logText(), "stopped") {
+		t.Errorf("no stop in log:\n%s", p.logText())
+	}
+}
+
+func login(t *testing.T, addr, user, pass string) error {
+	c, err := smtp.DialTLS(addr, &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	return c.Auth(sasl.NewPlainClient("", user, pass))
+}
+
+func TestReloadUsers(t *testing.T) {
+	e := newRelayEnv(t, envOpts{})
+	p := e.start(t)
+	if err := login(t, e.implicit, "bob", "bob-pw"); err == nil {
+		t.Fatal("bob logged in before he existed")
+	}
+	h, _ := bcrypt.GenerateFromPassword([]byte("bob-pw"), bcrypt.MinCost)
+	f, _ := os.OpenFile(filepath.Join(e.dir, "users.yaml"), os.O_APPEND|os.O_WRONLY, 0)
+	f.WriteString("  bob:\n    password_hash: \"" + string(h) + "\"\n    addresses: [bob@example.com]\n")
+	f.Close()
+	p.signal(t, syscall.SIGHUP)
+	eventually(t, "the reload", 10*time.Second, func() bool { return strings.Contains(p.logText(), "configuration reloaded") })
+	if err := login(t, e.implicit, "bob", "bob-pw"); err != nil {
+		t.Fatalf("bob after reload: %v", err)
+	}
+	// A broken file is refused and the running configuration kept.
+	os.WriteFile(filepath.Join(e.dir, "users.yaml"), []byte("users: [broken\n"), 0o600)
+	p.signal(t, syscall.SIGHUP)
+	eventually(t, "the refusal", 10*time.Second, func() bool { return strings.Contains(p.logText(), "reload refused") })
+	if err := login(t, e.implicit, "alice", "alice-pw"); err != nil {
+		t.Fatalf("alice after a refused reload: %v", err)
+	}
+}
+
+func TestPasswdAndVersion(t *testing.T) {
+	cmd := exec.Command(binary, "passwd")
+	cmd.Stdin = strings.NewReader("pässwörd-€\n")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bcrypt.CompareHashAndPassword([]byte(strings.TrimSpace(string(out))), []byte("pässwörd-€")); err != nil {
+		t.Fatalf("passwd printed %q: %v", out, err)
+	}
+	cmd = exec.Command(binary, "passwd")
+	cmd.Stdin = strings.NewReader("\n")
+	if err := cmd.Run(); exitCode(err) == 0 {
+		t.Error("passwd accepted an empty password")
+	}
+	v, err := runCLI("version")
+	if err != nil || !strings.Contains(v, runtime.Version()) || !strings.Contains(v, "commit ") {
+		t.Fatalf("version: %v\n%s", err, v)
+	}
+}
+
+func TestDKIMKeygen(t *testing.T) {
+	dir := t.TempDir()
+	out, err := runCLI("dkim", "keygen", "--domain", "Example.com", "--selector", "s1", "--algo", "ed25519", "--out", dir)
+	if err != nil || !strings.Contains(out, `s1._domainkey.example.com. IN TXT ( "v=DKIM1; k=ed25519; p=`) {
+		t.Fatalf("keygen: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "example.com.s1.key")); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := runCLI("dkim", "keygen", "--domain", "example.com", "--selector", "s1", "--algo", "ed25519", "--out", dir); err == nil {
+		t.Fatalf("keygen overwrote a key:\n%s", out)
+	}
+}

@@ -1,0 +1,299 @@
+package main
+
+// End-to-end tests: the real binary (built once with -race), real clients
+// (swaks, Python's smtplib), a real upstream on loopback (relaytest.Sink) and
+// the file:// outbox. A missing client is a skip locally and a failure
+// under CI.
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/smarthost/smarthost/relay/relaytest"
+)
+
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "smarthost-e2e-")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "smarthost")
+	args := []string{"build", "-o", binary}
+	if raceEnabled {
+		args = append(args, "-race")
+	}
+	if out, err := exec.Command("go", append(args, ".")...).CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building smarthost: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// need finds an external program, or skips (fails under CI).
+func need(t *testing.T, path string, check ...string) {
+	t.Helper()
+	_, err := os.Stat(path)
+	if err == nil && len(check) > 0 {
+		err = exec.Command(path, check...).Run()
+	}
+	if err == nil {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("%s is missing under CI", path)
+	}
+	t.Skipf("%s not installed", path)
+}
+
+const python = "/usr/bin/python3"
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+type relayEnv struct {
+	dir      string
+	config   string
+	starttls string
+	implicit string
+	outbox   string
+	records  string // DKIM DNS records, "name value" lines
+}
+
+type envOpts struct {
+	upstream string // URL; default the file:// outbox
+	workers  int
+	extra    string // more YAML
+}
+
+var bcryptOnce sync.Once
+var aliceHash string
+
+func newRelayEnv(t *testing.T, o envOpts) *relayEnv {
+	t.Helper()
+	bcryptOnce.Do(func() {
+		h, _ := bcrypt.GenerateFromPassword([]byte("alice-pw"), bcrypt.MinCost)
+		aliceHash = string(h)
+	})
+	e := &relayEnv{dir: t.TempDir(), starttls: freePort(t), implicit: freePort(t)}
+	e.config = filepath.Join(e.dir, "smarthost.yaml")
+	e.outbox = filepath.Join(e.dir, "outbox")
+	if o.upstream == "" {
+		o.upstream = "file://" + e.outbox
+	}
+	if o.workers == 0 {
+		o.workers = 4
+	}
+	users := fmt.Sprintf("users:\n  alice:\n    password_hash: %q\n    addresses: [alice@example.com, \"*@app.example.com\"]\n", aliceHash)
+	os.WriteFile(filepath.Join(e.dir, "users.yaml"), []byte(users), 0o600)
+	cfg := fmt.Sprintf(`hostname: relay.test
+listeners:
+  - {address: %q, mode: starttls}
+  - {address: %q, mode: implicit}
+tls: {self_signed: true}
+auth:
+  backend: static
+  static: {users_file: %q}
+policy:
+  max_recipients: 3
+  max_message_size: 64KiB
+dkim:
+  domains:
+    example.com:
+      - {selector: e2e, key_file: %q, create_if_missing: true, algo: ed25519}
+      - {selector: e2ersa, key_file: %q, create_if_missing: true}
+upstreams:
+  - {name: up, url: %q, tls: none, timeout: 5s}
+queue:
+  dir: %q
+  workers: %d
+  retry: [200ms]
+  max_age: 1h
+log: {format: text, level: debug}
+%s`, e.starttls, e.implicit, filepath.Join(e.dir, "users.yaml"), filepath.Join(e.dir, "dkim", "e2e.key"),
+		filepath.Join(e.dir, "dkim", "e2ersa.key"), o.upstream, filepath.Join(e.dir, "queue"), o.workers, o.extra)
+	if err := os.WriteFile(e.config, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+type proc struct {
+	cmd  *exec.Cmd
+	log  *bytes.Buffer
+	done chan struct{}
+	mu   *sync.Mutex
+}
+
+type lockedBuffer struct {
+	mu *sync.Mutex
+	b  *bytes.Buffer
+}
+
+func (l lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (p *proc) logText() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.log.String()
+}
+
+// start runs `smarthost serve` and waits until it accepts connections.
+func (e *relayEnv) start(t *testing.T) *proc {
+	t.Helper()
+	p := &proc{log: &bytes.Buffer{}, done: make(chan struct{}), mu: &sync.Mutex{}}
+	p.cmd = exec.Command(binary, "serve", "--config", e.config)
+	p.cmd.Stderr = lockedBuffer{p.mu, p.log}
+	p.cmd.Stdout = p.cmd.Stderr
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		p.cmd.Process.Kill()
+		<-p.done
+		if t.Failed() {
+			t.Logf("smarthost log:\n%s", p.logText())
+		}
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if c, err := net.Dial("tcp", e.implicit); err == nil {
+			c.Close()
+			break
+		}
+		select {
+		case <-p.done:
+			t.Fatalf("smarthost exited: %v\n%s", p.cmd.ProcessState, p.logText())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("smarthost did not start:\n%s", p.logText())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if e.records == "" {
+		out, err := exec.Command(binary, "dkim", "dns", "--config", e.config).Output()
+		if err != nil {
+			t.Fatalf("dkim dns: %v", err)
+		}
+		e.records = zoneToRecords(string(out))
+	}
+	return p
+}
+
+// zoneToRecords turns `name. IN TXT ( "a" "b" )` lines into "name value".
+func zoneToRecords(zone string) string {
+	var b strings.Builder
+	re := regexp.MustCompile(`"([^"]*)"`)
+	for _, line := range strings.Split(strings.TrimSpace(zone), "\n") {
+		name, _, _ := strings.Cut(line, " ")
+		var v strings.Builder
+		for _, m := range re.FindAllStringSubmatch(line, -1) {
+			v.WriteString(m[1])
+		}
+		fmt.Fprintf(&b, "%s %s\n", name, v.String())
+	}
+	return b.String()
+}
+
+func (p *proc) signal(t *testing.T, s os.Signal) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(s); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (p *proc) wait(t *testing.T, d time.Duration) int {
+	t.Helper()
+	select {
+	case <-p.done:
+		return p.cmd.ProcessState.ExitCode()
+	case <-time.After(d):
+		t.Fatalf("smarthost did not exit within %s", d)
+	}
+	return -1
+}
+
+func sink(t *testing.T, addr string) *relaytest.Sink {
+	t.Helper()
+	s, err := relaytest.NewSink(relaytest.SinkOptions{Addr: addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s
+}
+
+func swaks(t *testing.T, args ...string) (string, int) {
+	t.Helper()
+	need(t, "/usr/bin/swaks")
+	cmd := exec.Command("/usr/bin/swaks", append([]string{"--timeout", "20"}, args...)...)
+	out, _ := cmd.CombinedOutput()
+	return string(out), cmd.ProcessState.ExitCode()
+}
+
+// pySMTP runs a Python smtplib script with HOST, PORT and CTX (a TLS
+// context that trusts the self-signed certificate) defined.
+func pySMTP(t *testing.T, addr, script string, args ...string) string {
+	t.Helper()
+	need(t, python, "-c", "import smtplib, ssl")
+	host, port, _ := net.SplitHostPort(addr)
+	prelude := fmt.Sprintf("import smtplib, ssl, sys\nHOST=%q\nPORT=%s\nCTX=ssl.create_default_context()\nCTX.check_hostname=False\nCTX.verify_mode=ssl.CERT_NONE\n", host, port)
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, python, append([]string{"-c", prelude + script}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("python: %v\n%s", err, out)
+	}
+	return string(out)
+}
+
+func eventually(t *testing.T, what string, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func dkimVerify(t *testing.T, records string, msg []byte) {
+	t.Helper()
+	need(t, python, "-c", "import dkim")
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "m.eml"), msg, 0o600)
+	os.WriteFile(filepath.Join(dir, "records"), []byte(records), 0o600)
+	out, err := exec.Command(python, "../../scripts/dkimverify.py", filepath.Join(dir, "m.eml"), filepath.Join(dir, "records")).CombinedOutput()
+	if err != nil || strings.Count(string(out), "pass") != 2 {
+		t.Fatalf("dkimpy does not verify both signatures: %v\n%s\n%s", err, out, msg)
+	}
+}
