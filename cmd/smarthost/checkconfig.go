@@ -36,6 +36,17 @@ func checkConfigCmd(args []string, stdout, stderr io.Writer) int {
 	if !*probe {
 		return exitOK
 	}
+	code := exitOK
+	if p.ldap != nil {
+		for _, r := range p.ldap.Probe() {
+			if r.Err != nil {
+				fmt.Fprintf(stdout, "ldap %s: FAILED: %v\n", r.URL, r.Err)
+				code = exitRuntime
+			} else {
+				fmt.Fprintf(stdout, "ldap %s: ok (service bind)\n", r.URL)
+			}
+		}
+	}
 	router, err := upstream.NewRouter(p.upstream, log)
 	if err != nil {
 		fmt.Fprintf(stdout, "upstreams: %v\n", err)
@@ -43,7 +54,6 @@ func checkConfigCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	code := exitOK
 	for _, r := range router.Probe(ctx) {
 		if r.Err != nil {
 			fmt.Fprintf(stdout, "upstream %s: FAILED: %v\n", r.Name, r.Err)

@@ -20,6 +20,7 @@ import (
 	"github.com/smarthost/smarthost/configs"
 	"github.com/smarthost/smarthost/dkim"
 	"github.com/smarthost/smarthost/policy"
+	"github.com/smarthost/smarthost/policy/ldap"
 	"github.com/smarthost/smarthost/relay"
 	"github.com/smarthost/smarthost/relay/queue"
 	"github.com/smarthost/smarthost/relay/upstream"
@@ -33,6 +34,7 @@ type parts struct {
 	queue    queue.Config
 	upstream upstream.Config
 	cert     *tls.Certificate
+	ldap     *ldap.Directory // nil unless auth.backend is ldap
 }
 
 // compose translates f. With create, keys marked create_if_missing are made;
@@ -70,7 +72,27 @@ func compose(f *configs.File, create bool, log *slog.Logger) (*parts, configs.Pr
 			dir = policy.NewCache(s, time.Duration(f.Auth.Static.CacheTTL), nil)
 		}
 	case "ldap":
-		bad("auth.backend", "the ldap backend is not available in this version yet; use static")
+		l := f.Auth.LDAP
+		lc := ldap.Config{
+			URLs: l.URLs, StartTLS: l.StartTLS == nil || *l.StartTLS, TLSVerify: l.TLSVerify == nil || *l.TLSVerify,
+			BindDN: l.BindDN, BindPassword: l.BindPassword, BaseDN: l.BaseDN, UserFilter: l.UserFilter,
+			AddressAttributes: l.AddressAttributes, ClassAttribute: l.ClassAttribute, RequiredGroup: l.RequiredGroup,
+			Timeout: time.Duration(l.Timeout),
+		}
+		if l.CAFile != "" {
+			pool, err := loadCA(l.CAFile)
+			if err != nil {
+				bad("auth.ldap.ca_file", "%v", err)
+			}
+			lc.RootCAs = pool
+		}
+		d, err := ldap.New(lc, log)
+		if err != nil {
+			bad("auth.ldap", "%v", err)
+		} else {
+			p.ldap = d
+			dir = policy.NewCache(d, time.Duration(l.CacheTTL), nil)
+		}
 	}
 	pc := policy.Config{
 		TrustedSenders:          f.Policy.TrustedSenders,

@@ -84,6 +84,7 @@ func serveCmd(args []string, stderr io.Writer) int {
 	}
 	log.Info("smarthost started", "version", version, "queued", q.Len())
 
+	dir := p.ldap // closed when a reload replaces it
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	code := exitOK
@@ -92,7 +93,14 @@ loop:
 		select {
 		case s := <-sig:
 			if s == syscall.SIGHUP {
-				reload(*path, srv, q, &certs, log)
+				if np, ok := reload(*path, srv, q, &certs, log); ok {
+					if old := dir; old != nil {
+						// Sessions that started before the reload may use
+						// the old directory a while longer.
+						time.AfterFunc(shutdownGrace, old.Close)
+					}
+					dir = np.ldap
+				}
 				continue
 			}
 			log.Info("shutting down", "signal", s.String())
@@ -110,6 +118,9 @@ loop:
 	}
 	stopQueue()
 	wg.Wait()
+	if dir != nil {
+		dir.Close()
+	}
 	log.Info("stopped", "queued", q.Len())
 	return code
 }
@@ -117,16 +128,18 @@ loop:
 // reload re-reads the configuration and swaps what can be swapped without
 // dropping connections: users, policy, DKIM keys and the certificate.
 // Listeners, the queue and upstreams need a restart.
-func reload(path string, srv *relay.Server, q *queue.Queue, certs *certHolder, log *slog.Logger) {
+//
+// It returns the new parts, and false when it kept the running ones.
+func reload(path string, srv *relay.Server, q *queue.Queue, certs *certHolder, log *slog.Logger) (*parts, bool) {
 	f, err := loadConfig(path)
 	if err != nil {
 		log.Error("reload refused: configuration has problems; keeping the running one", "problems", err.Error())
-		return
+		return nil, false
 	}
 	p, probs := compose(f, true, log)
 	if len(probs) > 0 {
 		log.Error("reload refused: configuration has problems; keeping the running one", "problems", probs.Error())
-		return
+		return nil, false
 	}
 	if p.cert != nil {
 		certs.c.Store(p.cert)
@@ -134,6 +147,7 @@ func reload(path string, srv *relay.Server, q *queue.Queue, certs *certHolder, l
 	p.deps.Queue = q
 	srv.Reload(p.deps)
 	log.Info("configuration reloaded")
+	return p, true
 }
 
 func loadConfig(path string) (*configs.File, error) {
