@@ -56,6 +56,12 @@ func (f *File) applyDefaults() {
 	if r.OnBackendError == "" {
 		r.OnBackendError = "tempfail"
 	}
+	if r.Timeout == 0 {
+		r.Timeout = Duration(time.Second)
+	}
+	if r.ConnectionsPerIP == 0 {
+		r.ConnectionsPerIP = 50
+	}
 	if len(r.Redis.Addrs) == 0 {
 		r.Redis.Addrs = []string{"127.0.0.1:6379"}
 	}
@@ -179,6 +185,11 @@ func (f *File) validate(add func(string, int, string)) {
 	oneOf("ratelimit.on_backend_error", f.RateLimit.OnBackendError, "tempfail", "allow")
 	if f.RateLimit.ConnectionsPerIP < 0 {
 		bad("ratelimit.connections_per_ip", "must be positive")
+	}
+	for i, a := range f.RateLimit.Redis.Addrs {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			bad(fmt.Sprintf("ratelimit.redis.addrs[%d]", i), "bad address %q: use host:port", a)
+		}
 	}
 
 	oneOf("dkim.on_missing_key", f.DKIM.OnMissingKey, "send_unsigned", "reject")

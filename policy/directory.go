@@ -14,6 +14,10 @@ import (
 // not submit mail. Any other error from a Directory means it could not decide.
 var ErrBadCredentials = errors.New("policy: bad credentials")
 
+// ErrNoSuchUser is what a Lookup (by name, without a password) returns for
+// a name the directory does not know.
+var ErrNoSuchUser = errors.New("policy: no such user")
+
 // Directory verifies a user's credentials and says which addresses they own.
 // It is implemented by Static and by policy/ldap.
 type Directory interface {

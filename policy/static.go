@@ -79,3 +79,14 @@ func (s *Static) Authenticate(_ context.Context, username, password string) (*Us
 	}
 	return &User{Name: name, Addresses: u.Addresses, Class: u.Class}, nil
 }
+
+// Lookup finds a user by name without checking a password (for operators'
+// tools such as `smarthost limits show`).
+func (s *Static) Lookup(_ context.Context, username string) (*User, error) {
+	name := strings.ToLower(username)
+	u, ok := s.users[name]
+	if !ok {
+		return nil, fmt.Errorf("%w: %q", ErrNoSuchUser, username)
+	}
+	return &User{Name: name, Addresses: u.Addresses, Class: u.Class}, nil
+}

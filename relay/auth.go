@@ -5,6 +5,8 @@ import (
 	"errors"
 
 	"github.com/emersion/go-sasl"
+
+	"github.com/smarthost/smarthost/policy"
 )
 
 // AuthMechanisms is what EHLO advertises: nothing before TLS, so that
@@ -37,7 +39,17 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 func (s *session) authenticate(username, password string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.AuthTimeout)
 	defer cancel()
+	ip := s.client.Addr.String()
+	q := s.deps.Quotas
+	if q != nil {
+		if err := q.LoginAllowed(ctx, ip); err != nil {
+			return s.fail("AUTH", err)
+		}
+	}
 	u, err := s.deps.Policy.Authenticate(ctx, username, password)
+	if errors.Is(err, policy.ErrBadCredentials) && q != nil {
+		q.LoginFailed(ctx, ip)
+	}
 	if err != nil {
 		return s.fail("AUTH", err)
 	}

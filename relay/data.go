@@ -3,6 +3,7 @@ package relay
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -75,6 +76,12 @@ func (s *session) receive(d *queue.Draft, r io.Reader) (string, error) {
 			return "", err
 		}
 		prepend = append(sigs, added...)
+	}
+	if q := s.deps.Quotas; q != nil {
+		user, class := s.quotaKey()
+		if err := q.Bytes(context.Background(), user, class, d.Size()); err != nil {
+			return "", err
+		}
 	}
 	id, err := d.Commit(s.from, s.rcpts, prepend)
 	if err != nil {

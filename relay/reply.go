@@ -2,12 +2,19 @@ package relay
 
 import (
 	"errors"
+	"time"
 
 	"github.com/emersion/go-smtp"
 
 	"github.com/smarthost/smarthost/dkim"
 	"github.com/smarthost/smarthost/policy"
+	"github.com/smarthost/smarthost/ratelimit"
 )
+
+// roundUp formats a wait for people: whole seconds, at least one.
+func roundUp(d time.Duration) string {
+	return max(d.Truncate(time.Second)+time.Second, time.Second).String()
+}
 
 // Errors of the SMTP front door itself; the domain packages have their own.
 var (
@@ -45,6 +52,7 @@ var (
 	replyTooManyConns   = code(421, 4, 7, 0, "Too many connections from your address")
 	replySpool          = code(451, 4, 3, 0, "Could not queue the message, try again later")
 	replyInternal       = code(451, 4, 3, 0, "Internal error, try again later")
+	replyLimiterDown    = code(451, 4, 4, 3, "Rate limit service unavailable, try again later")
 )
 
 // reply is the one place where an error becomes an SMTP reply. Domain
@@ -54,7 +62,14 @@ var (
 // refuse mail for a bug or an outage.
 func reply(cmd string, err error) *smtp.SMTPError {
 	var se *smtp.SMTPError
+	var exceeded *ratelimit.ExceededError
 	switch {
+	case errors.As(err, &exceeded) && cmd == "AUTH":
+		return code(454, 4, 7, 0, "Too many failed authentications from your address; try again in "+roundUp(exceeded.RetryAfter))
+	case errors.As(err, &exceeded):
+		return code(450, 4, 7, 1, "Rate limit reached for "+exceeded.What+"; try again in "+roundUp(exceeded.RetryAfter))
+	case errors.Is(err, ratelimit.ErrUnavailable) && cmd != "AUTH":
+		return replyLimiterDown
 	case errors.As(err, &se):
 		return se // go-smtp's own (message size) or one we built already
 	case errors.Is(err, errTLSRequired):

@@ -20,6 +20,7 @@ import (
 
 	"github.com/smarthost/smarthost/dkim"
 	"github.com/smarthost/smarthost/policy"
+	"github.com/smarthost/smarthost/ratelimit"
 	"github.com/smarthost/smarthost/relay/queue"
 )
 
@@ -58,6 +59,7 @@ type Deps struct {
 	Signer      *dkim.Signer // nil: no signing
 	RejectNoKey bool         // on_missing_key: reject
 	Queue       *queue.Queue
+	Quotas      *ratelimit.Quotas // nil: no limits
 }
 
 // Server runs the listeners.

@@ -61,6 +61,17 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 		return s.fail("MAIL", err)
 	}
 	// go-smtp has already refused a SIZE= above MaxMessageBytes.
+	if q := s.deps.Quotas; q != nil {
+		user, class := s.quotaKey()
+		if err := q.Mail(context.Background(), user, class); err != nil {
+			return s.fail("MAIL", err)
+		}
+		if opts != nil && opts.Size > 0 {
+			if err := q.CheckSize(context.Background(), user, class, opts.Size); err != nil {
+				return s.fail("MAIL", err)
+			}
+		}
+	}
 	s.from = from
 	s.utf8 = opts != nil && opts.UTF8
 	return nil
@@ -70,8 +81,23 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	if err := s.deps.Policy.CheckRecipient(s.client, to); err != nil {
 		return s.fail("RCPT", err)
 	}
+	if q := s.deps.Quotas; q != nil {
+		user, class := s.quotaKey()
+		if err := q.Rcpt(context.Background(), user, class); err != nil {
+			return s.fail("RCPT", err)
+		}
+	}
 	s.rcpts = append(s.rcpts, to)
 	return nil
+}
+
+// quotaKey is whose budget a transaction spends: the user's, or for a
+// trusted network without AUTH, the client address's, with default limits.
+func (s *session) quotaKey() (user, class string) {
+	if s.client.User != nil {
+		return s.client.User.Name, s.client.User.Class
+	}
+	return "net:" + s.client.Addr.String(), ""
 }
 
 func (s *session) Reset() {

@@ -52,6 +52,7 @@ wait_for() { # what cmd...
 stop() {
   stop_pid slapd "$D/slapd.pid"
   stop_pid redis "$D/redis.pid"
+  for i in 1 2 3; do stop_pid "redis cluster node $i" "$D/cluster-$i.pid"; done
 }
 
 start() {
@@ -61,8 +62,9 @@ start() {
   [ -d "$D" ] && stop
   rm -rf "$D"
   mkdir -p "$D/ldap-db"
-  local ldap_port ldaps_port redis_port
+  local ldap_port ldaps_port redis_port cluster_ports=()
   ldap_port=$(free_port); ldaps_port=$(free_port); redis_port=$(free_port)
+  for i in 1 2 3; do cluster_ports+=("$(free_port)"); done
 
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=127.0.0.1" \
     -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" -keyout "$D/ldap.key" -out "$D/ldap.crt" 2>/dev/null
@@ -116,6 +118,17 @@ CONF
   /usr/bin/redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no \
     --dir "$D" --daemonize yes --pidfile "$D/redis.pid" --logfile "$D/redis.log"
 
+  # A three-node Redis Cluster, no replicas, for the cluster tests.
+  local nodes=()
+  for i in 1 2 3; do
+    local p=${cluster_ports[$((i-1))]}
+    mkdir -p "$D/cluster-$i"
+    /usr/bin/redis-server --bind 127.0.0.1 --port "$p" --save '' --appendonly no --cluster-enabled yes \
+      --cluster-config-file "$D/cluster-$i/nodes.conf" --dir "$D/cluster-$i" --daemonize yes \
+      --pidfile "$D/cluster-$i.pid" --logfile "$D/cluster-$i.log"
+    nodes+=("127.0.0.1:$p")
+  done
+
   # Ready means it answers and it is ours (a stale server on the port would
   # answer too).
   if ! wait_for slapd /usr/bin/ldapsearch -x -LLL -H "ldap://127.0.0.1:$ldap_port/" -b '' -s base 1.1 || ! alive "$(cat "$D/slapd.pid")"; then
@@ -124,6 +137,16 @@ CONF
   if ! wait_for redis /usr/bin/redis-cli -h 127.0.0.1 -p "$redis_port" ping || ! alive "$(cat "$D/redis.pid")"; then
     say "redis failed to start:"; tail -20 "$D/redis.log" >&2; stop; exit 1
   fi
+  for n in "${nodes[@]}"; do
+    wait_for "cluster node $n" /usr/bin/redis-cli -h 127.0.0.1 -p "${n##*:}" ping || { stop; exit 1; }
+  done
+  /usr/bin/redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >"$D/cluster-create.log" 2>&1 \
+    || { say "cluster create failed:"; cat "$D/cluster-create.log" >&2; stop; exit 1; }
+  cluster_ok() { /usr/bin/redis-cli -h 127.0.0.1 -p "${cluster_ports[0]}" cluster info | grep -q 'cluster_state:ok'; }
+  wait_for "cluster state ok" cluster_ok || { stop; exit 1; }
+  local cluster_addrs
+  cluster_addrs=$(IFS=,; echo "${nodes[*]}")
+
   cat <<ENV
 export SMARTHOST_TEST_LDAP_URL=ldap://127.0.0.1:$ldap_port
 export SMARTHOST_TEST_LDAPS_URL=ldaps://127.0.0.1:$ldaps_port
@@ -135,6 +158,7 @@ export SMARTHOST_TEST_LDAP_GROUP=cn=smtp-users,ou=groups,dc=example,dc=com
 export SMARTHOST_TEST_LDAP_PIDFILE=$D/slapd.pid
 export SMARTHOST_TEST_REDIS_ADDR=127.0.0.1:$redis_port
 export SMARTHOST_TEST_REDIS_PIDFILE=$D/redis.pid
+export SMARTHOST_TEST_REDIS_CLUSTER=$cluster_addrs
 ENV
 }
 

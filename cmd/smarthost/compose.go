@@ -35,6 +35,7 @@ type parts struct {
 	upstream upstream.Config
 	cert     *tls.Certificate
 	ldap     *ldap.Directory // nil unless auth.backend is ldap
+	lookup   lookupFunc      // finds a user by name, for the limits view
 }
 
 // compose translates f. With create, keys marked create_if_missing are made;
@@ -70,6 +71,7 @@ func compose(f *configs.File, create bool, log *slog.Logger) (*parts, configs.Pr
 			bad("auth.static.users_file", "%v", err)
 		} else {
 			dir = policy.NewCache(s, time.Duration(f.Auth.Static.CacheTTL), nil)
+			p.lookup = s.Lookup
 		}
 	case "ldap":
 		l := f.Auth.LDAP
@@ -91,6 +93,7 @@ func compose(f *configs.File, create bool, log *slog.Logger) (*parts, configs.Pr
 			bad("auth.ldap", "%v", err)
 		} else {
 			p.ldap = d
+			p.lookup = d.Lookup
 			dir = policy.NewCache(d, time.Duration(l.CacheTTL), nil)
 		}
 	}
@@ -105,10 +108,6 @@ func compose(f *configs.File, create bool, log *slog.Logger) (*parts, configs.Pr
 		}
 	}
 	p.deps.Policy = policy.New(pc, dir)
-
-	if f.RateLimit.Backend == "redis" {
-		bad("ratelimit.backend", "the redis backend is not available in this version yet; use memory")
-	}
 
 	keys, kprobs := loadDKIM(f, create, log)
 	probs = append(probs, kprobs...)

@@ -27,6 +27,7 @@ commands:
   dkim keygen --domain D --selector S [--algo rsa2048|rsa4096|ed25519] [--out DIR]
   dkim dns --config FILE            print the DNS TXT records of every configured key
   queue list|show ID|retry ID|delete ID --config FILE
+  limits show USER --config FILE    a user's class, limits, what is left and when it refills
   version                           print version, commit and Go version
 `
 
@@ -51,6 +52,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return dkimCmd(rest, stdout, stderr)
 	case "queue":
 		return queueCmd(rest, stdout, stderr)
+	case "limits":
+		return limitsCmd(rest, stdout, stderr)
 	case "version", "--version", "-version":
 		return versionCmd(stdout)
 	case "help", "-h", "--help":

@@ -6,13 +6,17 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/smarthost/smarthost/configs"
+	"github.com/smarthost/smarthost/ratelimit"
 	"github.com/smarthost/smarthost/relay"
 	"github.com/smarthost/smarthost/relay/queue"
 	"github.com/smarthost/smarthost/relay/upstream"
@@ -56,6 +60,11 @@ func serveCmd(args []string, stderr io.Writer) int {
 		p.relay.TLS = certs.tlsConfig(f.TLS.MinVersion)
 	}
 	p.deps.Queue = q
+	limiter, closeLimiter := newLimiter(f)
+	defer closeLimiter()
+	p.deps.Quotas = ratelimit.NewQuotas(quotasConfig(f), limiter, log)
+	var current atomic.Pointer[parts] // for the HTTP views
+	current.Store(p)
 	srv, err := relay.NewServer(p.relay, p.deps, log)
 	if err != nil {
 		errorf(stderr, "%v", err)
@@ -65,8 +74,16 @@ func serveCmd(args []string, stderr io.Writer) int {
 		errorf(stderr, "%v", err)
 		return exitRuntime
 	}
+	var web *http.Server
 	if f.Metrics.Listen != "" {
-		log.Warn("metrics.listen is set but this version has no metrics endpoint yet")
+		ln, err := net.Listen("tcp", f.Metrics.Listen)
+		if err != nil {
+			errorf(stderr, "metrics.listen: %v", err)
+			return exitRuntime
+		}
+		web = &http.Server{Handler: webHandler(&current, log), ReadHeaderTimeout: 10 * time.Second}
+		go web.Serve(ln)
+		log.Info("listening", "address", ln.Addr().String(), "mode", "http")
 	}
 
 	ctx, stopQueue := context.WithCancel(context.Background())
@@ -93,7 +110,8 @@ loop:
 		select {
 		case s := <-sig:
 			if s == syscall.SIGHUP {
-				if np, ok := reload(*path, srv, q, &certs, log); ok {
+				if np, ok := reload(*path, srv, q, limiter, &certs, log); ok {
+					current.Store(np)
 					if old := dir; old != nil {
 						// Sessions that started before the reload may use
 						// the old directory a while longer.
@@ -113,6 +131,9 @@ loop:
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
+	if web != nil {
+		web.Shutdown(sctx)
+	}
 	if err := srv.Shutdown(sctx); err != nil {
 		log.Warn("closed sessions still open at the end of the grace period", "err", err)
 	}
@@ -130,7 +151,7 @@ loop:
 // Listeners, the queue and upstreams need a restart.
 //
 // It returns the new parts, and false when it kept the running ones.
-func reload(path string, srv *relay.Server, q *queue.Queue, certs *certHolder, log *slog.Logger) (*parts, bool) {
+func reload(path string, srv *relay.Server, q *queue.Queue, limiter ratelimit.Limiter, certs *certHolder, log *slog.Logger) (*parts, bool) {
 	f, err := loadConfig(path)
 	if err != nil {
 		log.Error("reload refused: configuration has problems; keeping the running one", "problems", err.Error())
@@ -145,9 +166,23 @@ func reload(path string, srv *relay.Server, q *queue.Queue, certs *certHolder, l
 		certs.c.Store(p.cert)
 	}
 	p.deps.Queue = q
+	p.deps.Quotas = ratelimit.NewQuotas(quotasConfig(f), limiter, log)
 	srv.Reload(p.deps)
 	log.Info("configuration reloaded")
 	return p, true
+}
+
+// webHandler serves the operators' HTTP endpoints on metrics.listen.
+func webHandler(current *atomic.Pointer[parts], log *slog.Logger) http.Handler {
+	mux := http.NewServeMux()
+	ok := func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") }
+	mux.HandleFunc("GET /healthz", ok)
+	mux.HandleFunc("GET /readyz", ok)
+	mux.Handle("GET /v1/limits/{user}", limitsHandler(func() (*ratelimit.Quotas, lookupFunc) {
+		p := current.Load()
+		return p.deps.Quotas, p.lookup
+	}, log))
+	return mux
 }
 
 func loadConfig(path string) (*configs.File, error) {

@@ -105,6 +105,24 @@ func (d *Directory) Authenticate(ctx context.Context, username, password string)
 	if err := d.bindUser(entry.DN, password); err != nil {
 		return nil, err
 	}
+	return d.user(entry), nil
+}
+
+// Lookup finds a user by login name without a password, for operators'
+// tools; the group requirement is not checked.
+func (d *Directory) Lookup(_ context.Context, username string) (*policy.User, error) {
+	entry, err := d.findUser(username)
+	if errors.Is(err, policy.ErrBadCredentials) {
+		return nil, fmt.Errorf("%w: %q", policy.ErrNoSuchUser, username)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return d.user(entry), nil
+}
+
+// user is what an entry grants.
+func (d *Directory) user(entry *ldap.Entry) *policy.User {
 	u := &policy.User{Name: strings.ToLower(entry.DN)}
 	for _, a := range d.cfg.AddressAttributes {
 		u.Addresses = append(u.Addresses, entry.GetAttributeValues(a)...)
@@ -112,7 +130,7 @@ func (d *Directory) Authenticate(ctx context.Context, username, password string)
 	if d.cfg.ClassAttribute != "" {
 		u.Class = entry.GetAttributeValue(d.cfg.ClassAttribute)
 	}
-	return u, nil
+	return u
 }
 
 // findUser searches for exactly one entry matching the filter.
