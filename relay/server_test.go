@@ -23,6 +23,7 @@ import (
 
 	"github.com/smarthost/smarthost/dkim"
 	"github.com/smarthost/smarthost/policy"
+	"github.com/smarthost/smarthost/ratelimit"
 	"github.com/smarthost/smarthost/relay/queue"
 	"github.com/smarthost/smarthost/relay/relaytest"
 )
@@ -45,6 +46,7 @@ type testOpts struct {
 	insecure    bool
 	signer      *dkim.Signer
 	rejectNoKey bool
+	quotas      *ratelimit.Quotas
 }
 
 func usersFile(t testing.TB) *policy.Static {
@@ -99,7 +101,7 @@ func newEnv(t testing.TB, o testOpts) *testEnv {
 		MaxMessageSize:    o.maxSize,
 		ConnectionsPerIP:  o.perIP,
 		MaxHeaderSize:     16 << 10,
-	}, Deps{Policy: policy.New(o.policy, o.dir), Queue: q, Signer: o.signer, RejectNoKey: o.rejectNoKey}, log)
+	}, Deps{Policy: policy.New(o.policy, o.dir), Queue: q, Signer: o.signer, RejectNoKey: o.rejectNoKey, Quotas: o.quotas}, log)
 	if err != nil {
 		t.Fatal(err)
 	}

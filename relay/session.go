@@ -63,13 +63,14 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	// go-smtp has already refused a SIZE= above MaxMessageBytes.
 	if q := s.deps.Quotas; q != nil {
 		user, class := s.quotaKey()
-		if err := q.Mail(context.Background(), user, class); err != nil {
-			return s.fail("MAIL", err)
-		}
+		// SIZE= first: it only looks, so a refused MAIL costs nothing.
 		if opts != nil && opts.Size > 0 {
 			if err := q.CheckSize(context.Background(), user, class, opts.Size); err != nil {
 				return s.fail("MAIL", err)
 			}
+		}
+		if err := q.Mail(context.Background(), user, class); err != nil {
+			return s.fail("MAIL", err)
 		}
 	}
 	s.from = from
