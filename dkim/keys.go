@@ -56,13 +56,21 @@ func ParseKey(b []byte) (crypto.Signer, error) {
 	return nil, fmt.Errorf("unsupported PEM block %q", blk.Type)
 }
 
-// checkSize refuses RSA keys that verifiers ignore (RFC 8301: at least 1024,
-// and we ask for what every large receiver wants).
+// checkSize refuses RSA keys that verifiers must ignore (RFC 8301: under
+// 1024 bits); KeyWarning complains about those under 2048.
 func checkSize(k *rsa.PrivateKey) (crypto.Signer, error) {
-	if k.N.BitLen() < 2048 {
-		return nil, fmt.Errorf("RSA key of %d bits is too small: use 2048 or more", k.N.BitLen())
+	if k.N.BitLen() < 1024 {
+		return nil, fmt.Errorf("RSA key of %d bits is refused by verifiers (RFC 8301): use 2048 or more", k.N.BitLen())
 	}
 	return k, nil
+}
+
+// KeyWarning says what is weak about a usable key, or "".
+func KeyWarning(k crypto.Signer) string {
+	if r, ok := k.(*rsa.PrivateKey); ok && r.N.BitLen() < 2048 {
+		return fmt.Sprintf("RSA key of %d bits: large receivers want 2048 or more; rotate to a new selector", r.N.BitLen())
+	}
+	return ""
 }
 
 // GenerateKey makes a key for algo rsa2048, rsa4096 or ed25519 and returns it

@@ -14,6 +14,9 @@ import (
 // a small YAML file (see configs/users.quickstart.yaml).
 type Static struct {
 	users map[string]staticUser
+	// dummy is compared against when the user does not exist, so that an
+	// unknown name costs the same time as a wrong password.
+	dummy []byte
 }
 
 type staticUser struct {
@@ -21,10 +24,6 @@ type staticUser struct {
 	Addresses    []string `yaml:"addresses"`
 	Class        string   `yaml:"class"`
 }
-
-// dummyHash is compared against when the user does not exist, so that an
-// unknown name costs the same time as a wrong password.
-var dummyHash, _ = bcrypt.GenerateFromPassword([]byte("smarthost-dummy"), bcrypt.DefaultCost)
 
 // LoadStatic reads a users file.
 func LoadStatic(path string) (*Static, error) {
@@ -47,10 +46,13 @@ func ParseStatic(text []byte) (*Static, error) {
 	}
 	var probs []string
 	s := &Static{users: map[string]staticUser{}}
+	cost := bcrypt.MinCost
 	for name, u := range f.Users {
-		if _, err := bcrypt.Cost([]byte(u.PasswordHash)); err != nil {
+		c, err := bcrypt.Cost([]byte(u.PasswordHash))
+		if err != nil {
 			probs = append(probs, fmt.Sprintf("user %q: password_hash is not a bcrypt hash (make one with `smarthost passwd`)", name))
 		}
+		cost = max(cost, c)
 		for _, a := range u.Addresses {
 			if _, _, ok := SplitAddress(a); !ok {
 				probs = append(probs, fmt.Sprintf("user %q: %q is not an address or *@domain pattern", name, a))
@@ -61,6 +63,7 @@ func ParseStatic(text []byte) (*Static, error) {
 	if len(probs) > 0 {
 		return nil, fmt.Errorf("users file: %s", strings.Join(probs, "; "))
 	}
+	s.dummy, _ = bcrypt.GenerateFromPassword([]byte("smarthost-dummy"), cost)
 	return s, nil
 }
 
@@ -72,7 +75,7 @@ func (s *Static) Authenticate(_ context.Context, username, password string) (*Us
 	u, ok := s.users[name]
 	hash := []byte(u.PasswordHash)
 	if !ok {
-		hash = dummyHash
+		hash = s.dummy
 	}
 	if err := bcrypt.CompareHashAndPassword(hash, []byte(password)); err != nil || !ok || password == "" {
 		return nil, ErrBadCredentials

@@ -11,10 +11,12 @@ need=()
 for f in /usr/sbin/slapd:slapd /usr/bin/ldapsearch:ldap-utils /usr/bin/redis-server:redis-server \
          /usr/bin/openssl:openssl /usr/bin/swaks:swaks /usr/share/perl5/IO/Socket/SSL.pm:libio-socket-ssl-perl \
          /usr/share/perl5/Authen/SASL.pm:libauthen-sasl-perl /usr/bin/dkimverify:python3-dkim \
+         /usr/share/perl5/Mail/DKIM/Verifier.pm:libmail-dkim-perl \
          /etc/ssl/certs/ca-certificates.crt:ca-certificates; do
   [ -e "${f%%:*}" ] || need+=("${f##*:}")
 done
 perl -MNet::SSLeay -e1 2>/dev/null || need+=(libnet-ssleay-perl)
+perl -MCrypt::PK::Ed25519 -e1 2>/dev/null || need+=(libcryptx-perl)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test.sh: installing ${need[*]}" >&2
   SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo

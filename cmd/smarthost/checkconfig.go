@@ -32,6 +32,9 @@ func checkConfigCmd(args []string, stdout, stderr io.Writer) int {
 		printProblems(stdout, *path, probs)
 		return exitBadConfig
 	}
+	for _, w := range p.warnings {
+		fmt.Fprintf(stdout, "warning: %s\n", w)
+	}
 	fmt.Fprintf(stdout, "%s: configuration is valid\n", *path)
 	if !*probe {
 		return exitOK

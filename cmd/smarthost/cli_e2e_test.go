@@ -42,6 +42,10 @@ func TestCheckConfig(t *testing.T) {
 	if exitCode(err) != 0 || !strings.Contains(out, "configuration is valid") {
 		t.Fatalf("valid config: exit %d\n%s", exitCode(err), out)
 	}
+	os.RemoveAll(filepath.Join(e.dir, "dkim")) // create_if_missing: serve makes them, check-config must not
+	if out, err := runCLI("check-config", "--config", e.config); exitCode(err) != 0 {
+		t.Fatalf("missing create_if_missing keys: exit %d\n%s", exitCode(err), out)
+	}
 	if _, err := os.Stat(filepath.Join(e.dir, "dkim")); err == nil {
 		t.Error("check-config wrote the DKIM keys it only had to check")
 	}
@@ -150,5 +154,41 @@ func TestDKIMKeygen(t *testing.T) {
 	}
 	if out, err := runCLI("dkim", "keygen", "--domain", "example.com", "--selector", "s1", "--algo", "ed25519", "--out", dir); err == nil {
 		t.Fatalf("keygen overwrote a key:\n%s", out)
+	}
+}
+
+// Key rotation: a new selector added to the configuration signs from the
+// next message on after SIGHUP, with no restart.
+func TestDKIMRotationOnReload(t *testing.T) {
+	e := newRelayEnv(t, envOpts{})
+	p := e.start(t)
+	newKey := filepath.Join(e.dir, "dkim", "next.key")
+	if out, err := runCLI("dkim", "keygen", "--domain", "example.com", "--selector", "next", "--algo", "rsa2048", "--out", filepath.Dir(newKey)); err != nil {
+		t.Fatalf("keygen: %v\n%s", err, out)
+	}
+	os.Rename(filepath.Join(e.dir, "dkim", "example.com.next.key"), newKey)
+	text, _ := os.ReadFile(e.config)
+	cfg := strings.Replace(string(text), "      - {selector: e2ersa,", "      - {selector: next, key_file: \""+newKey+"\"}\n      - {selector: e2ersa,", 1)
+	os.WriteFile(e.config, []byte(cfg), 0o600)
+	p.signal(t, syscall.SIGHUP)
+	eventually(t, "the reload", 10*time.Second, func() bool { return strings.Contains(p.logText(), "configuration reloaded") })
+	out, _ := swaks(t, "--server", e.implicit, "--tls-on-connect", "--auth", "PLAIN", "--auth-user", "alice", "--auth-password", "alice-pw",
+		"--from", "alice@example.com", "--to", "b@example.org")
+	m := queuedRe.FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("swaks:\n%s", out)
+	}
+	var eml []byte
+	eventually(t, "the outbox file", 10*time.Second, func() bool {
+		var err error
+		eml, err = os.ReadFile(filepath.Join(e.outbox, m[1]+".eml"))
+		return err == nil
+	})
+	if c := strings.Count(string(eml), "DKIM-Signature:"); c != 3 || !strings.Contains(string(eml), "s=next;") {
+		t.Fatalf("%d signatures after rotation, want 3 including s=next:\n%s", c, eml)
+	}
+	dns, err := runCLI("dkim", "dns", "--config", e.config)
+	if err != nil || !strings.Contains(dns, "next._domainkey.example.com.") {
+		t.Fatalf("dkim dns: %v\n%s", err, dns)
 	}
 }

@@ -36,6 +36,7 @@ type parts struct {
 	cert     *tls.Certificate
 	ldap     *ldap.Directory // nil unless auth.backend is ldap
 	lookup   lookupFunc      // finds a user by name, for the limits view
+	warnings []string        // worth saying, not worth refusing the configuration for
 }
 
 // compose translates f. With create, keys marked create_if_missing are made;
@@ -109,8 +110,9 @@ func compose(f *configs.File, create bool, log *slog.Logger) (*parts, configs.Pr
 	}
 	p.deps.Policy = policy.New(pc, dir)
 
-	keys, kprobs := loadDKIM(f, create, log)
+	keys, kprobs, kwarn := loadDKIM(f, create, log)
 	probs = append(probs, kprobs...)
+	p.warnings = append(p.warnings, kwarn...)
 	p.deps.Signer = dkim.New(dkim.Config{Domains: keys, Oversign: f.DKIM.Oversign})
 	p.deps.RejectNoKey = f.DKIM.OnMissingKey == "reject"
 
@@ -217,8 +219,9 @@ func (h *certHolder) tlsConfig(minVersion string) *tls.Config {
 }
 
 // loadDKIM loads every configured key, making missing ones where allowed.
-func loadDKIM(f *configs.File, create bool, log *slog.Logger) (map[string][]dkim.Key, configs.Problems) {
+func loadDKIM(f *configs.File, create bool, log *slog.Logger) (map[string][]dkim.Key, configs.Problems, []string) {
 	var probs configs.Problems
+	var warnings []string
 	out := map[string][]dkim.Key{}
 	domains := make([]string, 0, len(f.DKIM.Domains))
 	for d := range f.DKIM.Domains {
@@ -247,8 +250,11 @@ func loadDKIM(f *configs.File, create bool, log *slog.Logger) (map[string][]dkim
 				probs = append(probs, f.Problem(path, "%v", err))
 				continue
 			}
+			if w := dkim.KeyWarning(signer); w != "" {
+				warnings = append(warnings, f.Problem(path, "%s", w).String())
+			}
 			out[d] = append(out[d], dkim.Key{Selector: k.Selector, Signer: signer})
 		}
 	}
-	return out, probs
+	return out, probs, warnings
 }

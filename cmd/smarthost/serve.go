@@ -43,6 +43,9 @@ func serveCmd(args []string, stderr io.Writer) int {
 		return exitBadConfig
 	}
 
+	for _, w := range p.warnings {
+		log.Warn(w)
+	}
 	router, err := upstream.NewRouter(p.upstream, log)
 	if err != nil {
 		errorf(stderr, "%v", err)
