@@ -152,6 +152,7 @@ type Route struct {
 type RouteMatch struct {
 	RecipientDomains []string `yaml:"recipient_domains"`
 	SenderDomains    []string `yaml:"sender_domains"`
+	Classes          []string `yaml:"classes"`
 }
 
 type Queue struct {

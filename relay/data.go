@@ -83,7 +83,11 @@ func (s *session) receive(d *queue.Draft, r io.Reader) (string, error) {
 			return "", err
 		}
 	}
-	id, err := d.Commit(s.from, s.rcpts, prepend)
+	env := queue.Envelope{From: s.from, To: s.rcpts, Ret: s.dsnRet, EnvID: s.dsnEnvID, Notify: s.dsnNotify, ORcpt: s.dsnORcpt}
+	if s.client.User != nil {
+		env.Class = s.client.User.Class
+	}
+	id, err := d.Commit(env, prepend)
 	if err != nil {
 		return "", fmt.Errorf("%w: %w", errSpool, err)
 	}

@@ -128,6 +128,7 @@ func (s *Server) Listen() error {
 		// rather than by go-smtp's 523; see session.AuthMechanisms.
 		srv.AllowInsecureAuth = true
 		srv.EnableSMTPUTF8 = true
+		srv.EnableDSN = true
 		srv.ErrorLog = slogLogger{s.log}
 		if l.Mode == ModeStartTLS {
 			srv.TLSConfig = s.cfg.TLS

@@ -605,3 +605,21 @@ func TestConnectionsPerIP(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+func TestDSNParametersQueued(t *testing.T) {
+	e := newEnv(t, testOpts{})
+	d := e.raw(t)
+	d.login()
+	d.send("MAIL FROM:<alice@example.com> RET=HDRS ENVID=abc+2Bdef\r\nRCPT TO:<b@x.org> NOTIFY=FAILURE,DELAY ORCPT=rfc822;orig@x.org\r\nRCPT TO:<c@x.org> NOTIFY=NEVER\r\nDATA\r\n")
+	d.expect("250 ")
+	d.expect("250 ")
+	d.expect("250 ")
+	d.expect("354 ")
+	d.send(goodMsg + ".\r\n")
+	d.expect("250 2.0.0 OK: queued as ")
+	m := e.queued(t)[0]
+	if m.Ret != "HDRS" || m.EnvID != "abc+def" || strings.Join(m.Recipients[0].Notify, ",") != "FAILURE,DELAY" ||
+		m.Recipients[0].ORcpt != "orig@x.org" || strings.Join(m.Recipients[1].Notify, ",") != "NEVER" {
+		t.Fatalf("queued %+v", m)
+	}
+}

@@ -23,6 +23,12 @@ type session struct {
 	from   string
 	rcpts  []string
 	utf8   bool
+
+	// DSN parameters (RFC 3461), passed upstream and used for bounces.
+	dsnRet    string
+	dsnEnvID  string
+	dsnNotify [][]string // per recipient of rcpts
+	dsnORcpt  []string   // per recipient of rcpts
 }
 
 var (
@@ -74,11 +80,15 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 		}
 	}
 	s.from = from
-	s.utf8 = opts != nil && opts.UTF8
+	if opts != nil {
+		s.utf8 = opts.UTF8
+		s.dsnRet = string(opts.Return)
+		s.dsnEnvID = opts.EnvelopeID
+	}
 	return nil
 }
 
-func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	if err := s.deps.Policy.CheckRecipient(s.client, to); err != nil {
 		return s.fail("RCPT", err)
 	}
@@ -89,6 +99,16 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 		}
 	}
 	s.rcpts = append(s.rcpts, to)
+	var notify []string
+	var orcpt string
+	if opts != nil {
+		for _, n := range opts.Notify {
+			notify = append(notify, string(n))
+		}
+		orcpt = opts.OriginalRecipient
+	}
+	s.dsnNotify = append(s.dsnNotify, notify)
+	s.dsnORcpt = append(s.dsnORcpt, orcpt)
 	return nil
 }
 
@@ -105,6 +125,7 @@ func (s *session) Reset() {
 	s.from = ""
 	s.rcpts = nil
 	s.utf8 = false
+	s.dsnRet, s.dsnEnvID, s.dsnNotify, s.dsnORcpt = "", "", nil, nil
 }
 
 func (s *session) Logout() error { return nil }

@@ -11,7 +11,7 @@ need=()
 for f in /usr/sbin/slapd:slapd /usr/bin/ldapsearch:ldap-utils /usr/bin/redis-server:redis-server \
          /usr/bin/openssl:openssl /usr/bin/swaks:swaks /usr/share/perl5/IO/Socket/SSL.pm:libio-socket-ssl-perl \
          /usr/share/perl5/Authen/SASL.pm:libauthen-sasl-perl /usr/bin/dkimverify:python3-dkim \
-         /usr/share/perl5/Mail/DKIM/Verifier.pm:libmail-dkim-perl \
+         /usr/share/perl5/Mail/DKIM/Verifier.pm:libmail-dkim-perl /usr/sbin/smtp-sink:postfix \
          /etc/ssl/certs/ca-certificates.crt:ca-certificates; do
   [ -e "${f%%:*}" ] || need+=("${f##*:}")
 done
@@ -24,6 +24,8 @@ if [ ${#need[@]} -gt 0 ]; then
   # Without this, slapd's postinst builds a system directory and starts a
   # system slapd on :389; the tests run their own.
   echo 'slapd slapd/no_configuration boolean true' | $SUDO debconf-set-selections
+  # Postfix only for its smtp-sink test server: no mail system configured.
+  echo 'postfix postfix/main_mailer_type select No configuration' | $SUDO debconf-set-selections
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi

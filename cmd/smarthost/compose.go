@@ -139,7 +139,7 @@ func compose(f *configs.File, create bool, log *slog.Logger) (*parts, configs.Pr
 	}
 	for _, r := range f.Routes {
 		p.upstream.Routes = append(p.upstream.Routes, upstream.Route{
-			RecipientDomains: r.Match.RecipientDomains, SenderDomains: r.Match.SenderDomains, Upstreams: r.Upstreams,
+			RecipientDomains: r.Match.RecipientDomains, SenderDomains: r.Match.SenderDomains, Classes: r.Match.Classes, Upstreams: r.Upstreams,
 		})
 	}
 

@@ -46,11 +46,15 @@ func queueCmd(args []string, stdout, stderr io.Writer) int {
 			return exitRuntime
 		}
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "ID\tAGE\tSIZE\tATTEMPTS\tNEXT\tFROM\tPENDING\tLAST ERROR")
+		fmt.Fprintln(tw, "ID\tAGE\tSIZE\tATTEMPTS\tNEXT\tFROM\tRECIPIENTS\tLAST REPLY")
 		for _, m := range ms {
 			next := time.Until(m.NextAttempt).Round(time.Second)
+			var rcpts []string
+			for _, r := range m.Recipients {
+				rcpts = append(rcpts, r.Addr+"="+r.Status)
+			}
 			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t<%s>\t%s\t%s\n", m.ID, time.Since(m.Created).Round(time.Second),
-				m.Size, m.Attempts, max(next, 0), m.From, strings.Join(m.Pending(), ","), m.LastError)
+				m.Size, m.Attempts, max(next, 0), m.From, strings.Join(rcpts, ","), m.LastError)
 		}
 		tw.Flush()
 		fmt.Fprintf(stdout, "%d message(s)\n", len(ms))

@@ -51,6 +51,7 @@ func serveCmd(args []string, stderr io.Writer) int {
 		errorf(stderr, "%v", err)
 		return exitBadConfig
 	}
+	defer router.Close()
 	q, err := queue.Open(p.queue, router, log)
 	if err != nil {
 		errorf(stderr, "%v", err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"mime/quotedprintable"
+	"slices"
 	"strings"
 )
 
@@ -16,6 +17,17 @@ const maxBounceHeader = 64 << 10
 // for the failed recipients. Bounces have the null sender, so they never
 // bounce themselves.
 func (q *Queue) bounce(m *Message, failed []Recipient) error {
+	// RFC 3461: a recipient with NOTIFY but without FAILURE (NEVER, or only
+	// SUCCESS/DELAY) asked not to hear about failures.
+	var wanted []Recipient
+	for _, r := range failed {
+		if len(r.Notify) == 0 || slices.Contains(r.Notify, "FAILURE") {
+			wanted = append(wanted, r)
+		}
+	}
+	if failed = wanted; len(failed) == 0 {
+		return nil
+	}
 	orig, err := m.Open()
 	if err != nil {
 		return err
@@ -47,9 +59,15 @@ func (q *Queue) bounce(m *Message, failed []Recipient) error {
 	b.WriteString("\r\n")
 
 	fmt.Fprintf(&b, "--%s\r\nContent-Type: message/delivery-status\r\n\r\n", boundary)
+	if m.EnvID != "" {
+		fmt.Fprintf(&b, "Original-Envelope-Id: %s\r\n", m.EnvID)
+	}
 	fmt.Fprintf(&b, "Reporting-MTA: dns; %s\r\nX-Queue-ID: %s\r\nArrival-Date: %s\r\n\r\n",
 		q.cfg.Hostname, m.ID, m.Created.Format("Mon, 02 Jan 2006 15:04:05 -0700"))
 	for _, r := range failed {
+		if r.ORcpt != "" {
+			fmt.Fprintf(&b, "Original-Recipient: rfc822; %s\r\n", r.ORcpt)
+		}
 		fmt.Fprintf(&b, "Final-Recipient: rfc822; %s\r\nAction: failed\r\nStatus: %s\r\nDiagnostic-Code: smtp; %s\r\n\r\n",
 			r.Addr, dsnStatus(r.Error), oneLine(r.Error))
 	}
@@ -65,7 +83,7 @@ func (q *Queue) bounce(m *Message, failed []Recipient) error {
 		d.Abort()
 		return err
 	}
-	id, err := d.Commit("", []string{m.From}, nil)
+	id, err := d.Commit(Envelope{To: []string{m.From}}, nil)
 	if err == nil {
 		q.log.Info("bounce queued", "msg_id", m.ID, "bounce_id", id, "to", m.From)
 	}

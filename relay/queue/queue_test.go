@@ -5,6 +5,9 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"mime"
+	"mime/multipart"
+	"net/mail"
 	"os"
 	"path/filepath"
 	"strings"
@@ -84,7 +87,7 @@ func enqueue(t *testing.T, q *Queue, from string, to []string, prepend, data str
 		t.Fatal(err)
 	}
 	io.WriteString(d, data)
-	id, err := d.Commit(from, to, []byte(prepend))
+	id, err := d.Commit(Envelope{From: from, To: to}, []byte(prepend))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -196,6 +199,61 @@ func TestPermanentFailureBounces(t *testing.T) {
 	}
 	if strings.Contains(bounce, "ok@y.org") {
 		t.Error("bounce names the recipient that was delivered")
+	}
+}
+
+// The bounce is a well-formed RFC 3464 report: multipart/report with a
+// human part, a message/delivery-status part and the original header.
+func TestBounceIsMultipartReport(t *testing.T) {
+	d := newScripted()
+	d.set("gone@y.org", Permanent(errors.New("upstream p: SMTP error 550: 5.1.1 no such user")))
+	d.set("quiet@y.org", Permanent(errors.New("550 5.1.1 nope")))
+	q := openQ(t, t.TempDir(), d, time.Hour)
+	run(t, q)
+	dd, _ := q.Create()
+	io.WriteString(dd, "Subject: original\r\n\r\nbody\r\n")
+	if _, err := dd.Commit(Envelope{From: "a@x.org", To: []string{"gone@y.org", "quiet@y.org"}, EnvID: "env-7",
+		Notify: [][]string{{"FAILURE"}, {"NEVER"}}, ORcpt: []string{"orig@y.org", ""}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "bounce", func() bool { return len(d.delivered()) == 1 })
+	raw := d.delivered()[0]
+	raw = raw[strings.Index(raw, "From: Mail Delivery"):]
+	msg, err := mail.ReadMessage(strings.NewReader(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mt, params, err := mime.ParseMediaType(msg.Header.Get("Content-Type"))
+	if err != nil || mt != "multipart/report" || params["report-type"] != "delivery-status" {
+		t.Fatalf("Content-Type %q: %v", msg.Header.Get("Content-Type"), err)
+	}
+	mr := multipart.NewReader(msg.Body, params["boundary"])
+	var types []string
+	var status string
+	for {
+		p, err := mr.NextPart()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		types = append(types, p.Header.Get("Content-Type"))
+		b, _ := io.ReadAll(p)
+		if p.Header.Get("Content-Type") == "message/delivery-status" {
+			status = string(b)
+		}
+	}
+	if strings.Join(types, " ") != "text/plain; charset=utf-8 message/delivery-status text/rfc822-headers" {
+		t.Fatalf("parts %q", types)
+	}
+	for _, want := range []string{"Original-Envelope-Id: env-7", "Original-Recipient: rfc822; orig@y.org", "Final-Recipient: rfc822; gone@y.org", "Status: 5.1.1", "Diagnostic-Code: smtp; upstream p: SMTP error 550: 5.1.1 no such user"} {
+		if !strings.Contains(status, want) {
+			t.Errorf("delivery-status lacks %q:\n%s", want, status)
+		}
+	}
+	if strings.Contains(status, "quiet@y.org") {
+		t.Error("a NOTIFY=NEVER recipient is in the bounce")
 	}
 }
 

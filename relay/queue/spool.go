@@ -34,15 +34,31 @@ const (
 
 // Recipient is one envelope recipient and what became of it.
 type Recipient struct {
-	Addr   string `json:"addr"`
-	Status string `json:"status"`
-	Error  string `json:"error,omitempty"`
+	Addr   string   `json:"addr"`
+	Status string   `json:"status"`
+	Error  string   `json:"error,omitempty"`
+	Notify []string `json:"notify,omitempty"` // DSN NOTIFY (RFC 3461)
+	ORcpt  string   `json:"orcpt,omitempty"`  // DSN ORCPT address
+}
+
+// Envelope is what a message is committed with.
+type Envelope struct {
+	From   string
+	To     []string
+	Class  string     // the submitter's rate-limit class, for routes
+	Ret    string     // DSN RET: FULL or HDRS
+	EnvID  string     // DSN ENVID
+	Notify [][]string // DSN NOTIFY per recipient of To (nil: none given)
+	ORcpt  []string   // DSN ORCPT per recipient of To
 }
 
 // Message is one spooled message.
 type Message struct {
 	ID          string      `json:"id"`
 	From        string      `json:"from"` // "" for a bounce
+	Class       string      `json:"class,omitempty"`
+	Ret         string      `json:"ret,omitempty"`
+	EnvID       string      `json:"envid,omitempty"`
 	Recipients  []Recipient `json:"recipients"`
 	Prepend     string      `json:"prepend"` // header fields sent before the data
 	Size        int64       `json:"size"`    // of the data file
@@ -52,6 +68,18 @@ type Message struct {
 	LastError   string      `json:"last_error,omitempty"`
 
 	dir string
+}
+
+// PendingRecipients are the recipients still to be delivered, in envelope
+// order, with their DSN parameters.
+func (m *Message) PendingRecipients() []Recipient {
+	var p []Recipient
+	for _, r := range m.Recipients {
+		if r.Status == StatusPending {
+			p = append(p, r)
+		}
+	}
+	return p
 }
 
 // Pending lists the recipients still to be delivered, in envelope order.
@@ -138,7 +166,7 @@ func (d *Draft) Abort() {
 
 // Commit makes the draft a queued message: on return without error it is on
 // disk, fsynced, and will be delivered even if the process dies right away.
-func (d *Draft) Commit(from string, to []string, prepend []byte) (string, error) {
+func (d *Draft) Commit(env Envelope, prepend []byte) (string, error) {
 	q := d.q
 	if err := d.f.Sync(); err != nil {
 		d.Abort()
@@ -149,9 +177,17 @@ func (d *Draft) Commit(from string, to []string, prepend []byte) (string, error)
 		return "", fmt.Errorf("queue: close draft: %w", err)
 	}
 	now := q.now()
-	m := &Message{ID: d.id, From: from, Prepend: string(prepend), Size: d.size, Created: now, NextAttempt: now, dir: q.cfg.Dir}
-	for _, r := range to {
-		m.Recipients = append(m.Recipients, Recipient{Addr: r, Status: StatusPending})
+	m := &Message{ID: d.id, From: env.From, Class: env.Class, Ret: env.Ret, EnvID: env.EnvID,
+		Prepend: string(prepend), Size: d.size, Created: now, NextAttempt: now, dir: q.cfg.Dir}
+	for i, r := range env.To {
+		rc := Recipient{Addr: r, Status: StatusPending}
+		if i < len(env.Notify) {
+			rc.Notify = env.Notify[i]
+		}
+		if i < len(env.ORcpt) {
+			rc.ORcpt = env.ORcpt[i]
+		}
+		m.Recipients = append(m.Recipients, rc)
 	}
 	if err := os.Rename(d.f.Name(), m.dataPath()); err != nil {
 		os.Remove(d.f.Name())

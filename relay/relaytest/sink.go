@@ -28,6 +28,11 @@ type Message struct {
 	Data []byte
 	User string // AUTH username, if any
 	TLS  bool
+	// DSN parameters as received (RFC 3461).
+	Ret    string
+	EnvID  string
+	Notify map[string]string // recipient → NOTIFY list, comma-joined
+	ORcpt  map[string]string
 }
 
 // Sink is a recording SMTP server. Set the knobs before sending.
@@ -40,6 +45,7 @@ type Sink struct {
 	dataErr error
 	users   map[string]string
 	arrived chan struct{}
+	conns   int
 	srv     *smtp.Server
 	ln      net.Listener
 }
@@ -68,6 +74,7 @@ func NewSink(o SinkOptions) (*Sink, error) {
 	s.srv.AllowInsecureAuth = true
 	s.srv.MaxMessageBytes = 64 << 20
 	s.srv.ErrorLog = nopLog{}
+	s.srv.EnableDSN = true
 	ln, err := net.Listen("tcp", o.Addr)
 	if err != nil {
 		return nil, err
@@ -78,6 +85,7 @@ func NewSink(o SinkOptions) (*Sink, error) {
 			ln = tls.NewListener(ln, s.srv.TLSConfig)
 		}
 	}
+	ln = &countingListener{Listener: ln, s: s}
 	s.ln = ln
 	s.Addr = ln.Addr().String()
 	go s.srv.Serve(ln)
@@ -85,6 +93,28 @@ func NewSink(o SinkOptions) (*Sink, error) {
 }
 
 func (s *Sink) Close() { s.srv.Close() }
+
+// Connections is the number of TCP connections accepted so far.
+func (s *Sink) Connections() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.conns
+}
+
+type countingListener struct {
+	net.Listener
+	s *Sink
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.s.mu.Lock()
+		l.s.conns++
+		l.s.mu.Unlock()
+	}
+	return c, err
+}
 
 // Messages returns what arrived so far.
 func (s *Sink) Messages() []Message {
@@ -148,15 +178,18 @@ func (ss *sinkSession) Auth(mech string) (sasl.Server, error) {
 	}), nil
 }
 
-func (ss *sinkSession) Mail(from string, _ *smtp.MailOptions) error {
+func (ss *sinkSession) Mail(from string, o *smtp.MailOptions) error {
 	if ss.s.users != nil && ss.user == "" {
 		return smtp.ErrAuthRequired
 	}
-	ss.msg = Message{From: from, User: ss.user, TLS: ss.tls}
+	ss.msg = Message{From: from, User: ss.user, TLS: ss.tls, Notify: map[string]string{}, ORcpt: map[string]string{}}
+	if o != nil {
+		ss.msg.Ret, ss.msg.EnvID = string(o.Return), o.EnvelopeID
+	}
 	return nil
 }
 
-func (ss *sinkSession) Rcpt(to string, _ *smtp.RcptOptions) error {
+func (ss *sinkSession) Rcpt(to string, o *smtp.RcptOptions) error {
 	ss.s.mu.Lock()
 	err := ss.s.rcptErr[strings.ToLower(to)]
 	ss.s.mu.Unlock()
@@ -164,6 +197,14 @@ func (ss *sinkSession) Rcpt(to string, _ *smtp.RcptOptions) error {
 		return err
 	}
 	ss.msg.To = append(ss.msg.To, to)
+	if o != nil {
+		var n []string
+		for _, x := range o.Notify {
+			n = append(n, string(x))
+		}
+		ss.msg.Notify[to] = strings.Join(n, ",")
+		ss.msg.ORcpt[to] = o.OriginalRecipient
+	}
 	return nil
 }
 

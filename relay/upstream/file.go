@@ -22,14 +22,16 @@ func newFileTransport(dir string) (*fileTransport, error) {
 	return &fileTransport{dir: dir}, nil
 }
 
-func (t *fileTransport) Send(_ context.Context, m *queue.Message, to []string) []error {
+func (t *fileTransport) Close() {}
+
+func (t *fileTransport) Send(_ context.Context, m *queue.Message, to []queue.Recipient) []error {
 	if err := t.write(m, to); err != nil {
 		return all(len(to), err)
 	}
 	return make([]error, len(to))
 }
 
-func (t *fileTransport) write(m *queue.Message, to []string) error {
+func (t *fileTransport) write(m *queue.Message, to []queue.Recipient) error {
 	src, err := m.Open()
 	if err != nil {
 		return err
@@ -42,7 +44,7 @@ func (t *fileTransport) write(m *queue.Message, to []string) error {
 	defer os.Remove(tmp.Name())
 	rcpts := make([]string, len(to))
 	for i, r := range to {
-		rcpts[i] = "<" + r + ">"
+		rcpts[i] = "<" + r.Addr + ">"
 	}
 	fmt.Fprintf(tmp, "Return-Path: <%s>\r\nX-Envelope-To: %s\r\n", m.From, strings.Join(rcpts, ", "))
 	if _, err := io.Copy(tmp, src); err != nil {

@@ -40,6 +40,7 @@ type Upstream struct {
 type Route struct {
 	RecipientDomains []string
 	SenderDomains    []string
+	Classes          []string // the submitter's rate-limit class
 	Upstreams        []string
 }
 
@@ -47,7 +48,8 @@ type Route struct {
 // one outcome per recipient of to, in order; a 5xx answer is marked with
 // queue.Permanent.
 type Transport interface {
-	Send(ctx context.Context, m *queue.Message, to []string) []error
+	Send(ctx context.Context, m *queue.Message, to []queue.Recipient) []error
+	Close()
 }
 
 type named struct {
@@ -111,11 +113,11 @@ func FilePath(u *url.URL) string {
 }
 
 // upstreamsFor returns the failover list for one recipient.
-func (r *Router) upstreamsFor(from, rcpt string) []string {
+func (r *Router) upstreamsFor(m *queue.Message, rcpt string) []string {
 	_, rd, _ := policy.SplitAddress(rcpt)
-	_, sd, _ := policy.SplitAddress(from)
+	_, sd, _ := policy.SplitAddress(m.From)
 	for _, rt := range r.cfg.Routes {
-		if matchDomain(rt.RecipientDomains, rd) && matchDomain(rt.SenderDomains, sd) {
+		if matchDomain(rt.RecipientDomains, rd) && matchDomain(rt.SenderDomains, sd) && matchDomain(rt.Classes, m.Class) {
 			return rt.Upstreams
 		}
 	}
@@ -143,12 +145,12 @@ func matchDomain(list []string, d string) bool {
 // temporary failure (connection refused, 4xx) and stops at acceptance or a
 // permanent refusal.
 func (r *Router) Deliver(ctx context.Context, m *queue.Message) []error {
-	pending := m.Pending()
+	pending := m.PendingRecipients()
 	errs := make([]error, len(pending))
 	groups := map[string][]int{} // failover list → indexes into pending
 	var order []string
 	for i, rcpt := range pending {
-		key := strings.Join(r.upstreamsFor(m.From, rcpt), "\x00")
+		key := strings.Join(r.upstreamsFor(m, rcpt.Addr), "\x00")
 		if _, ok := groups[key]; !ok {
 			order = append(order, key)
 		}
@@ -161,7 +163,7 @@ func (r *Router) Deliver(ctx context.Context, m *queue.Message) []error {
 				break
 			}
 			up := r.byName[name]
-			to := make([]string, len(left))
+			to := make([]queue.Recipient, len(left))
 			for j, i := range left {
 				to[j] = pending[i]
 			}
@@ -184,6 +186,13 @@ func (r *Router) Deliver(ctx context.Context, m *queue.Message) []error {
 		}
 	}
 	return errs
+}
+
+// Close closes every upstream's idle connections.
+func (r *Router) Close() {
+	for _, n := range r.byName {
+		n.t.Close()
+	}
 }
 
 // all repeats one error for n recipients.

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/url"
+	"sync"
 	"time"
 
 	"github.com/emersion/go-sasl"
@@ -16,15 +17,35 @@ import (
 	"github.com/smarthost/smarthost/relay/queue"
 )
 
+// idleCheck is how long a pooled connection may sit unused before it is
+// asked for a NOOP before reuse; maxIdle is how long it is kept at all
+// (servers drop idle clients after a few minutes, RFC 5321 4.5.3.2.7).
+const (
+	idleCheck = 15 * time.Second
+	maxIdle   = 2 * time.Minute
+)
+
 // smtpTransport speaks SMTP to one upstream: smtp:// with STARTTLS as the
 // upstream's tls setting says, or smtps:// with TLS from the first byte.
+// It keeps up to MaxConnections sessions open, authenticated, and reuses
+// them for message after message.
 type smtpTransport struct {
 	u        Upstream
 	addr     string
 	implicit bool
 	tls      *tls.Config
 	hostname string
-	slots    chan struct{} // at most MaxConnections at once
+	now      func() time.Time
+
+	slots chan struct{} // one per open connection, idle or busy
+	idle  chan *pooled  // sessions ready for the next message
+	mu    sync.Mutex
+	dials int64 // connections opened, for tests and metrics
+}
+
+type pooled struct {
+	c        *smtp.Client
+	lastUsed time.Time
 }
 
 func newSMTPTransport(u Upstream, pu *url.URL, hostname string) (*smtpTransport, error) {
@@ -45,30 +66,89 @@ func newSMTPTransport(u Upstream, pu *url.URL, hostname string) (*smtpTransport,
 			MinVersion:         tls.VersionTLS12,
 		},
 		hostname: hostname,
+		now:      time.Now,
 		slots:    make(chan struct{}, u.MaxConnections),
+		idle:     make(chan *pooled, u.MaxConnections),
 	}, nil
 }
 
-func (t *smtpTransport) Send(ctx context.Context, m *queue.Message, to []string) []error {
-	select {
-	case t.slots <- struct{}{}:
-		defer func() { <-t.slots }()
-	case <-ctx.Done():
-		return all(len(to), ctx.Err())
-	}
-	c, err := t.dial(ctx)
+// Dials is the number of connections opened so far.
+func (t *smtpTransport) Dials() int64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.dials
+}
+
+func (t *smtpTransport) Send(ctx context.Context, m *queue.Message, to []queue.Recipient) []error {
+	p, err := t.get(ctx)
 	if err != nil {
 		// Whatever refused us before MAIL FROM refused the connection, not
 		// the message: temporary, so the next upstream gets a turn.
 		return all(len(to), err)
 	}
-	defer c.Close()
-	out, err := t.transaction(c, m, to)
+	out, err := t.transaction(p.c, m, to)
 	if err != nil {
+		t.discard(p)
 		return all(len(to), classify(err))
 	}
-	c.Quit()
+	t.release(p)
 	return out
+}
+
+// get returns a ready session: a pooled one that still answers, or a new
+// one if fewer than MaxConnections are open; else it waits for either.
+func (t *smtpTransport) get(ctx context.Context) (*pooled, error) {
+	for {
+		var p *pooled
+		select {
+		case p = <-t.idle:
+		default:
+			select {
+			case p = <-t.idle:
+			case t.slots <- struct{}{}:
+				c, err := t.dial(ctx)
+				if err != nil {
+					<-t.slots
+					return nil, err
+				}
+				return &pooled{c: c}, nil
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		age := t.now().Sub(p.lastUsed)
+		if age > maxIdle || (age > idleCheck && p.c.Noop() != nil) {
+			t.discard(p)
+			continue
+		}
+		return p, nil
+	}
+}
+
+// release puts a session that ended a transaction cleanly back in the
+// pool. It never blocks: there are never more sessions than slots.
+func (t *smtpTransport) release(p *pooled) {
+	p.lastUsed = t.now()
+	t.idle <- p
+}
+
+// discard closes a session that failed or may be in an unknown state.
+func (t *smtpTransport) discard(p *pooled) {
+	p.c.Close()
+	<-t.slots
+}
+
+// Close closes the idle sessions.
+func (t *smtpTransport) Close() {
+	for {
+		select {
+		case p := <-t.idle:
+			p.c.Quit()
+			<-t.slots
+		default:
+			return
+		}
+	}
 }
 
 func (t *smtpTransport) dial(ctx context.Context) (*smtp.Client, error) {
@@ -87,6 +167,9 @@ func (t *smtpTransport) dial(ctx context.Context) (*smtp.Client, error) {
 			return nil, fmt.Errorf("AUTH: %w", temporary(err))
 		}
 	}
+	t.mu.Lock()
+	t.dials++
+	t.mu.Unlock()
 	return c, nil
 }
 
@@ -132,22 +215,49 @@ func (t *smtpTransport) connect(ctx context.Context, startTLS bool) (*smtp.Clien
 	return c, nil
 }
 
-// transaction sends one message. A non-nil error applies to every recipient.
-func (t *smtpTransport) transaction(c *smtp.Client, m *queue.Message, to []string) ([]error, error) {
-	if err := c.Mail(m.From, nil); err != nil {
-		return nil, err
+// transaction sends one message. A non-nil error applies to every recipient
+// and leaves the session unusable; a nil error leaves it ready for the next
+// MAIL FROM.
+func (t *smtpTransport) transaction(c *smtp.Client, m *queue.Message, to []queue.Recipient) ([]error, error) {
+	dsn, _ := c.Extension("DSN")
+	var mo *smtp.MailOptions
+	if dsn && (m.Ret != "" || m.EnvID != "") {
+		mo = &smtp.MailOptions{Return: smtp.DSNReturn(m.Ret), EnvelopeID: m.EnvID}
+	}
+	if err := c.Mail(m.From, mo); err != nil {
+		if closing(err) {
+			return nil, err
+		}
+		// The sender was refused: every recipient shares its fate, and
+		// the session stays usable after RSET.
+		if rerr := c.Reset(); rerr != nil {
+			return nil, err
+		}
+		return all(len(to), classify(err)), nil
 	}
 	out := make([]error, len(to))
 	accepted := 0
 	for i, r := range to {
-		if err := c.Rcpt(r, nil); err != nil {
+		var ro *smtp.RcptOptions
+		if dsn && (len(r.Notify) > 0 || r.ORcpt != "") {
+			ro = &smtp.RcptOptions{OriginalRecipient: r.ORcpt, OriginalRecipientType: smtp.DSNAddressTypeRFC822}
+			for _, n := range r.Notify {
+				ro.Notify = append(ro.Notify, smtp.DSNNotify(n))
+			}
+		}
+		if err := c.Rcpt(r.Addr, ro); err != nil {
+			if closing(err) {
+				return nil, err
+			}
 			out[i] = classify(err)
 			continue
 		}
 		accepted++
 	}
 	if accepted == 0 {
-		c.Reset()
+		if err := c.Reset(); err != nil {
+			return nil, err
+		}
 		return out, nil
 	}
 	w, err := c.Data()
@@ -164,6 +274,9 @@ func (t *smtpTransport) transaction(c *smtp.Client, m *queue.Message, to []strin
 		return nil, err
 	}
 	if err := w.Close(); err != nil {
+		if closing(err) {
+			return nil, err
+		}
 		err = classify(err)
 		for i := range out {
 			if out[i] == nil {
@@ -172,6 +285,13 @@ func (t *smtpTransport) transaction(c *smtp.Client, m *queue.Message, to []strin
 		}
 	}
 	return out, nil
+}
+
+// closing reports whether err ends the session: a 421 (RFC 5321 3.8) or no
+// SMTP reply at all (a network error).
+func closing(err error) bool {
+	var se *smtp.SMTPError
+	return !errors.As(err, &se) || se.Code == 421
 }
 
 // classify marks an upstream's 5xx answers permanent; everything else

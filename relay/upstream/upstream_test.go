@@ -30,7 +30,7 @@ func message(t *testing.T, from string, to ...string) *queue.Message {
 	defer q.Close()
 	d, _ := q.Create()
 	io.WriteString(d, "Subject: test\r\n\r\n.dot line\r\nbody\r\n")
-	if _, err := d.Commit(from, to, []byte("X-Prepended: yes\r\n")); err != nil {
+	if _, err := d.Commit(queue.Envelope{From: from, To: to}, []byte("X-Prepended: yes\r\n")); err != nil {
 		t.Fatal(err)
 	}
 	sp, _ := queue.OpenSpool(dir)

@@ -1,0 +1,234 @@
+package upstream
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/smarthost/smarthost/relay/queue"
+	"github.com/smarthost/smarthost/relay/relaytest"
+)
+
+// spool makes a queue with n messages and returns them.
+func spool(t testing.TB, n int, env queue.Envelope, body string) []*queue.Message {
+	t.Helper()
+	dir := t.TempDir()
+	q, err := queue.Open(queue.Config{Dir: dir}, nil, quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	for i := 0; i < n; i++ {
+		d, _ := q.Create()
+		io.WriteString(d, body)
+		if _, err := d.Commit(env, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sp, _ := queue.OpenSpool(dir)
+	ms, _ := sp.List()
+	return ms
+}
+
+// 1,000 messages from 16 workers over a pool of 4: the upstream sees 4
+// connections, not 1,000.
+func TestConnectionReuse(t *testing.T) {
+	cert, pool, _ := relaytest.Cert()
+	s := sink(t, relaytest.SinkOptions{TLS: cert, Users: map[string]string{"relay": "pw"}})
+	r := router(t, Upstream{Name: "p", URL: "smtp://" + s.Addr, RootCAs: pool, Username: "relay", Password: "pw", MaxConnections: 4})
+	defer r.Close()
+	ms := spool(t, 1000, queue.Envelope{From: "a@x.org", To: []string{"b@y.org"}}, "Subject: reuse\r\n\r\nbody\r\n")
+	work := make(chan *queue.Message)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var failed []error
+	for w := 0; w < 16; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for m := range work {
+				if errs := r.Deliver(context.Background(), m); errs[0] != nil {
+					mu.Lock()
+					failed = append(failed, errs[0])
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	for _, m := range ms {
+		work <- m
+	}
+	close(work)
+	wg.Wait()
+	if len(failed) > 0 {
+		t.Fatalf("%d failed, first: %v", len(failed), failed[0])
+	}
+	if got := len(s.Messages()); got != 1000 {
+		t.Fatalf("sink got %d messages", got)
+	}
+	if c := s.Connections(); c > 4 {
+		t.Fatalf("%d TCP connections for 1000 messages, want at most max_connections (4)", c)
+	}
+}
+
+// A 421 mid-session ends that session: the recipients are retried (not
+// bounced) and the next delivery dials afresh.
+func Test421MidSession(t *testing.T) {
+	s := sink(t, relaytest.SinkOptions{})
+	s.FailRcpt("b@y.org", &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "shutting down"})
+	r := router(t, Upstream{Name: "p", URL: "smtp://" + s.Addr, TLS: "none"})
+	defer r.Close()
+	m := spool(t, 1, queue.Envelope{From: "a@x.org", To: []string{"ok@y.org", "b@y.org"}}, "Subject: x\r\n\r\nx\r\n")[0]
+	errs := r.Deliver(context.Background(), m)
+	if errs[0] == nil || errs[1] == nil || queue.IsPermanent(errs[0]) || queue.IsPermanent(errs[1]) {
+		t.Fatalf("after 421: %v, want both temporary", errs)
+	}
+	if len(s.Messages()) != 0 {
+		t.Fatal("a message went through a session that had said 421")
+	}
+	s.FailRcpt("b@y.org", nil)
+	if errs := r.Deliver(context.Background(), m); errs[0] != nil || errs[1] != nil {
+		t.Fatalf("retry: %v", errs)
+	}
+	if c := s.Connections(); c != 2 {
+		t.Fatalf("%d connections, want 2 (the 421 session was not reused)", c)
+	}
+}
+
+// A sender refused for one message leaves the session good for the next.
+func TestRefusedSenderKeepsSession(t *testing.T) {
+	s := sink(t, relaytest.SinkOptions{})
+	r := router(t, Upstream{Name: "p", URL: "smtp://" + s.Addr, TLS: "none"})
+	defer r.Close()
+	bad := spool(t, 1, queue.Envelope{From: "a@x.org", To: []string{"gone@y.org"}}, "Subject: x\r\n\r\nx\r\n")[0]
+	s.FailRcpt("gone@y.org", relaytest.ErrPerm)
+	if errs := r.Deliver(context.Background(), bad); !queue.IsPermanent(errs[0]) {
+		t.Fatalf("refused recipient: %v", errs[0])
+	}
+	good := spool(t, 1, queue.Envelope{From: "a@x.org", To: []string{"ok@y.org"}}, "Subject: x\r\n\r\nx\r\n")[0]
+	if errs := r.Deliver(context.Background(), good); errs[0] != nil {
+		t.Fatal(errs[0])
+	}
+	if c := s.Connections(); c != 1 {
+		t.Fatalf("%d connections, want 1", c)
+	}
+}
+
+func TestDSNParametersPassedUpstream(t *testing.T) {
+	s := sink(t, relaytest.SinkOptions{})
+	r := router(t, Upstream{Name: "p", URL: "smtp://" + s.Addr, TLS: "none"})
+	defer r.Close()
+	m := spool(t, 1, queue.Envelope{From: "a@x.org", To: []string{"b@y.org", "c@y.org"}, Ret: "HDRS", EnvID: "env-42",
+		Notify: [][]string{{"FAILURE", "DELAY"}, nil}, ORcpt: []string{"orig-b@y.org", ""}}, "Subject: x\r\n\r\nx\r\n")[0]
+	if errs := r.Deliver(context.Background(), m); errs[0] != nil || errs[1] != nil {
+		t.Fatal(errs)
+	}
+	got := s.Messages()[0]
+	if got.Ret != "HDRS" || got.EnvID != "env-42" || got.Notify["b@y.org"] != "FAILURE,DELAY" || got.ORcpt["b@y.org"] != "orig-b@y.org" || got.Notify["c@y.org"] != "" {
+		t.Fatalf("upstream saw %+v", got)
+	}
+}
+
+func TestRouteByClass(t *testing.T) {
+	bulk := sink(t, relaytest.SinkOptions{})
+	rest := sink(t, relaytest.SinkOptions{})
+	r, err := NewRouter(Config{Hostname: "relay.test",
+		Upstreams: []Upstream{
+			{Name: "bulk", URL: "smtp://" + bulk.Addr, TLS: "none", Timeout: time.Second},
+			{Name: "rest", URL: "smtp://" + rest.Addr, TLS: "none", Timeout: time.Second},
+		},
+		Routes: []Route{{Classes: []string{"bulk"}, Upstreams: []string{"bulk"}}, {Upstreams: []string{"rest"}}},
+	}, quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	r.Deliver(context.Background(), spool(t, 1, queue.Envelope{From: "a@x.org", To: []string{"b@y.org"}, Class: "bulk"}, "S: x\r\n\r\nx\r\n")[0])
+	r.Deliver(context.Background(), spool(t, 1, queue.Envelope{From: "a@x.org", To: []string{"b@y.org"}}, "S: x\r\n\r\nx\r\n")[0])
+	if len(bulk.Messages()) != 1 || len(rest.Messages()) != 1 {
+		t.Fatalf("bulk %d, rest %d", len(bulk.Messages()), len(rest.Messages()))
+	}
+}
+
+// Postfix's smtp-sink as the upstream: a second, independent SMTP server.
+func TestPostfixSmtpSink(t *testing.T) {
+	const bin = "/usr/sbin/smtp-sink"
+	if _, err := os.Stat(bin); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("smtp-sink (Debian's postfix) is missing under CI")
+		}
+		t.Skip("smtp-sink not installed")
+	}
+	dir := t.TempDir()
+	addr := deadAddr(t)
+	cmd := exec.Command(bin, "-u", "root", "-d", filepath.Join(dir, "%M."), addr, "10")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	r := router(t, Upstream{Name: "postfix", URL: "smtp://" + addr, TLS: "none", MaxConnections: 2})
+	defer r.Close()
+	ms := spool(t, 20, queue.Envelope{From: "a@x.org", To: []string{"b@y.org", "c@y.org"}}, "Subject: to postfix\r\n\r\n.dot\r\nbody\r\n")
+	deadline := time.Now().Add(10 * time.Second)
+	for _, m := range ms {
+		for {
+			errs := r.Deliver(context.Background(), m)
+			if errs[0] == nil && errs[1] == nil {
+				break
+			}
+			if time.Now().After(deadline) { // smtp-sink may still be starting
+				t.Fatalf("delivery to smtp-sink: %v", errs)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	var files []string
+	for len(files) < 20 && time.Now().Before(deadline) {
+		files, _ = filepath.Glob(filepath.Join(dir, "*"))
+		time.Sleep(20 * time.Millisecond)
+	}
+	if len(files) != 20 {
+		t.Fatalf("smtp-sink stored %d messages, want 20", len(files))
+	}
+	raw, _ := os.ReadFile(files[0])
+	b := strings.ReplaceAll(string(raw), "\r\n", "\n") // smtp-sink stores LF
+	for _, want := range []string{"X-Mail-Args: <a@x.org>", "X-Rcpt-Args: <b@y.org>", "X-Rcpt-Args: <c@y.org>", "Subject: to postfix", "\n.dot\nbody"} {
+		if !strings.Contains(b, want) {
+			t.Errorf("smtp-sink's copy lacks %q:\n%s", want, b)
+		}
+	}
+}
+
+func BenchmarkDeliver10KB(b *testing.B) {
+	s := sink(&testing.T{}, relaytest.SinkOptions{})
+	defer s.Close()
+	r := router(&testing.T{}, Upstream{Name: "p", URL: "smtp://" + s.Addr, TLS: "none", MaxConnections: 8})
+	defer r.Close()
+	body := "Subject: bench\r\n\r\n" + strings.Repeat(strings.Repeat("x", 98)+"\r\n", 100)
+	ms := spool(b, 64, queue.Envelope{From: "a@x.org", To: []string{"b@y.org"}}, body)
+	b.SetBytes(int64(len(body)))
+	b.ResetTimer()
+	var i int64
+	var mu sync.Mutex
+	b.SetParallelism(4)
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			mu.Lock()
+			m := ms[i%int64(len(ms))]
+			i++
+			mu.Unlock()
+			if errs := r.Deliver(context.Background(), m); errs[0] != nil {
+				panic(fmt.Sprint(errs[0]))
+			}
+		}
+	})
+}
