@@ -12,11 +12,17 @@ import (
 // of its own reset time so idle users leave nothing behind. It works with a
 // single server, Sentinel and Cluster through redis.UniversalClient.
 type Redis struct {
+	c redis.UniversalClient
 	l *redis_rate.Limiter
 }
 
 func NewRedis(c redis.UniversalClient) *Redis {
-	return &Redis{l: redis_rate.NewLimiter(c)}
+	return &Redis{c: c, l: redis_rate.NewLimiter(c)}
+}
+
+// Ping checks that Redis answers, for readiness checks.
+func (r *Redis) Ping(ctx context.Context) error {
+	return r.c.Ping(ctx).Err()
 }
 
 func (r *Redis) AllowN(ctx context.Context, key string, l Limit, n int64) (Result, error) {

@@ -7,6 +7,7 @@ import (
 	"github.com/emersion/go-sasl"
 
 	"github.com/smarthost/smarthost/policy"
+	"github.com/smarthost/smarthost/ratelimit"
 )
 
 // AuthMechanisms is what EHLO advertises: nothing before TLS, so that
@@ -41,8 +42,14 @@ func (s *session) authenticate(username, password string) error {
 	defer cancel()
 	ip := s.client.Addr.String()
 	q := s.deps.Quotas
+	m := s.srv.cfg.Metrics
 	if q != nil {
 		if err := q.LoginAllowed(ctx, ip); err != nil {
+			result := "tempfail"
+			if errors.As(err, new(*ratelimit.ExceededError)) {
+				result = "throttled"
+			}
+			m.inc(m.authCounter(), result)
 			return s.fail("AUTH", err)
 		}
 	}
@@ -51,8 +58,14 @@ func (s *session) authenticate(username, password string) error {
 		q.LoginFailed(ctx, ip)
 	}
 	if err != nil {
+		result := "tempfail"
+		if errors.Is(err, policy.ErrBadCredentials) {
+			result = "failure"
+		}
+		m.inc(m.authCounter(), result)
 		return s.fail("AUTH", err)
 	}
+	m.inc(m.authCounter(), "success")
 	s.client.User = u
 	s.log = s.log.With("user", u.Name)
 	s.log.Info("authenticated")

@@ -1,70 +1,107 @@
 package relay
 
 import (
+	"errors"
 	"fmt"
 	"net"
-
-	"github.com/emersion/go-smtp"
+	"net/netip"
 	"sync"
 	"time"
+
+	"github.com/emersion/go-smtp"
 )
 
-// limitListener enforces the per-IP connection cap and wraps each connection
-// with an idle timeout.
+// limitListener wraps each connection with an idle timeout and the per-IP
+// connection cap. The cap is applied on the connection's first read or
+// write, in its own goroutine, because learning the client's address may
+// mean reading a PROXY header, which must not hold up Accept.
 type limitListener struct {
 	net.Listener
-	s *Server
+	s    *Server
+	name string
 }
 
 func (l *limitListener) Accept() (net.Conn, error) {
-	for {
-		c, err := l.Listener.Accept()
-		if err != nil {
-			return nil, err
-		}
-		ip := remoteAddr(c)
-		s := l.s
-		s.mu.Lock()
-		over := s.cfg.ConnectionsPerIP > 0 && s.perIP[ip] >= s.cfg.ConnectionsPerIP
-		if !over {
-			s.perIP[ip]++
-		}
-		s.mu.Unlock()
-		if over {
-			s.log.Warn("connection refused: too many from this address", "remote", ip.String())
-			c.SetWriteDeadline(time.Now().Add(time.Second))
-			r := replyTooManyConns
-			c.Write([]byte(fmtReply(r.Code, r.EnhancedCode, r.Message)))
-			c.Close()
-			continue
-		}
-		return &idleConn{Conn: c, idle: s.cfg.IdleTimeout, release: func() {
-			s.mu.Lock()
-			if s.perIP[ip]--; s.perIP[ip] <= 0 {
-				delete(s.perIP, ip)
-			}
-			s.mu.Unlock()
-		}}, nil
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
 	}
+	m := l.s.cfg.Metrics
+	m.inc(m.connCounter(), l.name)
+	return &idleConn{Conn: c, idle: l.s.cfg.IdleTimeout, l: l}, nil
 }
 
 // idleConn sets the read deadline before every read, so a client has
-// IdleTimeout between bytes, however long its message is. It releases its
-// per-IP slot once, on the first Close.
+// IdleTimeout between bytes, however long its message is.
 type idleConn struct {
 	net.Conn
-	idle    time.Duration
-	once    sync.Once
-	release func()
+	idle  time.Duration
+	l     *limitListener
+	admit sync.Once
+	err   error // non-nil: refused at admission
+	ip    netip.Addr
+	once  sync.Once
+}
+
+// admitted counts the connection against its address, once.
+func (c *idleConn) admitted() error {
+	c.admit.Do(func() {
+		s := c.l.s
+		c.ip = remoteAddr(c.Conn)
+		s.mu.Lock()
+		over := s.cfg.ConnectionsPerIP > 0 && s.perIP[c.ip] >= s.cfg.ConnectionsPerIP
+		if !over {
+			s.perIP[c.ip]++
+		}
+		s.mu.Unlock()
+		if over {
+			s.log.Warn("connection refused: too many from this address", "remote", c.ip.String())
+			c.Conn.SetWriteDeadline(time.Now().Add(time.Second))
+			r := replyTooManyConns
+			c.Conn.Write([]byte(fmtReply(r.Code, r.EnhancedCode, r.Message)))
+			c.err = errTooManyConns
+			c.Conn.Close()
+			return
+		}
+		m := s.cfg.Metrics
+		if m != nil {
+			m.connectionsNow.WithLabelValues(c.l.name).Inc()
+		}
+	})
+	return c.err
 }
 
 func (c *idleConn) Read(b []byte) (int, error) {
+	if err := c.admitted(); err != nil {
+		return 0, err
+	}
 	c.Conn.SetReadDeadline(time.Now().Add(c.idle))
 	return c.Conn.Read(b)
 }
 
+func (c *idleConn) Write(b []byte) (int, error) {
+	if err := c.admitted(); err != nil {
+		return 0, err
+	}
+	return c.Conn.Write(b)
+}
+
+// Close releases the connection's per-IP slot, once.
 func (c *idleConn) Close() error {
-	c.once.Do(c.release)
+	c.once.Do(func() {
+		if c.admitted() != nil {
+			return
+		}
+		s := c.l.s
+		s.mu.Lock()
+		if s.perIP[c.ip]--; s.perIP[c.ip] <= 0 {
+			delete(s.perIP, c.ip)
+		}
+		s.mu.Unlock()
+		if m := s.cfg.Metrics; m != nil {
+			m.connectionsNow.WithLabelValues(c.l.name).Dec()
+		}
+	})
 	return c.Conn.Close()
 }
 
@@ -73,3 +110,5 @@ func (c *idleConn) Close() error {
 func fmtReply(code int, e smtp.EnhancedCode, msg string) string {
 	return fmt.Sprintf("%d %d.%d.%d %s\r\n", code, e[0], e[1], e[2], msg)
 }
+
+var errTooManyConns = errors.New("relay: too many connections from this address")

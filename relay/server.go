@@ -5,7 +5,9 @@ package relay
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -17,6 +19,7 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+	"github.com/pires/go-proxyproto"
 
 	"github.com/smarthost/smarthost/dkim"
 	"github.com/smarthost/smarthost/policy"
@@ -44,12 +47,16 @@ type Config struct {
 	WriteTimeout      time.Duration // per reply; default 1m
 	AuthTimeout       time.Duration // per credential check; default 30s
 	MaxHeaderSize     int           // header block kept in memory; default 1MiB
+	// ProxyNetworks may send PROXY headers on listeners with ProxyProtocol.
+	ProxyNetworks []string
+	Metrics       *Metrics // nil: none
 }
 
 // Listener is one listening socket.
 type Listener struct {
-	Address string
-	Mode    string
+	Address       string
+	Mode          string
+	ProxyProtocol bool // read HAProxy PROXY v1/v2 headers from ProxyNetworks
 }
 
 // Deps are the parts a session works with. They are swapped as a whole on
@@ -96,6 +103,18 @@ func NewServer(cfg Config, deps Deps, log *slog.Logger) (*Server, error) {
 			return nil, fmt.Errorf("relay: listener %s (%s) needs TLS", l.Address, l.Mode)
 		}
 	}
+	if cfg.TLS != nil {
+		cfg.TLS = cfg.TLS.Clone()
+		m := cfg.Metrics
+		cfg.TLS.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
+			m.inc(m.tlsCounter(), "started")
+			return nil, nil
+		}
+		cfg.TLS.VerifyConnection = func(tls.ConnectionState) error {
+			m.inc(m.tlsCounter(), "ok")
+			return nil
+		}
+	}
 	s := &Server{cfg: cfg, log: log, perIP: map[netip.Addr]int{}}
 	s.deps.Store(&deps)
 	return s, nil
@@ -112,7 +131,16 @@ func (s *Server) Listen() error {
 			s.closeListeners()
 			return fmt.Errorf("relay: listen %s: %w", l.Address, err)
 		}
-		var wrapped net.Listener = &limitListener{Listener: ln, s: s}
+		if l.ProxyProtocol {
+			policy, err := proxyproto.PolicyFromRanges(s.cfg.ProxyNetworks, proxyproto.REQUIRE, proxyproto.REJECT)
+			if err != nil {
+				ln.Close()
+				s.closeListeners()
+				return fmt.Errorf("relay: proxy_networks: %w", err)
+			}
+			ln = &proxyproto.Listener{Listener: ln, ConnPolicy: policy, ReadHeaderTimeout: 10 * time.Second}
+		}
+		var wrapped net.Listener = &limitListener{Listener: ln, s: s, name: l.Address}
 		if l.Mode == ModeImplicit {
 			wrapped = tls.NewListener(wrapped, s.cfg.TLS)
 		}
@@ -219,7 +247,10 @@ func (b *backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 		return nil, replyShuttingDown
 	}
 	_, isTLS := c.TLSConnectionState()
+	var id [6]byte
+	rand.Read(id[:])
 	sess := &session{
+		id:   hex.EncodeToString(id[:]),
 		srv:  b.s,
 		deps: b.s.deps.Load(),
 		conn: c,
@@ -227,7 +258,8 @@ func (b *backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 		helo: c.Hostname(),
 	}
 	sess.client.Addr = remoteAddr(c.Conn())
-	sess.log = b.s.log.With("remote", sess.client.Addr.String(), "tls", isTLS)
+	sess.log = b.s.log.With("session", sess.id, "remote", sess.client.Addr.String(), "tls", isTLS)
+	sess.log.Info("session", "helo", sanitizeHelo(c.Hostname()), "listener", b.mode)
 	return sess, nil
 }
 

@@ -2,16 +2,21 @@ package relay
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
+	"strconv"
 
 	"github.com/emersion/go-smtp"
 
 	"github.com/smarthost/smarthost/policy"
+	"github.com/smarthost/smarthost/ratelimit"
 )
 
 // session is one SMTP session: from EHLO (or STARTTLS, which starts a new
 // one) to QUIT. go-smtp calls it from one goroutine.
 type session struct {
+	id   string // in every log line of the session
 	srv  *Server
 	deps *Deps
 	conn *smtp.Conn
@@ -19,10 +24,11 @@ type session struct {
 	tls  bool
 	helo string
 
-	client policy.Client
-	from   string
-	rcpts  []string
-	utf8   bool
+	client     policy.Client
+	signDomain string // of the message being signed
+	from       string
+	rcpts      []string
+	utf8       bool
 
 	// DSN parameters (RFC 3461), passed upstream and used for bounces.
 	dsnRet    string
@@ -39,6 +45,13 @@ var (
 // fail logs a refusal and returns its reply.
 func (s *session) fail(cmd string, err error) error {
 	r := reply(cmd, err)
+	m := s.srv.cfg.Metrics
+	m.inc(m.refusals(), cmd, strconv.Itoa(r.Code), fmt.Sprintf("%d.%d.%d", r.EnhancedCode[0], r.EnhancedCode[1], r.EnhancedCode[2]))
+	var ex *ratelimit.ExceededError
+	if errors.As(err, &ex) {
+		_, class := s.quotaKey()
+		m.inc(m.limitCounter(), ex.What, s.deps.Quotas.ClassOf(class))
+	}
 	lvl := slog.LevelInfo
 	if r == replyInternal || r == replySpool || r == replyAuthTempFail {
 		lvl = slog.LevelError

@@ -27,7 +27,7 @@ func checkConfigCmd(args []string, stdout, stderr io.Writer) int {
 		return exitBadConfig
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	p, probs := compose(f, false, log)
+	p, probs := compose(f, false, log, nil)
 	if len(probs) > 0 {
 		printProblems(stdout, *path, probs)
 		return exitBadConfig

@@ -41,21 +41,19 @@ type parts struct {
 
 // compose translates f. With create, keys marked create_if_missing are made;
 // check-config passes false so that it never writes anything.
-func compose(f *configs.File, create bool, log *slog.Logger) (*parts, configs.Problems) {
+//
+// bm, when not nil, times the user directory's calls.
+func compose(f *configs.File, create bool, log *slog.Logger, bm *backendMetrics) (*parts, configs.Problems) {
 	var probs configs.Problems
 	bad := func(path, format string, args ...any) { probs = append(probs, f.Problem(path, format, args...)) }
 	p := &parts{}
 
 	needTLS := false
 	for _, l := range f.Listeners {
-		p.relay.Listeners = append(p.relay.Listeners, relay.Listener{Address: l.Address, Mode: l.Mode})
+		p.relay.Listeners = append(p.relay.Listeners, relay.Listener{Address: l.Address, Mode: l.Mode, ProxyProtocol: l.ProxyProtocol})
 		needTLS = needTLS || l.Mode != relay.ModePlain
 	}
-	for i, l := range f.Listeners {
-		if l.ProxyProtocol {
-			bad(fmt.Sprintf("listeners[%d].proxy_protocol", i), "PROXY protocol is not supported by this version yet")
-		}
-	}
+	p.relay.ProxyNetworks = f.Policy.ProxyNetworks
 	if needTLS {
 		cert, err := loadCert(f)
 		if err != nil {
@@ -71,7 +69,11 @@ func compose(f *configs.File, create bool, log *slog.Logger) (*parts, configs.Pr
 		if err != nil {
 			bad("auth.static.users_file", "%v", err)
 		} else {
-			dir = policy.NewCache(s, time.Duration(f.Auth.Static.CacheTTL), nil)
+			var d policy.Directory = s
+			if bm != nil {
+				d = timedDirectory{s, "static", bm}
+			}
+			dir = policy.NewCache(d, time.Duration(f.Auth.Static.CacheTTL), nil)
 			p.lookup = s.Lookup
 		}
 	case "ldap":
@@ -95,7 +97,11 @@ func compose(f *configs.File, create bool, log *slog.Logger) (*parts, configs.Pr
 		} else {
 			p.ldap = d
 			p.lookup = d.Lookup
-			dir = policy.NewCache(d, time.Duration(l.CacheTTL), nil)
+			var timed policy.Directory = d
+			if bm != nil {
+				timed = timedDirectory{d, "ldap", bm}
+			}
+			dir = policy.NewCache(timed, time.Duration(l.CacheTTL), nil)
 		}
 	}
 	pc := policy.Config{

@@ -162,7 +162,7 @@ func limitsCmd(args []string, stdout, stderr io.Writer) int {
 		return exitOK
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	p, probs := compose(f, false, log)
+	p, probs := compose(f, false, log, nil)
 	if len(probs) > 0 {
 		printProblems(stderr, *path, probs)
 		return exitBadConfig

@@ -10,10 +10,12 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"sync"
+	"slices"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/smarthost/smarthost/configs"
 	"github.com/smarthost/smarthost/ratelimit"
@@ -24,6 +26,21 @@ import (
 
 // shutdownGrace is how long open transactions may take after SIGTERM.
 const shutdownGrace = 30 * time.Second
+
+// daemon is a running relay: what serve starts, reloads and stops.
+type daemon struct {
+	path    string
+	log     *slog.Logger
+	reg     *prometheus.Registry
+	bm      *backendMetrics
+	limiter ratelimit.Limiter
+	certs   certHolder
+	q       *queue.Queue
+	srv     *relay.Server
+	ready   *readiness
+	current atomic.Pointer[parts] // for the HTTP views and readiness
+	closers []func()              // at stop, in reverse
+}
 
 func serveCmd(args []string, stderr io.Writer) int {
 	fs := newFlags("serve", stderr)
@@ -36,76 +53,120 @@ func serveCmd(args []string, stderr io.Writer) int {
 		printProblems(stderr, *path, err)
 		return exitBadConfig
 	}
-	log := newLogger(f.Log, stderr)
-	p, probs := compose(f, true, log)
-	if len(probs) > 0 {
-		printProblems(stderr, *path, probs)
-		return exitBadConfig
+	d := &daemon{path: *path, log: newLogger(f.Log, stderr), reg: newRegistry()}
+	defer d.close()
+	if code := d.start(f, stderr); code != exitOK {
+		return code
 	}
+	return d.run()
+}
 
-	for _, w := range p.warnings {
-		log.Warn(w)
+func (d *daemon) close() {
+	for i := len(d.closers) - 1; i >= 0; i-- {
+		d.closers[i]()
 	}
-	router, err := upstream.NewRouter(p.upstream, log)
+}
+
+// start composes the configuration, opens the queue, binds every listener
+// and starts serving. It returns an exit code.
+func (d *daemon) start(f *configs.File, stderr io.Writer) int {
+	d.bm = newBackendMetrics(d.reg)
+	p, probs := compose(f, true, d.log, d.bm)
+	if len(probs) > 0 {
+		printProblems(stderr, d.path, probs)
+		return exitBadConfig
+	}
+	for _, w := range p.warnings {
+		d.log.Warn(w)
+	}
+	p.upstream.Metrics = upstream.NewMetrics(d.reg)
+	router, err := upstream.NewRouter(p.upstream, d.log)
 	if err != nil {
 		errorf(stderr, "%v", err)
 		return exitBadConfig
 	}
-	defer router.Close()
-	q, err := queue.Open(p.queue, router, log)
-	if err != nil {
+	d.closers = append(d.closers, router.Close)
+	if d.q, err = queue.Open(p.queue, router, d.log); err != nil {
 		errorf(stderr, "%v", err)
 		return exitRuntime
 	}
-	defer q.Close()
-	var certs certHolder
-	if p.cert != nil {
-		certs.c.Store(p.cert)
-		p.relay.TLS = certs.tlsConfig(f.TLS.MinVersion)
-	}
-	p.deps.Queue = q
+	d.closers = append(d.closers, func() { d.q.Close() })
+	queueCollector(d.reg, d.q)
+
 	limiter, closeLimiter := newLimiter(f)
-	defer closeLimiter()
-	p.deps.Quotas = ratelimit.NewQuotas(quotasConfig(f), limiter, log)
-	var current atomic.Pointer[parts] // for the HTTP views
-	current.Store(p)
-	srv, err := relay.NewServer(p.relay, p.deps, log)
-	if err != nil {
+	d.closers = append(d.closers, func() { closeLimiter() })
+	d.limiter = timedLimiter{limiter, f.RateLimit.Backend, d.bm}
+	d.finish(f, p)
+	if p.cert != nil {
+		d.certs.c.Store(p.cert)
+		p.relay.TLS = d.certs.tlsConfig(f.TLS.MinVersion)
+	}
+	p.relay.Metrics = relay.NewMetrics(d.reg)
+	if d.srv, err = relay.NewServer(p.relay, p.deps, d.log); err != nil {
 		errorf(stderr, "%v", err)
 		return exitRuntime
 	}
-	if err := srv.Listen(); err != nil {
+	if err := d.srv.Listen(); err != nil {
 		errorf(stderr, "%v", err)
 		return exitRuntime
 	}
-	var web *http.Server
+	d.ready = &readiness{srv: d.srv, q: d.q, ping: d.pingBackends(limiter)}
 	if f.Metrics.Listen != "" {
 		ln, err := net.Listen("tcp", f.Metrics.Listen)
 		if err != nil {
 			errorf(stderr, "metrics.listen: %v", err)
 			return exitRuntime
 		}
-		web = &http.Server{Handler: webHandler(&current, log), ReadHeaderTimeout: 10 * time.Second}
+		web := &http.Server{Handler: webHandler(d.reg, d.ready, &d.current, d.log), ReadHeaderTimeout: 10 * time.Second}
 		go web.Serve(ln)
-		log.Info("listening", "address", ln.Addr().String(), "mode", "http")
+		d.closers = append(d.closers, func() { web.Close() })
+		d.log.Info("listening", "address", ln.Addr().String(), "mode", "http")
 	}
+	return exitOK
+}
 
+// finish gives freshly composed parts what lives for the whole process.
+func (d *daemon) finish(f *configs.File, p *parts) {
+	p.deps.Queue = d.q
+	p.deps.Quotas = ratelimit.NewQuotas(quotasConfig(f), d.limiter, d.log)
+	d.current.Store(p)
+}
+
+// pingBackends checks LDAP and Redis when they are configured.
+func (d *daemon) pingBackends(limiter ratelimit.Limiter) func(context.Context) []string {
+	return func(ctx context.Context) []string {
+		var probs []string
+		if dir := d.current.Load().ldap; dir != nil {
+			if err := dir.Ping(ctx); err != nil {
+				probs = append(probs, "ldap: "+err.Error())
+			}
+		}
+		if r, ok := limiter.(*ratelimit.Redis); ok {
+			if err := r.Ping(ctx); err != nil {
+				probs = append(probs, "redis: "+err.Error())
+			}
+		}
+		return probs
+	}
+}
+
+// run serves until a signal says stop; SIGHUP reloads.
+func (d *daemon) run() int {
 	ctx, stopQueue := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
+	queueDone := make(chan struct{})
 	go func() {
-		defer wg.Done()
-		q.Run(ctx)
+		d.q.Run(ctx)
+		close(queueDone)
 	}()
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve() }()
-	addrs := srv.Addrs()
-	for i, l := range p.relay.Listeners {
-		log.Info("listening", "address", addrs[i].String(), "mode", l.Mode)
+	go func() { serveErr <- d.srv.Serve() }()
+	d.ready.serves.Store(true)
+	p := d.current.Load()
+	for i, a := range d.srv.Addrs() {
+		d.log.Info("listening", "address", a.String(), "mode", p.relay.Listeners[i].Mode)
 	}
-	log.Info("smarthost started", "version", version, "queued", q.Len())
+	d.log.Info("smarthost started", "version", version, "queued", d.q.Len())
 
-	dir := p.ldap // closed when a reload replaces it
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	code := exitOK
@@ -114,79 +175,65 @@ loop:
 		select {
 		case s := <-sig:
 			if s == syscall.SIGHUP {
-				if np, ok := reload(*path, srv, q, limiter, &certs, log); ok {
-					current.Store(np)
-					if old := dir; old != nil {
-						// Sessions that started before the reload may use
-						// the old directory a while longer.
-						time.AfterFunc(shutdownGrace, old.Close)
-					}
-					dir = np.ldap
-				}
+				d.reload()
 				continue
 			}
-			log.Info("shutting down", "signal", s.String())
+			d.log.Info("shutting down", "signal", s.String())
 			break loop
 		case err := <-serveErr:
-			log.Error("listener failed", "err", err)
+			d.log.Error("listener failed", "err", err)
 			code = exitRuntime
 			break loop
 		}
 	}
+	d.ready.serves.Store(false)
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
-	if web != nil {
-		web.Shutdown(sctx)
-	}
-	if err := srv.Shutdown(sctx); err != nil {
-		log.Warn("closed sessions still open at the end of the grace period", "err", err)
+	if err := d.srv.Shutdown(sctx); err != nil {
+		d.log.Warn("closed sessions still open at the end of the grace period", "err", err)
 	}
 	stopQueue()
-	wg.Wait()
-	if dir != nil {
+	<-queueDone
+	if dir := d.current.Load().ldap; dir != nil {
 		dir.Close()
 	}
-	log.Info("stopped", "queued", q.Len())
+	d.log.Info("stopped", "queued", d.q.Len())
 	return code
 }
 
 // reload re-reads the configuration and swaps what can be swapped without
-// dropping connections: users, policy, DKIM keys and the certificate.
-// Listeners, the queue and upstreams need a restart.
-//
-// It returns the new parts, and false when it kept the running ones.
-func reload(path string, srv *relay.Server, q *queue.Queue, limiter ratelimit.Limiter, certs *certHolder, log *slog.Logger) (*parts, bool) {
-	f, err := loadConfig(path)
+// dropping connections: users, policy, limits, DKIM keys and the
+// certificate. Listeners, the queue and upstreams need a restart. A
+// configuration with problems is refused and the running one kept.
+func (d *daemon) reload() {
+	f, err := loadConfig(d.path)
 	if err != nil {
-		log.Error("reload refused: configuration has problems; keeping the running one", "problems", err.Error())
-		return nil, false
+		d.log.Error("reload refused: configuration has problems; keeping the running one", "problems", err.Error())
+		return
 	}
-	p, probs := compose(f, true, log)
+	p, probs := compose(f, true, d.log, d.bm)
 	if len(probs) > 0 {
-		log.Error("reload refused: configuration has problems; keeping the running one", "problems", probs.Error())
-		return nil, false
+		d.log.Error("reload refused: configuration has problems; keeping the running one", "problems", probs.Error())
+		return
 	}
+	for _, w := range p.warnings {
+		d.log.Warn(w)
+	}
+	old := d.current.Load()
+	if !slices.Equal(old.relay.Listeners, p.relay.Listeners) {
+		d.log.Warn("listener changes take effect at the next restart")
+	}
+	d.finish(f, p)
 	if p.cert != nil {
-		certs.c.Store(p.cert)
+		d.certs.c.Store(p.cert)
 	}
-	p.deps.Queue = q
-	p.deps.Quotas = ratelimit.NewQuotas(quotasConfig(f), limiter, log)
-	srv.Reload(p.deps)
-	log.Info("configuration reloaded")
-	return p, true
-}
-
-// webHandler serves the operators' HTTP endpoints on metrics.listen.
-func webHandler(current *atomic.Pointer[parts], log *slog.Logger) http.Handler {
-	mux := http.NewServeMux()
-	ok := func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") }
-	mux.HandleFunc("GET /healthz", ok)
-	mux.HandleFunc("GET /readyz", ok)
-	mux.Handle("GET /v1/limits/{user}", limitsHandler(func() (*ratelimit.Quotas, lookupFunc) {
-		p := current.Load()
-		return p.deps.Quotas, p.lookup
-	}, log))
-	return mux
+	d.srv.Reload(p.deps)
+	if old.ldap != nil {
+		// Sessions that started before the reload may use the old
+		// directory a while longer.
+		time.AfterFunc(shutdownGrace, old.ldap.Close)
+	}
+	d.log.Info("configuration reloaded")
 }
 
 func loadConfig(path string) (*configs.File, error) {

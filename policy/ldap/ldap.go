@@ -331,6 +331,15 @@ func (d *Directory) dialURL(raw string, service bool) (*ldap.Conn, error) {
 	return c, nil
 }
 
+// Ping checks that a server answers a search as the service account, on a
+// pooled connection, for readiness checks.
+func (d *Directory) Ping(context.Context) error {
+	req := ldap.NewSearchRequest("", ldap.ScopeBaseObject, ldap.NeverDerefAliases, 1, int(d.cfg.Timeout/time.Second)+1,
+		false, "(objectClass=*)", []string{"1.1"}, nil)
+	_, err := d.search(req)
+	return err
+}
+
 // ProbeResult is one server's answer to Probe.
 type ProbeResult struct {
 	URL string

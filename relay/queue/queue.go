@@ -122,6 +122,31 @@ func (q *Queue) Len() int {
 	return len(q.items)
 }
 
+// Oldest is the arrival time of the oldest message in the spool (zero when
+// empty).
+func (q *Queue) Oldest() time.Time {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	var t time.Time
+	for _, m := range q.items {
+		if t.IsZero() || m.Created.Before(t) {
+			t = m.Created
+		}
+	}
+	return t
+}
+
+// Writable checks that a message could be spooled right now.
+func (q *Queue) Writable() error {
+	d, err := q.Create()
+	if err != nil {
+		return err
+	}
+	_, err = d.Write([]byte("probe"))
+	d.Abort()
+	return err
+}
+
 func (q *Queue) add(m *Message) {
 	q.mu.Lock()
 	q.items[m.ID] = m

@@ -19,7 +19,8 @@ import (
 type Config struct {
 	Hostname  string // our EHLO name
 	Upstreams []Upstream
-	Routes    []Route // first match wins; none: every message to all upstreams in order
+	Routes    []Route  // first match wins; none: every message to all upstreams in order
+	Metrics   *Metrics // nil: none
 }
 
 // Upstream is one smart host.
@@ -167,7 +168,9 @@ func (r *Router) Deliver(ctx context.Context, m *queue.Message) []error {
 			for j, i := range left {
 				to[j] = pending[i]
 			}
+			start := time.Now()
 			out := up.t.Send(ctx, m, to)
+			sent, failed := 0, 0
 			var retry []int
 			for j, i := range left {
 				err := out[j]
@@ -175,10 +178,16 @@ func (r *Router) Deliver(ctx context.Context, m *queue.Message) []error {
 					err = fmt.Errorf("upstream %s: %w", name, err)
 				}
 				errs[i] = err
-				if err != nil && !queue.IsPermanent(err) {
+				switch {
+				case err == nil:
+					sent++
+				case queue.IsPermanent(err):
+					failed++
+				default:
 					retry = append(retry, i)
 				}
 			}
+			r.cfg.Metrics.observe(name, time.Since(start), sent, len(retry), failed)
 			if len(retry) > 0 {
 				r.log.Info("upstream deferred", "msg_id", m.ID, "upstream", name, "recipients", len(retry), "err", errs[retry[0]])
 			}

@@ -1,0 +1,149 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/smarthost/smarthost/policy"
+	"github.com/smarthost/smarthost/ratelimit"
+	"github.com/smarthost/smarthost/relay"
+	"github.com/smarthost/smarthost/relay/queue"
+)
+
+// backendMetrics times the calls to LDAP and Redis. They wrap the backends
+// here, in the composition root, so that policy/ldap and ratelimit need not
+// know about Prometheus.
+type backendMetrics struct {
+	latency *prometheus.HistogramVec
+	errors  *prometheus.CounterVec
+}
+
+func newBackendMetrics(reg prometheus.Registerer) *backendMetrics {
+	b := &backendMetrics{
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "smarthost_backend_duration_seconds",
+			Help: "Time of calls to the user directory and the rate limiter, by backend (ldap, static, redis, memory).",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 14)}, []string{"backend"}),
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "smarthost_backend_errors_total",
+			Help: "Backend calls that failed (not counting wrong passwords or reached limits), by backend."}, []string{"backend"}),
+	}
+	reg.MustRegister(b.latency, b.errors)
+	return b
+}
+
+func (b *backendMetrics) observe(backend string, start time.Time, failed bool) {
+	b.latency.WithLabelValues(backend).Observe(time.Since(start).Seconds())
+	if failed {
+		b.errors.WithLabelValues(backend).Inc()
+	}
+}
+
+type timedDirectory struct {
+	policy.Directory
+	name string
+	m    *backendMetrics
+}
+
+func (d timedDirectory) Authenticate(ctx context.Context, user, pass string) (*policy.User, error) {
+	start := time.Now()
+	u, err := d.Directory.Authenticate(ctx, user, pass)
+	d.m.observe(d.name, start, err != nil && !errors.Is(err, policy.ErrBadCredentials))
+	return u, err
+}
+
+type timedLimiter struct {
+	ratelimit.Limiter
+	name string
+	m    *backendMetrics
+}
+
+func (l timedLimiter) AllowN(ctx context.Context, key string, lim ratelimit.Limit, n int64) (ratelimit.Result, error) {
+	start := time.Now()
+	r, err := l.Limiter.AllowN(ctx, key, lim, n)
+	l.m.observe(l.name, start, err != nil)
+	return r, err
+}
+
+// queueCollector reports the spool's size and age when scraped.
+func queueCollector(reg prometheus.Registerer, q *queue.Queue) {
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "smarthost_queue_messages", Help: "Messages in the spool."},
+			func() float64 { return float64(q.Len()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "smarthost_queue_oldest_seconds", Help: "Age of the oldest message in the spool."},
+			func() float64 {
+				if t := q.Oldest(); !t.IsZero() {
+					return time.Since(t).Seconds()
+				}
+				return 0
+			}),
+	)
+}
+
+func newRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
+// readiness answers /readyz: listeners up, spool writable, and LDAP and
+// Redis answering when they are configured. Results are kept for a second
+// so that probes cannot hammer the backends.
+type readiness struct {
+	srv    *relay.Server
+	q      *queue.Queue
+	ping   func(context.Context) []string // backend problems, "" entries ignored
+	mu     sync.Mutex
+	at     time.Time
+	last   []string
+	serves atomic.Bool
+}
+
+func (r *readiness) check(ctx context.Context) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if time.Since(r.at) < time.Second {
+		return r.last
+	}
+	var probs []string
+	if !r.serves.Load() {
+		probs = append(probs, "listeners: not serving")
+	}
+	if err := r.q.Writable(); err != nil {
+		probs = append(probs, "queue: "+err.Error())
+	}
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	probs = append(probs, r.ping(ctx)...)
+	r.at, r.last = time.Now(), probs
+	return probs
+}
+
+// webHandler serves the operators' HTTP endpoints on metrics.listen.
+func webHandler(reg *prometheus.Registry, ready *readiness, current *atomic.Pointer[parts], log *slog.Logger) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if probs := ready.check(r.Context()); len(probs) > 0 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			io.WriteString(w, strings.Join(probs, "\n")+"\n")
+			return
+		}
+		io.WriteString(w, "ready\n")
+	})
+	mux.Handle("GET /v1/limits/{user}", limitsHandler(func() (*ratelimit.Quotas, lookupFunc) {
+		p := current.Load()
+		return p.deps.Quotas, p.lookup
+	}, log))
+	return mux
+}

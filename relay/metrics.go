@@ -1,0 +1,117 @@
+package relay
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the front door's Prometheus series. Labels carry only
+// bounded values: listener addresses, reply codes, configured classes and
+// domains, never user names or addresses.
+type Metrics struct {
+	connections    *prometheus.CounterVec
+	connectionsNow *prometheus.GaugeVec
+	tls            *prometheus.CounterVec
+	auth           *prometheus.CounterVec
+	replies        *prometheus.CounterVec
+	accepted       prometheus.Counter
+	recipients     prometheus.Counter
+	bytes          prometheus.Counter
+	limitHits      *prometheus.CounterVec
+	signatures     *prometheus.CounterVec
+	signFailures   prometheus.Counter
+}
+
+// NewMetrics registers the series on reg. A nil *Metrics records nothing,
+// so tests that do not look at metrics need none.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		connections: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "smarthost_connections_total",
+			Help: "Connections accepted, by listener."}, []string{"listener"}),
+		connectionsNow: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "smarthost_connections",
+			Help: "Connections open now, by listener."}, []string{"listener"}),
+		tls: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "smarthost_tls_handshakes_total",
+			Help: "TLS handshakes begun (result=started) and completed (result=ok); the difference failed."}, []string{"result"}),
+		auth: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "smarthost_auth_total",
+			Help: "AUTH attempts by result: success, failure, tempfail, throttled."}, []string{"result"}),
+		replies: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "smarthost_smtp_refusals_total",
+			Help: "Refusals sent to clients, by command, reply code and enhanced code."}, []string{"cmd", "code", "enhanced"}),
+		accepted: prometheus.NewCounter(prometheus.CounterOpts{Name: "smarthost_messages_accepted_total",
+			Help: "Messages queued (acknowledged with 250)."}),
+		recipients: prometheus.NewCounter(prometheus.CounterOpts{Name: "smarthost_recipients_accepted_total",
+			Help: "Recipients of queued messages."}),
+		bytes: prometheus.NewCounter(prometheus.CounterOpts{Name: "smarthost_bytes_accepted_total",
+			Help: "Bytes of queued messages, as received."}),
+		limitHits: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "smarthost_ratelimit_hits_total",
+			Help: "Transactions refused by a rate limit, by limit and class."}, []string{"limit", "class"}),
+		signatures: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "smarthost_dkim_signatures_total",
+			Help: "Messages DKIM-signed, by signing domain."}, []string{"domain"}),
+		signFailures: prometheus.NewCounter(prometheus.CounterOpts{Name: "smarthost_dkim_failures_total",
+			Help: "Messages refused because signing failed."}),
+	}
+	reg.MustRegister(m.connections, m.connectionsNow, m.tls, m.auth, m.replies, m.accepted, m.recipients,
+		m.bytes, m.limitHits, m.signatures, m.signFailures)
+	return m
+}
+
+func (m *Metrics) inc(c *prometheus.CounterVec, labels ...string) {
+	if m != nil {
+		c.WithLabelValues(labels...).Inc()
+	}
+}
+
+func (m *Metrics) tlsCounter() *prometheus.CounterVec {
+	if m == nil {
+		return nil
+	}
+	return m.tls
+}
+
+func (m *Metrics) connCounter() *prometheus.CounterVec {
+	if m == nil {
+		return nil
+	}
+	return m.connections
+}
+
+func (m *Metrics) refusals() *prometheus.CounterVec {
+	if m == nil {
+		return nil
+	}
+	return m.replies
+}
+
+func (m *Metrics) limitCounter() *prometheus.CounterVec {
+	if m == nil {
+		return nil
+	}
+	return m.limitHits
+}
+
+func (m *Metrics) authCounter() *prometheus.CounterVec {
+	if m == nil {
+		return nil
+	}
+	return m.auth
+}
+
+func (m *Metrics) signCounter() *prometheus.CounterVec {
+	if m == nil {
+		return nil
+	}
+	return m.signatures
+}
+
+// accept records a queued message.
+func (m *Metrics) accept(rcpts int, size int64) {
+	if m != nil {
+		m.accepted.Inc()
+		m.recipients.Add(float64(rcpts))
+		m.bytes.Add(float64(size))
+	}
+}
+
+func (m *Metrics) signFailed() {
+	if m != nil {
+		m.signFailures.Inc()
+	}
+}
