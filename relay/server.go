@@ -132,7 +132,10 @@ func (s *Server) Listen() error {
 			return fmt.Errorf("relay: listen %s: %w", l.Address, err)
 		}
 		if l.ProxyProtocol {
-			policy, err := proxyproto.PolicyFromRanges(s.cfg.ProxyNetworks, proxyproto.REQUIRE, proxyproto.REJECT)
+			// Proxies must send the header; anyone else is never looked
+			// at for one (SMTP servers speak first, so peeking would
+			// stall), and a header they send is just a bad command.
+			policy, err := proxyproto.PolicyFromRanges(s.cfg.ProxyNetworks, proxyproto.REQUIRE, proxyproto.SKIP)
 			if err != nil {
 				ln.Close()
 				s.closeListeners()

@@ -70,6 +70,10 @@ func (s *session) userName() string {
 
 func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	s.Reset()
+	if s.srv.closing.Load() {
+		// Draining: finish what is under way, start nothing new.
+		return s.fail("MAIL", errShuttingDown)
+	}
 	if s.client.User == nil && !s.deps.Policy.Trusted(s.client) {
 		return s.fail("MAIL", policy.ErrAuthRequired)
 	}

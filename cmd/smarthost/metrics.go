@@ -32,7 +32,7 @@ type backendMetrics struct {
 func newBackendMetrics(reg prometheus.Registerer) *backendMetrics {
 	b := &backendMetrics{
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "smarthost_backend_duration_seconds",
-			Help: "Time of calls to the user directory and the rate limiter, by backend (ldap, static, redis, memory).",
+			Help:    "Time of calls to the user directory and the rate limiter, by backend (ldap, static, redis, memory).",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 14)}, []string{"backend"}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "smarthost_backend_errors_total",
 			Help: "Backend calls that failed (not counting wrong passwords or reached limits), by backend."}, []string{"backend"}),

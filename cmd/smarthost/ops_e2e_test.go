@@ -1,0 +1,193 @@
+package main
+
+import (
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+)
+
+func httpGet(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// metric returns the value of one series line ("name{labels}") or -1.
+func metric(text, series string) float64 {
+	for _, line := range strings.Split(text, "\n") {
+		if strings.HasPrefix(line, series+" ") {
+			v, _ := strconv.ParseFloat(strings.TrimPrefix(line, series+" "), 64)
+			return v
+		}
+	}
+	return -1
+}
+
+func TestMetricsMoveWithTraffic(t *testing.T) {
+	web := freePort(t)
+	up := sink(t, freePort(t))
+	e := newRelayEnv(t, envOpts{upstream: "smtp://" + up.Addr, extra: fmt.Sprintf("metrics: {listen: %q}\n", web)})
+	e.start(t)
+	if code, body := httpGet(t, "http://"+web+"/healthz"); code != 200 || body != "ok\n" {
+		t.Fatalf("healthz %d %q", code, body)
+	}
+	if code, body := httpGet(t, "http://"+web+"/readyz"); code != 200 {
+		t.Fatalf("readyz %d %q", code, body)
+	}
+	for i := 0; i < 2; i++ {
+		swaks(t, "--server", e.implicit, "--tls-on-connect", "--auth", "PLAIN", "--auth-user", "alice", "--auth-password", "alice-pw",
+			"--from", "alice@example.com", "--to", "b@example.org")
+	}
+	swaks(t, "--server", e.implicit, "--tls-on-connect", "--auth", "PLAIN", "--auth-user", "alice", "--auth-password", "alice-pw",
+		"--from", "ceo@example.com", "--to", "b@example.org")
+	swaks(t, "--server", e.implicit, "--tls-on-connect", "--auth", "PLAIN", "--auth-user", "alice", "--auth-password", "nope",
+		"--from", "alice@example.com", "--to", "b@example.org")
+	up.Wait(2, 10*time.Second)
+	var text string
+	want := map[string]float64{
+		`smarthost_messages_accepted_total`:                                     2,
+		`smarthost_recipients_accepted_total`:                                   2,
+		`smarthost_auth_total{result="success"}`:                                3,
+		`smarthost_auth_total{result="failure"}`:                                1,
+		`smarthost_smtp_refusals_total{cmd="MAIL",code="553",enhanced="5.7.1"}`: 1,
+		`smarthost_smtp_refusals_total{cmd="AUTH",code="535",enhanced="5.7.8"}`: 1,
+		`smarthost_dkim_signatures_total{domain="example.com"}`:                 2,
+		`smarthost_deliveries_total{result="sent",upstream="up"}`:               2,
+		`smarthost_queue_messages`:                                              0,
+		`smarthost_connections_total{listener="` + e.implicit + `"}`:            4,
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	waitFor := func(cond func() bool) {
+		for !cond() && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	waitFor(func() bool {
+		_, text = httpGet(t, "http://"+web+"/metrics")
+		for s, v := range want {
+			if metric(text, s) != v {
+				return false
+			}
+		}
+		return true
+	})
+	for s, v := range want {
+		if got := metric(text, s); got != v {
+			t.Errorf("%s = %v, want %v", s, got, v)
+		}
+	}
+	for _, s := range []string{`smarthost_upstream_duration_seconds_count{upstream="up"}`, `smarthost_tls_handshakes_total{result="ok"}`,
+		`smarthost_backend_duration_seconds_count{backend="static"}`, `smarthost_bytes_accepted_total`} {
+		if metric(text, s) <= 0 {
+			t.Errorf("%s did not move", s)
+		}
+	}
+	if regexp.MustCompile(`alice|b@example\.org`).MatchString(text) {
+		t.Error("a user name or address appears in a metric label")
+	}
+}
+
+func TestReadinessFollowsRedis(t *testing.T) {
+	pidText, err := os.ReadFile(ldapEnv(t, "SMARTHOST_TEST_REDIS_PIDFILE"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(pidText)))
+	e, web := redisRelay(t, "1000/h")
+	e.start(t)
+	if code, body := httpGet(t, "http://"+web+"/readyz"); code != 200 {
+		t.Fatalf("readyz with redis up: %d %q", code, body)
+	}
+	syscall.Kill(pid, syscall.SIGSTOP)
+	defer syscall.Kill(pid, syscall.SIGCONT)
+	eventually(t, "readyz to fail", 15*time.Second, func() bool {
+		code, body := httpGet(t, "http://"+web+"/readyz")
+		return code == 503 && strings.Contains(body, "redis:")
+	})
+	syscall.Kill(pid, syscall.SIGCONT)
+	eventually(t, "readyz to recover", 15*time.Second, func() bool {
+		code, _ := httpGet(t, "http://"+web+"/readyz")
+		return code == 200
+	})
+}
+
+func TestReadinessFollowsLDAP(t *testing.T) {
+	web := freePort(t)
+	e := ldapRelay(t, "ldap://"+freePort(t)) // nothing listens there
+	f, _ := os.OpenFile(e.config, os.O_APPEND|os.O_WRONLY, 0)
+	fmt.Fprintf(f, "metrics: {listen: %q}\n", web)
+	f.Close()
+	e.start(t)
+	code, body := httpGet(t, "http://"+web+"/readyz")
+	if code != 503 || !strings.Contains(body, "ldap:") {
+		t.Fatalf("readyz with LDAP down: %d %q", code, body)
+	}
+}
+
+// SIGTERM in the middle of a burst: the relay exits 0, and every message a
+// client got a 250 for is either delivered or still in the spool.
+func TestSIGTERMDuringBurst(t *testing.T) {
+	e := newRelayEnv(t, envOpts{})
+	p := e.start(t)
+	acks := filepath.Join(e.dir, "acks")
+	done := make(chan string, 1)
+	go func() { out, _ := pyBurst(e.implicit, acks, 200); done <- out }()
+	eventually(t, "30 acknowledgements", 60*time.Second, func() bool {
+		b, _ := os.ReadFile(acks)
+		return strings.Count(string(b), "\n") >= 30
+	})
+	p.signal(t, syscall.SIGTERM)
+	if code := p.wait(t, 40*time.Second); code != 0 {
+		t.Fatalf("exit %d after SIGTERM", code)
+	}
+	<-done
+	b, _ := os.ReadFile(acks)
+	for _, id := range strings.Fields(string(b)) {
+		_, inOutbox := os.Stat(filepath.Join(e.outbox, id+".eml"))
+		_, inSpool := os.Stat(filepath.Join(e.dir, "queue", "msg", id+".env"))
+		if inOutbox != nil && inSpool != nil {
+			t.Errorf("acknowledged message %s is neither delivered nor spooled", id)
+		}
+	}
+}
+
+// A session opened before SIGHUP keeps working after it, on its old
+// settings, while new sessions get the new ones.
+func TestReloadLeavesOpenSessions(t *testing.T) {
+	e := newRelayEnv(t, envOpts{})
+	p := e.start(t)
+	c, err := smtp.DialTLS(e.implicit, &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Auth(sasl.NewPlainClient("", "alice", "alice-pw")); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(e.dir, "users.yaml"), []byte("users: {}\n"), 0o600) // alice is gone
+	p.signal(t, syscall.SIGHUP)
+	eventually(t, "the reload", 10*time.Second, func() bool { return strings.Contains(p.logText(), "configuration reloaded") })
+	if err := c.SendMail("alice@example.com", []string{"b@example.org"}, strings.NewReader("From: alice@example.com\r\n\r\nstill here\r\n")); err != nil {
+		t.Fatalf("open session after reload: %v", err)
+	}
+	if err := login(t, e.implicit, "alice", "alice-pw"); err == nil {
+		t.Fatal("a new session still accepts the removed user")
+	}
+}
