@@ -6,8 +6,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"strings"
+	"time"
 )
 
 // Exit codes of the contract.
@@ -28,6 +30,7 @@ commands:
   dkim dns --config FILE            print the DNS TXT records of every configured key
   queue list|show ID|retry ID|delete ID --config FILE
   limits show USER --config FILE    a user's class, limits, what is left and when it refills
+  probe-ready URL                   exit 0 when URL (a /readyz) answers 200: a container healthcheck
   version                           print version, commit and Go version
 `
 
@@ -54,6 +57,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return queueCmd(rest, stdout, stderr)
 	case "limits":
 		return limitsCmd(rest, stdout, stderr)
+	case "probe-ready":
+		return probeReadyCmd(rest, stderr)
 	case "version", "--version", "-version":
 		return versionCmd(stdout)
 	case "help", "-h", "--help":
@@ -90,4 +95,25 @@ func newFlags(name string, stderr io.Writer) *flag.FlagSet {
 
 func errorf(w io.Writer, format string, args ...any) {
 	fmt.Fprintf(w, "smarthost: "+strings.TrimSuffix(format, "\n")+"\n", args...)
+}
+
+// probeReadyCmd is a healthcheck for images without a shell or curl: it
+// exits 0 when URL answers 200.
+func probeReadyCmd(args []string, stderr io.Writer) int {
+	if len(args) != 1 {
+		errorf(stderr, "usage: smarthost probe-ready URL")
+		return exitBadConfig
+	}
+	c := http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get(args[0])
+	if err != nil {
+		errorf(stderr, "probe-ready: %v", err)
+		return exitRuntime
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		errorf(stderr, "probe-ready: %s", resp.Status)
+		return exitRuntime
+	}
+	return exitOK
 }
