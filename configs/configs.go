@@ -99,6 +99,7 @@ type RateLimit struct {
 	Classes          map[string]Class `yaml:"classes"`
 	AuthFailures     *Rate            `yaml:"auth_failures"`
 	ConnectionsPerIP int              `yaml:"connections_per_ip"`
+	MaxConnections   int              `yaml:"max_connections"`
 	Timeout          Duration         `yaml:"timeout"`
 }
 

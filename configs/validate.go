@@ -62,6 +62,9 @@ func (f *File) applyDefaults() {
 	if r.ConnectionsPerIP == 0 {
 		r.ConnectionsPerIP = 50
 	}
+	if r.MaxConnections == 0 {
+		r.MaxConnections = 1000
+	}
 	if len(r.Redis.Addrs) == 0 {
 		r.Redis.Addrs = []string{"127.0.0.1:6379"}
 	}

@@ -45,7 +45,7 @@ type Client struct {
 
 func New(cfg Config, dir Directory) *Policy {
 	for i, d := range cfg.AllowedRecipientDomains {
-		cfg.AllowedRecipientDomains[i] = strings.ToLower(strings.TrimPrefix(d, "@"))
+		cfg.AllowedRecipientDomains[i] = NormalDomain(d)
 	}
 	return &Policy{cfg: cfg, dir: dir}
 }
@@ -133,6 +133,11 @@ func (p *Policy) CheckHeader(c Client, h mail.Header) error {
 	for _, a := range from {
 		if !owns(a.Address) {
 			return fmt.Errorf("%w: From %q", ErrHeaderNotOwned, a.Address)
+		}
+		// Many mail clients show only the display name: one that holds an
+		// address must hold this one, or it names someone else.
+		if strings.Contains(a.Name, "@") && !strings.Contains(strings.ToLower(a.Name), strings.ToLower(a.Address)) {
+			return fmt.Errorf("%w: From display name %q shows another address", ErrHeaderNotOwned, a.Name)
 		}
 	}
 	if len(h["Sender"]) > 0 {

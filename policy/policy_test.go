@@ -17,12 +17,15 @@ func TestSplitAddressRefusesTricks(t *testing.T) {
 		"", "noat", "@example.com", "user@", "a@b@example.com", "user%evil.org@example.com",
 		"evil.org!user@example.com", `"a@b"@example.com`, "user@exa mple.com", "user@.example.com",
 		"user@example..com", "user@example.com.", "u@[1.2.3.4", "user@exam_ple.com", "us\x00er@example.com",
+		"b@[127.0.0.1]", "b@[IPv6:::1]", "@a:b@example.com", "a b@example.com", "a\u00a0b@example.com", "b@localhost",
+		"a\u202eb@example.com", "x@ex\u200bample.com",
 	} {
 		if l, d, ok := SplitAddress(a); ok {
 			t.Errorf("SplitAddress(%q) = %q, %q; want refusal", a, l, d)
 		}
 	}
-	for a, want := range map[string]string{"Bob@Example.COM": "example.com", "b@[127.0.0.1]": "[127.0.0.1]", "b.c+tag@mail.example.org": "mail.example.org", "ü@bücher.example": "bücher.example"} {
+	for a, want := range map[string]string{"Bob@Example.COM": "example.com", "b.c+tag@mail.example.org": "mail.example.org",
+		"ü@bücher.example": "xn--bcher-kva.example", "x@BÜCHER.example": "xn--bcher-kva.example", "x@xn--bcher-kva.example": "xn--bcher-kva.example"} {
 		if _, d, ok := SplitAddress(a); !ok || d != want {
 			t.Errorf("SplitAddress(%q) domain %q %v, want %q", a, d, ok, want)
 		}
@@ -35,6 +38,9 @@ func TestOwns(t *testing.T) {
 		"alice@example.com": true, "ALICE@EXAMPLE.COM": true, "x@app.example.com": true, "x@APP.example.com": true,
 		"bob@example.com": false, "alice@example.org": false, "x@sub.app.example.com": false,
 		"alice@example.com.evil.org": false, "*@app.example.com": true, "": false, "alice%x@example.com": false,
+		"alice@\u0435xample.com": false, // Cyrillic е: a look-alike domain is another domain
+		"\u0430lice@example.com": false, // Cyrillic а in the local part
+		"alice@EXAMPLE.com":      true, "x@APP.EXAMPLE.COM": true,
 	} {
 		if got := u.Owns(a); got != want {
 			t.Errorf("Owns(%q) = %v, want %v", a, got, want)
@@ -205,7 +211,11 @@ func TestCheckHeader(t *testing.T) {
 	p := New(Config{EnforceHeaderFrom: true}, nil)
 	for h, want := range map[string]error{
 		"From: Alice <alice@example.com>\r\n":                               nil,
-		"From: \"bob@example.com\" <alice@example.com>\r\n":                 nil,
+		"From: \"bob@example.com\" <alice@example.com>\r\n":                 ErrHeaderNotOwned, // the name a reader sees is bob's
+		"From: \"Alice (alice@example.com)\" <alice@example.com>\r\n":       nil,
+		"From: alice@example.com (Bob Boss)\r\n":                            nil,
+		"From: undisclosed:;\r\n":                                           ErrHeaderMissing,
+		"From: team: alice@example.com, bob@example.com;\r\n":               ErrHeaderNotOwned,
 		"From: x@app.example.com\r\nSender: alice@example.com\r\n":          nil,
 		"From: bob@example.com\r\n":                                         ErrHeaderNotOwned,
 		"From: alice@example.com, bob@example.com\r\n":                      ErrHeaderNotOwned,

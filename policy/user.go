@@ -2,6 +2,10 @@ package policy
 
 import (
 	"strings"
+	"unicode"
+	"unicode/utf8"
+
+	"golang.org/x/net/idna"
 )
 
 // User is an authenticated submitter and what it may do.
@@ -36,36 +40,65 @@ func matchAny(patterns []string, addr string) bool {
 	return false
 }
 
-// SplitAddress splits an address at its last '@' and lowercases the domain.
-// It refuses what cannot be a plain mailbox: no '@', an empty part, a domain
-// that is not a hostname or address literal, and local parts that carry
-// routing of their own ('%', '!', '@', quotes, source routes), since an
-// upstream may honour those and relay somewhere we never checked.
+// SplitAddress parses an address once, strictly, into its local part and
+// its domain in lower-case A-label (IDNA) form, so that every comparison
+// sees one spelling of a domain. It refuses what is not a plain mailbox at
+// a host name: no '@' or several, an empty part, address literals, trailing
+// dots, and local parts that carry routing of their own ('%', '!', quotes,
+// source routes) or control characters, since an upstream might honour them
+// and relay somewhere we never checked.
 func SplitAddress(addr string) (local, domain string, ok bool) {
 	i := strings.LastIndexByte(addr, '@')
-	if i <= 0 || i == len(addr)-1 {
+	if i <= 0 || i == len(addr)-1 || len(addr) > 320 {
 		return "", "", false
 	}
-	local, domain = addr[:i], strings.ToLower(addr[i+1:])
-	if strings.ContainsAny(local, "%!@\"\\:,;<> \t\r\n\x00") || !validDomain(domain) {
+	local = addr[:i]
+	if len(local) > 64 || !utf8.ValidString(local) {
 		return "", "", false
 	}
-	return local, domain, true
-}
-
-func validDomain(d string) bool {
-	if strings.HasPrefix(d, "[") && strings.HasSuffix(d, "]") {
-		return len(d) > 2 && !strings.ContainsAny(d[1:len(d)-1], "[]\\ ")
-	}
-	if len(d) > 253 || strings.HasPrefix(d, ".") || strings.HasSuffix(d, ".") || strings.Contains(d, "..") {
-		return false
-	}
-	for _, r := range d {
-		switch {
-		case r >= 'a' && r <= 'z', r >= '0' && r <= '9', r == '-', r == '.', r >= 0x80:
-		default:
-			return false
+	for _, r := range local {
+		if r < 0x21 || r == 0x7f || strings.ContainsRune("%!@\"\\:,;<>()[]", r) || invisible(r) {
+			return "", "", false
 		}
 	}
-	return true
+	domain, ok = normalDomain(addr[i+1:])
+	return local, domain, ok
+}
+
+// invisible reports spaces, controls and format characters (bidi
+// overrides, zero-width joiners): nothing a person can see, everything a
+// spoofer needs.
+func invisible(r rune) bool {
+	return unicode.IsSpace(r) || unicode.IsControl(r) || unicode.Is(unicode.Cf, r)
+}
+
+// normalDomain returns a host name in lower-case A-label form, or false.
+func normalDomain(d string) (string, bool) {
+	if strings.IndexFunc(d, invisible) >= 0 || !utf8.ValidString(d) {
+		return "", false
+	}
+	if strings.HasPrefix(d, "[") || strings.HasSuffix(d, ".") || strings.HasPrefix(d, ".") || strings.Contains(d, "..") {
+		return "", false
+	}
+	a, err := idna.Lookup.ToASCII(d)
+	if err != nil || a == "" || len(a) > 253 || !strings.Contains(a, ".") {
+		return "", false
+	}
+	a = strings.ToLower(a)
+	for _, r := range a {
+		switch {
+		case r >= 'a' && r <= 'z', r >= '0' && r <= '9', r == '-', r == '.':
+		default:
+			return "", false
+		}
+	}
+	return a, true
+}
+
+// NormalDomain is the form SplitAddress gives a configured domain.
+func NormalDomain(d string) string {
+	if n, ok := normalDomain(strings.TrimPrefix(d, "@")); ok {
+		return n
+	}
+	return strings.ToLower(d)
 }

@@ -49,13 +49,14 @@ func (c *idleConn) admitted() error {
 		s := c.l.s
 		c.ip = remoteAddr(c.Conn)
 		s.mu.Lock()
-		over := s.cfg.ConnectionsPerIP > 0 && s.perIP[c.ip] >= s.cfg.ConnectionsPerIP
+		over := s.cfg.ConnectionsPerIP > 0 && s.perIP[c.ip] >= s.cfg.ConnectionsPerIP || s.total >= s.cfg.MaxConnections
 		if !over {
 			s.perIP[c.ip]++
+			s.total++
 		}
 		s.mu.Unlock()
 		if over {
-			s.log.Warn("connection refused: too many from this address", "remote", c.ip.String())
+			s.log.Warn("connection refused: too many connections", "remote", c.ip.String())
 			c.Conn.SetWriteDeadline(time.Now().Add(time.Second))
 			r := replyTooManyConns
 			c.Conn.Write([]byte(fmtReply(r.Code, r.EnhancedCode, r.Message)))
@@ -97,6 +98,7 @@ func (c *idleConn) Close() error {
 		if s.perIP[c.ip]--; s.perIP[c.ip] <= 0 {
 			delete(s.perIP, c.ip)
 		}
+		s.total--
 		s.mu.Unlock()
 		if m := s.cfg.Metrics; m != nil {
 			m.connectionsNow.WithLabelValues(c.l.name).Dec()

@@ -43,6 +43,7 @@ type Config struct {
 	MaxRecipients     int
 	MaxMessageSize    int64
 	ConnectionsPerIP  int           // 0: no limit
+	MaxConnections    int           // in all; default 1000
 	IdleTimeout       time.Duration // per read; default 5m (RFC 5321 4.5.3.2)
 	WriteTimeout      time.Duration // per reply; default 1m
 	AuthTimeout       time.Duration // per credential check; default 30s
@@ -80,6 +81,7 @@ type Server struct {
 	servers []*smtp.Server
 	lns     []net.Listener
 	perIP   map[netip.Addr]int
+	total   int
 }
 
 func NewServer(cfg Config, deps Deps, log *slog.Logger) (*Server, error) {
@@ -91,6 +93,9 @@ func NewServer(cfg Config, deps Deps, log *slog.Logger) (*Server, error) {
 	}
 	if cfg.AuthTimeout == 0 {
 		cfg.AuthTimeout = 30 * time.Second
+	}
+	if cfg.MaxConnections == 0 {
+		cfg.MaxConnections = 1000
 	}
 	if cfg.MaxHeaderSize == 0 {
 		cfg.MaxHeaderSize = 1 << 20

@@ -47,6 +47,7 @@ type testOpts struct {
 	signer      *dkim.Signer
 	rejectNoKey bool
 	quotas      *ratelimit.Quotas
+	idle        time.Duration
 }
 
 func usersFile(t testing.TB) *policy.Static {
@@ -101,6 +102,7 @@ func newEnv(t testing.TB, o testOpts) *testEnv {
 		MaxMessageSize:    o.maxSize,
 		ConnectionsPerIP:  o.perIP,
 		MaxHeaderSize:     16 << 10,
+		IdleTimeout:       o.idle,
 	}, Deps{Policy: policy.New(o.policy, o.dir), Queue: q, Signer: o.signer, RejectNoKey: o.rejectNoKey, Quotas: o.quotas}, log)
 	if err != nil {
 		t.Fatal(err)

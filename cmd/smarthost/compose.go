@@ -127,6 +127,7 @@ func compose(f *configs.File, create bool, log *slog.Logger, bm *backendMetrics)
 	p.relay.MaxRecipients = f.Policy.MaxRecipients
 	p.relay.MaxMessageSize = int64(f.Policy.MaxMessageSize)
 	p.relay.ConnectionsPerIP = f.RateLimit.ConnectionsPerIP
+	p.relay.MaxConnections = f.RateLimit.MaxConnections
 
 	p.upstream.Hostname = f.Hostname
 	for i, u := range f.Upstreams {

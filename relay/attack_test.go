@@ -1,0 +1,259 @@
+package relay
+
+// Attacks on a running relay over TCP. Each case asserts the reply and that
+// nothing reached the queue (the only way to the upstream).
+
+import (
+	"bufio"
+	"crypto/tls"
+	"net"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/smarthost/smarthost/policy"
+)
+
+func TestNoOpenRelayWithoutAuth(t *testing.T) {
+	e := newEnv(t, testOpts{})
+	for _, from := range []string{"alice@example.com", "", "postmaster", "<>", "a@[127.0.0.1]", "@relay.test:a@example.com"} {
+		for _, plain := range []bool{false, true} {
+			addr := e.starttls
+			if plain {
+				addr = e.plain
+			}
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			d := &rawDialog{t: t, c: c, r: bufio.NewReader(c)}
+			d.expect("220 ")
+			d.send("EHLO attacker.test\r\n")
+			d.expect("250 ")
+			d.send("MAIL FROM:<" + from + ">\r\n")
+			line := d.expect("5")
+			if !strings.HasPrefix(line, "530 5.7.0") && !strings.HasPrefix(line, "501 ") && !strings.HasPrefix(line, "553 ") {
+				t.Errorf("MAIL FROM:<%s> without AUTH: %q", from, line)
+			}
+			d.send("RCPT TO:<victim@example.org>\r\n")
+			d.expect("5")
+			d.send("DATA\r\n")
+			d.expect("5")
+			c.Close()
+		}
+	}
+	if n := len(e.queued(t)); n != 0 {
+		t.Fatalf("%d messages queued without AUTH", n)
+	}
+}
+
+func TestRecipientAddressTricks(t *testing.T) {
+	e := newEnv(t, testOpts{policy: policy.Config{EnforceHeaderFrom: true, AllowedRecipientDomains: []string{"example.org"}}})
+	for _, rcpt := range []string{
+		"u%evil.com@example.org", "evil.com!u@example.org", `"u@evil.com"@example.org`, "u@evil.com@example.org",
+		"@example.org:u@evil.com", "u@[192.0.2.1]", "u@example.org.", "u@\u0435xample.org", "u@evil.com",
+		"u@example.org.evil.com", "u\r\n@example.org", "u@exa\u200bmple.org",
+	} {
+		d := e.raw(t)
+		d.login()
+		d.send("MAIL FROM:<alice@example.com>\r\n")
+		d.expect("250 ")
+		d.send("RCPT TO:<" + rcpt + ">\r\n")
+		line := d.expect("")
+		if !strings.HasPrefix(line, "5") {
+			t.Errorf("RCPT TO:<%q> accepted: %q", rcpt, line)
+		}
+	}
+	d := e.raw(t)
+	d.login()
+	d.send("MAIL FROM:<alice@example.com>\r\nRCPT TO:<U@EXAMPLE.ORG>\r\n")
+	d.expect("250 ")
+	d.expect("250 ")
+	if n := len(e.queued(t)); n != 0 {
+		t.Fatalf("%d messages queued", n)
+	}
+}
+
+func TestSenderImpersonation(t *testing.T) {
+	e := newEnv(t, testOpts{})
+	for _, from := range []string{"alice@example.com.", "alice@\u0435xample.com", "alice@example.com@evil.org", `"ceo"@example.com`,
+		"ceo@example.com", "alice@sub.example.com", "alice@example.co", "bob%alice@example.com"} {
+		d := e.raw(t)
+		d.login()
+		d.send("MAIL FROM:<" + from + ">\r\n")
+		if line := d.expect(""); !strings.HasPrefix(line, "5") {
+			t.Errorf("MAIL FROM:<%s> accepted: %q", from, line)
+		}
+	}
+	for _, hdr := range []string{
+		"From: \"ceo@example.com\" <alice@example.com>\r\n",
+		"From: ceo@example.com\r\nFrom: alice@example.com\r\n",
+		"From: alice@example.com\r\nSender: ceo@example.com\r\n",
+		"From: alice@example.com, ceo@example.com\r\n",
+		"From: Alice <alice@\u0435xample.com>\r\n",
+		"From: team:ceo@example.com;\r\n",
+		"Subject: no From at all\r\n",
+	} {
+		d := e.raw(t)
+		d.login()
+		d.send("MAIL FROM:<alice@example.com>\r\nRCPT TO:<b@x.org>\r\nDATA\r\n")
+		d.expect("250 ")
+		d.expect("250 ")
+		d.expect("354 ")
+		d.send(hdr + "\r\nbody\r\n.\r\n")
+		if line := d.expect(""); !strings.HasPrefix(line, "550 5.7.1") {
+			t.Errorf("header %q: %q", hdr, line)
+		}
+	}
+	if n := len(e.queued(t)); n != 0 {
+		t.Fatalf("%d impersonating messages queued", n)
+	}
+}
+
+// The 2023 SMTP smuggling family: every ending other than CRLF.CRLF, with a
+// second message behind it. None may end the first message, none may make a
+// second one.
+func TestSmuggling(t *testing.T) {
+	e := newEnv(t, testOpts{})
+	second := "MAIL FROM:<alice@example.com>\r\nRCPT TO:<victim@x.org>\r\nDATA\r\nFrom: alice@example.com\r\n\r\nsmuggled\r\n"
+	for _, end := range []string{"\n.\n", "\r.\r", "\r\n.\r", "\n.\r\n", "\r.\r\n", "\r\n.\n", "\n\n.\n\n", "\r\n\x00.\r\n"} {
+		d := e.raw(t)
+		d.login()
+		d.send("MAIL FROM:<alice@example.com>\r\nRCPT TO:<b@x.org>\r\nDATA\r\n")
+		d.expect("250 ")
+		d.expect("250 ")
+		d.expect("354 ")
+		d.send("From: alice@example.com\r\n\r\nfirst" + end + second + ".\r\n")
+		line := d.expect("")
+		// go-smtp's DATA reader drops a "." followed by a lone CR at the
+		// start of a line before we see the bytes ("\r\n.\r" and "\r.\r"
+		// after a CRLF), so those arrive as one harmless message; every
+		// other ending must be refused. Either way there is one message.
+		if !strings.HasPrefix(line, "554 5.6.0") && !(strings.HasPrefix(line, "250 ") && (end == "\r\n.\r" || end == "\r\n\x00.\r\n")) {
+			t.Errorf("ending %q: %q", end, line)
+		}
+		d.send("NOOP\r\n")
+		d.expect("250 2.0.0 I have") // one reply per command: no smuggled transaction ran
+	}
+	for _, m := range e.queued(t) {
+		if len(m.Recipients) != 1 || m.Recipients[0].Addr != "b@x.org" {
+			t.Fatalf("a smuggled transaction was queued: %+v", m.Recipients)
+		}
+	}
+}
+
+func TestBDATIsCheckedToo(t *testing.T) {
+	e := newEnv(t, testOpts{})
+	d := e.raw(t)
+	d.login()
+	body := "From: alice@example.com\r\n\r\nbare\nLF\r\n"
+	d.send("MAIL FROM:<alice@example.com>\r\nRCPT TO:<b@x.org>\r\n")
+	d.expect("250 ")
+	d.expect("250 ")
+	d.send("BDAT " + strconv.Itoa(len(body)) + " LAST\r\n" + body)
+	if line := d.expect(""); !strings.HasPrefix(line, "554 5.6.0") {
+		t.Fatalf("BDAT with a bare LF: %q", line)
+	}
+	body = "From: alice@example.com\r\n\r\nfine\r\n"
+	d.send("MAIL FROM:<alice@example.com>\r\nRCPT TO:<b@x.org>\r\n")
+	d.expect("250 ")
+	d.expect("250 ")
+	d.send("BDAT " + strconv.Itoa(len(body)) + " LAST\r\n" + body)
+	d.expect("250 2.0.0 OK: queued as ")
+	if n := len(e.queued(t)); n != 1 {
+		t.Fatalf("%d queued, want the clean BDAT message only", n)
+	}
+}
+
+// CVE-2011-0411: commands sent in the same packet as STARTTLS must not run
+// after the handshake.
+func TestSTARTTLSCommandInjection(t *testing.T) {
+	e := newEnv(t, testOpts{})
+	c, err := net.Dial("tcp", e.starttls)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	r := bufio.NewReader(c)
+	d := &rawDialog{t: t, c: c, r: r}
+	d.expect("220 ")
+	d.send("EHLO a.test\r\n")
+	d.expect("250 ")
+	d.send("STARTTLS\r\nRSET\r\nMAIL FROM:<injected@example.com>\r\n")
+	d.expect("220 ")
+	tc := tls.Client(c, &tls.Config{RootCAs: e.pool, ServerName: "127.0.0.1"})
+	if err := tc.Handshake(); err != nil {
+		// Refusing the handshake is a safe outcome too.
+		return
+	}
+	td := &rawDialog{t: t, c: tc, r: bufio.NewReader(tc)}
+	td.send("NOOP\r\n")
+	// The first reply inside TLS must answer our NOOP, not the injected
+	// commands.
+	if line := td.expect(""); !strings.HasPrefix(line, "250 2.0.0 I have successfully done nothing") {
+		t.Fatalf("first reply after STARTTLS: %q (injected commands ran)", line)
+	}
+}
+
+func TestProtocolAbuse(t *testing.T) {
+	e := newEnv(t, testOpts{})
+	// Unknown commands: the server gives up on the client.
+	d := e.raw(t)
+	for i := 0; i < 12; i++ {
+		d.send("XYZZY\r\n")
+	}
+	d.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	closed := false
+	for i := 0; i < 20; i++ {
+		if _, err := d.r.ReadString('\n'); err != nil {
+			closed = true
+			break
+		}
+	}
+	if !closed {
+		t.Error("connection still open after a stream of unknown commands")
+	}
+	// A line over the limit ends the session.
+	d = e.raw(t)
+	d.send("EHLO " + strings.Repeat("a", 5000) + "\r\n")
+	var last string
+	for {
+		line, err := d.r.ReadString('\n')
+		if err != nil {
+			break
+		}
+		last = line
+	}
+	if !strings.HasPrefix(last, "500 5.4.0") {
+		t.Errorf("long line: the session ended with %q, want 500 5.4.0", last)
+	}
+	// A header block over the limit is refused whole.
+	d = e.raw(t)
+	d.login()
+	d.send("MAIL FROM:<alice@example.com>\r\nRCPT TO:<b@x.org>\r\nDATA\r\n")
+	d.expect("250 ")
+	d.expect("250 ")
+	d.expect("354 ")
+	d.send("From: alice@example.com\r\n" + strings.Repeat("X-Filler: "+strings.Repeat("y", 900)+"\r\n", 20) + "\r\nbody\r\n.\r\n")
+	if line := d.expect(""); !strings.HasPrefix(line, "552 5.3.4") {
+		t.Errorf("huge header: %q", line)
+	}
+	if n := len(e.queued(t)); n != 0 {
+		t.Fatalf("%d queued", n)
+	}
+}
+
+// A client that stops talking is dropped after the idle timeout.
+func TestSlowClientDropped(t *testing.T) {
+	e := newEnv(t, testOpts{idle: 300 * time.Millisecond})
+	d := e.raw(t)
+	d.send("EHLO slow.test\r\n")
+	d.expect("250 ")
+	start := time.Now()
+	d.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	line, _ := d.r.ReadString('\n')
+	if !strings.HasPrefix(line, "421 4.4.2") || time.Since(start) > 5*time.Second {
+		t.Fatalf("silent client: %q after %s", line, time.Since(start))
+	}
+}
