@@ -348,7 +348,7 @@ func checkKeys(n *yaml.Node, t reflect.Type, path string, add func(string, int, 
 		t = t.Elem()
 	}
 	if n.Kind == yaml.AliasNode {
-		n = n.Alias
+		return // checked where its anchor is; following it could loop forever
 	}
 	if reflect.PointerTo(t).Implements(reflect.TypeOf((*yaml.Unmarshaler)(nil)).Elem()) {
 		return

@@ -182,3 +182,23 @@ func FuzzParseRate(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParse: any text gives a File or problems, never a panic, and a File
+// without problems is one the relay can start from.
+func FuzzParse(f *testing.F) {
+	for _, p := range []string{"quickstart.yaml", "example.yaml"} {
+		b, _ := os.ReadFile(p)
+		f.Add(string(b))
+	}
+	f.Add("listeners: [{address: \"127.0.0.1:1\"}]\ntls: {self_signed: true}\nauth: {backend: static, static: {users_file: u}}\nupstreams: [{name: a, url: \"file:///o\"}]\n")
+	f.Add("a: &x [*x]\n")
+	f.Fuzz(func(t *testing.T, text string) {
+		file, err := Parse([]byte(text))
+		if err != nil {
+			return
+		}
+		if len(file.Listeners) == 0 || len(file.Upstreams) == 0 || file.Policy.MaxMessageSize <= 0 || file.Queue.Workers <= 0 {
+			t.Fatalf("valid but unusable: %+v", file)
+		}
+	})
+}

@@ -92,6 +92,12 @@ func normalDomain(d string) (string, bool) {
 			return "", false
 		}
 	}
+	// The mapping can leave empty or malformed labels ("xn--." maps to ".").
+	for _, label := range strings.Split(a, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return "", false
+		}
+	}
 	return a, true
 }
 
