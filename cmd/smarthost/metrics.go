@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/pprof"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -141,6 +142,10 @@ func webHandler(reg *prometheus.Registry, ready *readiness, current *atomic.Poin
 		}
 		io.WriteString(w, "ready\n")
 	})
+	// Profiles for finding where time goes under load; metrics.listen is
+	// an operators' address (loopback by default), not the public one.
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.Handle("GET /v1/limits/{user}", limitsHandler(func() (*ratelimit.Quotas, lookupFunc) {
 		p := current.Load()
 		return p.deps.Quotas, p.lookup

@@ -59,6 +59,8 @@ type Queue struct {
 	d    Deliverer
 	log  *slog.Logger
 	lock *os.File
+	// dirSync makes renames in msg/ durable, many at a time.
+	dirSync *groupSync
 
 	mu       sync.Mutex
 	items    map[string]*Message
@@ -94,7 +96,7 @@ func Open(cfg Config, d Deliverer, log *slog.Logger) (*Queue, error) {
 		lock.Close()
 		return nil, fmt.Errorf("queue: %s is in use by another process: %w", cfg.Dir, err)
 	}
-	q := &Queue{cfg: cfg, d: d, log: log, lock: lock,
+	q := &Queue{cfg: cfg, d: d, log: log, lock: lock, dirSync: newGroupSync(filepath.Join(cfg.Dir, "msg")),
 		items: map[string]*Message{}, inflight: map[string]bool{}, wake: make(chan struct{}, 1)}
 	// Drafts of connections that died with the last process were never
 	// acknowledged.
@@ -179,7 +181,11 @@ func (q *Queue) rescan() error {
 		q.mu.Unlock()
 		if !known {
 			if m, err = readEnv(q.cfg.Dir, id); err != nil {
-				q.log.Error("queue: unreadable envelope left in place", "msg_id", id, "err", err)
+				// A first envelope torn by a crash belongs to a message
+				// that was never acknowledged; anything else is kept for
+				// a person to look at.
+				q.log.Error("queue: unreadable envelope set aside as .bad", "msg_id", id, "err", err)
+				os.Rename(filepath.Join(q.cfg.Dir, "msg", id+".env"), filepath.Join(q.cfg.Dir, "msg", id+".bad"))
 				continue
 			}
 			q.mu.Lock()
@@ -210,7 +216,8 @@ func (q *Queue) removeOrphans() {
 		if !ok {
 			continue
 		}
-		if _, err := os.Stat(filepath.Join(q.cfg.Dir, "msg", id+".env")); errors.Is(err, os.ErrNotExist) {
+		_, bad := os.Stat(filepath.Join(q.cfg.Dir, "msg", id+".bad"))
+		if _, err := os.Stat(filepath.Join(q.cfg.Dir, "msg", id+".env")); errors.Is(err, os.ErrNotExist) && bad != nil {
 			os.Remove(filepath.Join(q.cfg.Dir, "msg", e.Name()))
 		}
 	}

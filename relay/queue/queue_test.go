@@ -324,3 +324,34 @@ func TestSpoolAdmin(t *testing.T) {
 		t.Fatal("Delete accepted a path")
 	}
 }
+
+// Group commit: many concurrent commits share folder syncs, and every one
+// of them returns only after a sync that began after it was called.
+func TestGroupSyncShares(t *testing.T) {
+	g := newGroupSync(t.TempDir())
+	var wg sync.WaitGroup
+	for i := 0; i < 64; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			g.mu.Lock()
+			need := g.started + 1
+			g.mu.Unlock()
+			if err := g.sync(); err != nil {
+				t.Error(err)
+			}
+			g.mu.Lock()
+			if g.completed < need {
+				t.Errorf("returned before a covering sync: completed %d, needed %d", g.completed, need)
+			}
+			g.mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if g.started >= 64 {
+		t.Logf("no sharing happened this time (%d syncs for 64 callers)", g.started)
+	}
+	if g.started == 0 {
+		t.Fatal("no sync at all")
+	}
+}

@@ -1,0 +1,77 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/emersion/go-smtp"
+)
+
+// runSink accepts everything, counts messages, and prints one line when the
+// expected number has arrived (and exits), or at SIGTERM.
+func runSink(args []string) error {
+	fs := flag.NewFlagSet("sink", flag.ContinueOnError)
+	listen := fs.String("listen", "127.0.0.1:2525", "address")
+	expect := fs.Int64("expect", 0, "exit after this many messages (0: run until signalled)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var count atomic.Int64
+	var first atomic.Int64
+	done := make(chan struct{})
+	be := smtp.BackendFunc(func(*smtp.Conn) (smtp.Session, error) {
+		return &sinkSession{count: &count, first: &first, expect: *expect, done: done}, nil
+	})
+	s := smtp.NewServer(be)
+	s.Domain = "smtpload-sink"
+	s.MaxMessageBytes = 64 << 20
+	s.ReadTimeout, s.WriteTimeout = time.Minute, time.Minute
+	s.ErrorLog = quietLog{}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return err
+	}
+	go s.Serve(ln)
+	fmt.Fprintf(os.Stderr, "sink listening on %s\n", ln.Addr())
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	select {
+	case <-done:
+	case <-sig:
+	}
+	n := count.Load()
+	fmt.Printf("sink received %d messages; last at %d (unix ns)\n", n, time.Now().UnixNano())
+	s.Close()
+	return nil
+}
+
+type sinkSession struct {
+	count  *atomic.Int64
+	first  *atomic.Int64
+	expect int64
+	done   chan struct{}
+}
+
+func (s *sinkSession) Mail(string, *smtp.MailOptions) error { return nil }
+func (s *sinkSession) Rcpt(string, *smtp.RcptOptions) error { return nil }
+func (s *sinkSession) Data(r io.Reader) error {
+	io.Copy(io.Discard, r)
+	if n := s.count.Add(1); n == s.expect {
+		close(s.done)
+	}
+	return nil
+}
+func (s *sinkSession) Reset()        {}
+func (s *sinkSession) Logout() error { return nil }
+
+type quietLog struct{}
+
+func (quietLog) Printf(string, ...any) {}
+func (quietLog) Println(...any)        {}
