@@ -8,6 +8,8 @@ import (
 	"errors"
 	"sync"
 	"time"
+
+	"golang.org/x/sync/singleflight"
 )
 
 // ErrBadCredentials means the name or password is wrong, or the account may
@@ -41,6 +43,9 @@ type Cache struct {
 
 	mu      sync.Mutex
 	entries map[[32]byte]cacheEntry
+	// flight makes concurrent first logins with the same credentials (an
+	// application server opening 20 connections at once) share one check.
+	flight singleflight.Group
 }
 
 type cacheEntry struct {
@@ -78,13 +83,23 @@ func (c *Cache) Authenticate(ctx context.Context, username, password string) (*U
 	if ok && now.Before(e.expires) {
 		return e.user, nil
 	}
-	u, err := c.dir.Authenticate(ctx, username, password)
+	v, err, _ := c.flight.Do(string(k[:]), func() (any, error) {
+		// A flight that just landed may have filled the cache.
+		c.mu.Lock()
+		e, ok := c.entries[k]
+		c.mu.Unlock()
+		if ok && now.Before(e.expires) {
+			return e.user, nil
+		}
+		return c.dir.Authenticate(ctx, username, password)
+	})
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err != nil {
 		delete(c.entries, k)
 		return nil, err
 	}
+	u := v.(*User)
 	// Drop expired entries now and then so the map stays bounded by the
 	// number of distinct logins within one ttl.
 	if len(c.entries) > 1024 {

@@ -6,6 +6,8 @@ import (
 	"net/mail"
 	"net/netip"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -231,5 +233,38 @@ func TestCheckHeader(t *testing.T) {
 	}
 	if err := New(Config{EnforceHeaderFrom: false}, nil).CheckHeader(alice, header(t, "From: bob@example.com\r\n")); err != nil {
 		t.Errorf("enforce_header_from off: %v", err)
+	}
+}
+
+type slowDir struct {
+	calls atomic.Int32
+	gate  chan struct{}
+}
+
+func (d *slowDir) Authenticate(context.Context, string, string) (*User, error) {
+	d.calls.Add(1)
+	<-d.gate
+	return &User{Name: "u"}, nil
+}
+
+// Twenty connections logging in at once with the same credentials cost one
+// backend check, not twenty.
+func TestCacheSharesConcurrentFirstLogins(t *testing.T) {
+	d := &slowDir{gate: make(chan struct{})}
+	c := NewCache(d, time.Minute, nil)
+	var wg sync.WaitGroup
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := c.Authenticate(context.Background(), "u", "p"); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	close(d.gate) // late arrivals join the flight or find its result cached
+	wg.Wait()
+	if n := d.calls.Load(); n != 1 {
+		t.Fatalf("%d backend checks for 20 simultaneous logins, want 1", n)
 	}
 }

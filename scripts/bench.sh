@@ -1,0 +1,233 @@
+#!/usr/bin/env bash
+# End-to-end throughput: the load tool submits, the relay queues and
+# forwards, a counting sink receives; the figure is N / (first connection to
+# last message received upstream). One line per run.
+#
+#   scripts/bench.sh [--vs-postfix] [--runs 3] [--total 5000] [--sessions 20] [--size 10240]
+#
+# --vs-postfix also runs Debian's Postfix (private config and queue, relayhost
+# to the same sink) with and without OpenDKIM milters, alternating with
+# smarthost run by run, and prints medians and ratios. Postfix is measured
+# without AUTH (it has no SASL backend configured); smarthost always uses
+# STARTTLS + AUTH. Needs root for Postfix. Writes results and a chart under
+# $BENCH_DIR (default /var/lib/smarthost-bench: OpenDKIM refuses keys below
+# world-writable folders such as /tmp).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export PATH=$PATH:/usr/local/go/bin
+
+VS=0 RUNS=3 TOTAL=5000 SESSIONS=20 SIZE=10240
+while [ $# -gt 0 ]; do
+  case $1 in
+    --vs-postfix) VS=1 ;;
+    --runs) RUNS=$2; shift ;;
+    --total) TOTAL=$2; shift ;;
+    --sessions) SESSIONS=$2; shift ;;
+    --size) SIZE=$2; shift ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+W=${BENCH_DIR:-/var/lib/smarthost-bench}
+SINK_PORT=3525 RELAY_PORT=3587 PF_PORT=4587
+rm -rf "$W"; mkdir -p "$W/bin" "$W/dkim"
+go build -o "$W/bin/smarthost" ./cmd/smarthost
+go build -o "$W/bin/smtpload" ./cmd/smtpload
+SH=$W/bin/smarthost LOAD=$W/bin/smtpload
+
+if [ $VS = 1 ]; then
+  need=()
+  [ -x /usr/sbin/postfix ] || need+=(postfix)
+  [ -x /usr/sbin/opendkim ] || need+=(opendkim opendkim-tools)
+  command -v gnuplot >/dev/null || need+=(gnuplot-nox)
+  if [ ${#need[@]} -gt 0 ]; then
+    echo 'postfix postfix/main_mailer_type select No configuration' | debconf-set-selections
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  fi
+fi
+
+echo "bench-pw" | $SH passwd > "$W/hash"
+printf 'users:\n  bench:\n    password_hash: "%s"\n    addresses: ["*@example.com"]\n' "$(cat "$W/hash")" > "$W/users.yaml"
+$SH dkim keygen --domain example.com --selector rsa --algo rsa2048 --out "$W/dkim" > "$W/dkim/rsa.dns"
+$SH dkim keygen --domain example.com --selector ed --algo ed25519 --out "$W/dkim" > "$W/dkim/ed.dns"
+
+wait_port() { for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
+
+relay_config() { # dkim: none|both
+  local dkim=""
+  if [ "$1" = both ]; then
+    dkim="dkim:
+  domains:
+    example.com:
+      - {selector: rsa, key_file: $W/dkim/example.com.rsa.key}
+      - {selector: ed, key_file: $W/dkim/example.com.ed.key}"
+  fi
+  cat > "$W/relay.yaml" <<CONF
+hostname: smarthost-bench.test
+listeners: [{address: "127.0.0.1:$RELAY_PORT", mode: starttls}]
+tls: {self_signed: true}
+auth: {backend: static, static: {users_file: $W/users.yaml}}
+policy: {max_recipients: 100, max_message_size: 25MiB}
+ratelimit: {backend: memory, connections_per_ip: 10000, max_connections: 10000}
+$dkim
+upstreams: [{name: sink, url: "smtp://127.0.0.1:$SINK_PORT", tls: none, max_connections: 20}]
+queue: {dir: $W/queue, workers: 20}
+log: {format: text, level: warn}
+CONF
+}
+
+# measure NAME PORT LOADFLAGS...: sink + load, prints "NAME msg/s" and the load's line.
+measure() {
+  local name=$1 port=$2; shift 2
+  $LOAD sink --listen "127.0.0.1:$SINK_PORT" --expect "$TOTAL" > "$W/sink.out" 2>&1 &
+  local sink=$!
+  wait_port $SINK_PORT
+  local start end
+  start=$(date +%s.%N)
+  local out
+  out=$($LOAD run --addr "127.0.0.1:$port" --sessions "$SESSIONS" --size "$SIZE" --total "$TOTAL" --from load@example.com "$@")
+  if ! timeout 300 tail --pid=$sink -f /dev/null; then kill $sink; fi
+  end=$(date +%s.%N)
+  local rate
+  rate=$(awk -v n="$TOTAL" -v s="$start" -v e="$end" 'BEGIN { printf "%.1f", n / (e - s) }')
+  echo "$name $rate" >> "$W/results"
+  printf '%-34s %8s msg/s end to end | %s\n' "$name" "$rate" "$out"
+}
+
+run_smarthost() { # name dkim perSession
+  relay_config "$2"
+  rm -rf "$W/queue"
+  $SH serve --config "$W/relay.yaml" 2> "$W/relay.log" &
+  local pid=$!
+  wait_port $RELAY_PORT
+  measure "$1" $RELAY_PORT --starttls --user bench --pass bench-pw --per-session "$3"
+  kill $pid; wait $pid 2>/dev/null || true
+}
+
+postfix_setup() { # milters: none|rsa|both ; tls: yes|no
+  local P=$W/pf
+  [ -d $P/conf ] && postfix -c $P/conf stop >/dev/null 2>&1 || true
+  pkill -f "opendkim -x $W" 2>/dev/null || true
+  rm -rf $P; mkdir -p $P/conf $P/data $P/queue $P/milter
+  cp /etc/postfix/master.cf $P/conf/
+  sed -i "s/^smtp      inet  n       -       y       -       -       smtpd/127.0.0.1:$PF_PORT inet n - n - - smtpd/" $P/conf/master.cf
+  local milters=""
+  if [ "$1" != none ]; then
+    # OpenDKIM wants its keys in a folder only its user can write.
+    mkdir -p $P/keys && cp "$W/dkim"/*.key $P/keys/
+    chown -R postfix:postfix $P/milter $P/keys && chmod 700 $P/keys && chmod 600 $P/keys/*
+    for sel in rsa ed; do
+      [ "$1" = rsa ] && [ $sel = ed ] && continue
+      local algo=rsa-sha256; [ $sel = ed ] && algo=ed25519-sha256
+      cat > $P/milter/$sel.conf <<CONF
+Syslog no
+Mode s
+Domain example.com
+Selector $sel
+KeyFile $P/keys/example.com.$sel.key
+SignatureAlgorithm $algo
+Canonicalization relaxed/relaxed
+Socket local:$P/milter/$sel.sock
+UserID postfix
+UMask 007
+PidFile $P/milter/$sel.pid
+CONF
+      opendkim -x $P/milter/$sel.conf
+      milters="$milters unix:$P/milter/$sel.sock"
+    done
+    for _ in $(seq 1 100); do [ -S $P/milter/rsa.sock ] && break; sleep 0.05; done
+  fi
+  local tls="smtpd_tls_security_level = none"
+  if [ "$2" = yes ]; then
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=127.0.0.1 \
+      -keyout $P/conf/key.pem -out $P/conf/cert.pem 2>/dev/null
+    tls="smtpd_tls_security_level = may
+smtpd_tls_chain_files = $P/conf/key.pem, $P/conf/cert.pem"
+  fi
+  cat > $P/conf/main.cf <<CONF
+compatibility_level = 3.6
+queue_directory = $P/queue
+data_directory = $P/data
+mail_owner = postfix
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+myhostname = postfix-bench.test
+mydestination =
+relayhost = [127.0.0.1]:$SINK_PORT
+mynetworks = 127.0.0.0/8
+smtpd_relay_restrictions = permit_mynetworks, reject
+maillog_file = $P/maillog
+smtp_tls_security_level = none
+$tls
+smtp_destination_concurrency_limit = 20
+default_process_limit = 100
+smtpd_milters =$milters
+milter_default_action = tempfail
+CONF
+  chown -R postfix $P/data
+  postfix -c $P/conf start >/dev/null 2>&1
+  wait_port $PF_PORT
+}
+
+run_postfix() { # name milters perSession tls
+  postfix_setup "$2" "$4"
+  local flags=(--per-session "$3")
+  [ "$4" = yes ] && flags+=(--starttls)
+  measure "$1" $PF_PORT "${flags[@]}"
+  postfix -c $W/pf/conf stop >/dev/null 2>&1 || true
+  pkill -f "opendkim -x $W" 2>/dev/null || true
+  sleep 0.5
+}
+
+run_ceiling() {
+  $LOAD sink --listen "127.0.0.1:$((SINK_PORT+1))" --expect "$TOTAL" > /dev/null 2>&1 &
+  local sink=$!
+  wait_port $((SINK_PORT+1))
+  local start end out
+  start=$(date +%s.%N)
+  out=$($LOAD run --addr "127.0.0.1:$((SINK_PORT+1))" --sessions "$SESSIONS" --size "$SIZE" --total "$TOTAL")
+  wait $sink || true
+  end=$(date +%s.%N)
+  local rate; rate=$(awk -v n="$TOTAL" -v s="$start" -v e="$end" 'BEGIN { printf "%.1f", n / (e - s) }')
+  echo "ceiling $rate" >> "$W/results"
+  printf '%-34s %8s msg/s | %s\n' "ceiling (load straight into sink)" "$rate" "$out"
+}
+
+echo "# $(date -u +%F) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $TOTAL messages of $SIZE bytes, $SESSIONS sessions"
+: > "$W/results"
+for r in $(seq 1 "$RUNS"); do
+  run_ceiling
+  run_smarthost smarthost_M0 none 0
+  [ $VS = 1 ] && run_postfix postfix_M0 none 0 no
+  run_smarthost smarthost_M0_dkim2 both 0
+  [ $VS = 1 ] && run_postfix postfix_M0_opendkim2 both 0 no
+  run_smarthost smarthost_M1 none 1
+  [ $VS = 1 ] && run_postfix postfix_M1_starttls none 1 yes
+done
+
+median() { grep "^$1 " "$W/results" | awk '{print $2}' | sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print 0}'; }
+echo "# medians of $RUNS runs (msg/s)"
+for n in ceiling smarthost_M0 smarthost_M0_dkim2 smarthost_M1 postfix_M0 postfix_M0_opendkim2 postfix_M1_starttls; do
+  m=$(median $n); [ "$m" = 0 ] || printf '%-24s %8s\n' $n "$m" | tee -a "$W/medians"
+done
+if [ $VS = 1 ]; then
+  ratio() { awk -v a="$(median "$1")" -v b="$(median "$2")" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+  echo "# ratios (same run)"
+  echo "smarthost / postfix, no DKIM, M=0:                       $(ratio smarthost_M0 postfix_M0)"
+  echo "smarthost / postfix + 2 OpenDKIM milters, 2 signatures: $(ratio smarthost_M0_dkim2 postfix_M0_opendkim2)"
+  echo "smarthost / postfix with STARTTLS, new connection each:  $(ratio smarthost_M1 postfix_M1_starttls)"
+  if command -v gnuplot >/dev/null; then
+    gnuplot <<PLOT 2>/dev/null && echo "# chart: $W/bench.png"
+set terminal png size 900,450
+set output "$W/bench.png"
+set style data histograms
+set style fill solid 0.8
+set ylabel "messages/s, end to end"
+set title "smarthost vs Postfix (+ OpenDKIM), $TOTAL x $SIZE B, $SESSIONS sessions, median of $RUNS"
+set xtics rotate by -20
+set grid ytics
+plot "$W/medians" using 2:xtic(1) notitle
+PLOT
+  fi
+fi
