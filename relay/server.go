@@ -76,12 +76,15 @@ type Server struct {
 	log  *slog.Logger
 	deps atomic.Pointer[Deps]
 
-	closing atomic.Bool
-	mu      sync.Mutex
-	servers []*smtp.Server
-	lns     []net.Listener
-	perIP   map[netip.Addr]int
-	total   int
+	closing  atomic.Bool
+	done     chan struct{} // closed by Shutdown
+	doneOnce sync.Once
+	failed   chan error // a listener that stopped by itself
+	mu       sync.Mutex
+	eps      []*endpoint
+	serving  bool
+	perIP    map[netip.Addr]int
+	total    int
 }
 
 func NewServer(cfg Config, deps Deps, log *slog.Logger) (*Server, error) {
@@ -120,7 +123,7 @@ func NewServer(cfg Config, deps Deps, log *slog.Logger) (*Server, error) {
 			return nil
 		}
 	}
-	s := &Server{cfg: cfg, log: log, perIP: map[netip.Addr]int{}}
+	s := &Server{cfg: cfg, log: log, perIP: map[netip.Addr]int{}, done: make(chan struct{}), failed: make(chan error, 1)}
 	s.deps.Store(&deps)
 	return s, nil
 }
@@ -128,56 +131,70 @@ func NewServer(cfg Config, deps Deps, log *slog.Logger) (*Server, error) {
 // Reload swaps the dependencies; open sessions keep their snapshot.
 func (s *Server) Reload(deps Deps) { s.deps.Store(&deps) }
 
+// endpoint is one bound listener and the go-smtp server on it.
+type endpoint struct {
+	l       Listener
+	srv     *smtp.Server
+	ln      net.Listener
+	retired atomic.Bool // closed on purpose by SetListeners
+}
+
 // Listen binds every listener, so that a bad address fails before serving.
 func (s *Server) Listen() error {
 	for _, l := range s.cfg.Listeners {
-		ln, err := net.Listen("tcp", l.Address)
+		ep, err := s.bind(l)
 		if err != nil {
 			s.closeListeners()
-			return fmt.Errorf("relay: listen %s: %w", l.Address, err)
-		}
-		if l.ProxyProtocol {
-			// Proxies must send the header; anyone else is never looked
-			// at for one (SMTP servers speak first, so peeking would
-			// stall), and a header they send is just a bad command.
-			policy, err := proxyproto.PolicyFromRanges(s.cfg.ProxyNetworks, proxyproto.REQUIRE, proxyproto.SKIP)
-			if err != nil {
-				ln.Close()
-				s.closeListeners()
-				return fmt.Errorf("relay: proxy_networks: %w", err)
-			}
-			ln = &proxyproto.Listener{Listener: ln, ConnPolicy: policy, ReadHeaderTimeout: 10 * time.Second}
-		}
-		var wrapped net.Listener = &limitListener{Listener: ln, s: s, name: l.Address}
-		if l.Mode == ModeImplicit {
-			wrapped = tls.NewListener(wrapped, s.cfg.TLS)
-		}
-		srv := smtp.NewServer(&backend{s: s, mode: l.Mode})
-		srv.Domain = s.cfg.Hostname
-		srv.MaxRecipients = s.cfg.MaxRecipients
-		srv.MaxMessageBytes = s.cfg.MaxMessageSize
-		srv.MaxLineLength = 2000 // RFC 5321 allows 1000; twice that for sloppy clients
-		srv.WriteTimeout = s.cfg.WriteTimeout
-		// No ReadTimeout: go-smtp would set it once per command, which makes
-		// it a deadline for a whole DATA upload. Our conn sets it per read.
-		// AUTH before TLS is refused by the session with the contract's 538
-		// rather than by go-smtp's 523; see session.AuthMechanisms.
-		srv.AllowInsecureAuth = true
-		srv.EnableSMTPUTF8 = true
-		srv.EnableDSN = true
-		srv.ErrorLog = slogLogger{s.log}
-		if l.Mode == ModeStartTLS {
-			srv.TLSConfig = s.cfg.TLS
-		}
-		if l.Mode == ModeImplicit {
-			srv.TLSConfig = s.cfg.TLS
+			return err
 		}
 		s.mu.Lock()
-		s.servers = append(s.servers, srv)
-		s.lns = append(s.lns, wrapped)
+		s.eps = append(s.eps, ep)
 		s.mu.Unlock()
 	}
 	return nil
+}
+
+func (s *Server) bind(l Listener) (*endpoint, error) {
+	if l.Mode != ModePlain && s.cfg.TLS == nil {
+		return nil, fmt.Errorf("relay: listener %s (%s) needs TLS", l.Address, l.Mode)
+	}
+	ln, err := net.Listen("tcp", l.Address)
+	if err != nil {
+		return nil, fmt.Errorf("relay: listen %s: %w", l.Address, err)
+	}
+	if l.ProxyProtocol {
+		// Proxies must send the header; anyone else is never looked at for
+		// one (SMTP servers speak first, so peeking would stall), and a
+		// header they send is just a bad command.
+		policy, err := proxyproto.PolicyFromRanges(s.cfg.ProxyNetworks, proxyproto.REQUIRE, proxyproto.SKIP)
+		if err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("relay: proxy_networks: %w", err)
+		}
+		ln = &proxyproto.Listener{Listener: ln, ConnPolicy: policy, ReadHeaderTimeout: 10 * time.Second}
+	}
+	var wrapped net.Listener = &limitListener{Listener: ln, s: s, name: l.Address}
+	if l.Mode == ModeImplicit {
+		wrapped = tls.NewListener(wrapped, s.cfg.TLS)
+	}
+	srv := smtp.NewServer(&backend{s: s, mode: l.Mode})
+	srv.Domain = s.cfg.Hostname
+	srv.MaxRecipients = s.cfg.MaxRecipients
+	srv.MaxMessageBytes = s.cfg.MaxMessageSize
+	srv.MaxLineLength = 2000 // RFC 5321 allows 1000; twice that for sloppy clients
+	srv.WriteTimeout = s.cfg.WriteTimeout
+	// No ReadTimeout: go-smtp would set it once per command, which makes
+	// it a deadline for a whole DATA upload. Our conn sets it per read.
+	// AUTH before TLS is refused by the session with the contract's 538
+	// rather than by go-smtp's 523; see session.AuthMechanisms.
+	srv.AllowInsecureAuth = true
+	srv.EnableSMTPUTF8 = true
+	srv.EnableDSN = true
+	srv.ErrorLog = slogLogger{s.log}
+	if l.Mode != ModePlain {
+		srv.TLSConfig = s.cfg.TLS
+	}
+	return &endpoint{l: l, srv: srv, ln: wrapped}, nil
 }
 
 // Addrs are the bound addresses, in listener order (useful with port 0).
@@ -185,8 +202,8 @@ func (s *Server) Addrs() []net.Addr {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var a []net.Addr
-	for _, l := range s.lns {
-		a = append(a, l.Addr())
+	for _, ep := range s.eps {
+		a = append(a, ep.ln.Addr())
 	}
 	return a
 }
@@ -194,28 +211,98 @@ func (s *Server) Addrs() []net.Addr {
 func (s *Server) closeListeners() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, l := range s.lns {
-		l.Close()
+	for _, ep := range s.eps {
+		ep.ln.Close()
 	}
 }
 
-// Serve runs the bound listeners until Shutdown.
+// Serve runs the bound listeners until Shutdown, or until one fails.
 func (s *Server) Serve() error {
 	s.mu.Lock()
-	servers, lns := s.servers, s.lns
-	s.mu.Unlock()
-	errc := make(chan error, len(servers))
-	for i := range servers {
-		go func(srv *smtp.Server, ln net.Listener) { errc <- srv.Serve(ln) }(servers[i], lns[i])
+	s.serving = true
+	for _, ep := range s.eps {
+		go s.run(ep)
 	}
-	var first error
-	for range servers {
-		if err := <-errc; err != nil && first == nil && !s.closing.Load() {
-			first = err
-			s.closeListeners()
+	s.mu.Unlock()
+	select {
+	case err := <-s.failed:
+		s.closeListeners()
+		return err
+	case <-s.done:
+		return nil
+	}
+}
+
+func (s *Server) run(ep *endpoint) {
+	err := ep.srv.Serve(ep.ln)
+	if err != nil && !ep.retired.Load() && !s.closing.Load() {
+		select {
+		case s.failed <- fmt.Errorf("relay: listener %s: %w", ep.l.Address, err):
+		default:
 		}
 	}
-	return first
+}
+
+// SetListeners changes the listeners to ls without dropping a connection:
+// new ones are bound and served, removed ones stop accepting and their open
+// sessions may finish for up to grace. On an error nothing is changed.
+func (s *Server) SetListeners(ls []Listener, grace time.Duration) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	want := map[Listener]bool{}
+	for _, l := range ls {
+		want[l] = true
+	}
+	have := map[Listener]*endpoint{}
+	for _, ep := range s.eps {
+		have[ep.l] = ep
+	}
+	var added []*endpoint
+	for _, l := range ls {
+		if have[l] != nil {
+			continue
+		}
+		ep, err := s.bind(l)
+		if err != nil {
+			for _, a := range added {
+				a.ln.Close()
+			}
+			return err
+		}
+		added = append(added, ep)
+	}
+	var kept []*endpoint
+	for _, ep := range s.eps {
+		if want[ep.l] {
+			kept = append(kept, ep)
+			continue
+		}
+		ep.retired.Store(true)
+		go func(ep *endpoint) {
+			ctx, cancel := context.WithTimeout(context.Background(), grace)
+			defer cancel()
+			if err := ep.srv.Shutdown(ctx); err != nil && !errors.Is(err, smtp.ErrServerClosed) {
+				ep.srv.Close()
+			}
+		}(ep)
+		s.log.Info("listener removed", "address", ep.l.Address, "mode", ep.l.Mode)
+	}
+	for _, ep := range added {
+		if s.serving {
+			go s.run(ep)
+		}
+		s.log.Info("listener added", "address", ep.ln.Addr().String(), "mode", ep.l.Mode)
+	}
+	// Keep the configured order, for Addrs.
+	byL := map[Listener]*endpoint{}
+	for _, ep := range append(kept, added...) {
+		byL[ep.l] = ep
+	}
+	s.eps = s.eps[:0]
+	for _, l := range ls {
+		s.eps = append(s.eps, byL[l])
+	}
+	return nil
 }
 
 // Shutdown stops accepting, lets open transactions finish until ctx is done,
@@ -223,13 +310,14 @@ func (s *Server) Serve() error {
 // mid-DATA retries, and its draft is discarded.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.closing.Store(true)
+	s.doneOnce.Do(func() { close(s.done) })
 	s.mu.Lock()
-	servers := s.servers
+	eps := s.eps
 	s.mu.Unlock()
 	var wg sync.WaitGroup
 	var err error
 	var emu sync.Mutex
-	for _, srv := range servers {
+	for _, ep := range eps {
 		wg.Add(1)
 		go func(srv *smtp.Server) {
 			defer wg.Done()
@@ -239,7 +327,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 				err = e
 				emu.Unlock()
 			}
-		}(srv)
+		}(ep.srv)
 	}
 	wg.Wait()
 	return err

@@ -625,3 +625,52 @@ func TestDSNParametersQueued(t *testing.T) {
 		t.Fatalf("queued %+v", m)
 	}
 }
+
+// Listeners change without dropping a session: the old port stops
+// accepting, its open session finishes, the new port serves.
+func TestSetListeners(t *testing.T) {
+	e := newEnv(t, testOpts{insecure: true})
+	old, err := smtp.Dial(e.plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	if err := old.Auth(sasl.NewPlainClient("", "alice", "alice-pw")); err != nil {
+		t.Fatal(err)
+	}
+	free, _ := net.Listen("tcp", "127.0.0.1:0")
+	port := free.Addr().String()
+	free.Close()
+	// The kept listeners are named as configured (port 0 here).
+	ls := []Listener{{Address: "127.0.0.1:0", Mode: ModeStartTLS}, {Address: "127.0.0.1:0", Mode: ModeImplicit}, {Address: port, Mode: ModePlain}}
+	if err := e.srv.SetListeners(ls, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	newPlain := e.srv.Addrs()[2].String()
+	if newPlain != port || e.srv.Addrs()[0].String() != e.starttls {
+		t.Fatalf("listeners now %v", e.srv.Addrs())
+	}
+	if err := send(old, "alice@example.com", []string{"b@x.org"}, goodMsg); err != nil {
+		t.Fatalf("session on the removed listener: %v", err)
+	}
+	if c, err := net.DialTimeout("tcp", e.plain, time.Second); err == nil {
+		c.Close()
+		t.Fatal("the removed listener still accepts")
+	}
+	c, err := smtp.Dial(newPlain)
+	if err != nil {
+		t.Fatalf("new listener: %v", err)
+	}
+	defer c.Close()
+	if err := c.Hello("c.test"); err != nil {
+		t.Fatal(err)
+	}
+	// A listener that cannot be bound changes nothing.
+	bad := append(ls, Listener{Address: "256.0.0.1:25", Mode: ModePlain})
+	if err := e.srv.SetListeners(bad, time.Second); err == nil {
+		t.Fatal("bound an impossible address")
+	}
+	if n := len(e.srv.Addrs()); n != 3 {
+		t.Fatalf("%d listeners after a failed change, want 3", n)
+	}
+}

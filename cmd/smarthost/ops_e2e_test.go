@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -233,5 +234,35 @@ func TestComposeFileParses(t *testing.T) {
 	cmd := exec.Command("/usr/bin/docker-compose", "-f", "../../docker-compose.yml", "config", "--quiet")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("docker-compose config: %v\n%s", err, out)
+	}
+}
+
+// SIGHUP with a listener moved to another port: the new port serves, the
+// old one stops accepting, and a session open on it finishes its message.
+func TestReloadRebindsListeners(t *testing.T) {
+	e := newRelayEnv(t, envOpts{})
+	p := e.start(t)
+	c, err := smtp.DialTLS(e.implicit, &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Auth(sasl.NewPlainClient("", "alice", "alice-pw")); err != nil {
+		t.Fatal(err)
+	}
+	moved := freePort(t)
+	text, _ := os.ReadFile(e.config)
+	os.WriteFile(e.config, []byte(strings.Replace(string(text), e.implicit, moved, 1)), 0o600)
+	p.signal(t, syscall.SIGHUP)
+	eventually(t, "the reload", 10*time.Second, func() bool { return strings.Contains(p.logText(), "configuration reloaded") })
+	if err := login(t, moved, "alice", "alice-pw"); err != nil {
+		t.Fatalf("the moved listener: %v", err)
+	}
+	if err := c.SendMail("alice@example.com", []string{"b@example.org"}, strings.NewReader("From: alice@example.com\r\n\r\nx\r\n")); err != nil {
+		t.Fatalf("session on the old listener: %v", err)
+	}
+	if conn, err := net.DialTimeout("tcp", e.implicit, time.Second); err == nil {
+		conn.Close()
+		t.Fatal("the old listener still accepts")
 	}
 }

@@ -202,9 +202,11 @@ loop:
 }
 
 // reload re-reads the configuration and swaps what can be swapped without
-// dropping connections: users, policy, limits, DKIM keys and the
-// certificate. Listeners, the queue and upstreams need a restart. A
-// configuration with problems is refused and the running one kept.
+// dropping connections: listeners (changed ones are rebound; sessions on a
+// removed one finish), users, policy, limits, DKIM keys and the
+// certificate. The queue, upstreams and the rate-limit backend need a
+// restart. A configuration with problems is refused and the running one
+// kept.
 func (d *daemon) reload() {
 	f, err := loadConfig(d.path)
 	if err != nil {
@@ -221,7 +223,10 @@ func (d *daemon) reload() {
 	}
 	old := d.current.Load()
 	if !slices.Equal(old.relay.Listeners, p.relay.Listeners) {
-		d.log.Warn("listener changes take effect at the next restart")
+		if err := d.srv.SetListeners(p.relay.Listeners, shutdownGrace); err != nil {
+			d.log.Error("reload refused: cannot change the listeners; keeping the running configuration", "err", err)
+			return
+		}
 	}
 	d.finish(f, p)
 	if p.cert != nil {

@@ -65,6 +65,7 @@ type Queue struct {
 	mu       sync.Mutex
 	items    map[string]*Message
 	inflight map[string]bool
+	creating map[string]bool // being committed: rescans leave them alone
 	wake     chan struct{}
 }
 
@@ -97,14 +98,14 @@ func Open(cfg Config, d Deliverer, log *slog.Logger) (*Queue, error) {
 		return nil, fmt.Errorf("queue: %s is in use by another process: %w", cfg.Dir, err)
 	}
 	q := &Queue{cfg: cfg, d: d, log: log, lock: lock, dirSync: newGroupSync(filepath.Join(cfg.Dir, "msg")),
-		items: map[string]*Message{}, inflight: map[string]bool{}, wake: make(chan struct{}, 1)}
+		items: map[string]*Message{}, inflight: map[string]bool{}, creating: map[string]bool{}, wake: make(chan struct{}, 1)}
 	// Drafts of connections that died with the last process were never
 	// acknowledged.
 	tmp, _ := os.ReadDir(filepath.Join(cfg.Dir, "tmp"))
 	for _, e := range tmp {
 		os.Remove(filepath.Join(cfg.Dir, "tmp", e.Name()))
 	}
-	if err := q.rescan(); err != nil {
+	if err := q.rescan(true); err != nil {
 		lock.Close()
 		return nil, err
 	}
@@ -164,8 +165,10 @@ func (q *Queue) kick() {
 }
 
 // rescan brings the in-memory index in line with the folder: messages
-// deleted by an administrator go, retry requests take effect.
-func (q *Queue) rescan() error {
+// deleted by an administrator go, retry requests take effect. At start
+// (and only then: later, an envelope may be half written by a commit in
+// progress) an unreadable envelope is set aside.
+func (q *Queue) rescan(atStart bool) error {
 	ids, err := scan(q.cfg.Dir)
 	if err != nil {
 		return err
@@ -178,14 +181,20 @@ func (q *Queue) rescan() error {
 		q.mu.Lock()
 		m, known := q.items[id]
 		busy := q.inflight[id]
+		creating := q.creating[id]
 		q.mu.Unlock()
+		if creating {
+			continue
+		}
 		if !known {
 			if m, err = readEnv(q.cfg.Dir, id); err != nil {
-				// A first envelope torn by a crash belongs to a message
-				// that was never acknowledged; anything else is kept for
-				// a person to look at.
-				q.log.Error("queue: unreadable envelope set aside as .bad", "msg_id", id, "err", err)
-				os.Rename(filepath.Join(q.cfg.Dir, "msg", id+".env"), filepath.Join(q.cfg.Dir, "msg", id+".bad"))
+				if atStart {
+					// A first envelope torn by a crash belongs to a
+					// message that was never acknowledged; keep it
+					// aside for a person anyway.
+					q.log.Error("queue: unreadable envelope set aside as .bad", "msg_id", id, "err", err)
+					os.Rename(filepath.Join(q.cfg.Dir, "msg", id+".env"), filepath.Join(q.cfg.Dir, "msg", id+".bad"))
+				}
 				continue
 			}
 			q.mu.Lock()
@@ -201,7 +210,7 @@ func (q *Queue) rescan() error {
 	}
 	q.mu.Lock()
 	for id := range q.items {
-		if !seen[id] && !q.inflight[id] {
+		if !seen[id] && !q.inflight[id] && !q.creating[id] {
 			delete(q.items, id)
 		}
 	}
@@ -244,7 +253,7 @@ func (q *Queue) Run(ctx context.Context) error {
 	lastScan := q.now()
 	for {
 		if q.now().Sub(lastScan) >= q.cfg.Rescan {
-			if err := q.rescan(); err != nil {
+			if err := q.rescan(false); err != nil {
 				q.log.Error("queue: rescan", "err", err)
 			}
 			lastScan = q.now()

@@ -355,3 +355,28 @@ func TestGroupSyncShares(t *testing.T) {
 		t.Fatal("no sync at all")
 	}
 }
+
+// A running queue never touches an envelope it cannot read yet (a commit
+// may be writing it); only a fresh start sets torn ones aside.
+func TestTornEnvelopeOnlySetAsideAtStart(t *testing.T) {
+	dir := t.TempDir()
+	q := openQ(t, dir, newScripted(), time.Hour)
+	id := "00112233445566778899"
+	os.WriteFile(filepath.Join(dir, "msg", id+".data"), []byte("x"), 0o600)
+	os.WriteFile(filepath.Join(dir, "msg", id+".env"), nil, 0o600) // being written
+	if err := q.rescan(false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "msg", id+".env")); err != nil {
+		t.Fatalf("a running rescan moved an envelope being written: %v", err)
+	}
+	q.Close()
+	q2 := openQ(t, dir, newScripted(), time.Hour)
+	defer q2.Close()
+	if _, err := os.Stat(filepath.Join(dir, "msg", id+".bad")); err != nil {
+		t.Fatalf("at start a torn envelope is set aside: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "msg", id+".data")); err != nil {
+		t.Fatalf("its data was deleted: %v", err)
+	}
+}

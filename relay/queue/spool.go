@@ -198,6 +198,14 @@ func (d *Draft) Commit(env Envelope, prepend []byte) (string, error) {
 	// is synced below, nothing has been acknowledged, so a torn one can
 	// only belong to a message nobody was told about (Open sets those
 	// aside). That saves a rename and a sync per message.
+	q.mu.Lock()
+	q.creating[m.ID] = true
+	q.mu.Unlock()
+	defer func() {
+		q.mu.Lock()
+		delete(q.creating, m.ID)
+		q.mu.Unlock()
+	}()
 	b, err := json.Marshal(m)
 	if err == nil {
 		err = writeFileSync(m.envPath(), b, os.O_EXCL)
