@@ -268,3 +268,14 @@ func TestCacheSharesConcurrentFirstLogins(t *testing.T) {
 		t.Fatalf("%d backend checks for 20 simultaneous logins, want 1", n)
 	}
 }
+
+func BenchmarkCheckSenderAndHeader(b *testing.B) {
+	p := New(Config{EnforceHeaderFrom: true}, nil)
+	c := Client{User: &User{Name: "alice", Addresses: []string{"alice@example.com", "*@app.example.com"}}}
+	m, _ := mail.ReadMessage(strings.NewReader("From: Alice <alice@example.com>\r\nSender: x@app.example.com\r\n\r\n"))
+	for i := 0; i < b.N; i++ {
+		if p.CheckSender(c, "x@app.example.com") != nil || p.CheckHeader(c, m.Header) != nil {
+			b.Fatal("refused")
+		}
+	}
+}

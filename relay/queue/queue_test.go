@@ -380,3 +380,29 @@ func TestTornEnvelopeOnlySetAsideAtStart(t *testing.T) {
 		t.Fatalf("its data was deleted: %v", err)
 	}
 }
+
+// BenchmarkCommit10KB: spool one 10 KB message durably (data fsync,
+// envelope fsync, shared folder sync), from parallel goroutines as
+// concurrent sessions do.
+func BenchmarkCommit10KB(b *testing.B) {
+	q, err := Open(Config{Dir: b.TempDir()}, nil, quiet())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer q.Close()
+	body := []byte(strings.Repeat(strings.Repeat("x", 98)+"\r\n", 100))
+	b.SetBytes(int64(len(body)))
+	b.SetParallelism(8)
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			d, err := q.Create()
+			if err != nil {
+				b.Fatal(err)
+			}
+			d.Write(body)
+			if _, err := d.Commit(Envelope{From: "a@x.org", To: []string{"b@y.org"}}, []byte("Received: x\r\n")); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
