@@ -14,19 +14,11 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/smarthost/smarthost/relay/relaytest"
 )
 
-func env(t testing.TB, name string) string {
-	t.Helper()
-	v := os.Getenv(name)
-	if v == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s is not set under CI: scripts/test.sh starts redis", name)
-		}
-		t.Skipf("%s not set; run scripts/test.sh", name)
-	}
-	return v
-}
+func env(t testing.TB, name string) string { return relaytest.Service(t, name) }
 
 func client(t testing.TB, addrs ...string) redis.UniversalClient {
 	c := redis.NewUniversalClient(&redis.UniversalOptions{Addrs: addrs, DialTimeout: time.Second, ReadTimeout: time.Second, WriteTimeout: time.Second, MaxRetries: 1})

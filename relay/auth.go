@@ -49,7 +49,7 @@ func (s *session) authenticate(username, password string) error {
 			if errors.As(err, new(*ratelimit.ExceededError)) {
 				result = "throttled"
 			}
-			m.inc(m.authCounter(), result)
+			m.auth.WithLabelValues(result).Inc()
 			return s.fail("AUTH", err)
 		}
 	}
@@ -62,10 +62,10 @@ func (s *session) authenticate(username, password string) error {
 		if errors.Is(err, policy.ErrBadCredentials) {
 			result = "failure"
 		}
-		m.inc(m.authCounter(), result)
+		m.auth.WithLabelValues(result).Inc()
 		return s.fail("AUTH", err)
 	}
-	m.inc(m.authCounter(), "success")
+	m.auth.WithLabelValues("success").Inc()
 	s.client.User = u
 	s.log = s.log.With("user", u.Name)
 	s.log.Info("authenticated")

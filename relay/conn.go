@@ -26,8 +26,7 @@ func (l *limitListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := l.s.cfg.Metrics
-	m.inc(m.connCounter(), l.name)
+	l.s.cfg.Metrics.connections.WithLabelValues(l.name).Inc()
 	return &idleConn{Conn: c, idle: l.s.cfg.IdleTimeout, l: l}, nil
 }
 
@@ -64,10 +63,7 @@ func (c *idleConn) admitted() error {
 			c.Conn.Close()
 			return
 		}
-		m := s.cfg.Metrics
-		if m != nil {
-			m.connectionsNow.WithLabelValues(c.l.name).Inc()
-		}
+		s.cfg.Metrics.connectionsNow.WithLabelValues(c.l.name).Inc()
 	})
 	return c.err
 }
@@ -100,9 +96,7 @@ func (c *idleConn) Close() error {
 		}
 		s.total--
 		s.mu.Unlock()
-		if m := s.cfg.Metrics; m != nil {
-			m.connectionsNow.WithLabelValues(c.l.name).Dec()
-		}
+		s.cfg.Metrics.connectionsNow.WithLabelValues(c.l.name).Dec()
 	})
 	return c.Conn.Close()
 }

@@ -33,7 +33,10 @@ func (s *session) Data(r io.Reader) error {
 		return s.fail("DATA", err)
 	}
 	s.log.Info("queued", "msg_id", id, "from", s.from, "rcpts", len(s.rcpts), "size", d.Size())
-	s.srv.cfg.Metrics.accept(len(s.rcpts), d.Size())
+	m := s.srv.cfg.Metrics
+	m.accepted.Inc()
+	m.recipients.Add(float64(len(s.rcpts)))
+	m.bytes.Add(float64(d.Size()))
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK: queued as " + id}
 }
 
@@ -74,12 +77,11 @@ func (s *session) receive(d *queue.Draft, r io.Reader) (string, error) {
 	if sign != nil {
 		sigs, err := sign.Finish()
 		if err != nil {
-			s.srv.cfg.Metrics.signFailed()
+			s.srv.cfg.Metrics.signFailures.Inc()
 			return "", err
 		}
 		prepend = append(sigs, added...)
-		m := s.srv.cfg.Metrics
-		m.inc(m.signCounter(), s.signDomain)
+		s.srv.cfg.Metrics.signatures.WithLabelValues(s.signDomain).Inc()
 	}
 	if q := s.deps.Quotas; q != nil {
 		user, class := s.quotaKey()
@@ -118,7 +120,7 @@ func (s *session) beginSigning(h mail.Header, added []byte) (*dkim.Signing, erro
 	sign, err := s.deps.Signer.Begin(domain, fields)
 	if err != nil {
 		if !errors.Is(err, dkim.ErrNoKey) {
-			s.srv.cfg.Metrics.signFailed()
+			s.srv.cfg.Metrics.signFailures.Inc()
 		}
 		return nil, s.noKey(err)
 	}

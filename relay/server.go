@@ -20,6 +20,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 	"github.com/pires/go-proxyproto"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/smarthost/smarthost/dkim"
 	"github.com/smarthost/smarthost/policy"
@@ -111,15 +112,18 @@ func NewServer(cfg Config, deps Deps, log *slog.Logger) (*Server, error) {
 			return nil, fmt.Errorf("relay: listener %s (%s) needs TLS", l.Address, l.Mode)
 		}
 	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = NewMetrics(prometheus.NewRegistry()) // counted, never shown
+	}
 	if cfg.TLS != nil {
 		cfg.TLS = cfg.TLS.Clone()
 		m := cfg.Metrics
 		cfg.TLS.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
-			m.inc(m.tlsCounter(), "started")
+			m.tls.WithLabelValues("started").Inc()
 			return nil, nil
 		}
 		cfg.TLS.VerifyConnection = func(tls.ConnectionState) error {
-			m.inc(m.tlsCounter(), "ok")
+			m.tls.WithLabelValues("ok").Inc()
 			return nil
 		}
 	}

@@ -46,11 +46,11 @@ var (
 func (s *session) fail(cmd string, err error) error {
 	r := reply(cmd, err)
 	m := s.srv.cfg.Metrics
-	m.inc(m.refusals(), cmd, strconv.Itoa(r.Code), fmt.Sprintf("%d.%d.%d", r.EnhancedCode[0], r.EnhancedCode[1], r.EnhancedCode[2]))
+	m.replies.WithLabelValues(cmd, strconv.Itoa(r.Code), fmt.Sprintf("%d.%d.%d", r.EnhancedCode[0], r.EnhancedCode[1], r.EnhancedCode[2])).Inc()
 	var ex *ratelimit.ExceededError
 	if errors.As(err, &ex) {
 		_, class := s.quotaKey()
-		m.inc(m.limitCounter(), ex.What, s.deps.Quotas.ClassOf(class))
+		m.limitHits.WithLabelValues(ex.What, s.deps.Quotas.ClassOf(class)).Inc()
 	}
 	lvl := slog.LevelInfo
 	if r == replyInternal || r == replySpool || r == replyAuthTempFail {

@@ -5,19 +5,11 @@ import (
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/smarthost/smarthost/relay/relaytest"
 )
 
-func ldapEnv(t *testing.T, name string) string {
-	t.Helper()
-	v := os.Getenv(name)
-	if v == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s is not set under CI: scripts/test.sh starts slapd", name)
-		}
-		t.Skipf("%s not set; run scripts/test.sh", name)
-	}
-	return v
-}
+func ldapEnv(t testing.TB, name string) string { return relaytest.Service(t, name) }
 
 // ldapRelay is a relay whose users come from the test slapd (or, with url,
 // from somewhere else).

@@ -19,19 +19,10 @@ import (
 	"time"
 
 	"github.com/smarthost/smarthost/policy"
+	"github.com/smarthost/smarthost/relay/relaytest"
 )
 
-func env(t testing.TB, name string) string {
-	t.Helper()
-	v := os.Getenv(name)
-	if v == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s is not set under CI: scripts/test.sh starts slapd", name)
-		}
-		t.Skipf("%s not set; run scripts/test.sh", name)
-	}
-	return v
-}
+func env(t testing.TB, name string) string { return relaytest.Service(t, name) }
 
 func caPool(t testing.TB) *x509.CertPool {
 	b, err := os.ReadFile(env(t, "SMARTHOST_TEST_LDAP_CA"))

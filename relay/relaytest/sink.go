@@ -1,5 +1,7 @@
-// Package relaytest has test helpers shared by the relay's packages: Sink is
-// an SMTP server on loopback that records what it receives, like httptest.
+// Package relaytest has test helpers shared by the project's packages: Sink,
+// an SMTP server on loopback that records what it receives (like httptest),
+// a self-signed certificate, and the lookup of the test services that
+// scripts/test.sh starts.
 package relaytest
 
 import (
