@@ -36,3 +36,14 @@ func TestMessageSize(t *testing.T) {
 		t.Fatalf("message of %d bytes for 10240", len(m))
 	}
 }
+
+func TestIdleSessions(t *testing.T) {
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := l.Addr().String()
+	l.Close()
+	go runSink([]string{"--listen", addr})
+	time.Sleep(100 * time.Millisecond)
+	if err := runIdle([]string{"--addr", addr, "--sessions", "50", "--hold", "10ms"}); err != nil {
+		t.Fatal(err)
+	}
+}

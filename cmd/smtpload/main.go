@@ -4,6 +4,7 @@
 // figure can be end to end.
 //
 //	smtpload sink --listen 127.0.0.1:2525 --expect 5000
+//	smtpload idle --addr 127.0.0.1:2587 --sessions 5000 --hold 30s
 //	smtpload run --addr 127.0.0.1:2587 --starttls --user u --pass p --from u@example.com \
 //	    --sessions 20 --per-session 0 --size 10240 --total 5000
 package main
@@ -15,7 +16,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: smtpload run|sink [flags]")
+		fmt.Fprintln(os.Stderr, "usage: smtpload run|sink|idle [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -24,6 +25,8 @@ func main() {
 		err = runLoad(os.Args[2:])
 	case "sink":
 		err = runSink(os.Args[2:])
+	case "idle":
+		err = runIdle(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown command %q (run or sink)", os.Args[1])
 	}
