@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -27,14 +28,23 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		return nil, err
 	}
 	l.s.cfg.Metrics.connections.WithLabelValues(l.name).Inc()
-	return &idleConn{Conn: c, idle: l.s.cfg.IdleTimeout, l: l}, nil
+	ic := &idleConn{Conn: c, l: l}
+	ic.idle.Store(int64(l.s.cfg.IdleTimeout))
+	l.s.mu.Lock()
+	l.s.conns[ic] = struct{}{}
+	draining := l.s.closing.Load()
+	l.s.mu.Unlock()
+	if draining {
+		ic.drain()
+	}
+	return ic, nil
 }
 
 // idleConn sets the read deadline before every read, so a client has
 // IdleTimeout between bytes, however long its message is.
 type idleConn struct {
 	net.Conn
-	idle  time.Duration
+	idle  atomic.Int64 // time.Duration: the allowed silence before a read fails
 	l     *limitListener
 	admit sync.Once
 	err   error // non-nil: refused at admission
@@ -72,7 +82,7 @@ func (c *idleConn) Read(b []byte) (int, error) {
 	if err := c.admitted(); err != nil {
 		return 0, err
 	}
-	c.Conn.SetReadDeadline(time.Now().Add(c.idle))
+	c.Conn.SetReadDeadline(time.Now().Add(time.Duration(c.idle.Load())))
 	return c.Conn.Read(b)
 }
 
@@ -83,8 +93,21 @@ func (c *idleConn) Write(b []byte) (int, error) {
 	return c.Conn.Write(b)
 }
 
+// drainIdle is the silence allowed once the server is shutting down: a
+// client in the middle of sending keeps going, an idle one is told 421 by
+// go-smtp's idle timeout and let go.
+const drainIdle = 2 * time.Second
+
+func (c *idleConn) drain() {
+	c.idle.Store(int64(drainIdle))
+	c.Conn.SetReadDeadline(time.Now().Add(drainIdle))
+}
+
 // Close releases the connection's per-IP slot, once.
 func (c *idleConn) Close() error {
+	c.l.s.mu.Lock()
+	delete(c.l.s.conns, c)
+	c.l.s.mu.Unlock()
 	c.once.Do(func() {
 		if c.admitted() != nil {
 			return

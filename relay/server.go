@@ -85,6 +85,7 @@ type Server struct {
 	eps      []*endpoint
 	serving  bool
 	perIP    map[netip.Addr]int
+	conns    map[*idleConn]struct{} // open connections, for draining
 	total    int
 }
 
@@ -127,7 +128,7 @@ func NewServer(cfg Config, deps Deps, log *slog.Logger) (*Server, error) {
 			return nil
 		}
 	}
-	s := &Server{cfg: cfg, log: log, perIP: map[netip.Addr]int{}, done: make(chan struct{}), failed: make(chan error, 1)}
+	s := &Server{cfg: cfg, log: log, perIP: map[netip.Addr]int{}, conns: map[*idleConn]struct{}{}, done: make(chan struct{}), failed: make(chan error, 1)}
 	s.deps.Store(&deps)
 	return s, nil
 }
@@ -313,11 +314,17 @@ func (s *Server) SetListeners(ls []Listener, grace time.Duration) error {
 // then closes what is left. Nothing unacknowledged is lost: a client cut off
 // mid-DATA retries, and its draft is discarded.
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.closing.Store(true)
-	s.doneOnce.Do(func() { close(s.done) })
 	s.mu.Lock()
+	s.closing.Store(true)
 	eps := s.eps
+	// Sessions waiting for their next command (application servers keep
+	// them open) are let go at once with go-smtp's 421; ones sending data
+	// finish, and their next MAIL gets 421 4.3.2.
+	for c := range s.conns {
+		c.drain()
+	}
 	s.mu.Unlock()
+	s.doneOnce.Do(func() { close(s.done) })
 	var wg sync.WaitGroup
 	var err error
 	var emu sync.Mutex

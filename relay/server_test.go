@@ -690,3 +690,47 @@ func BenchmarkSubmit10KB(b *testing.B) {
 		}
 	}
 }
+
+// Shutdown lets an idle session go quickly with a 421 instead of waiting
+// out the grace period, and finishes a message that is being sent.
+func TestShutdownDrainsIdleSessions(t *testing.T) {
+	e := newEnv(t, testOpts{})
+	idle := e.raw(t)
+	idle.login()
+	busy := e.raw(t)
+	busy.login()
+	busy.send("MAIL FROM:<alice@example.com>\r\nRCPT TO:<b@x.org>\r\nDATA\r\n")
+	busy.expect("250 ")
+	busy.expect("250 ")
+	busy.expect("354 ")
+	busy.send("From: alice@example.com\r\n\r\nfirst half\r\n")
+
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		done <- e.srv.Shutdown(ctx)
+	}()
+	// The busy client keeps sending within the drain window and finishes.
+	time.Sleep(500 * time.Millisecond)
+	busy.send("second half\r\n.\r\n")
+	busy.expect("250 2.0.0 OK: queued as ")
+	busy.send("MAIL FROM:<alice@example.com>\r\n")
+	busy.expect("421 4.3.2 ")
+	idle.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	line, _ := idle.r.ReadString('\n')
+	if !strings.HasPrefix(line, "421 ") {
+		t.Errorf("idle session got %q, want a 421", line)
+	}
+	busy.c.Close()
+	if err := <-done; err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("shutdown took %s with only idle sessions left", d)
+	}
+	if n := len(e.queued(t)); n != 1 {
+		t.Fatalf("%d messages queued, want the one finished during the drain", n)
+	}
+}
