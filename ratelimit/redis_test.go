@@ -132,3 +132,17 @@ func BenchmarkQuotasMailRedis(b *testing.B) {
 		}
 	}
 }
+
+// Through Redis Sentinel: the client asks the sentinel for the master.
+func TestRedisSentinelLimiter(t *testing.T) {
+	sentinel := env(t, "SMARTHOST_TEST_REDIS_SENTINEL")
+	c := redis.NewUniversalClient(&redis.UniversalOptions{Addrs: []string{sentinel}, MasterName: "smarthost",
+		DialTimeout: time.Second, ReadTimeout: time.Second, WriteTimeout: time.Second})
+	t.Cleanup(func() { c.Close() })
+	if _, ok := c.(*redis.Client); !ok {
+		t.Fatalf("a master name gave a %T, want a failover client", c)
+	}
+	r := NewRedis(c)
+	testLimiter(t, r, nil)
+	testExactUnderConcurrency(t, r)
+}

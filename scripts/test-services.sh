@@ -53,6 +53,7 @@ stop() {
   stop_pid slapd "$D/slapd.pid"
   stop_pid redis "$D/redis.pid"
   for i in 1 2 3; do stop_pid "redis cluster node $i" "$D/cluster-$i.pid"; done
+  stop_pid "redis sentinel" "$D/sentinel.pid"
 }
 
 start() {
@@ -65,6 +66,7 @@ start() {
   local ldap_port ldaps_port redis_port cluster_ports=()
   ldap_port=$(free_port); ldaps_port=$(free_port); redis_port=$(free_port)
   for i in 1 2 3; do cluster_ports+=("$(free_port)"); done
+  local sentinel_port; sentinel_port=$(free_port)
 
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=127.0.0.1" \
     -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" -keyout "$D/ldap.key" -out "$D/ldap.crt" 2>/dev/null
@@ -118,6 +120,19 @@ CONF
   /usr/bin/redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no \
     --dir "$D" --daemonize yes --pidfile "$D/redis.pid" --logfile "$D/redis.log"
 
+  # A Sentinel watching the single Redis as master "smarthost", for the
+  # Sentinel tests (redis-server runs as a sentinel with --sentinel).
+  cat > "$D/sentinel.conf" <<CONF
+port $sentinel_port
+bind 127.0.0.1
+daemonize yes
+pidfile $D/sentinel.pid
+logfile $D/sentinel.log
+dir $D
+sentinel monitor smarthost 127.0.0.1 $redis_port 1
+CONF
+  /usr/bin/redis-server "$D/sentinel.conf" --sentinel
+
   # A three-node Redis Cluster, no replicas, for the cluster tests.
   local nodes=()
   for i in 1 2 3; do
@@ -142,6 +157,8 @@ CONF
   done
   /usr/bin/redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >"$D/cluster-create.log" 2>&1 \
     || { say "cluster create failed:"; cat "$D/cluster-create.log" >&2; stop; exit 1; }
+  sentinel_ok() { /usr/bin/redis-cli -h 127.0.0.1 -p "$sentinel_port" sentinel get-master-addr-by-name smarthost | grep -q "$redis_port"; }
+  wait_for "sentinel" sentinel_ok || { say "sentinel failed:"; tail -5 "$D/sentinel.log" >&2; stop; exit 1; }
   cluster_ok() { /usr/bin/redis-cli -h 127.0.0.1 -p "${cluster_ports[0]}" cluster info | grep -q 'cluster_state:ok'; }
   wait_for "cluster state ok" cluster_ok || { stop; exit 1; }
   local cluster_addrs
@@ -159,6 +176,7 @@ export SMARTHOST_TEST_LDAP_PIDFILE=$D/slapd.pid
 export SMARTHOST_TEST_REDIS_ADDR=127.0.0.1:$redis_port
 export SMARTHOST_TEST_REDIS_PIDFILE=$D/redis.pid
 export SMARTHOST_TEST_REDIS_CLUSTER=$cluster_addrs
+export SMARTHOST_TEST_REDIS_SENTINEL=127.0.0.1:$sentinel_port
 ENV
 }
 

@@ -18,6 +18,14 @@ import (
 	"github.com/smarthost/smarthost/ratelimit"
 )
 
+// redisLog sends go-redis's own messages (Sentinel failovers, reconnects)
+// to our log instead of its default of standard error.
+type redisLog struct{ log *slog.Logger }
+
+func (l redisLog) Printf(_ context.Context, format string, v ...any) {
+	l.log.Info("redis: " + fmt.Sprintf(format, v...))
+}
+
 // newLimiter makes the configured limiter. It lives for the whole process:
 // a reload changes the classes, never the counters.
 func newLimiter(f *configs.File) (ratelimit.Limiter, func() error) {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/smarthost/smarthost/configs"
 	"github.com/smarthost/smarthost/ratelimit"
@@ -93,6 +94,7 @@ func (d *daemon) start(f *configs.File, stderr io.Writer) int {
 	d.closers = append(d.closers, func() { d.q.Close() })
 	queueCollector(d.reg, d.q)
 
+	redis.SetLogger(redisLog{d.log}) // go-redis keeps one logger per process
 	limiter, closeLimiter := newLimiter(f)
 	d.closers = append(d.closers, func() { closeLimiter() })
 	d.limiter = timedLimiter{limiter, f.RateLimit.Backend, d.bm}
