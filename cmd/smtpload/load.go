@@ -27,6 +27,7 @@ type loadConfig struct {
 	perSession int // 0: as many as possible on one connection
 	size       int
 	total      int
+	tlsConfig  *tls.Config
 }
 
 type stats struct {
@@ -53,8 +54,14 @@ func runLoad(args []string) error {
 	fs.IntVar(&c.perSession, "per-session", 0, "messages per connection (0: all on one)")
 	fs.IntVar(&c.size, "size", 10240, "message size in bytes")
 	fs.IntVar(&c.total, "total", 5000, "messages in all")
+	resume := fs.Bool("resume", true, "resume TLS sessions across connections, as mail clients and MTAs do")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	// Load testing a relay with a self-signed certificate: no verification.
+	c.tlsConfig = &tls.Config{InsecureSkipVerify: true}
+	if *resume {
+		c.tlsConfig.ClientSessionCache = tls.NewLRUClientSessionCache(64)
 	}
 	msg := makeMessage(c.from, c.to, c.size)
 	var next atomic.Int64
@@ -92,7 +99,7 @@ func makeMessage(from, to string, size int) []byte {
 }
 
 func (c *loadConfig) dial() (*smtp.Client, error) {
-	tc := &tls.Config{InsecureSkipVerify: true} // load testing a relay with a self-signed certificate
+	tc := c.tlsConfig
 	var cl *smtp.Client
 	var err error
 	switch {
