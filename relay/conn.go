@@ -74,6 +74,7 @@ func (c *idleConn) admitted() error {
 			return
 		}
 		s.cfg.Metrics.connectionsNow.WithLabelValues(c.l.name).Inc()
+		s.log.Debug("connection", "remote", c.ip.String(), "listener", c.l.name)
 	})
 	return c.err
 }

@@ -203,8 +203,10 @@ func (t *smtpTransport) connect(ctx context.Context, startTLS bool) (*smtp.Clien
 		c = smtp.NewClient(conn)
 	}
 	conn.SetDeadline(time.Time{})
+	// RFC 5321 4.5.3.2: 5 minutes for commands, 10 for the reply to the
+	// final dot (the upstream may be delivering in the meantime).
 	c.CommandTimeout = t.u.Timeout
-	c.SubmissionTimeout = t.u.Timeout
+	c.SubmissionTimeout = 2 * t.u.Timeout
 	if err := c.Hello(t.hostname); err != nil {
 		c.Close()
 		if startTLS {
