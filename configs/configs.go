@@ -161,6 +161,9 @@ type Queue struct {
 	Workers int        `yaml:"workers"`
 	Retry   []Duration `yaml:"retry"`
 	MaxAge  Duration   `yaml:"max_age"`
+	// DelayWarning: one "still trying" notice to the sender after this long
+	// (0: none).
+	DelayWarning Duration `yaml:"delay_warning"`
 }
 
 type Metrics struct {

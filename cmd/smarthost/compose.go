@@ -150,7 +150,8 @@ func compose(f *configs.File, create bool, log *slog.Logger, bm *backendMetrics)
 		})
 	}
 
-	p.queue = queue.Config{Dir: f.Queue.Dir, Workers: f.Queue.Workers, MaxAge: time.Duration(f.Queue.MaxAge), Hostname: f.Hostname}
+	p.queue = queue.Config{Dir: f.Queue.Dir, Workers: f.Queue.Workers, MaxAge: time.Duration(f.Queue.MaxAge),
+		DelayWarning: time.Duration(f.Queue.DelayWarning), Hostname: f.Hostname}
 	for _, d := range f.Queue.Retry {
 		p.queue.Retry = append(p.queue.Retry, time.Duration(d))
 	}

@@ -8,6 +8,7 @@ import (
 	"mime/quotedprintable"
 	"slices"
 	"strings"
+	"time"
 )
 
 // maxBounceHeader caps how much of the original header a bounce quotes.
@@ -17,11 +18,27 @@ const maxBounceHeader = 64 << 10
 // for the failed recipients. Bounces have the null sender, so they never
 // bounce themselves.
 func (q *Queue) bounce(m *Message, failed []Recipient) error {
-	// RFC 3461: a recipient with NOTIFY but without FAILURE (NEVER, or only
-	// SUCCESS/DELAY) asked not to hear about failures.
+	return q.report(m, failed, false)
+}
+
+// warnDelay queues a delay notification ("still trying") for the pending
+// recipients of m.
+func (q *Queue) warnDelay(m *Message, pending []Recipient) error {
+	return q.report(m, pending, true)
+}
+
+// report writes a delivery status notification for rcpts: failed, or with
+// delayed, a warning that delivery goes on.
+func (q *Queue) report(m *Message, failed []Recipient, delayed bool) error {
+	// RFC 3461: a recipient with NOTIFY hears only about what it names
+	// (FAILURE, DELAY); NEVER silences it.
+	want := "FAILURE"
+	if delayed {
+		want = "DELAY"
+	}
 	var wanted []Recipient
 	for _, r := range failed {
-		if len(r.Notify) == 0 || slices.Contains(r.Notify, "FAILURE") {
+		if len(r.Notify) == 0 || slices.Contains(r.Notify, want) {
 			wanted = append(wanted, r)
 		}
 	}
@@ -40,16 +57,22 @@ func (q *Queue) bounce(m *Message, failed []Recipient) error {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "From: Mail Delivery System <MAILER-DAEMON@%s>\r\n", q.cfg.Hostname)
 	fmt.Fprintf(&b, "To: <%s>\r\n", m.From)
-	fmt.Fprintf(&b, "Subject: Undelivered Mail Returned to Sender\r\n")
+	subject, action, intro := "Undelivered Mail Returned to Sender", "failed", "could not be delivered to these recipients"
+	if delayed {
+		subject, action = "Delayed Mail (still being retried)", "delayed"
+		intro = fmt.Sprintf("has not yet been delivered to these recipients after %s; delivery will be retried until %s, with no further action needed from you",
+			q.now().Sub(m.Created).Round(time.Minute), m.Created.Add(q.cfg.MaxAge).Format(time.RFC1123Z))
+	}
+	fmt.Fprintf(&b, "Subject: %s\r\n", subject)
 	fmt.Fprintf(&b, "Date: %s\r\n", now.Format("Mon, 02 Jan 2006 15:04:05 -0700"))
-	fmt.Fprintf(&b, "Message-ID: <%s.bounce@%s>\r\n", m.ID, q.cfg.Hostname)
+	fmt.Fprintf(&b, "Message-ID: <%s.%s@%s>\r\n", m.ID, action, q.cfg.Hostname)
 	fmt.Fprintf(&b, "Auto-Submitted: auto-replied\r\n")
 	fmt.Fprintf(&b, "MIME-Version: 1.0\r\n")
 	fmt.Fprintf(&b, "Content-Type: multipart/report; report-type=delivery-status; boundary=\"%s\"\r\n\r\n", boundary)
 
 	fmt.Fprintf(&b, "--%s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n", boundary)
 	var text strings.Builder
-	fmt.Fprintf(&text, "This is the mail system at %s.\r\n\r\nYour message (queue ID %s) could not be delivered to these recipients:\r\n\r\n", q.cfg.Hostname, m.ID)
+	fmt.Fprintf(&text, "This is the mail system at %s.\r\n\r\nYour message (queue ID %s) %s:\r\n\r\n", q.cfg.Hostname, m.ID, intro)
 	for _, r := range failed {
 		fmt.Fprintf(&text, "<%s>: %s\r\n", r.Addr, r.Error)
 	}
@@ -68,8 +91,12 @@ func (q *Queue) bounce(m *Message, failed []Recipient) error {
 		if r.ORcpt != "" {
 			fmt.Fprintf(&b, "Original-Recipient: rfc822; %s\r\n", r.ORcpt)
 		}
-		fmt.Fprintf(&b, "Final-Recipient: rfc822; %s\r\nAction: failed\r\nStatus: %s\r\nDiagnostic-Code: smtp; %s\r\n\r\n",
-			r.Addr, dsnStatus(r.Error), oneLine(r.Error))
+		status := dsnStatus(r.Error)
+		if delayed {
+			status = "4" + status[1:]
+		}
+		fmt.Fprintf(&b, "Final-Recipient: rfc822; %s\r\nAction: %s\r\nStatus: %s\r\nDiagnostic-Code: smtp; %s\r\n\r\n",
+			r.Addr, action, status, oneLine(r.Error))
 	}
 	fmt.Fprintf(&b, "--%s\r\nContent-Type: text/rfc822-headers\r\n\r\n", boundary)
 	b.Write(header)
@@ -85,7 +112,7 @@ func (q *Queue) bounce(m *Message, failed []Recipient) error {
 	}
 	id, err := d.Commit(Envelope{To: []string{m.From}}, nil)
 	if err == nil {
-		q.log.Info("bounce queued", "msg_id", m.ID, "bounce_id", id, "to", m.From)
+		q.log.Info("delivery status notification queued", "msg_id", m.ID, "dsn_id", id, "action", action, "to", m.From)
 	}
 	return err
 }

@@ -19,11 +19,14 @@ import (
 
 // Config is the queue section of the configuration, parsed.
 type Config struct {
-	Dir      string
-	Workers  int
-	Retry    []time.Duration // delay after attempt 1, 2, ...; then the last one
-	MaxAge   time.Duration   // after this a pending recipient bounces
-	Hostname string          // names the reporting MTA in bounces
+	Dir     string
+	Workers int
+	Retry   []time.Duration // delay after attempt 1, 2, ...; then the last one
+	MaxAge  time.Duration   // after this a pending recipient bounces
+	// DelayWarning, when set, sends the sender one "still trying" notice
+	// for a message still pending this long after it arrived.
+	DelayWarning time.Duration
+	Hostname     string // names the reporting MTA in bounces
 	// Rescan is how often the spool folder is read again to pick up
 	// `smarthost queue retry|delete`; default 10s.
 	Rescan time.Duration
@@ -377,6 +380,13 @@ func (q *Queue) attempt(ctx context.Context, m *Message) {
 			// The failure itself stays in the log and in `queue show` while
 			// the message has other recipients pending.
 			q.log.Error("queue: cannot queue bounce", "msg_id", m.ID, "err", err)
+		}
+	}
+	if !done && m.From != "" && q.cfg.DelayWarning > 0 && !m.Warned && now.Sub(m.Created) >= q.cfg.DelayWarning {
+		if err := q.warnDelay(m, m.PendingRecipients()); err != nil {
+			q.log.Error("queue: cannot queue delay warning", "msg_id", m.ID, "err", err)
+		} else {
+			m.Warned = true // saved with the state below
 		}
 	}
 	if done {

@@ -406,3 +406,27 @@ func BenchmarkCommit10KB(b *testing.B) {
 		}
 	})
 }
+
+// A message still pending after delay_warning gets one "delayed" notice
+// to its sender, not one per attempt, and delivery goes on.
+func TestDelayWarning(t *testing.T) {
+	d := newScripted()
+	d.set("slow@y.org", errors.New("451 4.4.1 try later"))
+	q, err := Open(Config{Dir: t.TempDir(), Workers: 1, Retry: []time.Duration{20 * time.Millisecond}, MaxAge: time.Hour,
+		DelayWarning: time.Nanosecond, Hostname: "relay.test", Rescan: time.Second}, d, quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, q)
+	enqueue(t, q, "a@x.org", []string{"slow@y.org"}, "", "Subject: s\r\n\r\nx\r\n")
+	eventually(t, "three attempts", func() bool { d.mu.Lock(); defer d.mu.Unlock(); return d.attempts["slow@y.org"] >= 3 })
+	warnings := d.delivered()
+	if len(warnings) != 1 {
+		t.Fatalf("%d notices, want one delay warning", len(warnings))
+	}
+	for _, want := range []string{"Subject: Delayed Mail (still being retried)", "Action: delayed", "Status: 4.4.1", "Final-Recipient: rfc822; slow@y.org"} {
+		if !strings.Contains(warnings[0], want) {
+			t.Errorf("warning lacks %q:\n%s", want, warnings[0])
+		}
+	}
+}

@@ -67,6 +67,7 @@ type Message struct {
 	Attempts    int         `json:"attempts"`
 	NextAttempt time.Time   `json:"next_attempt"`
 	LastError   string      `json:"last_error,omitempty"`
+	Warned      bool        `json:"warned,omitempty"` // a delay warning was sent
 
 	dir string
 }
