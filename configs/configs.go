@@ -143,6 +143,7 @@ type Upstream struct {
 	PasswordFile   string   `yaml:"password_file"`
 	MaxConnections int      `yaml:"max_connections"`
 	Timeout        Duration `yaml:"timeout"`
+	Weight         int      `yaml:"weight"`
 }
 
 type Route struct {

@@ -239,6 +239,9 @@ func (f *File) validate(add func(string, int, string)) {
 			bad(p+".url", "scheme of %q must be smtp, smtps or file", u.URL)
 		}
 		oneOf(p+".tls", u.TLS, "required", "opportunistic", "none")
+		if u.Weight < 0 {
+			bad(p+".weight", "must be positive")
+		}
 		if u.Username != "" && u.Password == "" {
 			bad(p+".password", "is required with a username")
 		}

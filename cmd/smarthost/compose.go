@@ -134,6 +134,7 @@ func compose(f *configs.File, create bool, log *slog.Logger, bm *backendMetrics)
 		up := upstream.Upstream{
 			Name: u.Name, URL: u.URL, TLS: u.TLS, TLSVerify: u.TLSVerify == nil || *u.TLSVerify,
 			Username: u.Username, Password: u.Password, MaxConnections: u.MaxConnections, Timeout: time.Duration(u.Timeout),
+			Weight: u.Weight,
 		}
 		if u.CAFile != "" {
 			pool, err := loadCA(u.CAFile)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -231,4 +232,24 @@ func BenchmarkDeliver10KB(b *testing.B) {
 			}
 		}
 	})
+}
+
+// Weighted upstreams share the load by weight; unweighted ones stay as
+// failover behind them.
+func TestWeights(t *testing.T) {
+	r := &Router{weight: map[string]int{"a": 3, "b": 1, "c": 0}, rand: rand.New(rand.NewPCG(1, 2))}
+	first := map[string]int{}
+	for i := 0; i < 4000; i++ {
+		o := r.order([]string{"a", "b", "c"})
+		if len(o) != 3 || o[2] != "c" {
+			t.Fatalf("order %v: the unweighted upstream must come last", o)
+		}
+		first[o[0]]++
+	}
+	if share := float64(first["a"]) / 4000; share < 0.70 || share > 0.80 {
+		t.Fatalf("a first in %.2f of deliveries, want about 0.75 (weight 3 of 4)", share)
+	}
+	if o := r.order([]string{"c", "d"}); o[0] != "c" || o[1] != "d" {
+		t.Fatalf("no weights: %v, want the listed order", o)
+	}
 }

@@ -7,8 +7,10 @@ import (
 	"crypto/x509"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/smarthost/smarthost/policy"
@@ -34,6 +36,10 @@ type Upstream struct {
 	Password       string
 	MaxConnections int
 	Timeout        time.Duration // per connection and per command
+	// Weight > 0 puts the upstream in its routes' load-balancing set: each
+	// delivery tries those first, in an order drawn by weight, then the
+	// others in the route's order.
+	Weight int
 }
 
 // Route sends the recipients it matches to its upstreams, in failover order.
@@ -62,15 +68,20 @@ type named struct {
 type Router struct {
 	cfg    Config
 	byName map[string]named
+	weight map[string]int
 	log    *slog.Logger
+	mu     sync.Mutex
+	rand   *rand.Rand // for weighted order
 }
 
 var _ queue.Deliverer = (*Router)(nil)
 
 // NewRouter builds the transports of every upstream.
 func NewRouter(cfg Config, log *slog.Logger) (*Router, error) {
-	r := &Router{cfg: cfg, byName: map[string]named{}, log: log}
+	r := &Router{cfg: cfg, byName: map[string]named{}, weight: map[string]int{}, log: log,
+		rand: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))}
 	for _, u := range cfg.Upstreams {
+		r.weight[u.Name] = u.Weight
 		t, err := newTransport(u, cfg.Hostname)
 		if err != nil {
 			return nil, fmt.Errorf("upstream %s: %w", u.Name, err)
@@ -159,7 +170,7 @@ func (r *Router) Deliver(ctx context.Context, m *queue.Message) []error {
 	}
 	for _, key := range order {
 		left := groups[key]
-		for _, name := range strings.Split(key, "\x00") {
+		for _, name := range r.order(strings.Split(key, "\x00")) {
 			if len(left) == 0 {
 				break
 			}
@@ -195,6 +206,39 @@ func (r *Router) Deliver(ctx context.Context, m *queue.Message) []error {
 		}
 	}
 	return errs
+}
+
+// order puts the weighted upstreams of a failover list first, in an order
+// drawn by weight (without replacement), and the rest after them as listed.
+func (r *Router) order(list []string) []string {
+	var weighted, rest []string
+	total := 0
+	for _, n := range list {
+		if w := r.weight[n]; w > 0 {
+			weighted = append(weighted, n)
+			total += w
+		} else {
+			rest = append(rest, n)
+		}
+	}
+	if len(weighted) < 2 {
+		return append(weighted, rest...)
+	}
+	out := make([]string, 0, len(list))
+	r.mu.Lock()
+	for len(weighted) > 0 {
+		pick := r.rand.IntN(total)
+		for i, n := range weighted {
+			if pick -= r.weight[n]; pick < 0 {
+				out = append(out, n)
+				total -= r.weight[n]
+				weighted = append(weighted[:i], weighted[i+1:]...)
+				break
+			}
+		}
+	}
+	r.mu.Unlock()
+	return append(out, rest...)
 }
 
 // Close closes every upstream's idle connections.
