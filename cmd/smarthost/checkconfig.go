@@ -5,15 +5,17 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"time"
 
+	"github.com/smarthost/smarthost/ratelimit"
 	"github.com/smarthost/smarthost/relay/upstream"
 )
 
 func checkConfigCmd(args []string, stdout, stderr io.Writer) int {
 	fs := newFlags("check-config", stderr)
 	path := fs.String("config", "", "configuration file")
-	probe := fs.Bool("probe", false, "also connect to each upstream and report")
+	probe := fs.Bool("probe", false, "also connect to LDAP, Redis and each upstream and report")
 	if _, err := parseFlags(fs, args); err != nil {
 		return exitBadConfig
 	}
@@ -49,6 +51,18 @@ func checkConfigCmd(args []string, stdout, stderr io.Writer) int {
 				fmt.Fprintf(stdout, "ldap %s: ok (service bind)\n", r.URL)
 			}
 		}
+	}
+	if f.RateLimit.Backend == "redis" {
+		limiter, closeLimiter := newLimiter(f)
+		pctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := limiter.(*ratelimit.Redis).Ping(pctx); err != nil {
+			fmt.Fprintf(stdout, "redis %s: FAILED: %v\n", strings.Join(f.RateLimit.Redis.Addrs, ","), err)
+			code = exitRuntime
+		} else {
+			fmt.Fprintf(stdout, "redis %s: ok\n", strings.Join(f.RateLimit.Redis.Addrs, ","))
+		}
+		cancel()
+		closeLimiter()
 	}
 	router, err := upstream.NewRouter(p.upstream, log)
 	if err != nil {
