@@ -48,6 +48,7 @@ type Sink struct {
 	users   map[string]string
 	arrived chan struct{}
 	conns   int
+	hellos  []string
 	srv     *smtp.Server
 	ln      net.Listener
 }
@@ -67,6 +68,9 @@ func NewSink(o SinkOptions) (*Sink, error) {
 	}
 	s := &Sink{rcptErr: map[string]error{}, users: o.Users, arrived: make(chan struct{}, 1<<16)}
 	s.srv = smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
+		s.mu.Lock()
+		s.hellos = append(s.hellos, c.Hostname())
+		s.mu.Unlock()
 		_, isTLS := c.TLSConnectionState()
 		return &sinkSession{s: s, tls: isTLS}, nil
 	}))
@@ -95,6 +99,13 @@ func NewSink(o SinkOptions) (*Sink, error) {
 }
 
 func (s *Sink) Close() { s.srv.Close() }
+
+// Hellos are the EHLO/HELO names clients gave, one per session.
+func (s *Sink) Hellos() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.hellos...)
+}
 
 // Connections is the number of TCP connections accepted so far.
 func (s *Sink) Connections() int {

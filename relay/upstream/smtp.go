@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/textproto"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -193,12 +195,12 @@ func (t *smtpTransport) connect(ctx context.Context, startTLS bool) (*smtp.Clien
 		}
 		c = smtp.NewClient(tc)
 	case startTLS:
-		// go-smtp says EHLO localhost before STARTTLS; our name follows
-		// in the EHLO after it.
-		if c, err = smtp.NewClientStartTLS(conn, t.tls); err != nil {
+		tc, err := t.startTLS(ctx, conn)
+		if err != nil {
 			conn.Close()
 			return nil, fmt.Errorf("%w: %w", errStartTLS, err)
 		}
+		c = smtp.NewClient(greeted{Conn: tc, r: io.MultiReader(strings.NewReader("220 TLS established\r\n"), tc)})
 	default:
 		c = smtp.NewClient(conn)
 	}
@@ -216,6 +218,50 @@ func (t *smtpTransport) connect(ctx context.Context, startTLS bool) (*smtp.Clien
 	}
 	return c, nil
 }
+
+// startTLS does the plain-text part of a STARTTLS session itself (go-smtp's
+// client would say EHLO localhost there): greeting, EHLO with our name,
+// STARTTLS, handshake.
+func (t *smtpTransport) startTLS(ctx context.Context, conn net.Conn) (*tls.Conn, error) {
+	tp := textproto.NewConn(conn)
+	if _, _, err := tp.ReadResponse(220); err != nil {
+		return nil, err
+	}
+	if err := tp.PrintfLine("EHLO %s", t.hostname); err != nil {
+		return nil, err
+	}
+	_, ext, err := tp.ReadResponse(250)
+	if err != nil {
+		return nil, err
+	}
+	offered := false
+	for _, line := range strings.Split(ext, "\n") {
+		offered = offered || strings.EqualFold(strings.TrimSpace(line), "STARTTLS")
+	}
+	if !offered {
+		return nil, errors.New("upstream does not offer STARTTLS")
+	}
+	if err := tp.PrintfLine("STARTTLS"); err != nil {
+		return nil, err
+	}
+	if _, _, err := tp.ReadResponse(220); err != nil {
+		return nil, err
+	}
+	tc := tls.Client(conn, t.tls)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return nil, fmt.Errorf("TLS: %w", err)
+	}
+	return tc, nil
+}
+
+// greeted hands go-smtp's client a session already past STARTTLS: it reads
+// a greeting first, so one is supplied, and then the TLS stream.
+type greeted struct {
+	net.Conn
+	r io.Reader
+}
+
+func (g greeted) Read(b []byte) (int, error) { return g.r.Read(b) }
 
 // transaction sends one message. A non-nil error applies to every recipient
 // and leaves the session unusable; a nil error leaves it ready for the next

@@ -94,6 +94,10 @@ func TestStartTLSWithAuth(t *testing.T) {
 	if string(m[0].Data) != wantData {
 		t.Fatalf("data %q, want %q", m[0].Data, wantData)
 	}
+	// Our name, before and after STARTTLS; never "localhost".
+	if h := s.Hellos(); len(h) != 2 || h[0] != "relay.test" || h[1] != "relay.test" {
+		t.Fatalf("EHLO names %q, want relay.test twice", h)
+	}
 }
 
 func TestTLSVerifiedByDefault(t *testing.T) {
