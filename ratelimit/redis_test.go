@@ -6,10 +6,8 @@ package ratelimit
 import (
 	"context"
 	"errors"
-	"os"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -78,11 +76,6 @@ func TestRedisKeysExpire(t *testing.T) {
 // redis-server frozen mid-run: checks fail fast as ErrUnavailable (or pass,
 // with allow), and work again once it runs, without a new client.
 func TestRedisStoppedAndResumed(t *testing.T) {
-	pidText, err := os.ReadFile(env(t, "SMARTHOST_TEST_REDIS_PIDFILE"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pid, _ := strconv.Atoi(strings.TrimSpace(string(pidText)))
 	r := NewRedis(client(t, env(t, "SMARTHOST_TEST_REDIS_ADDR")))
 	cls := map[string]Class{"default": {Messages: &Rate{1000, time.Hour}}}
 	tempfail := NewQuotas(Config{Classes: cls, Timeout: 300 * time.Millisecond}, r, quiet())
@@ -91,17 +84,7 @@ func TestRedisStoppedAndResumed(t *testing.T) {
 	if err := tempfail.Mail(context.Background(), user, ""); err != nil {
 		t.Fatal(err)
 	}
-	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
-	resumed := false
-	resume := func() {
-		if !resumed {
-			syscall.Kill(pid, syscall.SIGCONT)
-			resumed = true
-		}
-	}
-	defer resume()
+	resume := relaytest.Freeze(t, "SMARTHOST_TEST_REDIS_PIDFILE")
 	start := time.Now()
 	if err := tempfail.Mail(context.Background(), user, ""); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("tempfail while redis is stopped: %v", err)

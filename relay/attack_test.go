@@ -97,10 +97,7 @@ func TestSenderImpersonation(t *testing.T) {
 	} {
 		d := e.raw(t)
 		d.login()
-		d.send("MAIL FROM:<alice@example.com>\r\nRCPT TO:<b@x.org>\r\nDATA\r\n")
-		d.expect("250 ")
-		d.expect("250 ")
-		d.expect("354 ")
+		d.beginData()
 		d.send(hdr + "\r\nbody\r\n.\r\n")
 		if line := d.expect(""); !strings.HasPrefix(line, "550 5.7.1") {
 			t.Errorf("header %q: %q", hdr, line)
@@ -120,10 +117,7 @@ func TestSmuggling(t *testing.T) {
 	for _, end := range []string{"\n.\n", "\r.\r", "\r\n.\r", "\n.\r\n", "\r.\r\n", "\r\n.\n", "\n\n.\n\n", "\r\n\x00.\r\n"} {
 		d := e.raw(t)
 		d.login()
-		d.send("MAIL FROM:<alice@example.com>\r\nRCPT TO:<b@x.org>\r\nDATA\r\n")
-		d.expect("250 ")
-		d.expect("250 ")
-		d.expect("354 ")
+		d.beginData()
 		d.send("From: alice@example.com\r\n\r\nfirst" + end + second + ".\r\n")
 		line := d.expect("")
 		// go-smtp's DATA reader drops a "." followed by a lone CR at the
@@ -231,10 +225,7 @@ func TestProtocolAbuse(t *testing.T) {
 	// A header block over the limit is refused whole.
 	d = e.raw(t)
 	d.login()
-	d.send("MAIL FROM:<alice@example.com>\r\nRCPT TO:<b@x.org>\r\nDATA\r\n")
-	d.expect("250 ")
-	d.expect("250 ")
-	d.expect("354 ")
+	d.beginData()
 	d.send("From: alice@example.com\r\n" + strings.Repeat("X-Filler: "+strings.Repeat("y", 900)+"\r\n", 20) + "\r\nbody\r\n.\r\n")
 	if line := d.expect(""); !strings.HasPrefix(line, "552 5.3.4") {
 		t.Errorf("huge header: %q", line)

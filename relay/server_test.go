@@ -458,6 +458,15 @@ func (d *rawDialog) expect(prefix string) string {
 
 func (d *rawDialog) send(s string) { d.c.Write([]byte(s)) }
 
+// beginData opens a transaction from alice to b@x.org, up to the 354.
+func (d *rawDialog) beginData() {
+	d.t.Helper()
+	d.send("MAIL FROM:<alice@example.com>\r\nRCPT TO:<b@x.org>\r\nDATA\r\n")
+	d.expect("250 ")
+	d.expect("250 ")
+	d.expect("354 ")
+}
+
 func (d *rawDialog) login() {
 	d.send("EHLO client.test\r\n")
 	d.expect("250 ")
@@ -475,10 +484,7 @@ func TestBareLineEndingsRefused(t *testing.T) {
 	} {
 		d := e.raw(t)
 		d.login()
-		d.send("MAIL FROM:<alice@example.com>\r\nRCPT TO:<b@x.org>\r\nDATA\r\n")
-		d.expect("250 ")
-		d.expect("250 ")
-		d.expect("354 ")
+		d.beginData()
 		d.send("From: alice@example.com\r\n\r\n" + body + ".\r\n")
 		d.expect("554 5.6.0 ")
 		d.send("QUIT\r\n")

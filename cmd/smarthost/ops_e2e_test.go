@@ -18,6 +18,8 @@ import (
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+
+	"github.com/smarthost/smarthost/relay/relaytest"
 )
 
 func httpGet(t *testing.T, url string) (int, string) {
@@ -107,23 +109,17 @@ func TestMetricsMoveWithTraffic(t *testing.T) {
 }
 
 func TestReadinessFollowsRedis(t *testing.T) {
-	pidText, err := os.ReadFile(ldapEnv(t, "SMARTHOST_TEST_REDIS_PIDFILE"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pid, _ := strconv.Atoi(strings.TrimSpace(string(pidText)))
 	e, web := redisRelay(t, "1000/h")
 	e.start(t)
 	if code, body := httpGet(t, "http://"+web+"/readyz"); code != 200 {
 		t.Fatalf("readyz with redis up: %d %q", code, body)
 	}
-	syscall.Kill(pid, syscall.SIGSTOP)
-	defer syscall.Kill(pid, syscall.SIGCONT)
+	resume := relaytest.Freeze(t, "SMARTHOST_TEST_REDIS_PIDFILE")
 	eventually(t, "readyz to fail", 15*time.Second, func() bool {
 		code, body := httpGet(t, "http://"+web+"/readyz")
 		return code == 503 && strings.Contains(body, "redis:")
 	})
-	syscall.Kill(pid, syscall.SIGCONT)
+	resume()
 	eventually(t, "readyz to recover", 15*time.Second, func() bool {
 		code, _ := httpGet(t, "http://"+web+"/readyz")
 		return code == 200
@@ -175,14 +171,7 @@ func TestSIGTERMDuringBurst(t *testing.T) {
 func TestReloadLeavesOpenSessions(t *testing.T) {
 	e := newRelayEnv(t, envOpts{})
 	p := e.start(t)
-	c, err := smtp.DialTLS(e.implicit, &tls.Config{InsecureSkipVerify: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := c.Auth(sasl.NewPlainClient("", "alice", "alice-pw")); err != nil {
-		t.Fatal(err)
-	}
+	c := aliceSession(t, e.implicit)
 	os.WriteFile(filepath.Join(e.dir, "users.yaml"), []byte("users: {}\n"), 0o600) // alice is gone
 	p.signal(t, syscall.SIGHUP)
 	eventually(t, "the reload", 10*time.Second, func() bool { return strings.Contains(p.logText(), "configuration reloaded") })
@@ -242,14 +231,7 @@ func TestComposeFileParses(t *testing.T) {
 func TestReloadRebindsListeners(t *testing.T) {
 	e := newRelayEnv(t, envOpts{})
 	p := e.start(t)
-	c, err := smtp.DialTLS(e.implicit, &tls.Config{InsecureSkipVerify: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := c.Auth(sasl.NewPlainClient("", "alice", "alice-pw")); err != nil {
-		t.Fatal(err)
-	}
+	c := aliceSession(t, e.implicit)
 	moved := freePort(t)
 	text, _ := os.ReadFile(e.config)
 	os.WriteFile(e.config, []byte(strings.Replace(string(text), e.implicit, moved, 1)), 0o600)
@@ -265,4 +247,19 @@ func TestReloadRebindsListeners(t *testing.T) {
 		conn.Close()
 		t.Fatal("the old listener still accepts")
 	}
+}
+
+// aliceSession is an authenticated implicit-TLS session, closed at the end
+// of the test.
+func aliceSession(t *testing.T, addr string) *smtp.Client {
+	t.Helper()
+	c, err := smtp.DialTLS(addr, &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if err := c.Auth(sasl.NewPlainClient("", "alice", "alice-pw")); err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

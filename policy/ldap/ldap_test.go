@@ -12,9 +12,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -187,30 +185,15 @@ func TestOutagesAreTemporary(t *testing.T) {
 // slapd frozen with SIGSTOP mid-run: logins time out as temporary failures
 // and work again, with no restart, once it runs again.
 func TestSlapdStoppedAndResumed(t *testing.T) {
-	pidText, err := os.ReadFile(env(t, "SMARTHOST_TEST_LDAP_PIDFILE"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pid, _ := strconv.Atoi(strings.TrimSpace(string(pidText)))
 	cfg := testConfig(t)
 	cfg.Timeout = time.Second
 	d := newDir(t, cfg)
 	if _, err := d.Authenticate(context.Background(), "alice", "alice-secret"); err != nil {
 		t.Fatal(err)
 	}
-	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
-	resumed := false
-	resume := func() {
-		if !resumed {
-			syscall.Kill(pid, syscall.SIGCONT)
-			resumed = true
-		}
-	}
-	defer resume()
+	resume := relaytest.Freeze(t, "SMARTHOST_TEST_LDAP_PIDFILE")
 	start := time.Now()
-	_, err = d.Authenticate(context.Background(), "bob", "bob-secret")
+	_, err := d.Authenticate(context.Background(), "bob", "bob-secret")
 	if err == nil || errors.Is(err, policy.ErrBadCredentials) {
 		t.Fatalf("slapd stopped: %v, want a temporary error", err)
 	}

@@ -2,6 +2,10 @@ package relaytest
 
 import (
 	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
 	"testing"
 )
 
@@ -19,4 +23,27 @@ func Service(t testing.TB, name string) string {
 		t.Skipf("%s not set; run scripts/test.sh", name)
 	}
 	return v
+}
+
+// Freeze stops the test service whose pid file the environment variable
+// pidfileVar names (SIGSTOP), so that it hangs as a dead server would. The
+// returned function resumes it; it runs at the end of the test anyway, and
+// a second call does nothing.
+func Freeze(t testing.TB, pidfileVar string) (resume func()) {
+	t.Helper()
+	b, err := os.ReadFile(Service(t, pidfileVar))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatalf("%s: %v", pidfileVar, err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	resume = func() { once.Do(func() { syscall.Kill(pid, syscall.SIGCONT) }) }
+	t.Cleanup(resume)
+	return resume
 }
