@@ -12,7 +12,7 @@ for f in /usr/sbin/slapd:slapd /usr/bin/ldapsearch:ldap-utils /usr/bin/redis-ser
          /usr/bin/openssl:openssl /usr/bin/swaks:swaks /usr/share/perl5/IO/Socket/SSL.pm:libio-socket-ssl-perl \
          /usr/share/perl5/Authen/SASL.pm:libauthen-sasl-perl /usr/bin/dkimverify:python3-dkim \
          /usr/share/perl5/Mail/DKIM/Verifier.pm:libmail-dkim-perl /usr/sbin/smtp-sink:postfix \
-         /usr/bin/docker-compose:docker-compose \
+         /usr/bin/docker-compose:docker-compose /usr/sbin/haproxy:haproxy \
          /etc/ssl/certs/ca-certificates.crt:ca-certificates; do
   [ -e "${f%%:*}" ] || need+=("${f##*:}")
 done
