@@ -110,53 +110,75 @@ func TestSenderImpersonation(t *testing.T) {
 
 // The 2023 SMTP smuggling family: every ending other than CRLF.CRLF, with a
 // second message behind it. None may end the first message, none may make a
-// second one.
+// second one: each is refused (554 5.6.0) and the connection closed.
 func TestSmuggling(t *testing.T) {
 	e := newEnv(t, testOpts{})
 	second := "MAIL FROM:<alice@example.com>\r\nRCPT TO:<victim@x.org>\r\nDATA\r\nFrom: alice@example.com\r\n\r\nsmuggled\r\n"
-	for _, end := range []string{"\n.\n", "\r.\r", "\r\n.\r", "\n.\r\n", "\r.\r\n", "\r\n.\n", "\n\n.\n\n", "\r\n\x00.\r\n"} {
+	var attempts []string
+	for _, end := range []string{"\n.\n", "\r.\r", "\r\n.\r", "\n.\r\n", "\r.\r\n", "\r\n.\n", "\n\n.\n\n", "\r\n\x00.\r\n", "\r\n.\rX\r\n"} {
+		attempts = append(attempts, "From: alice@example.com\r\n\r\nfirst"+end+second+".\r\n")
+	}
+	e.refusedAndClosed(t, attempts, (*rawDialog).beginData, "554 5.6.0")
+}
+
+// refusedAndClosed sends each attempt on its own logged-in session, after
+// start, and checks that it is answered with want and the connection then
+// closed, and that nothing was queued.
+func (e *testEnv) refusedAndClosed(t *testing.T, attempts []string, start func(*rawDialog), want string) {
+	t.Helper()
+	for _, a := range attempts {
 		d := e.raw(t)
 		d.login()
-		d.beginData()
-		d.send("From: alice@example.com\r\n\r\nfirst" + end + second + ".\r\n")
-		line := d.expect("")
-		// go-smtp's DATA reader drops a "." followed by a lone CR at the
-		// start of a line before we see the bytes ("\r\n.\r" and "\r.\r"
-		// after a CRLF), so those arrive as one harmless message; every
-		// other ending must be refused. Either way there is one message.
-		if !strings.HasPrefix(line, "554 5.6.0") && !(strings.HasPrefix(line, "250 ") && (end == "\r\n.\r" || end == "\r\n\x00.\r\n")) {
-			t.Errorf("ending %q: %q", end, line)
+		start(d)
+		d.send(a)
+		if line := d.expect(""); !strings.HasPrefix(line, want) {
+			t.Errorf("%q: %q, want %q", a, line, want)
 		}
-		d.send("NOOP\r\n")
-		d.expect("250 2.0.0 I have") // one reply per command: no smuggled transaction ran
+		d.expectClosed()
 	}
-	for _, m := range e.queued(t) {
-		if len(m.Recipients) != 1 || m.Recipients[0].Addr != "b@x.org" {
-			t.Fatalf("a smuggled transaction was queued: %+v", m.Recipients)
-		}
+	if n := len(e.queued(t)); n != 0 {
+		t.Fatalf("%d messages queued", n)
 	}
 }
 
-func TestBDATIsCheckedToo(t *testing.T) {
+// Commands are held to CRLF too: a bare LF or CR is where a lenient server
+// and a strict one would see different commands.
+func TestBareLineEndingInCommands(t *testing.T) {
+	e := newEnv(t, testOpts{})
+	e.refusedAndClosed(t, []string{
+		"MAIL FROM:<alice@example.com>\nRCPT TO:<victim@x.org>\r\n",
+		"MAIL FROM:<alice@example.com>\rRCPT TO:<victim@x.org>\r\n",
+		"NOOP\n",
+		"RSET\r\x00\r\n",
+		"MAIL FROM:<alice@example.com>\x00\r\n",
+	}, func(*rawDialog) {}, "500 5.5.2 Bare CR or LF in command line")
+}
+
+// CHUNKING is not offered, so BDAT is just an unimplemented command, and
+// the chunk that follows it is a stream of bad commands.
+func TestBDATNotOffered(t *testing.T) {
 	e := newEnv(t, testOpts{})
 	d := e.raw(t)
-	d.login()
-	body := "From: alice@example.com\r\n\r\nbare\nLF\r\n"
-	d.send("MAIL FROM:<alice@example.com>\r\nRCPT TO:<b@x.org>\r\n")
-	d.expect("250 ")
-	d.expect("250 ")
-	d.send("BDAT " + strconv.Itoa(len(body)) + " LAST\r\n" + body)
-	if line := d.expect(""); !strings.HasPrefix(line, "554 5.6.0") {
-		t.Fatalf("BDAT with a bare LF: %q", line)
+	d.send("EHLO client.test\r\n")
+	for {
+		line := d.expect("")
+		if strings.Contains(line, "CHUNKING") {
+			t.Fatalf("CHUNKING advertised: %q", line)
+		}
+		if line[3] == ' ' {
+			break
+		}
 	}
-	body = "From: alice@example.com\r\n\r\nfine\r\n"
+	d.send("AUTH PLAIN AGFsaWNlAGFsaWNlLXB3\r\n")
+	d.expect("235 ")
+	body := "From: alice@example.com\r\n\r\nchunk\r\n"
 	d.send("MAIL FROM:<alice@example.com>\r\nRCPT TO:<b@x.org>\r\n")
 	d.expect("250 ")
 	d.expect("250 ")
-	d.send("BDAT " + strconv.Itoa(len(body)) + " LAST\r\n" + body)
-	d.expect("250 2.0.0 OK: queued as ")
-	if n := len(e.queued(t)); n != 1 {
-		t.Fatalf("%d queued, want the clean BDAT message only", n)
+	d.send("BDAT " + strconv.Itoa(len(body)) + " LAST\r\n")
+	d.expect("502 5.5.1 BDAT command not implemented")
+	if n := len(e.queued(t)); n != 0 {
+		t.Fatalf("%d queued", n)
 	}
 }
 
@@ -192,36 +214,48 @@ func TestSTARTTLSCommandInjection(t *testing.T) {
 
 func TestProtocolAbuse(t *testing.T) {
 	e := newEnv(t, testOpts{})
-	// Unknown commands: the server gives up on the client.
+	// Unknown commands: three are answered, the fourth ends the session.
 	d := e.raw(t)
-	for i := 0; i < 12; i++ {
+	for i := 0; i < 3; i++ {
 		d.send("XYZZY\r\n")
+		d.expect("500 5.5.2 Command unrecognized")
 	}
-	d.c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	closed := false
-	for i := 0; i < 20; i++ {
-		if _, err := d.r.ReadString('\n'); err != nil {
-			closed = true
-			break
-		}
+	d.send("XYZZY\r\n")
+	d.expect("421 4.7.0 Too many errors, closing connection")
+	d.expectClosed()
+	// So do malformed and out-of-sequence ones.
+	d = e.raw(t)
+	for _, c := range []string{"MAIL TO:<x@y.z>", "X", "EHLO"} {
+		d.send(c + "\r\n")
+		d.expect("50")
 	}
-	if !closed {
-		t.Error("connection still open after a stream of unknown commands")
+	d.send("MAILFROM:<a@b.c>\r\n")
+	d.expect("421 4.7.0 Too many errors")
+	d.expectClosed()
+	// A client that never starts a transaction is let go: 25 commands
+	// before MAIL (EHLO and AUTH among them), then 421.
+	d = e.raw(t)
+	d.login()
+	for i := 0; i < 23; i++ {
+		d.send("NOOP\r\n")
+		d.expect("250 2.0.0")
+	}
+	d.send("NOOP\r\n")
+	d.expect("421 4.7.0 Too many commands without a transaction, closing connection")
+	d.expectClosed()
+	// MAIL starts the count again: a long session of real messages is fine.
+	d = e.raw(t)
+	d.login()
+	for i := 0; i < 30; i++ {
+		d.send("MAIL FROM:<alice@example.com>\r\nRSET\r\n")
+		d.expect("250 ")
+		d.expect("250 2.0.0 Session reset")
 	}
 	// A line over the limit ends the session.
 	d = e.raw(t)
 	d.send("EHLO " + strings.Repeat("a", 5000) + "\r\n")
-	var last string
-	for {
-		line, err := d.r.ReadString('\n')
-		if err != nil {
-			break
-		}
-		last = line
-	}
-	if !strings.HasPrefix(last, "500 5.4.0") {
-		t.Errorf("long line: the session ended with %q, want 500 5.4.0", last)
-	}
+	d.expect("500 5.5.2 Line too long, closing connection")
+	d.expectClosed()
 	// A header block over the limit is refused whole.
 	d = e.raw(t)
 	d.login()

@@ -96,7 +96,7 @@ func (c *idleConn) Write(b []byte) (int, error) {
 
 // drainIdle is the silence allowed once the server is shutting down: a
 // client in the middle of sending keeps going, an idle one is told 421 by
-// go-smtp's idle timeout and let go.
+// smtpd's idle timeout and let go.
 const drainIdle = 2 * time.Second
 
 func (c *idleConn) drain() {
@@ -126,7 +126,7 @@ func (c *idleConn) Close() error {
 }
 
 // fmtReply formats a reply line for the few places that write to the socket
-// before go-smtp has it.
+// before smtpd has it.
 func fmtReply(code int, e smtp.EnhancedCode, msg string) string {
 	return fmt.Sprintf("%d %d.%d.%d %s\r\n", code, e[0], e[1], e[2], msg)
 }

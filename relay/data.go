@@ -19,7 +19,8 @@ import (
 )
 
 // Data receives a message: it streams it into a spool draft with bounded
-// memory (only the header block is held), refuses bare CR or LF, checks the
+// memory (only the header block is held; smtpd's reader has already
+// refused bare CR, LF and NUL), checks the
 // From:/Sender: owner, adds the RFC 6409 section 8 fields, DKIM-signs, and
 // acknowledges only once the queue has fsynced it.
 func (s *session) Data(r io.Reader) error {
@@ -27,7 +28,7 @@ func (s *session) Data(r io.Reader) error {
 	if err != nil {
 		return s.fail("DATA", fmt.Errorf("%w: %w", errSpool, err))
 	}
-	id, err := s.receive(d, &crlfReader{r: r})
+	id, err := s.receive(d, r)
 	if err != nil {
 		d.Abort()
 		return s.fail("DATA", err)
@@ -218,26 +219,4 @@ func readHeaderBlock(br *bufio.Reader, max int) ([]byte, error) {
 			return h.Bytes(), nil
 		}
 	}
-}
-
-// crlfReader passes the message through and fails on a CR not followed by
-// LF or an LF not preceded by CR. Such bytes are how SMTP smuggling hides a
-// second message in the first; we refuse rather than repair.
-type crlfReader struct {
-	r      io.Reader
-	prevCR bool
-}
-
-func (c *crlfReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	for _, b := range p[:n] {
-		if (c.prevCR && b != '\n') || (!c.prevCR && b == '\n') {
-			return 0, errBareLineEnding
-		}
-		c.prevCR = b == '\r'
-	}
-	if errors.Is(err, io.EOF) && c.prevCR {
-		return 0, errBareLineEnding
-	}
-	return n, err
 }

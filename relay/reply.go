@@ -9,6 +9,7 @@ import (
 	"github.com/smarthost/smarthost/dkim"
 	"github.com/smarthost/smarthost/policy"
 	"github.com/smarthost/smarthost/ratelimit"
+	"github.com/smarthost/smarthost/relay/smtpd"
 )
 
 // roundUp formats a wait for people: whole seconds, at least one.
@@ -20,7 +21,6 @@ func roundUp(d time.Duration) string {
 var (
 	errTLSRequired    = errors.New("relay: AUTH before TLS")
 	errIdentity       = errors.New("relay: AUTH authorization identity differs from the user")
-	errBareLineEnding = errors.New("relay: bare CR or LF in message")
 	errHeaderTooLarge = errors.New("relay: message header too large")
 	errBadHeader      = errors.New("relay: malformed message header")
 	errShuttingDown   = errors.New("relay: shutting down")
@@ -46,6 +46,7 @@ var (
 	replyTooLarge       = code(552, 5, 3, 4, "Message too large")
 	replyBareLineEnding = code(554, 5, 6, 0, "Message has bare CR or LF line endings; use CRLF")
 	replyLineTooLong    = code(500, 5, 5, 2, "Line too long")
+	replyNUL            = code(554, 5, 6, 0, "Message has a NUL character")
 	replyBadHeader      = code(554, 5, 6, 0, "Malformed message header")
 	replyNoDKIMKey      = code(550, 5, 7, 1, "Sender domain has no signing key here")
 	replyShuttingDown   = code(421, 4, 3, 2, "Service shutting down, try again later")
@@ -56,8 +57,8 @@ var (
 )
 
 // reply is the one place where an error becomes an SMTP reply. Domain
-// packages return plain errors; go-smtp would send their text to the client
-// with a 5xx, so every error a session returns goes through here first.
+// packages return plain errors, which smtpd would answer with a generic
+// text, so every error a session returns goes through here first.
 // Anything unknown is temporary: we would rather have a client retry than
 // refuse mail for a bug or an outage.
 func reply(cmd string, err error) *smtp.SMTPError {
@@ -71,7 +72,7 @@ func reply(cmd string, err error) *smtp.SMTPError {
 	case errors.Is(err, ratelimit.ErrUnavailable) && cmd != "AUTH":
 		return replyLimiterDown
 	case errors.As(err, &se):
-		return se // go-smtp's own (message size) or one we built already
+		return se // smtpd's own (message size) or one we built already
 	case errors.Is(err, errTLSRequired):
 		return replyTLSRequired
 	case errors.Is(err, policy.ErrBadCredentials), errors.Is(err, errIdentity):
@@ -94,10 +95,12 @@ func reply(cmd string, err error) *smtp.SMTPError {
 		return replyRelayDenied
 	case errors.Is(err, errHeaderTooLarge):
 		return replyTooLarge
-	case errors.Is(err, smtp.ErrTooLongLine):
+	case errors.Is(err, smtpd.ErrLineTooLong):
 		return replyLineTooLong
-	case errors.Is(err, errBareLineEnding):
+	case errors.Is(err, smtpd.ErrBareLineEnding):
 		return replyBareLineEnding
+	case errors.Is(err, smtpd.ErrNUL):
+		return replyNUL
 	case errors.Is(err, errBadHeader):
 		return replyBadHeader
 	case errors.Is(err, dkim.ErrNoKey):

@@ -9,6 +9,7 @@ import (
 
 	"github.com/smarthost/smarthost/dkim"
 	"github.com/smarthost/smarthost/policy"
+	"github.com/smarthost/smarthost/relay/smtpd"
 )
 
 // One row per line of the contract's reply table that reply() decides.
@@ -29,10 +30,11 @@ func TestReplyTable(t *testing.T) {
 		{"RCPT", wrap(policy.ErrRelayDenied), "554 5.7.1 Relay access denied"},
 		{"DATA", smtp.ErrDataTooLarge, "552 5.3.4 Maximum message size exceeded"},
 		{"DATA", errHeaderTooLarge, "552 5.3.4 Message too large"},
-		{"DATA", errBareLineEnding, "554 5.6.0 Message has bare CR or LF line endings; use CRLF"},
+		{"DATA", smtpd.ErrBareLineEnding, "554 5.6.0 Message has bare CR or LF line endings; use CRLF"},
+		{"DATA", smtpd.ErrNUL, "554 5.6.0 Message has a NUL character"},
 		{"DATA", wrap(errSpool), "451 4.3.0 Could not queue the message, try again later"},
 		{"DATA", wrap(dkim.ErrNoKey), "550 5.7.1 Sender domain has no signing key here"},
-		{"DATA", smtp.ErrTooLongLine, "500 5.5.2 Line too long"},
+		{"DATA", smtpd.ErrLineTooLong, "500 5.5.2 Line too long"},
 		{"EHLO", errShuttingDown, "421 4.3.2 Service shutting down, try again later"},
 		{"DATA", errors.New("something nobody thought of"), "451 4.3.0 Internal error, try again later"},
 		{"MAIL", errors.New("redis: connection refused"), "451 4.3.0 Internal error, try again later"},

@@ -1,5 +1,5 @@
 // Package relay is the SMTP front door: listeners, sessions (go-smtp's
-// Backend/Session), AUTH, the submission policy checks and the DATA pipeline
+// Session, served by relay/smtpd), AUTH, the submission policy checks and the DATA pipeline
 // into the queue.
 package relay
 
@@ -13,7 +13,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,6 +25,7 @@ import (
 	"github.com/smarthost/smarthost/policy"
 	"github.com/smarthost/smarthost/ratelimit"
 	"github.com/smarthost/smarthost/relay/queue"
+	"github.com/smarthost/smarthost/relay/smtpd"
 )
 
 // Listener modes.
@@ -136,10 +136,10 @@ func NewServer(cfg Config, deps Deps, log *slog.Logger) (*Server, error) {
 // Reload swaps the dependencies; open sessions keep their snapshot.
 func (s *Server) Reload(deps Deps) { s.deps.Store(&deps) }
 
-// endpoint is one bound listener and the go-smtp server on it.
+// endpoint is one bound listener and the smtpd server on it.
 type endpoint struct {
 	l       Listener
-	srv     *smtp.Server
+	srv     *smtpd.Server
 	ln      net.Listener
 	retired atomic.Bool // closed on purpose by SetListeners
 }
@@ -182,23 +182,25 @@ func (s *Server) bind(l Listener) (*endpoint, error) {
 	if l.Mode == ModeImplicit {
 		wrapped = tls.NewListener(wrapped, s.cfg.TLS)
 	}
-	srv := smtp.NewServer(&backend{s: s, mode: l.Mode})
-	srv.Domain = s.cfg.Hostname
-	srv.MaxRecipients = s.cfg.MaxRecipients
-	srv.MaxMessageBytes = s.cfg.MaxMessageSize
-	srv.MaxLineLength = 2000 // RFC 5321 allows 1000; twice that for sloppy clients
-	srv.WriteTimeout = s.cfg.WriteTimeout
-	// No ReadTimeout: go-smtp would set it once per command, which makes
-	// it a deadline for a whole DATA upload. Our conn sets it per read.
-	// AUTH before TLS is refused by the session with the contract's 538
-	// rather than by go-smtp's 523; see session.AuthMechanisms.
-	srv.AllowInsecureAuth = true
-	srv.EnableSMTPUTF8 = true
-	srv.EnableDSN = true
-	srv.ErrorLog = slogLogger{s.log}
-	if l.Mode != ModePlain {
-		srv.TLSConfig = s.cfg.TLS
+	cfg := smtpd.Config{
+		Domain:          s.cfg.Hostname,
+		MaxRecipients:   s.cfg.MaxRecipients,
+		MaxMessageBytes: s.cfg.MaxMessageSize,
+		MaxLineLength:   2000, // RFC 5321 allows 1000; twice that for sloppy clients
+		WriteTimeout:    s.cfg.WriteTimeout,
+		// Reads are bounded by the connection itself (idleConn): per read,
+		// so that a long DATA upload is not cut off by a per-command
+		// deadline. AUTH before TLS is refused by the session with the
+		// contract's 538, counted and logged; see session.AuthMechanisms.
+		AllowInsecureAuth: true,
+		EnableSMTPUTF8:    true,
+		EnableDSN:         true,
+		Log:               s.log,
 	}
+	if l.Mode != ModePlain {
+		cfg.TLS = s.cfg.TLS
+	}
+	srv := smtpd.New(cfg, &backend{s: s, mode: l.Mode})
 	return &endpoint{l: l, srv: srv, ln: wrapped}, nil
 }
 
@@ -286,7 +288,7 @@ func (s *Server) SetListeners(ls []Listener, grace time.Duration) error {
 		go func(ep *endpoint) {
 			ctx, cancel := context.WithTimeout(context.Background(), grace)
 			defer cancel()
-			if err := ep.srv.Shutdown(ctx); err != nil && !errors.Is(err, smtp.ErrServerClosed) {
+			if err := ep.srv.Shutdown(ctx); err != nil && !errors.Is(err, smtpd.ErrServerClosed) {
 				ep.srv.Close()
 			}
 		}(ep)
@@ -318,7 +320,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.closing.Store(true)
 	eps := s.eps
 	// Sessions waiting for their next command (application servers keep
-	// them open) are let go at once with go-smtp's 421; ones sending data
+	// them open) are let go at once with smtpd's 421; ones sending data
 	// finish, and their next MAIL gets 421 4.3.2.
 	for c := range s.conns {
 		c.drain()
@@ -330,9 +332,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	var emu sync.Mutex
 	for _, ep := range eps {
 		wg.Add(1)
-		go func(srv *smtp.Server) {
+		go func(srv *smtpd.Server) {
 			defer wg.Done()
-			if e := srv.Shutdown(ctx); e != nil && !errors.Is(e, smtp.ErrServerClosed) {
+			if e := srv.Shutdown(ctx); e != nil && !errors.Is(e, smtpd.ErrServerClosed) {
 				srv.Close()
 				emu.Lock()
 				err = e
@@ -349,7 +351,7 @@ type backend struct {
 	mode string
 }
 
-func (b *backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
+func (b *backend) NewSession(c *smtpd.Conn) (smtp.Session, error) {
 	if b.s.closing.Load() {
 		return nil, replyShuttingDown
 	}
@@ -376,18 +378,3 @@ func remoteAddr(c net.Conn) netip.Addr {
 	}
 	return netip.Addr{}
 }
-
-// slogLogger gives go-smtp's internal error log (panics, accept errors) to slog.
-type slogLogger struct{ l *slog.Logger }
-
-func (l slogLogger) Printf(format string, v ...any) {
-	msg := fmt.Sprintf(format, v...)
-	// "error handling <addr>: ..." is a client that hung up or failed its
-	// TLS handshake: the client's problem, not ours.
-	if strings.HasPrefix(format, "error handling") {
-		l.l.Info("connection ended", "err", msg)
-		return
-	}
-	l.l.Error(msg)
-}
-func (l slogLogger) Println(v ...any) { l.l.Error(fmt.Sprint(v...)) }

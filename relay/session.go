@@ -11,15 +11,16 @@ import (
 
 	"github.com/smarthost/smarthost/policy"
 	"github.com/smarthost/smarthost/ratelimit"
+	"github.com/smarthost/smarthost/relay/smtpd"
 )
 
 // session is one SMTP session: from EHLO (or STARTTLS, which starts a new
-// one) to QUIT. go-smtp calls it from one goroutine.
+// one) to QUIT. smtpd calls it from one goroutine.
 type session struct {
 	id   string // in every log line of the session
 	srv  *Server
 	deps *Deps
-	conn *smtp.Conn
+	conn *smtpd.Conn
 	log  *slog.Logger
 	tls  bool
 	helo string
@@ -83,7 +84,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	if err := s.deps.Policy.CheckSender(s.client, from); err != nil {
 		return s.fail("MAIL", err)
 	}
-	// go-smtp has already refused a SIZE= above MaxMessageBytes.
+	// smtpd has already refused a SIZE= above MaxMessageBytes.
 	if q := s.deps.Quotas; q != nil {
 		user, class := s.quotaKey()
 		// SIZE= first: it only looks, so a refused MAIL costs nothing.

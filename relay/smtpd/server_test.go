@@ -1,0 +1,217 @@
+package smtpd
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+)
+
+// recorder is a session that keeps what it was given.
+type recorder struct {
+	mu    sync.Mutex
+	mails []string
+	opts  []*smtp.MailOptions
+	rcpts []string
+	ropts []*smtp.RcptOptions
+	data  []string
+	// rcptErr, when set, refuses recipients with it.
+	rcptErr error
+}
+
+func (r *recorder) Reset()        {}
+func (r *recorder) Logout() error { return nil }
+func (r *recorder) Mail(from string, o *smtp.MailOptions) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if from == "panic@x.test" {
+		panic("boom")
+	}
+	r.mails = append(r.mails, from)
+	r.opts = append(r.opts, o)
+	return nil
+}
+func (r *recorder) Rcpt(to string, o *smtp.RcptOptions) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.rcptErr != nil {
+		return r.rcptErr
+	}
+	r.rcpts = append(r.rcpts, to)
+	r.ropts = append(r.ropts, o)
+	return nil
+}
+func (r *recorder) Data(rd io.Reader) error {
+	b, err := io.ReadAll(rd)
+	if err != nil {
+		return err
+	}
+	r.mu.Lock()
+	r.data = append(r.data, string(b))
+	r.mu.Unlock()
+	return nil
+}
+
+type recBackend struct{ r *recorder }
+
+func (b recBackend) NewSession(*Conn) (smtp.Session, error) { return b.r, nil }
+
+func serve(t *testing.T, rec *recorder) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := New(Config{Domain: "mx.test", MaxRecipients: 2, MaxMessageBytes: 1000, EnableDSN: true, EnableSMTPUTF8: true}, recBackend{rec})
+	go s.Serve(ln)
+	t.Cleanup(func() { s.Close() })
+	return ln.Addr().String()
+}
+
+type dialog struct {
+	t *testing.T
+	c net.Conn
+	r *bufio.Reader
+}
+
+func dial(t *testing.T, addr string) *dialog {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	d := &dialog{t, c, bufio.NewReader(c)}
+	d.want("220 mx.test ESMTP")
+	return d
+}
+
+// want reads one reply and checks the start of its last line; it returns
+// all its lines.
+func (d *dialog) want(prefix string) []string {
+	d.t.Helper()
+	d.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	var lines []string
+	for {
+		l, err := d.r.ReadString('\n')
+		if err != nil {
+			d.t.Fatalf("want %q: %v", prefix, err)
+		}
+		lines = append(lines, l)
+		if len(l) < 4 || l[3] != '-' {
+			break
+		}
+	}
+	if last := lines[len(lines)-1]; !strings.HasPrefix(last, prefix) {
+		d.t.Fatalf("got %q, want %q", last, prefix)
+	}
+	return lines
+}
+
+func (d *dialog) send(s string) { d.c.Write([]byte(s)) }
+
+func TestTransactionWithParameters(t *testing.T) {
+	rec := &recorder{}
+	d := dial(t, serve(t, rec))
+	d.send("EHLO c.test\r\n")
+	caps := strings.Join(d.want("250 "), "")
+	for _, c := range []string{"PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8", "DSN", "SIZE 1000", "LIMITS RCPTMAX=2"} {
+		if !strings.Contains(caps, c) {
+			t.Errorf("EHLO lacks %s: %q", c, caps)
+		}
+	}
+	if strings.Contains(caps, "CHUNKING") || strings.Contains(caps, "STARTTLS") || strings.Contains(caps, "AUTH") {
+		t.Errorf("EHLO offers what it cannot do: %q", caps)
+	}
+	d.send("MAIL FROM:<a@x.test> SIZE=100 BODY=8BITMIME RET=HDRS ENVID=id+2B1\r\n")
+	d.want("250 2.0.0")
+	d.send("RCPT TO:<b@y.test> NOTIFY=FAILURE,DELAY ORCPT=rfc822;b+40y.test\r\n")
+	d.want("250 2.0.0")
+	d.send("RCPT TO:<c@y.test>\r\nRCPT TO:<d@y.test>\r\n")
+	d.want("250 2.0.0")
+	d.want("452 4.5.3")
+	d.send("DATA\r\n")
+	d.want("354 ")
+	d.send("Subject: x\r\n\r\n..leading dot\r\n.\r\n")
+	d.want("250 2.0.0 OK: queued")
+	o, ro := rec.opts[0], rec.ropts[0]
+	if o.Size != 100 || o.Body != smtp.Body8BitMIME || o.Return != smtp.DSNReturnHeaders || o.EnvelopeID != "id+1" {
+		t.Errorf("MAIL options %+v", o)
+	}
+	if len(ro.Notify) != 2 || ro.OriginalRecipient != "b@y.test" || ro.OriginalRecipientType != smtp.DSNAddressTypeRFC822 {
+		t.Errorf("RCPT options %+v", ro)
+	}
+	if rec.data[0] != "Subject: x\r\n\r\n.leading dot\r\n" {
+		t.Errorf("data %q", rec.data[0])
+	}
+}
+
+func TestRefusals(t *testing.T) {
+	rec := &recorder{}
+	d := dial(t, serve(t, rec))
+	d.send("EHLO c.test\r\n")
+	d.want("250 ")
+	for _, tc := range []struct{ cmd, want string }{
+		{"MAIL FROM:<a@x.test> SIZE=5000", "552 5.3.4"},
+		{"MAIL FROM:<a@x.test> FOO=1", "555 5.5.4"},
+		{"MAIL FROM:<a@x.test> SIZE=1 SIZE=2", "501 5.5.4"},
+		{"MAIL FROM:<a@x.test> ENVID=a+4", "501 5.5.4"},
+		{"HELP", "502 5.5.1"},
+		{"VRFY x", "252 2.5.0"},
+		{"STARTTLS", "502 5.5.1 TLS not supported"},
+	} {
+		d.send(tc.cmd + "\r\n")
+		d.want(tc.want)
+	}
+	// A pipelining client whose recipients were all refused sends DATA
+	// anyway; it is told so and may go on with a new MAIL.
+	rec.rcptErr = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no\r\n250 2.0.0 forged"}
+	d.send("MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nMAIL FROM:<a@x.test>\r\n")
+	d.want("250 ")
+	// A reply text with a line break stays one reply: the forged line
+	// becomes a continuation of the 550, never a reply of its own.
+	lines := d.want("550 5.1.1 250 2.0.0 forged")
+	if len(lines) != 2 || lines[0] != "550-5.1.1 no\r\n" {
+		t.Errorf("multi-line reply %q", lines)
+	}
+	d.want("554 5.5.1 No valid recipients")
+	d.want("250 ")
+	d.send("MAIL FROM:<a@x.test>\r\n")
+	d.want("503 5.5.1 Nested MAIL command")
+}
+
+func TestPanicEndsOnlyThatConnection(t *testing.T) {
+	rec := &recorder{}
+	addr := serve(t, rec)
+	d := dial(t, addr)
+	d.send("EHLO c.test\r\nMAIL FROM:<panic@x.test>\r\n")
+	d.want("250 ")
+	d.want("421 4.0.0")
+	if _, err := d.r.ReadString('\n'); err == nil {
+		t.Fatal("connection open after a panic")
+	}
+	d = dial(t, addr)
+	d.send("EHLO c.test\r\n")
+	d.want("250 ")
+}
+
+func TestParseCmd(t *testing.T) {
+	for _, tc := range []struct{ line, cmd, arg string }{
+		{"mail FROM:<a@b>", "MAIL", "FROM:<a@b>"},
+		{"StartTLS", "STARTTLS", ""},
+		{"NOOP   ", "NOOP", ""},
+		{"XYZZY", "XYZZY", ""},
+		{"", "", ""},
+		{"MAIL:FROM", "", ""},
+		{"RCPT\tTO:<a@b>", "", ""},
+	} {
+		cmd, arg, _ := parseCmd(tc.line)
+		if cmd != tc.cmd || arg != tc.arg {
+			t.Errorf("parseCmd(%q) = %q, %q", tc.line, cmd, arg)
+		}
+	}
+}
