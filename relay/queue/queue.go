@@ -189,6 +189,16 @@ func (q *Queue) rescan(atStart bool) error {
 		if creating {
 			continue
 		}
+		if !known && atStart {
+			if _, err := os.Stat(filepath.Join(q.cfg.Dir, "msg", id+".data")); errors.Is(err, os.ErrNotExist) {
+				// Only remove() leaves this behind (a commit writes the
+				// data first): the message was delivered, or was never
+				// acknowledged, before a crash.
+				q.log.Info("queue: envelope without data dropped", "msg_id", id)
+				os.Remove(filepath.Join(q.cfg.Dir, "msg", id+".env"))
+				continue
+			}
+		}
 		if !known {
 			if m, err = readEnv(q.cfg.Dir, id); err != nil {
 				if atStart {

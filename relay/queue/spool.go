@@ -310,13 +310,15 @@ func syncDir(dir string) error {
 	return d.Sync()
 }
 
-// remove deletes a message: envelope first, so a crash in between leaves
-// only an orphan data file, which the next start cleans up.
+// remove deletes a message, envelope first. Neither removal is synced:
+// after a crash the message may be back whole (sent again: the one
+// duplicate we allow), or as data alone or as an envelope alone, which the
+// next start cleans up (Open). Waiting for a folder sync here halved
+// delivery throughput (docs/benchmarks.md).
 func (q *Queue) remove(m *Message) error {
 	if err := os.Remove(m.envPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("queue: remove %s: %w", m.ID, err)
 	}
-	q.dirSync.sync()
 	os.Remove(m.dataPath())
 	return nil
 }
