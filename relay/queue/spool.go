@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/rand"
 	"encoding/hex"
@@ -132,6 +133,7 @@ type Draft struct {
 	q    *Queue
 	id   string
 	f    *os.File
+	w    *bufio.Writer // most messages reach the file in one write
 	size int64
 }
 
@@ -142,14 +144,14 @@ func (q *Queue) Create() (*Draft, error) {
 	if err != nil {
 		return nil, fmt.Errorf("queue: create draft: %w", err)
 	}
-	return &Draft{q: q, id: id, f: f}, nil
+	return &Draft{q: q, id: id, f: f, w: bufio.NewWriterSize(f, 32<<10)}, nil
 }
 
 // ID is the queue ID the message will have.
 func (d *Draft) ID() string { return d.id }
 
 func (d *Draft) Write(p []byte) (int, error) {
-	n, err := d.f.Write(p)
+	n, err := d.w.Write(p)
 	d.size += int64(n)
 	if err != nil {
 		err = fmt.Errorf("queue: write draft: %w", err)
@@ -170,6 +172,10 @@ func (d *Draft) Abort() {
 // disk, fsynced, and will be delivered even if the process dies right away.
 func (d *Draft) Commit(env Envelope, prepend []byte) (string, error) {
 	q := d.q
+	if err := d.w.Flush(); err != nil {
+		d.Abort()
+		return "", fmt.Errorf("queue: write draft: %w", err)
+	}
 	if err := d.f.Sync(); err != nil {
 		d.Abort()
 		return "", fmt.Errorf("queue: fsync draft: %w", err)
