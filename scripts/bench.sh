@@ -77,6 +77,10 @@ log: {format: text, level: warn}
 CONF
 }
 
+# sink_end FILE: when the sink received its last message (seconds), from
+# its own clock, so that its shutdown is not counted.
+sink_end() { awk '/last at/ { printf "%.6f", $(NF-2) / 1e9 }' "$1"; }
+
 # measure NAME PORT LOADFLAGS...: sink + load, prints "NAME msg/s" and the load's line.
 measure() {
   local name=$1 port=$2; shift 2
@@ -88,7 +92,7 @@ measure() {
   local out
   out=$($LOAD run --addr "127.0.0.1:$port" --sessions "$SESSIONS" --size "$SIZE" --total "$TOTAL" --from load@example.com "$@")
   if ! timeout 300 tail --pid=$sink -f /dev/null; then kill $sink; fi
-  end=$(date +%s.%N)
+  end=$(sink_end "$W/sink.out")
   local rate
   rate=$(awk -v n="$TOTAL" -v s="$start" -v e="$end" 'BEGIN { printf "%.1f", n / (e - s) }')
   echo "$name $rate" >> "$W/results"
@@ -101,9 +105,16 @@ run_smarthost() { # name dkim perSession
   $SH serve --config "$W/relay.yaml" 2> "$W/relay.log" &
   local pid=$!
   wait_port $RELAY_PORT
+  local t0; t0=$(ticks $pid)
   measure "$1" $RELAY_PORT --starttls --user bench --pass bench-pw --per-session "$3"
+  # CPU the relay itself spent per message (user + system), for the budget
+  # in docs/benchmarks.md.
+  awk -v t="$(( $(ticks $pid) - t0 ))" -v hz="$(getconf CLK_TCK)" -v n="$TOTAL" \
+    'BEGIN { printf "%-34s %8.2f ms of relay CPU per message\n", "", t / hz * 1000 / n }'
   kill $pid; wait $pid 2>/dev/null || true
 }
+
+ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 
 postfix_setup() { # milters: none|rsa|both ; tls: yes|no
   local P=$W/pf
@@ -181,14 +192,14 @@ run_postfix() { # name milters perSession tls
 }
 
 run_ceiling() {
-  $LOAD sink --listen "127.0.0.1:$((SINK_PORT+1))" --expect "$TOTAL" > /dev/null 2>&1 &
+  $LOAD sink --listen "127.0.0.1:$((SINK_PORT+1))" --expect "$TOTAL" > "$W/sink.out" 2>&1 &
   local sink=$!
   wait_port $((SINK_PORT+1))
   local start end out
   start=$(date +%s.%N)
   out=$($LOAD run --addr "127.0.0.1:$((SINK_PORT+1))" --sessions "$SESSIONS" --size "$SIZE" --total "$TOTAL")
   wait $sink || true
-  end=$(date +%s.%N)
+  end=$(sink_end "$W/sink.out")
   local rate; rate=$(awk -v n="$TOTAL" -v s="$start" -v e="$end" 'BEGIN { printf "%.1f", n / (e - s) }')
   echo "ceiling $rate" >> "$W/results"
   printf '%-34s %8s msg/s | %s\n' "ceiling (load straight into sink)" "$rate" "$out"

@@ -24,10 +24,10 @@ func runSink(args []string) error {
 		return err
 	}
 	var count atomic.Int64
-	var first atomic.Int64
+	var lastAt atomic.Int64
 	done := make(chan struct{})
 	be := smtp.BackendFunc(func(*smtp.Conn) (smtp.Session, error) {
-		return &sinkSession{count: &count, first: &first, expect: *expect, done: done}, nil
+		return &sinkSession{count: &count, lastAt: &lastAt, expect: *expect, done: done}, nil
 	})
 	s := smtp.NewServer(be)
 	s.Domain = "smtpload-sink"
@@ -42,19 +42,24 @@ func runSink(args []string) error {
 	fmt.Fprintf(os.Stderr, "sink listening on %s\n", ln.Addr())
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	last := time.Now()
 	select {
 	case <-done:
+		last = time.Unix(0, lastAt.Load())
+		// The last message's 250 is written after Data returns: give it
+		// time to leave, so the sender does not see the connection drop.
+		time.Sleep(100 * time.Millisecond)
 	case <-sig:
 	}
 	n := count.Load()
-	fmt.Printf("sink received %d messages; last at %d (unix ns)\n", n, time.Now().UnixNano())
+	fmt.Printf("sink received %d messages; last at %d (unix ns)\n", n, last.UnixNano())
 	s.Close()
 	return nil
 }
 
 type sinkSession struct {
 	count  *atomic.Int64
-	first  *atomic.Int64
+	lastAt *atomic.Int64 // unix ns when the expected count was reached
 	expect int64
 	done   chan struct{}
 }
@@ -64,6 +69,7 @@ func (s *sinkSession) Rcpt(string, *smtp.RcptOptions) error { return nil }
 func (s *sinkSession) Data(r io.Reader) error {
 	io.Copy(io.Discard, r)
 	if n := s.count.Add(1); n == s.expect {
+		s.lastAt.Store(time.Now().UnixNano())
 		close(s.done)
 	}
 	return nil
