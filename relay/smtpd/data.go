@@ -2,6 +2,7 @@ package smtpd
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"io"
 
@@ -104,7 +105,13 @@ func (r *dataReader) Read(b []byte) (int, error) {
 		}
 		buf, _ := r.br.Peek(r.br.Buffered())
 		i := 0
-		for ; i < len(buf) && n < len(b); i++ {
+		for i < len(buf) && n < len(b) {
+			if run := r.plainRun(buf[i:], len(b)-n); len(run) > 0 {
+				copy(b[n:], run)
+				n += len(run)
+				i += len(run)
+				continue
+			}
 			emit, err := r.step(buf[i])
 			if err != nil {
 				r.br.Discard(i + 1)
@@ -123,10 +130,33 @@ func (r *dataReader) Read(b []byte) (int, error) {
 				b[n] = buf[i]
 				n++
 			}
+			i++
 		}
 		r.br.Discard(i)
 	}
 	return n, nil
+}
+
+// plainRun is the longest prefix of p, inside a line, that holds no CR,
+// LF or NUL and fits in room, the size limit and the line limit: bytes the
+// state machine would pass one by one without a decision. It accounts for
+// them; the caller copies them.
+func (r *dataReader) plainRun(p []byte, room int) []byte {
+	if r.state != stData {
+		return nil
+	}
+	for _, c := range []byte{'\r', '\n', 0} {
+		if k := bytes.IndexByte(p, c); k >= 0 {
+			p = p[:k]
+		}
+	}
+	p = p[:min(len(p), room, max(r.maxLine-r.lineLen, 0))]
+	if r.limit >= 0 {
+		p = p[:min(int64(len(p)), r.limit)]
+		r.limit -= int64(len(p))
+	}
+	r.lineLen += len(p)
+	return p
 }
 
 // step moves the state machine over one byte and says whether the byte is

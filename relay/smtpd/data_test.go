@@ -114,6 +114,12 @@ func FuzzDataReader(f *testing.F) {
 			if err != io.EOF || out != want.String() || rest != string(in[consumed:]) {
 				t.Fatalf("%q: got %q, %v, left %q; want %q, left %q", in, out, err, rest, want.String(), in[consumed:])
 			}
+			// A size limit cuts the same message at exactly that size.
+			limit := int64(want.Len() / 2)
+			out, _, err := readData(string(in), 1<<20, limit)
+			if limit > 0 && (!errors.Is(err, smtp.ErrDataTooLarge) || out != want.String()[:limit]) {
+				t.Fatalf("%q limited to %d: got %q, %v", in, limit, out, err)
+			}
 		case io.ErrUnexpectedEOF:
 			if err != io.ErrUnexpectedEOF {
 				t.Fatalf("%q: %v, want unexpected EOF", in, err)
@@ -124,4 +130,28 @@ func FuzzDataReader(f *testing.F) {
 			}
 		}
 	})
+}
+
+// BenchmarkDataReader10KB: undoing the dot-stuffing of a 10 KB message and
+// checking its line endings, as DATA does for every message.
+func BenchmarkDataReader10KB(b *testing.B) {
+	line := strings.Repeat("x", 76) + "\r\n"
+	msg := "Subject: bench\r\n\r\n" + strings.Repeat(line, 10240/len(line)) + ".\r\n"
+	src := strings.NewReader(msg)
+	br := bufio.NewReaderSize(src, 4096)
+	buf := make([]byte, 32<<10)
+	b.SetBytes(int64(len(msg)))
+	for b.Loop() {
+		src.Reset(msg)
+		br.Reset(src)
+		r := newDataReader(br, 2000, 0)
+		for {
+			if _, err := r.Read(buf); err != nil {
+				if err != io.EOF {
+					b.Fatal(err)
+				}
+				break
+			}
+		}
+	}
 }
