@@ -734,8 +734,8 @@ func TestShutdownDrainsIdleSessions(t *testing.T) {
 	busy.expect("421 4.3.2 ")
 	idle.c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	line, _ := idle.r.ReadString('\n')
-	if !strings.HasPrefix(line, "421 ") {
-		t.Errorf("idle session got %q, want a 421", line)
+	if !strings.HasPrefix(line, "421 4.3.2 Service shutting down") {
+		t.Errorf("idle session got %q, want 421 4.3.2", line)
 	}
 	busy.c.Close()
 	if err := <-done; err != nil {

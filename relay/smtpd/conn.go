@@ -11,6 +11,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -28,6 +29,7 @@ var (
 // Conn is one client connection.
 type Conn struct {
 	srv  *Server
+	raw  net.Conn // as accepted
 	conn net.Conn // the TLS connection after STARTTLS
 	br   *bufio.Reader
 	bw   *bufio.Writer
@@ -43,10 +45,13 @@ type Conn struct {
 	errors   int  // unknown or malformed commands
 	commands int  // since connecting or since the last MAIL
 	quit     bool // the loop ends after this reply
+	// waiting is set while the loop waits for a command outside a mail
+	// transaction, when Shutdown may interrupt it.
+	waiting atomic.Bool
 }
 
 func newConn(c net.Conn, s *Server) *Conn {
-	sc := &Conn{srv: s, conn: c}
+	sc := &Conn{srv: s, raw: c, conn: c}
 	sc.init()
 	return sc
 }
@@ -101,7 +106,14 @@ func (c *Conn) serve() error {
 	}
 	c.reply(220, smtp.NoEnhancedCode, fmt.Sprintf("%s ESMTP Service Ready", c.srv.cfg.Domain))
 	for !c.quit {
+		idle := !c.fromReceived
+		c.waiting.Store(idle)
+		if idle && c.srv.shutting.Load() {
+			c.reply(421, smtp.EnhancedCode{4, 3, 2}, "Service shutting down, closing connection")
+			return nil
+		}
 		line, err := c.readLine()
+		c.waiting.Store(false)
 		switch {
 		case err == nil:
 			c.handle(line)
@@ -112,6 +124,9 @@ func (c *Conn) serve() error {
 			return nil
 		case errors.Is(err, ErrBareLineEnding):
 			c.reply(500, smtp.EnhancedCode{5, 5, 2}, "Bare CR or LF in command line, closing connection")
+			return nil
+		case isTimeout(err) && c.srv.shutting.Load():
+			c.reply(421, smtp.EnhancedCode{4, 3, 2}, "Service shutting down, closing connection")
 			return nil
 		case isTimeout(err):
 			c.reply(421, smtp.EnhancedCode{4, 4, 2}, "Idle timeout, closing connection")

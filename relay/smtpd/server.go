@@ -31,6 +31,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -77,8 +78,9 @@ type Server struct {
 	cfg Config
 	be  Backend
 
-	wg   sync.WaitGroup
-	done chan struct{}
+	wg       sync.WaitGroup
+	done     chan struct{}
+	shutting atomic.Bool // Shutdown was called: no new transactions
 
 	mu        sync.Mutex
 	listeners []net.Listener
@@ -165,12 +167,22 @@ func (s *Server) Close() error {
 }
 
 // Shutdown closes the listeners and waits, until ctx is done, for the open
-// sessions to end by themselves.
+// sessions to end. A session waiting for a command outside a transaction is
+// told 421 4.3.2 at once; one in a transaction finishes it first.
 func (s *Server) Shutdown(ctx context.Context) error {
+	s.shutting.Store(true)
 	err := s.closeListeners()
 	if err == ErrServerClosed {
 		return err
 	}
+	s.mu.Lock()
+	for c := range s.conns {
+		if c.waiting.Load() {
+			// Wakes its read; the loop sees shutting and says goodbye.
+			c.raw.SetReadDeadline(time.Now())
+		}
+	}
+	s.mu.Unlock()
 	idle := make(chan struct{})
 	go func() {
 		s.wg.Wait()
