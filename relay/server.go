@@ -288,9 +288,7 @@ func (s *Server) SetListeners(ls []Listener, grace time.Duration) error {
 		go func(ep *endpoint) {
 			ctx, cancel := context.WithTimeout(context.Background(), grace)
 			defer cancel()
-			if err := ep.srv.Shutdown(ctx); err != nil && !errors.Is(err, smtpd.ErrServerClosed) {
-				ep.srv.Close()
-			}
+			ep.srv.StopAccepting(ctx)
 		}(ep)
 		s.log.Info("listener removed", "address", ep.l.Address, "mode", ep.l.Mode)
 	}

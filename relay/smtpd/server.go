@@ -152,11 +152,12 @@ func (s *Server) handle(c *Conn) {
 	}
 }
 
-// Close closes the listeners and every connection at once.
+// Close closes the listeners and every connection at once, also after
+// Shutdown or StopAccepting.
 func (s *Server) Close() error {
 	err := s.closeListeners()
 	if err == ErrServerClosed {
-		return err
+		err = nil
 	}
 	s.mu.Lock()
 	for c := range s.conns {
@@ -183,6 +184,26 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 	}
 	s.mu.Unlock()
+	return s.wait(ctx, err)
+}
+
+// StopAccepting closes the listeners but lets the open sessions go on, as
+// long as their clients like, until ctx is done; then it closes them. It is
+// for a listener that a reload removes while the server keeps running.
+func (s *Server) StopAccepting(ctx context.Context) error {
+	err := s.closeListeners()
+	if err == ErrServerClosed {
+		return err
+	}
+	if werr := s.wait(ctx, err); werr != nil {
+		s.Close()
+		return werr
+	}
+	return err
+}
+
+// wait waits for every session to end, or for ctx.
+func (s *Server) wait(ctx context.Context, err error) error {
 	idle := make(chan struct{})
 	go func() {
 		s.wg.Wait()

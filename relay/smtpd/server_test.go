@@ -2,6 +2,7 @@ package smtpd
 
 import (
 	"bufio"
+	"context"
 	"io"
 	"net"
 	"strings"
@@ -62,6 +63,11 @@ type recBackend struct{ r *recorder }
 func (b recBackend) NewSession(*Conn) (smtp.Session, error) { return b.r, nil }
 
 func serve(t *testing.T, rec *recorder) string {
+	_, addr := serveWith(t, rec)
+	return addr
+}
+
+func serveWith(t *testing.T, rec *recorder) (*Server, string) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -70,7 +76,7 @@ func serve(t *testing.T, rec *recorder) string {
 	s := New(Config{Domain: "mx.test", MaxRecipients: 2, MaxMessageBytes: 1000, EnableDSN: true, EnableSMTPUTF8: true}, recBackend{rec})
 	go s.Serve(ln)
 	t.Cleanup(func() { s.Close() })
-	return ln.Addr().String()
+	return s, ln.Addr().String()
 }
 
 type dialog struct {
@@ -213,5 +219,55 @@ func TestParseCmd(t *testing.T) {
 		if cmd != tc.cmd || arg != tc.arg {
 			t.Errorf("parseCmd(%q) = %q, %q", tc.line, cmd, arg)
 		}
+	}
+}
+
+// Shutdown lets an idle session go at once with 421 4.3.2, and a session in
+// the middle of a transaction finish it first.
+func TestShutdown(t *testing.T) {
+	rec := &recorder{}
+	s, addr := serveWith(t, rec)
+	idle, busy := dial(t, addr), dial(t, addr)
+	for _, d := range []*dialog{idle, busy} {
+		d.send("EHLO c.test\r\n")
+		d.want("250 ")
+	}
+	busy.send("MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\n")
+	busy.want("250 ")
+	busy.want("250 ")
+	done := make(chan error, 1)
+	go func() { done <- s.Shutdown(context.Background()) }()
+	idle.want("421 4.3.2 Service shutting down")
+	busy.send("DATA\r\n")
+	busy.want("354 ")
+	busy.send("x\r\n.\r\n")
+	busy.want("250 2.0.0")
+	busy.want("421 4.3.2 Service shutting down")
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if len(rec.data) != 1 {
+		t.Fatalf("%d messages, want the one finished during shutdown", len(rec.data))
+	}
+}
+
+// StopAccepting keeps the open sessions working until its deadline.
+func TestStopAccepting(t *testing.T) {
+	s, addr := serveWith(t, &recorder{})
+	d := dial(t, addr)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.StopAccepting(ctx) }()
+	d.send("EHLO c.test\r\n")
+	d.want("250 ")
+	d.send("NOOP\r\n")
+	d.want("250 2.0.0")
+	cancel()
+	if err := <-done; err == nil {
+		t.Fatal("StopAccepting returned no error with a session still open at its deadline")
+	}
+	d.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := d.r.ReadString('\n'); err == nil {
+		t.Fatal("session still open after the deadline")
 	}
 }
