@@ -150,8 +150,11 @@ func TestBareLineEndingInCommands(t *testing.T) {
 		"MAIL FROM:<alice@example.com>\rRCPT TO:<victim@x.org>\r\n",
 		"NOOP\n",
 		"RSET\r\x00\r\n",
-		"MAIL FROM:<alice@example.com>\x00\r\n",
 	}, func(*rawDialog) {}, "500 5.5.2 Bare CR or LF in command line")
+	e.refusedAndClosed(t, []string{
+		"MAIL FROM:<alice@example.com>\x00\r\n",
+		"NOOP\x00RSET\r\n",
+	}, func(*rawDialog) {}, "500 5.5.2 NUL character in command line")
 }
 
 // CHUNKING is not offered, so BDAT is just an unimplemented command, and
@@ -243,7 +246,20 @@ func TestProtocolAbuse(t *testing.T) {
 	d.send("NOOP\r\n")
 	d.expect("421 4.7.0 Too many commands without a transaction, closing connection")
 	d.expectClosed()
-	// MAIL starts the count again: a long session of real messages is fine.
+	// A refused MAIL does not start the count again: an unauthenticated
+	// client cannot keep the connection by trying forever.
+	d = e.raw(t)
+	d.send("EHLO client.test\r\n")
+	d.expect("250 ")
+	for i := 0; i < 24; i++ {
+		d.send("MAIL FROM:<alice@example.com>\r\n")
+		d.expect("530 5.7.0")
+	}
+	d.send("MAIL FROM:<alice@example.com>\r\n")
+	d.expect("421 4.7.0 Too many commands without a transaction")
+	d.expectClosed()
+	// An accepted MAIL starts the count again: a long session of real
+	// messages is fine.
 	d = e.raw(t)
 	d.login()
 	for i := 0; i < 30; i++ {

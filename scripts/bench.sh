@@ -84,6 +84,9 @@ sink_end() { awk '/last at/ { printf "%.6f", $(NF-2) / 1e9 }' "$1"; }
 # measure NAME PORT LOADFLAGS...: sink + load, prints "NAME msg/s" and the load's line.
 measure() {
   local name=$1 port=$2; shift 2
+  # Start from clean disks: neither system should pay for writing back what
+  # the other left dirty (ext4 commits it with the next fsync).
+  sync
   $LOAD sink --listen "127.0.0.1:$SINK_PORT" --expect "$TOTAL" > "$W/sink.out" 2>&1 &
   local sink=$!
   wait_port $SINK_PORT
@@ -192,6 +195,7 @@ run_postfix() { # name milters perSession tls
 }
 
 run_ceiling() {
+  sync
   $LOAD sink --listen "127.0.0.1:$((SINK_PORT+1))" --expect "$TOTAL" > "$W/sink.out" 2>&1 &
   local sink=$!
   wait_port $((SINK_PORT+1))

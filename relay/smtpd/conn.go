@@ -125,6 +125,9 @@ func (c *Conn) serve() error {
 		case errors.Is(err, ErrBareLineEnding):
 			c.reply(500, smtp.EnhancedCode{5, 5, 2}, "Bare CR or LF in command line, closing connection")
 			return nil
+		case errors.Is(err, ErrNUL):
+			c.reply(500, smtp.EnhancedCode{5, 5, 2}, "NUL character in command line, closing connection")
+			return nil
 		case isTimeout(err) && c.srv.shutting.Load():
 			c.reply(421, smtp.EnhancedCode{4, 3, 2}, "Service shutting down, closing connection")
 			return nil
@@ -161,7 +164,7 @@ func (c *Conn) readLine() (string, error) {
 		return "", ErrBareLineEnding
 	}
 	if bytes.IndexByte(body, 0) >= 0 {
-		return "", ErrBareLineEnding
+		return "", ErrNUL
 	}
 	return string(body), nil
 }
@@ -180,7 +183,9 @@ func (c *Conn) handle(line string) {
 		c.protocolError(500, smtp.EnhancedCode{5, 5, 2}, "Bad command syntax")
 		return
 	}
-	if cmd != "MAIL" && cmd != "RCPT" && cmd != "DATA" && cmd != "QUIT" {
+	// Everything outside a transaction counts, a refused MAIL too; an
+	// accepted MAIL starts the count again.
+	if cmd != "RCPT" && cmd != "DATA" && cmd != "QUIT" {
 		if c.commands++; c.commands > c.srv.cfg.MaxCommandsBeforeMail {
 			c.reply(421, smtp.EnhancedCode{4, 7, 0}, "Too many commands without a transaction, closing connection")
 			c.quit = true
@@ -191,8 +196,9 @@ func (c *Conn) handle(line string) {
 	case "HELO", "EHLO":
 		c.handleGreet(cmd == "EHLO", arg)
 	case "MAIL":
-		c.commands = 0
-		c.handleMail(arg)
+		if c.handleMail(arg); c.fromReceived {
+			c.commands = 0
+		}
 	case "RCPT":
 		c.handleRcpt(arg)
 	case "DATA":

@@ -62,8 +62,9 @@ type Config struct {
 	// gets 421 and the connection is closed. Default 3.
 	MaxErrors int
 	// MaxCommandsBeforeMail bounds the commands a client may send between
-	// transactions (since connecting, or since its last MAIL). Default 25:
-	// a session normally needs four (EHLO, STARTTLS, EHLO, AUTH).
+	// transactions (since connecting, or since its last accepted MAIL;
+	// refused MAILs count). Default 25: a session normally needs four
+	// (EHLO, STARTTLS, EHLO, AUTH).
 	MaxCommandsBeforeMail int
 
 	AllowInsecureAuth bool // offer AUTH without TLS
