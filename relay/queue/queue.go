@@ -172,6 +172,15 @@ func (q *Queue) kick() {
 // (and only then: later, an envelope may be half written by a commit in
 // progress) an unreadable envelope is set aside.
 func (q *Queue) rescan(atStart bool) error {
+	// Only messages indexed before the folder is read may be dropped for
+	// not being in it: one committed meanwhile may be missing from the
+	// listing, and dropping it would delay it until the next rescan.
+	q.mu.Lock()
+	before := make(map[string]bool, len(q.items))
+	for id := range q.items {
+		before[id] = true
+	}
+	q.mu.Unlock()
 	ids, err := scan(q.cfg.Dir)
 	if err != nil {
 		return err
@@ -223,7 +232,7 @@ func (q *Queue) rescan(atStart bool) error {
 	}
 	q.mu.Lock()
 	for id := range q.items {
-		if !seen[id] && !q.inflight[id] && !q.creating[id] {
+		if before[id] && !seen[id] && !q.inflight[id] && !q.creating[id] {
 			delete(q.items, id)
 		}
 	}

@@ -433,3 +433,33 @@ func TestDelayWarning(t *testing.T) {
 		}
 	}
 }
+
+// A message committed while a rescan is reading the folder must stay in the
+// index: were it dropped, nothing would deliver it until the next rescan
+// (10 s by default), which is what the end-to-end benchmark once showed.
+func TestRescanKeepsMessagesCommittedMeanwhile(t *testing.T) {
+	q := openQ(t, t.TempDir(), newScripted(), time.Hour)
+	defer q.Close()
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				q.rescan(false)
+			}
+		}
+	}()
+	const n = 300
+	for i := 0; i < n; i++ {
+		enqueue(t, q, "a@x.org", []string{"b@y.org"}, "", "Subject: s\r\n\r\nbody\r\n")
+	}
+	close(stop)
+	<-done
+	if got := q.Len(); got != n {
+		t.Fatalf("%d of %d committed messages in the index after concurrent rescans", got, n)
+	}
+}
