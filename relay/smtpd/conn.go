@@ -183,9 +183,10 @@ func (c *Conn) handle(line string) {
 		c.protocolError(500, smtp.EnhancedCode{5, 5, 2}, "Bad command syntax")
 		return
 	}
-	// Everything outside a transaction counts, a refused MAIL too; an
-	// accepted MAIL starts the count again.
-	if cmd != "RCPT" && cmd != "DATA" && cmd != "QUIT" {
+	// Everything outside a transaction counts; a MAIL starts the count
+	// again (a permanently refused one counts as an error instead, see
+	// handleMail).
+	if cmd != "MAIL" && cmd != "RCPT" && cmd != "DATA" && cmd != "QUIT" {
 		if c.commands++; c.commands > c.srv.cfg.MaxCommandsBeforeMail {
 			c.reply(421, smtp.EnhancedCode{4, 7, 0}, "Too many commands without a transaction, closing connection")
 			c.quit = true
@@ -196,9 +197,8 @@ func (c *Conn) handle(line string) {
 	case "HELO", "EHLO":
 		c.handleGreet(cmd == "EHLO", arg)
 	case "MAIL":
-		if c.handleMail(arg); c.fromReceived {
-			c.commands = 0
-		}
+		c.commands = 0
+		c.handleMail(arg)
 	case "RCPT":
 		c.handleRcpt(arg)
 	case "DATA":

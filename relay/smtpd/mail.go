@@ -1,6 +1,7 @@
 package smtpd
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -76,6 +77,15 @@ func (c *Conn) handleMail(arg string) {
 		}
 	}
 	if err := c.currentSession().Mail(from, opts); err != nil {
+		// A client that keeps trying a MAIL refused for good (no AUTH, a
+		// sender it does not own) is told to go like one that keeps
+		// sending bad commands. A temporary refusal (a rate limit) may be
+		// retried as often as the client likes.
+		var se *smtp.SMTPError
+		if errors.As(err, &se) && se.Code/100 == 5 {
+			c.protocolError(se.Code, se.EnhancedCode, se.Message)
+			return
+		}
 		c.replyErr(err, 451, smtp.EnhancedCode{4, 0, 0}, "Requested action aborted, try again later")
 		return
 	}

@@ -58,13 +58,13 @@ type Config struct {
 	// and 512 for a command. Default 2000, for sloppy clients.
 	MaxLineLength int
 	WriteTimeout  time.Duration // per reply; 0: none
-	// MaxErrors unknown or malformed commands are answered; the next one
-	// gets 421 and the connection is closed. Default 3.
+	// MaxErrors unknown, malformed or out-of-sequence commands, or MAILs
+	// refused permanently, are answered; the next one gets 421 and the
+	// connection is closed. Default 3.
 	MaxErrors int
 	// MaxCommandsBeforeMail bounds the commands a client may send between
-	// transactions (since connecting, or since its last accepted MAIL;
-	// refused MAILs count). Default 25: a session normally needs four
-	// (EHLO, STARTTLS, EHLO, AUTH).
+	// transactions (since connecting, or since its last MAIL). Default 25:
+	// a session normally needs four (EHLO, STARTTLS, EHLO, AUTH).
 	MaxCommandsBeforeMail int
 
 	AllowInsecureAuth bool // offer AUTH without TLS
