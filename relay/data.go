@@ -42,7 +42,15 @@ func (s *session) Data(r io.Reader) error {
 }
 
 func (s *session) receive(d *queue.Draft, r io.Reader) (string, error) {
-	br := bufio.NewReaderSize(r, 32<<10)
+	br, _ := s.srv.readers.Get().(*bufio.Reader)
+	if br == nil {
+		br = bufio.NewReaderSize(r, 32<<10)
+	}
+	br.Reset(r)
+	defer func() {
+		br.Reset(nil)
+		s.srv.readers.Put(br)
+	}()
 	header, err := readHeaderBlock(br, s.srv.cfg.MaxHeaderSize)
 	if err != nil {
 		return "", err

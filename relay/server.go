@@ -87,6 +87,8 @@ type Server struct {
 	perIP    map[netip.Addr]int
 	conns    map[*idleConn]struct{} // open connections, for draining
 	total    int
+	// readers recycles the 32 KiB buffers DATA reads messages through.
+	readers sync.Pool
 }
 
 func NewServer(cfg Config, deps Deps, log *slog.Logger) (*Server, error) {

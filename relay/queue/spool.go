@@ -144,7 +144,12 @@ func (q *Queue) Create() (*Draft, error) {
 	if err != nil {
 		return nil, fmt.Errorf("queue: create draft: %w", err)
 	}
-	return &Draft{q: q, id: id, f: f, w: bufio.NewWriterSize(f, 32<<10)}, nil
+	w, _ := q.writers.Get().(*bufio.Writer)
+	if w == nil {
+		w = bufio.NewWriterSize(f, 32<<10)
+	}
+	w.Reset(f)
+	return &Draft{q: q, id: id, f: f, w: w}, nil
 }
 
 // ID is the queue ID the message will have.
@@ -164,15 +169,27 @@ func (d *Draft) Size() int64 { return d.size }
 
 // Abort throws the draft away.
 func (d *Draft) Abort() {
+	d.release()
 	d.f.Close()
 	os.Remove(d.f.Name())
+}
+
+// release gives the write buffer back, once.
+func (d *Draft) release() {
+	if d.w != nil {
+		d.w.Reset(nil)
+		d.q.writers.Put(d.w)
+		d.w = nil
+	}
 }
 
 // Commit makes the draft a queued message: on return without error it is on
 // disk, fsynced, and will be delivered even if the process dies right away.
 func (d *Draft) Commit(env Envelope, prepend []byte) (string, error) {
 	q := d.q
-	if err := d.w.Flush(); err != nil {
+	err := d.w.Flush()
+	d.release()
+	if err != nil {
 		d.Abort()
 		return "", fmt.Errorf("queue: write draft: %w", err)
 	}
