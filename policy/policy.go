@@ -74,16 +74,21 @@ func (p *Policy) Trusted(c Client) bool {
 // CheckSender decides on MAIL FROM. The null sender is refused: a submitted
 // message always has someone to bounce to.
 func (p *Policy) CheckSender(c Client, from string) error {
+	if c.User == nil && !p.Trusted(c) {
+		return ErrAuthRequired
+	}
+	local, domain, ok := SplitAddress(from)
+	if !ok {
+		// Nobody owns what cannot be parsed; the reply names the syntax.
+		return fmt.Errorf("%w (%w): %q", ErrBadAddress, ErrSenderNotOwned, from)
+	}
 	if c.User == nil {
-		if !p.Trusted(c) {
-			return ErrAuthRequired
-		}
-		if !matchAny(p.cfg.TrustedSenders, from) {
+		if !matchSplit(p.cfg.TrustedSenders, local, domain) {
 			return fmt.Errorf("%w: %q from trusted network %s", ErrSenderNotOwned, from, c.Addr)
 		}
 		return nil
 	}
-	if !c.User.Owns(from) {
+	if !matchSplit(c.User.Addresses, local, domain) {
 		return fmt.Errorf("%w: %q by %s", ErrSenderNotOwned, from, c.User.Name)
 	}
 	return nil

@@ -25,9 +25,11 @@ func (u *User) Owns(addr string) bool {
 // the local part and domains are case-insensitive by definition.
 func matchAny(patterns []string, addr string) bool {
 	local, domain, ok := SplitAddress(addr)
-	if !ok {
-		return false
-	}
+	return ok && matchSplit(patterns, local, domain)
+}
+
+// matchSplit is matchAny for an address SplitAddress has already parsed.
+func matchSplit(patterns []string, local, domain string) bool {
 	for _, p := range patterns {
 		pl, pd, ok := SplitAddress(p)
 		if !ok || pd != domain {

@@ -63,10 +63,10 @@ func (s *session) receive(d *queue.Draft, r io.Reader) (string, error) {
 		return "", err
 	}
 
-	added := s.addedFields(d.ID(), msg.Header)
+	added, addedNames := s.addedFields(d.ID(), msg.Header)
 	var sign *dkim.Signing
 	if s.deps.Signer != nil {
-		sign, err = s.beginSigning(msg.Header, added)
+		sign, err = s.beginSigning(msg.Header, addedNames)
 		if err != nil {
 			return "", err
 		}
@@ -109,20 +109,17 @@ func (s *session) receive(d *queue.Draft, r io.Reader) (string, error) {
 	return id, nil
 }
 
-func (s *session) beginSigning(h mail.Header, added []byte) (*dkim.Signing, error) {
+// beginSigning starts the signatures over the message's fields and the
+// ones we add (named by added).
+func (s *session) beginSigning(h mail.Header, added []string) (*dkim.Signing, error) {
 	from, err := h.AddressList("From")
 	if err != nil || len(from) == 0 {
 		return nil, s.noKey(fmt.Errorf("%w: no From address", dkim.ErrNoKey))
 	}
 	_, domain, _ := policy.SplitAddress(from[0].Address)
-	var fields []string
+	fields := added
 	for k, v := range h {
 		for range v {
-			fields = append(fields, k)
-		}
-	}
-	for _, line := range strings.Split(string(added), "\r\n") {
-		if k, _, ok := strings.Cut(line, ":"); ok && !strings.HasPrefix(line, " ") && !strings.HasPrefix(line, "\t") {
 			fields = append(fields, k)
 		}
 	}
@@ -147,9 +144,10 @@ func (s *session) noKey(err error) error {
 	return err
 }
 
-// addedFields are the fields a submission server adds (RFC 6409 section 8):
-// always a Received: trace field, and Message-ID: and Date: when missing.
-func (s *session) addedFields(id string, h mail.Header) []byte {
+// addedFields are the fields a submission server adds (RFC 6409 section 8),
+// and their names: always a Received: trace field, and Message-ID: and Date:
+// when missing.
+func (s *session) addedFields(id string, h mail.Header) ([]byte, []string) {
 	now := time.Now()
 	var b bytes.Buffer
 	proto := "ESMTP"
@@ -164,13 +162,16 @@ func (s *session) addedFields(id string, h mail.Header) []byte {
 		fmt.Fprintf(&b, "\r\n\tfor <%s>", s.rcpts[0])
 	}
 	fmt.Fprintf(&b, ";\r\n\t%s\r\n", now.Format(time.RFC1123Z))
+	names := []string{"Received"}
 	if h.Get("Message-Id") == "" {
 		fmt.Fprintf(&b, "Message-ID: <%s@%s>\r\n", id, s.srv.cfg.Hostname)
+		names = append(names, "Message-ID")
 	}
 	if h.Get("Date") == "" {
 		fmt.Fprintf(&b, "Date: %s\r\n", now.Format(time.RFC1123Z))
+		names = append(names, "Date")
 	}
-	return b.Bytes()
+	return b.Bytes(), names
 }
 
 // sanitizeHelo keeps a client's EHLO argument from forging trace structure.

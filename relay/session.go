@@ -75,12 +75,6 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 		// Draining: finish what is under way, start nothing new.
 		return s.fail("MAIL", errShuttingDown)
 	}
-	if s.client.User == nil && !s.deps.Policy.Trusted(s.client) {
-		return s.fail("MAIL", policy.ErrAuthRequired)
-	}
-	if _, _, ok := policy.SplitAddress(from); !ok {
-		return s.fail("MAIL", policy.ErrBadAddress)
-	}
 	if err := s.deps.Policy.CheckSender(s.client, from); err != nil {
 		return s.fail("MAIL", err)
 	}

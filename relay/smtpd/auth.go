@@ -4,7 +4,6 @@ import (
 	"crypto/tls"
 	"encoding/base64"
 	"strings"
-	"time"
 
 	"github.com/emersion/go-smtp"
 )
@@ -22,9 +21,10 @@ func (c *Conn) authMechanisms() []string {
 }
 
 func (c *Conn) handleAuth(arg string) {
-	sess, ok := c.currentSession().(smtp.AuthSession)
+	cur := c.currentSession()
+	sess, ok := cur.(smtp.AuthSession)
 	switch {
-	case c.currentSession() == nil:
+	case cur == nil:
 		c.protocolError(503, smtp.EnhancedCode{5, 5, 1}, "Please introduce yourself first")
 		return
 	case c.didAuth:
@@ -110,13 +110,11 @@ func (c *Conn) handleStartTLS(arg string) {
 	c.reply(220, smtp.EnhancedCode{2, 0, 0}, "Ready to start TLS")
 	tc := tls.Server(c.conn, c.srv.cfg.TLS)
 	c.conn = tc
-	c.deadline()
-	if err := tc.Handshake(); err != nil {
+	if err := c.handshake(tc); err != nil {
 		// Nothing sensible can be said: the stream is neither TLS nor SMTP.
 		c.quit = true
 		return
 	}
-	c.conn.SetDeadline(time.Time{})
 	// RFC 3207 4.2: forget everything learnt before TLS, and (init) drop
 	// whatever was pipelined behind STARTTLS in the clear.
 	c.init()

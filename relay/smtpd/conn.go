@@ -98,11 +98,9 @@ func (c *Conn) setSession(s smtp.Session) {
 
 func (c *Conn) serve() error {
 	if tc, ok := c.conn.(*tls.Conn); ok {
-		c.deadline()
-		if err := tc.Handshake(); err != nil {
+		if err := c.handshake(tc); err != nil {
 			return err
 		}
-		c.conn.SetDeadline(time.Time{})
 	}
 	c.reply(220, smtp.NoEnhancedCode, fmt.Sprintf("%s ESMTP Service Ready", c.srv.cfg.Domain))
 	for !c.quit {
@@ -299,9 +297,12 @@ func (c *Conn) currentSession() smtp.Session {
 	return c.session
 }
 
-// deadline bounds the TLS handshake, which no reply write covers.
-func (c *Conn) deadline() {
+// handshake runs the TLS handshake (implicit TLS, or after STARTTLS) under
+// WriteTimeout, which no reply write covers here.
+func (c *Conn) handshake(tc *tls.Conn) error {
 	if d := c.srv.cfg.WriteTimeout; d > 0 {
-		c.conn.SetDeadline(time.Now().Add(d))
+		tc.SetDeadline(time.Now().Add(d))
+		defer tc.SetDeadline(time.Time{})
 	}
+	return tc.Handshake()
 }

@@ -142,16 +142,9 @@ func TestDSNParametersPassedUpstream(t *testing.T) {
 func TestRouteByClass(t *testing.T) {
 	bulk := sink(t, relaytest.SinkOptions{})
 	rest := sink(t, relaytest.SinkOptions{})
-	r, err := NewRouter(Config{Hostname: "relay.test",
-		Upstreams: []Upstream{
-			{Name: "bulk", URL: "smtp://" + bulk.Addr, TLS: "none", Timeout: time.Second},
-			{Name: "rest", URL: "smtp://" + rest.Addr, TLS: "none", Timeout: time.Second},
-		},
-		Routes: []Route{{Classes: []string{"bulk"}, Upstreams: []string{"bulk"}}, {Upstreams: []string{"rest"}}},
-	}, quiet())
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := routed(t, []Route{{Classes: []string{"bulk"}, Upstreams: []string{"bulk"}}, {Upstreams: []string{"rest"}}},
+		Upstream{Name: "bulk", URL: "smtp://" + bulk.Addr, TLS: "none", Timeout: time.Second},
+		Upstream{Name: "rest", URL: "smtp://" + rest.Addr, TLS: "none", Timeout: time.Second})
 	defer r.Close()
 	r.Deliver(context.Background(), spool(t, 1, queue.Envelope{From: "a@x.org", To: []string{"b@y.org"}, Class: "bulk"}, "S: x\r\n\r\nx\r\n")[0])
 	r.Deliver(context.Background(), spool(t, 1, queue.Envelope{From: "a@x.org", To: []string{"b@y.org"}}, "S: x\r\n\r\nx\r\n")[0])

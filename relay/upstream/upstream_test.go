@@ -50,6 +50,12 @@ func sink(t *testing.T, o relaytest.SinkOptions) *relaytest.Sink {
 
 func router(t *testing.T, ups ...Upstream) *Router {
 	t.Helper()
+	return routed(t, nil, ups...)
+}
+
+// routed is router with routes.
+func routed(t *testing.T, routes []Route, ups ...Upstream) *Router {
+	t.Helper()
 	for i := range ups {
 		if ups[i].Timeout == 0 {
 			ups[i].Timeout = 5 * time.Second
@@ -59,7 +65,7 @@ func router(t *testing.T, ups ...Upstream) *Router {
 		}
 		ups[i].TLSVerify = true
 	}
-	r, err := NewRouter(Config{Hostname: "relay.test", Upstreams: ups}, quiet())
+	r, err := NewRouter(Config{Hostname: "relay.test", Upstreams: ups, Routes: routes}, quiet())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,16 +194,9 @@ func TestAllDownIsTemporary(t *testing.T) {
 func TestRoutes(t *testing.T) {
 	corp := sink(t, relaytest.SinkOptions{})
 	rest := sink(t, relaytest.SinkOptions{})
-	r, err := NewRouter(Config{Hostname: "relay.test",
-		Upstreams: []Upstream{
-			{Name: "corp", URL: "smtp://" + corp.Addr, TLS: "none", Timeout: time.Second},
-			{Name: "rest", URL: "smtp://" + rest.Addr, TLS: "none", Timeout: time.Second},
-		},
-		Routes: []Route{{RecipientDomains: []string{"corp.example"}, Upstreams: []string{"corp"}}, {Upstreams: []string{"rest"}}},
-	}, quiet())
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := routed(t, []Route{{RecipientDomains: []string{"corp.example"}, Upstreams: []string{"corp"}}, {Upstreams: []string{"rest"}}},
+		Upstream{Name: "corp", URL: "smtp://" + corp.Addr, TLS: "none", Timeout: time.Second},
+		Upstream{Name: "rest", URL: "smtp://" + rest.Addr, TLS: "none", Timeout: time.Second})
 	errs := r.Deliver(context.Background(), message(t, "a@x.org", "x@CORP.example", "y@other.org"))
 	if errs[0] != nil || errs[1] != nil {
 		t.Fatal(errs)
