@@ -159,7 +159,7 @@ func TestSIGTERMDuringBurst(t *testing.T) {
 	b, _ := os.ReadFile(acks)
 	for _, id := range strings.Fields(string(b)) {
 		_, inOutbox := os.Stat(filepath.Join(e.outbox, id+".eml"))
-		_, inSpool := os.Stat(filepath.Join(e.dir, "queue", "msg", id+".env"))
+		_, inSpool := os.Stat(filepath.Join(e.dir, "queue", "msg", id+".data"))
 		if inOutbox != nil && inSpool != nil {
 			t.Errorf("acknowledged message %s is neither delivered nor spooled", id)
 		}

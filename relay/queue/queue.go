@@ -171,9 +171,9 @@ func (q *Queue) kick() {
 }
 
 // rescan brings the in-memory index in line with the folder: messages
-// deleted by an administrator go, retry requests take effect. At start
-// (and only then: later, an envelope may be half written by a commit in
-// progress) an unreadable envelope is set aside.
+// deleted by an administrator go, retry requests take effect. At start, and
+// only then (a running server leaves what it cannot explain to a person),
+// an unreadable message is set aside.
 func (q *Queue) rescan(atStart bool) error {
 	// Only messages indexed before the folder is read may be dropped for
 	// not being in it: one committed meanwhile may be missing from the
@@ -201,24 +201,19 @@ func (q *Queue) rescan(atStart bool) error {
 		if creating {
 			continue
 		}
-		if !known && atStart {
-			if _, err := os.Stat(filepath.Join(q.cfg.Dir, "msg", id+".data")); errors.Is(err, os.ErrNotExist) {
-				// Only remove() leaves this behind (a commit writes the
-				// data first): the message was delivered, or was never
-				// acknowledged, before a crash.
-				q.log.Info("queue: envelope without data dropped", "msg_id", id)
-				os.Remove(filepath.Join(q.cfg.Dir, "msg", id+".env"))
-				continue
-			}
-		}
 		if !known {
-			if m, err = readEnv(q.cfg.Dir, id); err != nil {
+			if m, err = readMessage(q.cfg.Dir, id); err != nil {
 				if atStart {
-					// A first envelope torn by a crash belongs to a
-					// message that was never acknowledged; keep it
-					// aside for a person anyway.
-					q.log.Error("queue: unreadable envelope set aside as .bad", "msg_id", id, "err", err)
-					os.Rename(filepath.Join(q.cfg.Dir, "msg", id+".env"), filepath.Join(q.cfg.Dir, "msg", id+".bad"))
+					// Every file in msg/ was complete and fsynced before
+					// it got there, so this is damage, not a crash:
+					// keep it aside for a person.
+					q.log.Error("queue: unreadable message set aside as .bad", "msg_id", id, "err", err)
+					for _, ext := range []string{".data", ".env"} {
+						p := filepath.Join(q.cfg.Dir, "msg", id+ext)
+						if _, err := os.Stat(p); err == nil {
+							os.Rename(p, p+".bad")
+						}
+					}
 				}
 				continue
 			}
@@ -243,15 +238,17 @@ func (q *Queue) rescan(atStart bool) error {
 	return nil
 }
 
+// removeOrphans drops envelopes without data: only remove() leaves them
+// behind, when a crash interrupts it after the data went.
 func (q *Queue) removeOrphans() {
 	ents, _ := os.ReadDir(filepath.Join(q.cfg.Dir, "msg"))
 	for _, e := range ents {
-		id, ok := strings.CutSuffix(e.Name(), ".data")
+		id, ok := strings.CutSuffix(e.Name(), ".env")
 		if !ok {
 			continue
 		}
-		_, bad := os.Stat(filepath.Join(q.cfg.Dir, "msg", id+".bad"))
-		if _, err := os.Stat(filepath.Join(q.cfg.Dir, "msg", id+".env")); errors.Is(err, os.ErrNotExist) && bad != nil {
+		if _, err := os.Stat(filepath.Join(q.cfg.Dir, "msg", id+".data")); errors.Is(err, os.ErrNotExist) {
+			q.log.Info("queue: envelope without data dropped", "msg_id", id)
 			os.Remove(filepath.Join(q.cfg.Dir, "msg", e.Name()))
 		}
 	}
@@ -347,7 +344,7 @@ func (q *Queue) attempt(ctx context.Context, m *Message) {
 		q.kick() // its next attempt may be the earliest now
 	}()
 	// An administrator may have deleted it since it was scheduled.
-	if _, err := os.Stat(m.envPath()); err != nil {
+	if _, err := os.Stat(m.dataPath()); err != nil {
 		q.forget(m)
 		return
 	}
@@ -418,7 +415,7 @@ func (q *Queue) attempt(ctx context.Context, m *Message) {
 		q.forget(m)
 		return
 	}
-	if _, err := os.Stat(m.envPath()); err != nil {
+	if _, err := os.Stat(m.dataPath()); err != nil {
 		q.forget(m) // deleted while we were delivering
 		return
 	}

@@ -144,7 +144,6 @@ func TestAbortedAndOrphansCleaned(t *testing.T) {
 	d2, _ := q.Create()
 	io.WriteString(d2, "never committed") // the process "dies" here
 	q.Close()
-	os.WriteFile(filepath.Join(dir, "msg", "0123456789ABCDEF0123.data"), []byte("orphan"), 0o600)
 	// A crash inside remove() may keep the envelope and lose the data: the
 	// message was delivered, and must not be tried again.
 	os.WriteFile(filepath.Join(dir, "msg", "0123456789ABCDEF0124.env"), []byte(`{"ID":"0123456789ABCDEF0124","From":"a@b.c","Recipients":[{"Addr":"x@y.z","Status":"pending"}]}`), 0o600)
@@ -359,33 +358,74 @@ func TestGroupSyncShares(t *testing.T) {
 	}
 }
 
-// A running queue never touches an envelope it cannot read yet (a commit
-// may be writing it); only a fresh start sets torn ones aside.
-func TestTornEnvelopeOnlySetAsideAtStart(t *testing.T) {
+// A damaged message (here data with no envelope trailer, as a spool of the
+// first release could leave after a crash) is never delivered nor deleted:
+// a fresh start sets it aside for a person, and a running queue leaves it.
+func TestDamagedMessageSetAsideAtStart(t *testing.T) {
 	dir := t.TempDir()
-	q := openQ(t, dir, newScripted(), time.Hour)
+	d := newScripted()
+	q := openQ(t, dir, d, time.Hour)
 	id := "00112233445566778899"
-	os.WriteFile(filepath.Join(dir, "msg", id+".data"), []byte("x"), 0o600)
-	os.WriteFile(filepath.Join(dir, "msg", id+".env"), nil, 0o600) // being written
+	os.WriteFile(filepath.Join(dir, "msg", id+".data"), []byte("Subject: x\r\n\r\nno trailer\r\n"), 0o600)
 	if err := q.rescan(false); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(filepath.Join(dir, "msg", id+".env")); err != nil {
-		t.Fatalf("a running rescan moved an envelope being written: %v", err)
+	if _, err := os.Stat(filepath.Join(dir, "msg", id+".data")); err != nil {
+		t.Fatalf("a running rescan moved it: %v", err)
 	}
 	q.Close()
-	q2 := openQ(t, dir, newScripted(), time.Hour)
-	defer q2.Close()
-	if _, err := os.Stat(filepath.Join(dir, "msg", id+".bad")); err != nil {
-		t.Fatalf("at start a torn envelope is set aside: %v", err)
+	q2 := openQ(t, dir, d, time.Hour)
+	run(t, q2)
+	if _, err := os.Stat(filepath.Join(dir, "msg", id+".data.bad")); err != nil {
+		t.Fatalf("at start it is set aside: %v", err)
 	}
-	if _, err := os.Stat(filepath.Join(dir, "msg", id+".data")); err != nil {
-		t.Fatalf("its data was deleted: %v", err)
+	if q2.Len() != 0 || len(d.delivered()) != 0 {
+		t.Fatalf("a damaged message was queued (%d) or delivered (%v)", q2.Len(), d.delivered())
 	}
 }
 
-// BenchmarkCommit10KB: spool one 10 KB message durably (data fsync,
-// envelope fsync, shared folder sync), from parallel goroutines as
+// Once delivery has changed a message's state, the saved envelope (.env)
+// and not the one committed with the data is what a restart sees.
+func TestSavedStateWinsOverTrailer(t *testing.T) {
+	dir := t.TempDir()
+	d := newScripted()
+	d.set("b@y.org", errors.New("451 later"))
+	q := openQ(t, dir, d, time.Hour)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { q.Run(ctx); close(done) }()
+	id := enqueue(t, q, "a@x.org", []string{"b@y.org", "c@y.org"}, "X-P: 1\r\n", "Subject: s\r\n\r\nbody\r\n")
+	eventually(t, "saved state", func() bool {
+		_, err := os.Stat(filepath.Join(dir, "msg", id+".env"))
+		return err == nil
+	})
+	cancel()
+	<-done
+	q.Close()
+
+	d2 := newScripted()
+	d2.set("b@y.org", errors.New("451 later"))
+	q2 := openQ(t, dir, d2, time.Hour)
+	q2.mu.Lock()
+	m := q2.items[id]
+	q2.mu.Unlock()
+	if m == nil || m.Attempts < 1 || len(m.Pending()) != 1 || m.Pending()[0] != "b@y.org" {
+		t.Fatalf("after restart %+v, want c@y.org sent and b@y.org pending after an attempt", m)
+	}
+	run(t, q2)
+	d2.set("b@y.org", nil)
+	eventually(t, "delivery after restart", func() bool { return len(d2.delivered()) == 1 })
+	if want := id + " a@x.org b@y.org X-P: 1\r\nSubject: s\r\n\r\nbody\r\n"; d2.delivered()[0] != want {
+		t.Fatalf("delivered %q, want %q", d2.delivered()[0], want)
+	}
+	eventually(t, "removal", func() bool {
+		ents, _ := os.ReadDir(filepath.Join(dir, "msg"))
+		return len(ents) == 0
+	})
+}
+
+// BenchmarkCommit10KB: spool one 10 KB message durably (data and envelope
+// trailer in one fsync, shared folder sync), from parallel goroutines as
 // concurrent sessions do.
 func BenchmarkCommit10KB(b *testing.B) {
 	q, err := Open(Config{Dir: b.TempDir()}, nil, quiet())

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -20,12 +21,22 @@ import (
 // The spool is two folders under Config.Dir:
 //
 //	tmp/   drafts being received; anything left here at start is garbage
-//	msg/   ID.data (the message as received) and ID.env (JSON: envelope,
-//	       header fields to prepend, per-recipient state)
+//	msg/   ID.data: the message as received, then its first envelope (a
+//	       trailer, below); ID.env, once delivery has changed the
+//	       envelope: the current one, which wins over the trailer
 //
-// ID.env is the commit point: it is renamed into msg/ only after ID.data is
-// there and both are fsynced, and it is removed before ID.data. So an .env
-// always has its data, and a lone .data is a message never acknowledged.
+// ID.data is the commit point: it is renamed into msg/ only when complete
+// and fsynced, and it is removed before ID.env. So an .env always has its
+// data, and a message that is delivered at the first attempt costs one file
+// and one fsync (Postfix's queue files work the same way).
+//
+// The trailer is "\n", the envelope as one line of JSON, "\n", and a
+// footer of fixed length that gives the trailer's length:
+//
+//	<data><LF><JSON><LF>0000000123 smarthost-envelope<LF>
+const footerTag = " smarthost-envelope\n"
+
+const footerLen int64 = 10 + int64(len(footerTag))
 
 // Status of one recipient.
 const (
@@ -106,7 +117,7 @@ func (m *Message) Open() (io.ReadCloser, error) {
 	return struct {
 		io.Reader
 		io.Closer
-	}{io.MultiReader(strings.NewReader(m.Prepend), f), f}, nil
+	}{io.MultiReader(strings.NewReader(m.Prepend), io.LimitReader(f, m.Size)), f}, nil
 }
 
 func (m *Message) dataPath() string { return filepath.Join(m.dir, "msg", m.ID+".data") }
@@ -187,20 +198,6 @@ func (d *Draft) release() {
 // disk, fsynced, and will be delivered even if the process dies right away.
 func (d *Draft) Commit(env Envelope, prepend []byte) (string, error) {
 	q := d.q
-	err := d.w.Flush()
-	d.release()
-	if err != nil {
-		d.Abort()
-		return "", fmt.Errorf("queue: write draft: %w", err)
-	}
-	if err := d.f.Sync(); err != nil {
-		d.Abort()
-		return "", fmt.Errorf("queue: fsync draft: %w", err)
-	}
-	if err := d.f.Close(); err != nil {
-		d.Abort()
-		return "", fmt.Errorf("queue: close draft: %w", err)
-	}
 	now := q.now()
 	m := &Message{ID: d.id, From: env.From, Class: env.Class, Ret: env.Ret, EnvID: env.EnvID,
 		Prepend: string(prepend), Size: d.size, Created: now, NextAttempt: now, dir: q.cfg.Dir}
@@ -214,14 +211,25 @@ func (d *Draft) Commit(env Envelope, prepend []byte) (string, error) {
 		}
 		m.Recipients = append(m.Recipients, rc)
 	}
-	if err := os.Rename(d.f.Name(), m.dataPath()); err != nil {
-		os.Remove(d.f.Name())
-		return "", fmt.Errorf("queue: commit data: %w", err)
+	err := writeTrailer(d.w, m)
+	if err == nil {
+		err = d.w.Flush()
 	}
-	// The first envelope goes straight to its final name: until the folder
-	// is synced below, nothing has been acknowledged, so a torn one can
-	// only belong to a message nobody was told about (Open sets those
-	// aside). That saves a rename and a sync per message.
+	d.release()
+	if err != nil {
+		d.Abort()
+		return "", fmt.Errorf("queue: write draft: %w", err)
+	}
+	if err := d.f.Sync(); err != nil {
+		d.Abort()
+		return "", fmt.Errorf("queue: fsync draft: %w", err)
+	}
+	if err := d.f.Close(); err != nil {
+		d.Abort()
+		return "", fmt.Errorf("queue: close draft: %w", err)
+	}
+	// From the rename on, a rescan could find the message before add()
+	// below: it must leave it to us.
 	q.mu.Lock()
 	q.creating[m.ID] = true
 	q.mu.Unlock()
@@ -230,20 +238,61 @@ func (d *Draft) Commit(env Envelope, prepend []byte) (string, error) {
 		delete(q.creating, m.ID)
 		q.mu.Unlock()
 	}()
-	b, err := json.Marshal(m)
-	if err == nil {
-		err = writeFileSync(m.envPath(), b, os.O_EXCL)
-	}
-	if err == nil {
-		err = q.dirSync.sync()
-	}
+	err = os.Rename(d.f.Name(), m.dataPath())
 	if err != nil {
-		os.Remove(m.envPath())
+		os.Remove(d.f.Name())
+		return "", fmt.Errorf("queue: commit: %w", err)
+	}
+	if err := q.dirSync.sync(); err != nil {
 		os.Remove(m.dataPath())
-		return "", fmt.Errorf("queue: commit envelope: %w", err)
+		return "", fmt.Errorf("queue: commit: fsync spool: %w", err)
 	}
 	q.add(m)
 	return m.ID, nil
+}
+
+// writeTrailer appends m's envelope to its data (see the spool's layout).
+func writeTrailer(w io.Writer, m *Message) error {
+	b, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(w, "\n%s\n%010d%s", b, len(b)+2, footerTag)
+	return err
+}
+
+// readTrailer reads the first envelope from the end of a data file.
+func readTrailer(f *os.File, id string) (*Message, error) {
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	var foot [footerLen]byte
+	if st.Size() < footerLen {
+		return nil, fmt.Errorf("queue: %s.data has no envelope", id)
+	}
+	if _, err := f.ReadAt(foot[:], st.Size()-footerLen); err != nil {
+		return nil, fmt.Errorf("queue: read %s.data: %w", id, err)
+	}
+	n, err := strconv.ParseInt(string(foot[:10]), 10, 64)
+	if err != nil || string(foot[10:]) != footerTag || n < 2 || n > st.Size()-footerLen {
+		return nil, fmt.Errorf("queue: %s.data has no envelope", id)
+	}
+	b := make([]byte, n)
+	if _, err := f.ReadAt(b, st.Size()-footerLen-n); err != nil {
+		return nil, fmt.Errorf("queue: read %s.data: %w", id, err)
+	}
+	m := &Message{}
+	if b[0] != '\n' || b[n-1] != '\n' {
+		return nil, fmt.Errorf("queue: %s.data has no envelope", id)
+	}
+	if err := json.Unmarshal(b[1:n-1], m); err != nil {
+		return nil, fmt.Errorf("queue: decode %s.data: %w", id, err)
+	}
+	if m.Size != st.Size()-footerLen-n {
+		return nil, fmt.Errorf("queue: %s.data: envelope says %d bytes of data, file has %d", id, m.Size, st.Size()-footerLen-n)
+	}
+	return m, nil
 }
 
 // writeEnv replaces m's envelope file atomically and durably.
@@ -333,31 +382,47 @@ func syncDir(dir string) error {
 	return d.Sync()
 }
 
-// remove deletes a message, envelope first. Neither removal is synced:
-// after a crash the message may be back whole (sent again: the one
-// duplicate we allow), or as data alone or as an envelope alone, which the
-// next start cleans up (Open). Waiting for a folder sync here halved
-// delivery throughput (docs/benchmarks.md).
+// remove deletes a message, data first: an envelope alone is dropped at the
+// next start, whereas data alone would be its first envelope again and
+// deliver to everyone once more. Neither removal is synced: after a crash
+// the message may be back whole (sent again: the one duplicate we allow).
+// Waiting for a folder sync here halved delivery throughput
+// (docs/benchmarks.md).
 func (q *Queue) remove(m *Message) error {
-	if err := os.Remove(m.envPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := os.Remove(m.dataPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("queue: remove %s: %w", m.ID, err)
 	}
-	os.Remove(m.dataPath())
+	os.Remove(m.envPath())
 	return nil
 }
 
-func readEnv(dir, id string) (*Message, error) {
+// readMessage loads a committed message: its current envelope if delivery
+// has saved one, or else the first one, from the data's trailer.
+func readMessage(dir, id string) (*Message, error) {
 	b, err := os.ReadFile(filepath.Join(dir, "msg", id+".env"))
-	if err != nil {
+	var m *Message
+	switch {
+	case err == nil:
+		m = &Message{}
+		if err := json.Unmarshal(b, m); err != nil {
+			return nil, fmt.Errorf("queue: decode %s.env: %w", id, err)
+		}
+	case errors.Is(err, os.ErrNotExist):
+		f, err := os.Open(filepath.Join(dir, "msg", id+".data"))
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		if m, err = readTrailer(f, id); err != nil {
+			return nil, err
+		}
+	default:
 		return nil, err
 	}
-	m := &Message{dir: dir}
-	if err := json.Unmarshal(b, m); err != nil {
-		return nil, fmt.Errorf("queue: decode %s: %w", id, err)
-	}
 	if m.ID != id {
-		return nil, fmt.Errorf("queue: %s.env names message %q", id, m.ID)
+		return nil, fmt.Errorf("queue: the envelope of %s names message %q", id, m.ID)
 	}
+	m.dir = dir
 	return m, nil
 }
 
@@ -369,7 +434,7 @@ func scan(dir string) ([]string, error) {
 	}
 	var ids []string
 	for _, e := range ents {
-		if id, ok := strings.CutSuffix(e.Name(), ".env"); ok && validID(id) {
+		if id, ok := strings.CutSuffix(e.Name(), ".data"); ok && validID(id) {
 			ids = append(ids, id)
 		}
 	}
@@ -396,7 +461,7 @@ func (s *Spool) List() ([]*Message, error) {
 	}
 	var ms []*Message
 	for _, id := range ids {
-		m, err := readEnv(s.dir, id)
+		m, err := readMessage(s.dir, id)
 		if err != nil {
 			continue // delivered or deleted since the scan
 		}
@@ -411,7 +476,7 @@ func (s *Spool) Show(id string) (*Message, []byte, error) {
 	if !validID(id) {
 		return nil, nil, fmt.Errorf("queue: %q is not a queue ID", id)
 	}
-	m, err := readEnv(s.dir, id)
+	m, err := readMessage(s.dir, id)
 	if err != nil {
 		return nil, nil, fmt.Errorf("queue: no message %s: %w", id, err)
 	}
@@ -439,11 +504,11 @@ func (s *Spool) Delete(id string) error {
 	if !validID(id) {
 		return fmt.Errorf("queue: %q is not a queue ID", id)
 	}
-	env := filepath.Join(s.dir, "msg", id+".env")
-	if err := os.Remove(env); err != nil {
+	msg := filepath.Join(s.dir, "msg")
+	if err := os.Remove(filepath.Join(msg, id+".data")); err != nil {
 		return fmt.Errorf("queue: no message %s: %w", id, err)
 	}
-	os.Remove(filepath.Join(s.dir, "msg", id+".data"))
-	os.Remove(filepath.Join(s.dir, "msg", id+".retry"))
-	return syncDir(filepath.Join(s.dir, "msg"))
+	os.Remove(filepath.Join(msg, id+".env"))
+	os.Remove(filepath.Join(msg, id+".retry"))
+	return syncDir(msg)
 }
