@@ -1,8 +1,10 @@
 package queue
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"mime"
@@ -384,6 +386,31 @@ func TestDamagedMessageSetAsideAtStart(t *testing.T) {
 	}
 }
 
+// A spool written before the envelope moved into the data file (ID.data
+// holding the data alone, ID.env the envelope) is still delivered.
+func TestSpoolOfFirstReleaseDelivered(t *testing.T) {
+	dir := t.TempDir()
+	q := openQ(t, dir, newScripted(), time.Hour)
+	q.Close()
+	id := "00112233445566778899"
+	data := "Subject: old\r\n\r\nbody\r\n"
+	os.WriteFile(filepath.Join(dir, "msg", id+".data"), []byte(data), 0o600)
+	env := fmt.Sprintf(`{"id":%q,"from":"a@x.org","recipients":[{"addr":"b@y.org","status":"pending"}],"prepend":"X-P: 1\r\n","size":%d}`, id, len(data))
+	os.WriteFile(filepath.Join(dir, "msg", id+".env"), []byte(env), 0o600)
+
+	d := newScripted()
+	q2 := openQ(t, dir, d, time.Hour)
+	run(t, q2)
+	eventually(t, "delivery", func() bool { return len(d.delivered()) == 1 })
+	if want := id + " a@x.org b@y.org X-P: 1\r\n" + data; d.delivered()[0] != want {
+		t.Fatalf("delivered %q, want %q", d.delivered()[0], want)
+	}
+	eventually(t, "removal", func() bool {
+		ents, _ := os.ReadDir(filepath.Join(dir, "msg"))
+		return len(ents) == 0
+	})
+}
+
 // Once delivery has changed a message's state, the saved envelope (.env)
 // and not the one committed with the data is what a restart sees.
 func TestSavedStateWinsOverTrailer(t *testing.T) {
@@ -501,5 +528,45 @@ func TestRescanKeepsMessagesCommittedMeanwhile(t *testing.T) {
 	<-done
 	if got := q.Len(); got != n {
 		t.Fatalf("%d of %d committed messages in the index after concurrent rescans", got, n)
+	}
+}
+
+// readTrailer takes only a complete, consistent trailer, whatever the data
+// before it looks like.
+func TestReadTrailer(t *testing.T) {
+	dir := t.TempDir()
+	id := "00112233445566778899"
+	var good bytes.Buffer
+	data := "Subject: x\r\n\r\n\n{}\n0000000004 smarthost-envelope\n" // data that mimics a trailer
+	good.WriteString(data)
+	if err := writeTrailer(&good, &Message{ID: id, From: "a@x.org", Size: int64(len(data))}); err != nil {
+		t.Fatal(err)
+	}
+	g := good.String()
+	cases := map[string]struct {
+		file string
+		ok   bool
+	}{
+		"complete":       {g, true},
+		"empty":          {"", false},
+		"footer cut":     {g[:len(g)-1], false},
+		"trailer cut":    {g[:len(data)+3] + g[len(g)-int(footerLen):], false},
+		"no trailer":     {data, false},
+		"wrong size":     {strings.Replace(g, `"size":`+fmt.Sprint(len(data)), `"size":`+fmt.Sprint(len(data)-1), 1), false},
+		"length too big": {"x" + g[len(g)-int(footerLen):], false},
+	}
+	for name, c := range cases {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, []byte(c.file), 0o600)
+		f, _ := os.Open(p)
+		m, err := readTrailer(f, id)
+		f.Close()
+		if c.ok != (err == nil) {
+			t.Errorf("%s: %v", name, err)
+			continue
+		}
+		if c.ok && (m.ID != id || m.From != "a@x.org" || m.Size != int64(len(data))) {
+			t.Errorf("%s: read %+v", name, m)
+		}
 	}
 }
