@@ -48,6 +48,9 @@ type smtpTransport struct {
 type pooled struct {
 	c        *smtp.Client
 	lastUsed time.Time
+	// buf carries the message into the DATA writer, which io.Copy would
+	// otherwise allocate afresh for every message (32 KiB each).
+	buf []byte
 }
 
 func newSMTPTransport(u Upstream, pu *url.URL, hostname string) (*smtpTransport, error) {
@@ -88,7 +91,7 @@ func (t *smtpTransport) Send(ctx context.Context, m *queue.Message, to []queue.R
 		// the message: temporary, so the next upstream gets a turn.
 		return all(len(to), err)
 	}
-	out, err := t.transaction(p.c, m, to)
+	out, err := t.transaction(p, m, to)
 	if err != nil {
 		t.discard(p)
 		return all(len(to), classify(err))
@@ -266,7 +269,8 @@ func (g greeted) Read(b []byte) (int, error) { return g.r.Read(b) }
 // transaction sends one message. A non-nil error applies to every recipient
 // and leaves the session unusable; a nil error leaves it ready for the next
 // MAIL FROM.
-func (t *smtpTransport) transaction(c *smtp.Client, m *queue.Message, to []queue.Recipient) ([]error, error) {
+func (t *smtpTransport) transaction(p *pooled, m *queue.Message, to []queue.Recipient) ([]error, error) {
+	c := p.c
 	dsn, _ := c.Extension("DSN")
 	var mo *smtp.MailOptions
 	if dsn && (m.Ret != "" || m.EnvID != "") {
@@ -318,7 +322,10 @@ func (t *smtpTransport) transaction(c *smtp.Client, m *queue.Message, to []queue
 		return nil, err
 	}
 	defer src.Close()
-	if _, err := io.Copy(w, src); err != nil {
+	if p.buf == nil {
+		p.buf = make([]byte, 16<<10)
+	}
+	if _, err := io.CopyBuffer(w, src, p.buf); err != nil {
 		return nil, err
 	}
 	if err := w.Close(); err != nil {
