@@ -162,7 +162,8 @@ func TestAbortedAndOrphansCleaned(t *testing.T) {
 func TestTemporaryFailureRetried(t *testing.T) {
 	d := newScripted()
 	d.set("b@y.org", errors.New("451 try later"))
-	q := openQ(t, t.TempDir(), d, time.Hour)
+	dir := t.TempDir()
+	q := openQ(t, dir, d, time.Hour)
 	run(t, q)
 	enqueue(t, q, "a@x.org", []string{"b@y.org", "c@y.org"}, "", "Subject: s\r\n\r\nbody\r\n")
 	eventually(t, "two attempts", func() bool {
@@ -172,6 +173,11 @@ func TestTemporaryFailureRetried(t *testing.T) {
 	})
 	d.set("b@y.org", nil)
 	eventually(t, "delivery after retry", func() bool { return len(d.delivered()) == 2 })
+	// The saved state (.env) goes with the data.
+	eventually(t, "an empty spool", func() bool {
+		ents, _ := os.ReadDir(filepath.Join(dir, "msg"))
+		return len(ents) == 0
+	})
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.attempts["c@y.org"] != 1 {

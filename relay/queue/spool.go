@@ -81,7 +81,8 @@ type Message struct {
 	LastError   string      `json:"last_error,omitempty"`
 	Warned      bool        `json:"warned,omitempty"` // a delay warning was sent
 
-	dir string
+	dir   string
+	saved bool // an ID.env may exist: remove() must look for one
 }
 
 // PendingRecipients are the recipients still to be delivered, in envelope
@@ -302,6 +303,7 @@ func (q *Queue) writeEnv(m *Message) error {
 		return fmt.Errorf("queue: encode %s: %w", m.ID, err)
 	}
 	tmp := filepath.Join(q.cfg.Dir, "tmp", m.ID+".env")
+	m.saved = true
 	if err := writeFileSync(tmp, b, os.O_TRUNC); err != nil {
 		return fmt.Errorf("queue: write envelope: %w", err)
 	}
@@ -392,7 +394,9 @@ func (q *Queue) remove(m *Message) error {
 	if err := os.Remove(m.dataPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("queue: remove %s: %w", m.ID, err)
 	}
-	os.Remove(m.envPath())
+	if m.saved {
+		os.Remove(m.envPath())
+	}
 	return nil
 }
 
@@ -403,7 +407,7 @@ func readMessage(dir, id string) (*Message, error) {
 	var m *Message
 	switch {
 	case err == nil:
-		m = &Message{}
+		m = &Message{saved: true}
 		if err := json.Unmarshal(b, m); err != nil {
 			return nil, fmt.Errorf("queue: decode %s.env: %w", id, err)
 		}
