@@ -62,12 +62,12 @@ func checkSize(k *rsa.PrivateKey) (crypto.Signer, error) {
 	if k.N.BitLen() < 1024 {
 		return nil, fmt.Errorf("RSA key of %d bits is refused by verifiers (RFC 8301): use 2048 or more", k.N.BitLen())
 	}
-	return k, nil
+	return rsaSigner(k)
 }
 
 // KeyWarning says what is weak about a usable key, or "".
 func KeyWarning(k crypto.Signer) string {
-	if r, ok := k.(*rsa.PrivateKey); ok && r.N.BitLen() < 2048 {
+	if r, ok := k.Public().(*rsa.PublicKey); ok && r.N.BitLen() < 2048 {
 		return fmt.Sprintf("RSA key of %d bits: large receivers want 2048 or more; rotate to a new selector", r.N.BitLen())
 	}
 	return ""

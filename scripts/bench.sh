@@ -3,7 +3,10 @@
 # forwards, a counting sink receives; the figure is N / (first connection to
 # last message received upstream). One line per run.
 #
-#   scripts/bench.sh [--vs-postfix] [--runs 3] [--total 5000] [--sessions 20] [--size 10240]
+#   scripts/bench.sh [--vs-postfix] [--openssl] [--runs 3] [--total 5000] [--sessions 20] [--size 10240]
+#
+# --openssl builds smarthost with -tags openssl (RSA signatures from
+# libcrypto; needs cgo and libssl-dev) instead of the static pure-Go binary.
 #
 # --vs-postfix also runs Debian's Postfix (private config and queue, relayhost
 # to the same sink) with and without OpenDKIM milters, alternating with
@@ -16,10 +19,11 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH=$PATH:/usr/local/go/bin
 
-VS=0 RUNS=3 TOTAL=5000 SESSIONS=20 SIZE=10240
+VS=0 RUNS=3 TOTAL=5000 SESSIONS=20 SIZE=10240 TAGS=
 while [ $# -gt 0 ]; do
   case $1 in
     --vs-postfix) VS=1 ;;
+    --openssl) TAGS=openssl ;;
     --runs) RUNS=$2; shift ;;
     --total) TOTAL=$2; shift ;;
     --sessions) SESSIONS=$2; shift ;;
@@ -32,7 +36,10 @@ done
 W=${BENCH_DIR:-/var/lib/smarthost-bench}
 SINK_PORT=3525 RELAY_PORT=3587 PF_PORT=4587
 rm -rf "$W"; mkdir -p "$W/bin" "$W/dkim"
-go build -o "$W/bin/smarthost" ./cmd/smarthost
+if [ -n "$TAGS" ] && [ ! -e /usr/include/openssl/evp.h ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libssl-dev gcc >/dev/null
+fi
+go build -tags "$TAGS" -o "$W/bin/smarthost" ./cmd/smarthost
 go build -o "$W/bin/smtpload" ./cmd/smtpload
 SH=$W/bin/smarthost LOAD=$W/bin/smtpload
 
@@ -209,7 +216,7 @@ run_ceiling() {
   printf '%-34s %8s msg/s | %s\n' "ceiling (load straight into sink)" "$rate" "$out"
 }
 
-echo "# $(date -u +%F) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $TOTAL messages of $SIZE bytes, $SESSIONS sessions"
+echo "# $(date -u +%F) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $TOTAL messages of $SIZE bytes, $SESSIONS sessions; $($SH version | tail -1)"
 : > "$W/results"
 for r in $(seq 1 "$RUNS"); do
   run_ceiling
@@ -246,7 +253,7 @@ set style data histograms
 set style histogram clustered gap 1
 set style fill solid 0.8 border -1
 set ylabel "messages/s, end to end"
-set title "smarthost (STARTTLS + AUTH) vs Postfix 3.7 (+ OpenDKIM), $TOTAL x $SIZE B, $SESSIONS sessions, median of $RUNS"
+set title "smarthost${TAGS:+ -tags $TAGS} (STARTTLS + AUTH) vs Postfix 3.7 (+ OpenDKIM), $TOTAL x $SIZE B, $SESSIONS sessions, median of $RUNS"
 set key top right
 set yrange [0:*]
 set xrange [-0.6:2.6]

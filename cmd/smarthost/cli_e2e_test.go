@@ -15,6 +15,8 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 	"golang.org/x/crypto/bcrypt"
+
+	"github.com/smarthost/smarthost/dkim"
 )
 
 func execCommand(name string, args ...string) (string, error) {
@@ -138,7 +140,7 @@ func TestPasswdAndVersion(t *testing.T) {
 		t.Error("passwd accepted an empty password")
 	}
 	v, err := runCLI("version")
-	if err != nil || !strings.Contains(v, runtime.Version()) || !strings.Contains(v, "commit ") {
+	if err != nil || !strings.Contains(v, runtime.Version()) || !strings.Contains(v, "commit ") || !strings.Contains(v, "DKIM RSA signatures: "+dkim.RSABackend) {
 		t.Fatalf("version: %v\n%s", err, v)
 	}
 }

@@ -38,6 +38,9 @@ func TestMain(m *testing.M) {
 	if raceEnabled {
 		args = append(args, "-race")
 	}
+	if strings.HasPrefix(dkim.RSABackend, "OpenSSL") { // go test -tags openssl: the binary too
+		args = append(args, "-tags", "openssl")
+	}
 	if out, err := exec.Command("go", append(args, ".")...).CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "building smarthost: %v\n%s", err, out)
 		os.Exit(1)

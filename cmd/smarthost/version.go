@@ -5,6 +5,8 @@ import (
 	"io"
 	"runtime"
 	"runtime/debug"
+
+	"github.com/smarthost/smarthost/dkim"
 )
 
 // Set with -ldflags "-X main.version=... -X main.commit=...".
@@ -25,6 +27,6 @@ func versionCmd(stdout io.Writer) int {
 			}
 		}
 	}
-	fmt.Fprintf(stdout, "smarthost %s\ncommit %s\n%s %s/%s\n", version, c, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	fmt.Fprintf(stdout, "smarthost %s\ncommit %s\n%s %s/%s\nDKIM RSA signatures: %s\n", version, c, runtime.Version(), runtime.GOOS, runtime.GOARCH, dkim.RSABackend)
 	return exitOK
 }
