@@ -54,7 +54,7 @@ import (
 var RSABackend = C.GoString(C.smarthost_openssl_version())
 
 // opensslRSA signs with libcrypto and keeps the Go key for what libcrypto
-// is not asked to do (hashes other than SHA-256, which DKIM does not use).
+// is not asked to do (PSS, hashes other than SHA-256: DKIM uses neither).
 type opensslRSA struct {
 	key  *rsa.PrivateKey
 	pkey *C.EVP_PKEY
@@ -79,7 +79,7 @@ func rsaSigner(k *rsa.PrivateKey) (crypto.Signer, error) {
 func (s *opensslRSA) Public() crypto.PublicKey { return &s.key.PublicKey }
 
 func (s *opensslRSA) Sign(rand io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
-	if opts == nil || opts.HashFunc() != crypto.SHA256 || len(digest) != crypto.SHA256.Size() {
+	if _, pss := opts.(*rsa.PSSOptions); pss || opts == nil || opts.HashFunc() != crypto.SHA256 || len(digest) != crypto.SHA256.Size() {
 		return s.key.Sign(rand, digest, opts)
 	}
 	sig := make([]byte, s.key.Size())

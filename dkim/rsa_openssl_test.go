@@ -4,6 +4,7 @@ package dkim
 
 import (
 	"crypto"
+	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/sha512"
@@ -58,5 +59,14 @@ func TestOpenSSLSigner(t *testing.T) {
 	}
 	if err := rsa.VerifyPKCS1v15(pub, crypto.SHA512, d[:], sig); err != nil {
 		t.Fatal(err)
+	}
+	d2 := sha256.Sum256([]byte("pss"))
+	pssOpts := &rsa.PSSOptions{Hash: crypto.SHA256, SaltLength: rsa.PSSSaltLengthEqualsHash}
+	sig, err = k.Sign(rand.Reader, d2[:], pssOpts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rsa.VerifyPSS(pub, crypto.SHA256, d2[:], sig, pssOpts); err != nil {
+		t.Fatalf("a PSS request got something else: %v", err)
 	}
 }
