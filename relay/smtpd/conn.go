@@ -97,6 +97,7 @@ func (c *Conn) setSession(s smtp.Session) {
 }
 
 func (c *Conn) serve() error {
+	defer c.flush() // replies held for a pipelined command that never came
 	if tc, ok := c.conn.(*tls.Conn); ok {
 		if err := c.handshake(tc); err != nil {
 			return err
@@ -262,6 +263,38 @@ func (c *Conn) reply(code int, ec smtp.EnhancedCode, text ...string) {
 		} else {
 			fmt.Fprintf(c.bw, "%d%s%d.%d.%d %s\r\n", code, sep, ec[0], ec[1], ec[2], l)
 		}
+	}
+	// A pipelining client (RFC 2920) has its next command in already: this
+	// reply waits to go out with that one's, in one write. Replies it must
+	// see before it may send more (334, 354, 220 before TLS) and last words
+	// (221, 421) go at once; serve flushes whatever is left when it ends.
+	switch code {
+	case 220, 221, 334, 354, 421:
+	default:
+		if c.pipelined() {
+			return
+		}
+	}
+	c.flush()
+}
+
+// pipelined reports whether a whole command line is waiting to be read, so
+// that reading it will not block on the client.
+func (c *Conn) pipelined() bool {
+	n := c.br.Buffered()
+	if n == 0 {
+		return false
+	}
+	b, _ := c.br.Peek(n)
+	return bytes.IndexByte(b, '\n') >= 0
+}
+
+func (c *Conn) flush() {
+	if c.bw.Buffered() == 0 {
+		return
+	}
+	if d := c.srv.cfg.WriteTimeout; d > 0 {
+		c.conn.SetWriteDeadline(time.Now().Add(d))
 	}
 	if err := c.bw.Flush(); err != nil {
 		c.quit = true

@@ -19,6 +19,10 @@
 //     MaxCommandsBeforeMail before a MAIL also ends the session with 421.
 //   - No BDAT/CHUNKING, LMTP, BINARYMIME, REQUIRETLS, RRVS, DELIVERBY or
 //     MT-PRIORITY: less to attack, nothing a submission client needs.
+//   - Replies to a pipelined group (RFC 2920) leave together, in one write,
+//     once no further whole command is waiting; 334, 354, 220 (before TLS),
+//     221 and 421 always leave at once, and nothing held is lost when the
+//     session ends. The library writes every reply on its own.
 //
 // Sessions are go-smtp's own smtp.Session and smtp.AuthSession, and replies
 // are *smtp.SMTPError, so the relay's session code is the same with either.

@@ -7,6 +7,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -270,4 +271,82 @@ func TestStopAccepting(t *testing.T) {
 	if _, err := d.r.ReadString('\n'); err == nil {
 		t.Fatal("session still open after the deadline")
 	}
+}
+
+// countingListener counts the writes made on the connections it accepts.
+type countingListener struct {
+	net.Listener
+	writes *atomic.Int64
+}
+
+func (l countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	return countingConn{c, l.writes}, err
+}
+
+type countingConn struct {
+	net.Conn
+	writes *atomic.Int64
+}
+
+func (c countingConn) Write(b []byte) (int, error) {
+	c.writes.Add(1)
+	return c.Conn.Write(b)
+}
+
+// The replies to a pipelined group (RFC 2920) leave in one write, and a
+// client that waits for each reply still gets each one at once.
+func TestPipelinedRepliesInOneWrite(t *testing.T) {
+	rec := &recorder{}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var writes atomic.Int64
+	s := New(Config{Domain: "mx.test", MaxRecipients: 2, MaxMessageBytes: 1000}, recBackend{rec})
+	go s.Serve(countingListener{ln, &writes})
+	t.Cleanup(func() { s.Close() })
+
+	d := dial(t, ln.Addr().String())
+	d.send("EHLO c.test\r\n")
+	d.want("250 ")
+	// exchange sends input in one write and counts the writes that carry
+	// the replies back.
+	exchange := func(input string, replies ...string) int64 {
+		before := writes.Load()
+		d.send(input)
+		for _, r := range replies {
+			d.want(r)
+		}
+		return writes.Load() - before
+	}
+	// One command at a time: one write per reply, none held back.
+	n := exchange("NOOP\r\n", "250 ") + exchange("NOOP\r\n", "250 ")
+	if n != 2 {
+		t.Errorf("%d writes for two lone commands, want 2", n)
+	}
+	if n := exchange("MAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nRCPT TO:<c@y.org>\r\nDATA\r\n", "250 ", "250 ", "250 ", "354 "); n != 1 {
+		t.Errorf("%d writes for the replies to one pipelined group, want 1", n)
+	}
+	if n := exchange("Subject: x\r\n\r\nhi\r\n.\r\nQUIT\r\n", "250 ", "221 "); n != 1 {
+		t.Errorf("%d writes for the end of data and QUIT sent together, want 1", n)
+	}
+	if len(rec.data) != 1 {
+		t.Fatalf("%d messages, want 1", len(rec.data))
+	}
+}
+
+// A reply held back because more input is waiting still goes out when the
+// session ends instead: here the message has a bare LF, and what follows it
+// is never read.
+func TestHeldRepliesFlushedAtClose(t *testing.T) {
+	d := dial(t, serve(t, &recorder{}))
+	d.send("EHLO c.test\r\n")
+	d.want("250 ")
+	d.send("MAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nDATA\r\n")
+	d.want("250 ")
+	d.want("250 ")
+	d.want("354 ")
+	d.send("Subject: x\r\n\r\nbare\nLF\r\n.\r\nNOOP\r\n")
+	d.want("554 5.6.0")
 }
