@@ -180,12 +180,7 @@ func TestDKIMRotationOnReload(t *testing.T) {
 	if m == nil {
 		t.Fatalf("swaks:\n%s", out)
 	}
-	var eml []byte
-	eventually(t, "the outbox file", 10*time.Second, func() bool {
-		var err error
-		eml, err = os.ReadFile(filepath.Join(e.outbox, m[1]+".eml"))
-		return err == nil
-	})
+	eml := e.outboxMessage(t, m[1])
 	if c := strings.Count(string(eml), "DKIM-Signature:"); c != 3 || !strings.Contains(string(eml), "s=next;") {
 		t.Fatalf("%d signatures after rotation, want 3 including s=next:\n%s", c, eml)
 	}

@@ -294,6 +294,18 @@ func sink(t *testing.T, addr string) *relaytest.Sink {
 	return s
 }
 
+// outboxMessage waits for the file:// upstream's copy of message id.
+func (e *relayEnv) outboxMessage(t *testing.T, id string) []byte {
+	t.Helper()
+	var eml []byte
+	eventually(t, "the outbox file", 10*time.Second, func() bool {
+		var err error
+		eml, err = os.ReadFile(filepath.Join(e.outbox, id+".eml"))
+		return err == nil
+	})
+	return eml
+}
+
 func swaks(t *testing.T, args ...string) (string, int) {
 	t.Helper()
 	need(t, "/usr/bin/swaks")

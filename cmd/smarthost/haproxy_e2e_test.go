@@ -69,12 +69,7 @@ backend relay_v2
 		if m == nil {
 			t.Fatalf("via %s from %s:\n%s\nhaproxy: %s", via, local, out, hlog.String())
 		}
-		var eml []byte
-		eventually(t, "the outbox file", 10*time.Second, func() bool {
-			var err error
-			eml, err = os.ReadFile(filepath.Join(e.outbox, m[1]+".eml"))
-			return err == nil
-		})
+		eml := e.outboxMessage(t, m[1])
 		r := regexp.MustCompile(`Received: from \S+ \(\[([^\]]+)\]\)`).FindSubmatch(eml)
 		if r == nil {
 			t.Fatalf("no Received field:\n%s", eml)

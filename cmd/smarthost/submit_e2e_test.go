@@ -24,12 +24,7 @@ func TestSwaksToOutbox(t *testing.T) {
 	if code != 0 || m == nil {
 		t.Fatalf("swaks exit %d:\n%s", code, out)
 	}
-	var eml []byte
-	eventually(t, "the outbox file", 10*time.Second, func() bool {
-		var err error
-		eml, err = os.ReadFile(filepath.Join(e.outbox, m[1]+".eml"))
-		return err == nil
-	})
+	eml := e.outboxMessage(t, m[1])
 	s := string(eml)
 	for _, want := range []string{"Return-Path: <alice@example.com>\r\n", "X-Envelope-To: <bob@example.org>\r\n",
 		"DKIM-Signature: ", "Received: from ", "with ESMTPSA id " + m[1], "Subject: e2e\r\n",
@@ -37,6 +32,24 @@ func TestSwaksToOutbox(t *testing.T) {
 		if !strings.Contains(s, want) {
 			t.Errorf("outbox message lacks %q:\n%s", want, s)
 		}
+	}
+	dkimVerify(t, e.records, eml)
+}
+
+// swaks pipelining its transaction (RFC 2920): MAIL, both RCPTs and DATA in
+// one go; the replies come back together and the message is queued once.
+func TestSwaksPipelining(t *testing.T) {
+	e := newRelayEnv(t, envOpts{})
+	e.start(t)
+	out, code := swaks(t, "--server", e.starttls, "--tls", "--pipeline", "--auth", "PLAIN", "--auth-user", "alice", "--auth-password", "alice-pw",
+		"--from", "alice@example.com", "--to", "bob@example.org,carol@example.org", "--h-From", "Alice <alice@example.com>")
+	m := queuedRe.FindStringSubmatch(out)
+	if code != 0 || m == nil || !strings.Contains(out, "PIPELINING") {
+		t.Fatalf("swaks exit %d:\n%s", code, out)
+	}
+	eml := e.outboxMessage(t, m[1])
+	if !strings.Contains(string(eml), "X-Envelope-To: <bob@example.org>, <carol@example.org>\r\n") {
+		t.Errorf("envelope recipients missing:\n%s", eml)
 	}
 	dkimVerify(t, e.records, eml)
 }
