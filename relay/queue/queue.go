@@ -210,9 +210,7 @@ func (q *Queue) rescan(atStart bool) error {
 					q.log.Error("queue: unreadable message set aside as .bad", "msg_id", id, "err", err)
 					for _, ext := range []string{".data", ".env"} {
 						p := filepath.Join(q.cfg.Dir, "msg", id+ext)
-						if _, err := os.Stat(p); err == nil {
-							os.Rename(p, p+".bad")
-						}
+						os.Rename(p, p+".bad") // the .env may not exist
 					}
 				}
 				continue

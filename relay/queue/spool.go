@@ -283,10 +283,10 @@ func readTrailer(f *os.File, id string) (*Message, error) {
 	if _, err := f.ReadAt(b, st.Size()-footerLen-n); err != nil {
 		return nil, fmt.Errorf("queue: read %s.data: %w", id, err)
 	}
-	m := &Message{}
 	if b[0] != '\n' || b[n-1] != '\n' {
 		return nil, fmt.Errorf("queue: %s.data has no envelope", id)
 	}
+	m := &Message{}
 	if err := json.Unmarshal(b[1:n-1], m); err != nil {
 		return nil, fmt.Errorf("queue: decode %s.data: %w", id, err)
 	}

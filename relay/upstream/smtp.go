@@ -117,7 +117,7 @@ func (t *smtpTransport) get(ctx context.Context) (*pooled, error) {
 					<-t.slots
 					return nil, err
 				}
-				return &pooled{c: c}, nil
+				return &pooled{c: c, buf: make([]byte, 16<<10)}, nil
 			case <-ctx.Done():
 				return nil, ctx.Err()
 			}
@@ -358,9 +358,6 @@ func (t *smtpTransport) transaction(p *pooled, m *queue.Message, to []queue.Reci
 		return nil, err
 	}
 	defer src.Close()
-	if p.buf == nil {
-		p.buf = make([]byte, 16<<10)
-	}
 	if _, err := io.CopyBuffer(w, src, p.buf); err != nil {
 		return nil, err
 	}
