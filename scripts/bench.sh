@@ -4,6 +4,13 @@
 # last message received upstream). One line per run.
 #
 #   scripts/bench.sh [--vs-postfix] [--openssl] [--runs 3] [--total 5000] [--sessions 20] [--size 10240]
+#                    [--latency "150 400"] [--latency-total 3000]
+#
+# --latency RATES adds a latency profile per rate: the same sessions, M=0,
+# both DKIM signatures, but an open load (smtpload --rate) that offers RATE
+# messages/s whatever the answers, with each message's latency counted
+# from when it was due. It prints the p50 and p99 (medians over the runs);
+# with --vs-postfix Postfix + 2 OpenDKIM runs the same schedule.
 #
 # --openssl builds smarthost with -tags openssl (RSA signatures from
 # libcrypto; needs cgo and libssl-dev) instead of the static pure-Go binary.
@@ -19,7 +26,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH=$PATH:/usr/local/go/bin
 
-VS=0 RUNS=3 TOTAL=5000 SESSIONS=20 SIZE=10240 TAGS=
+VS=0 RUNS=3 TOTAL=5000 SESSIONS=20 SIZE=10240 TAGS= RATES= LTOTAL=3000
 while [ $# -gt 0 ]; do
   case $1 in
     --vs-postfix) VS=1 ;;
@@ -28,6 +35,8 @@ while [ $# -gt 0 ]; do
     --total) TOTAL=$2; shift ;;
     --sessions) SESSIONS=$2; shift ;;
     --size) SIZE=$2; shift ;;
+    --latency) RATES=$2; shift ;;
+    --latency-total) LTOTAL=$2; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -109,12 +118,47 @@ measure() {
   printf '%-34s %8s msg/s end to end | %s\n' "$name" "$rate" "$out"
 }
 
-run_smarthost() { # name dkim perSession
+# ms DURATION: a Go duration as smtpload prints it (850µs, 3.2ms, 1.5s) in ms.
+ms() {
+  awk -v d="$1" 'BEGIN {
+    f["h"] = 3600000; f["m"] = 60000; f["s"] = 1000; f["ms"] = 1; f["µs"] = 0.001; f["ns"] = 0.000001
+    t = 0
+    while (match(d, /^[0-9.]+(h|ms|m|µs|ns|s)/)) {
+      part = substr(d, 1, RLENGTH); d = substr(d, RLENGTH + 1)
+      match(part, /^[0-9.]+/); t += substr(part, 1, RLENGTH) * f[substr(part, RLENGTH + 1)]
+    }
+    printf "%.2f", t
+  }'
+}
+
+# measure_latency NAME PORT RATE LOADFLAGS...: an open load at RATE msg/s;
+# records "NAME_p50 ms" and "NAME_p99 ms" of the latency from when due.
+measure_latency() {
+  local name=$1 port=$2 rate=$3; shift 3
+  sync
+  $LOAD sink --listen "127.0.0.1:$SINK_PORT" --expect "$LTOTAL" > "$W/sink.out" 2>&1 &
+  local sink=$!
+  wait_port $SINK_PORT
+  local out p50 p99
+  out=$($LOAD run --addr "127.0.0.1:$port" --sessions "$SESSIONS" --size "$SIZE" --total "$LTOTAL" --rate "$rate" --from load@example.com "$@")
+  if ! timeout 300 tail --pid=$sink -f /dev/null; then kill $sink; fi
+  p50=$(ms "$(sed -n 's/.*when due p50 \([^ ]*\) p99.*/\1/p' <<< "$out")")
+  p99=$(ms "$(sed -n 's/.*when due p50 [^ ]* p99 \([^ ]*\).*/\1/p' <<< "$out")")
+  printf '%s_p50 %s\n%s_p99 %s\n' "$name" "$p50" "$name" "$p99" >> "$W/results"
+  printf '%-34s p50 %7s ms  p99 %7s ms | %s\n' "$name" "$p50" "$p99" "$out"
+}
+
+run_smarthost() { # name dkim perSession [rate]
   relay_config "$2"
   rm -rf "$W/queue"
   $SH serve --config "$W/relay.yaml" 2> "$W/relay.log" &
   local pid=$!
   wait_port $RELAY_PORT
+  if [ -n "${4:-}" ]; then
+    measure_latency "$1" $RELAY_PORT "$4" --starttls --user bench --pass bench-pw --per-session "$3"
+    kill $pid; wait $pid 2>/dev/null || true
+    return
+  fi
   local t0; t0=$(ticks $pid)
   measure "$1" $RELAY_PORT --starttls --user bench --pass bench-pw --per-session "$3"
   # CPU the relay itself spent per message (user + system), for the budget
@@ -191,11 +235,15 @@ CONF
   wait_port $PF_PORT
 }
 
-run_postfix() { # name milters perSession tls
+run_postfix() { # name milters perSession tls [rate]
   postfix_setup "$2" "$4"
   local flags=(--per-session "$3")
   [ "$4" = yes ] && flags+=(--starttls)
-  measure "$1" $PF_PORT "${flags[@]}"
+  if [ -n "${5:-}" ]; then
+    measure_latency "$1" $PF_PORT "$5" "${flags[@]}"
+  else
+    measure "$1" $PF_PORT "${flags[@]}"
+  fi
   postfix -c $W/pf/conf stop >/dev/null 2>&1 || true
   pkill -f "opendkim -x $W" 2>/dev/null || true
   sleep 0.5
@@ -226,6 +274,10 @@ for r in $(seq 1 "$RUNS"); do
   [ $VS = 1 ] && run_postfix postfix_M0_opendkim2 both 0 no
   run_smarthost smarthost_M1 none 1
   [ $VS = 1 ] && run_postfix postfix_M1_starttls none 1 yes
+  for rate in $RATES; do
+    run_smarthost "smarthost_dkim2_at_$rate" both 0 "$rate"
+    [ $VS = 1 ] && run_postfix "postfix_opendkim2_at_$rate" both 0 no "$rate"
+  done
 done
 
 median() { grep "^$1 " "$W/results" | awk '{print $2}' | sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print 0}'; }
@@ -233,6 +285,15 @@ echo "# medians of $RUNS runs (msg/s)"
 for n in ceiling smarthost_M0 smarthost_M0_dkim2 smarthost_M1 postfix_M0 postfix_M0_opendkim2 postfix_M1_starttls; do
   m=$(median $n); [ "$m" = 0 ] || printf '%-24s %8s\n' $n "$m" | tee -a "$W/medians"
 done
+if [ -n "$RATES" ]; then
+  echo "# latency from when due, $SESSIONS sessions, M=0, both signatures: medians of $RUNS runs (ms)"
+  for rate in $RATES; do
+    for n in smarthost_dkim2_at_$rate postfix_opendkim2_at_$rate; do
+      grep -q "^${n}_p99 " "$W/results" || continue
+      printf '%-30s p50 %7s  p99 %7s\n' "$n" "$(median "${n}_p50")" "$(median "${n}_p99")" | tee -a "$W/medians"
+    done
+  done
+fi
 if [ $VS = 1 ]; then
   ratio() { awk -v a="$(median "$1")" -v b="$(median "$2")" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
   echo "# ratios (same run)"

@@ -27,7 +27,13 @@ type loadConfig struct {
 	perSession int // 0: as many as possible on one connection
 	size       int
 	total      int
-	tlsConfig  *tls.Config
+	// rate > 0 makes the load open: message i is due at start + i/rate
+	// whether or not earlier ones have been answered, and its latency runs
+	// from when it was due, so a slow server cannot hide its queueing delay
+	// by slowing the load down (coordinated omission).
+	rate      float64
+	start     time.Time
+	tlsConfig *tls.Config
 }
 
 type stats struct {
@@ -54,6 +60,7 @@ func runLoad(args []string) error {
 	fs.IntVar(&c.perSession, "per-session", 0, "messages per connection (0: all on one)")
 	fs.IntVar(&c.size, "size", 10240, "message size in bytes")
 	fs.IntVar(&c.total, "total", 5000, "messages in all")
+	fs.Float64Var(&c.rate, "rate", 0, "messages per second in all, on a fixed schedule (0: each session sends as soon as its last message is answered)")
 	resume := fs.Bool("resume", true, "resume TLS sessions across connections, as mail clients and MTAs do")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -63,28 +70,52 @@ func runLoad(args []string) error {
 	if *resume {
 		c.tlsConfig.ClientSessionCache = tls.NewLRUClientSessionCache(64)
 	}
-	msg := makeMessage(c.from, c.to, c.size)
-	var next atomic.Int64
-	st := &stats{}
-	start := time.Now()
-	var wg sync.WaitGroup
-	for i := 0; i < c.sessions; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			worker(&c, msg, &next, st)
-		}()
+	if c.rate < 0 {
+		return fmt.Errorf("--rate %g: must be 0 or more", c.rate)
 	}
-	wg.Wait()
-	took := time.Since(start)
+	st, took := load(&c)
 	acc := st.accepted.Load()
-	fmt.Printf("sent %d accepted %d refused %d errors %d in %.2fs: %.1f msg/s; setup p50 %s p99 %s; message p50 %s p99 %s\n",
-		c.total, acc, st.refused.Load(), st.errors.Load(), took.Seconds(), float64(acc)/took.Seconds(),
-		pct(st.setup, 50), pct(st.setup, 99), pct(st.message, 50), pct(st.message, 99))
+	offered, latency := "", "message"
+	if c.rate > 0 {
+		offered = fmt.Sprintf("offered %.1f msg/s: ", c.rate)
+		latency = "message from when due"
+	}
+	fmt.Printf("%ssent %d accepted %d refused %d errors %d in %.2fs: %.1f msg/s; setup p50 %s p99 %s; %s p50 %s p99 %s\n",
+		offered, c.total, acc, st.refused.Load(), st.errors.Load(), took.Seconds(), float64(acc)/took.Seconds(),
+		pct(st.setup, 50), pct(st.setup, 99), latency, pct(st.message, 50), pct(st.message, 99))
 	if e := st.firstErr.Load(); e != nil {
 		fmt.Fprintln(os.Stderr, "first error:", e)
 	}
 	return nil
+}
+
+// load runs the sessions and returns what they saw and how long it took.
+func load(c *loadConfig) (*stats, time.Duration) {
+	msg := makeMessage(c.from, c.to, c.size)
+	var next atomic.Int64
+	st := &stats{}
+	start := time.Now()
+	// On a schedule with long sessions, every session connects first, so
+	// that the first logins are not counted as queueing delay.
+	var ready sync.WaitGroup
+	begin := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := 0; i < c.sessions; i++ {
+		wg.Add(1)
+		ready.Add(1)
+		go func() {
+			defer wg.Done()
+			worker(c, msg, &next, st, &ready, begin)
+		}()
+	}
+	ready.Wait()
+	if c.rate > 0 {
+		start = time.Now()
+	}
+	c.start = start
+	close(begin)
+	wg.Wait()
+	return st, time.Since(start)
 }
 
 func makeMessage(from, to string, size int) []byte {
@@ -126,7 +157,7 @@ func (c *loadConfig) dial() (*smtp.Client, error) {
 	return cl, nil
 }
 
-func worker(c *loadConfig, msg []byte, next *atomic.Int64, st *stats) {
+func worker(c *loadConfig, msg []byte, next *atomic.Int64, st *stats, ready *sync.WaitGroup, begin <-chan struct{}) {
 	var cl *smtp.Client
 	sent := 0
 	defer func() {
@@ -134,7 +165,28 @@ func worker(c *loadConfig, msg []byte, next *atomic.Int64, st *stats) {
 			cl.Quit()
 		}
 	}()
-	for next.Add(1) <= int64(c.total) {
+	if c.rate > 0 && c.perSession == 0 {
+		t0 := time.Now()
+		var err error
+		if cl, err = c.dial(); err != nil {
+			st.fail(err)
+			cl = nil
+		} else {
+			st.add(&st.setup, time.Since(t0))
+		}
+	}
+	ready.Done()
+	<-begin
+	for {
+		i := next.Add(1)
+		if i > int64(c.total) {
+			break
+		}
+		var due time.Time
+		if c.rate > 0 {
+			due = c.start.Add(time.Duration(float64(i-1) / c.rate * float64(time.Second)))
+			time.Sleep(time.Until(due))
+		}
 		if cl == nil || (c.perSession > 0 && sent >= c.perSession) {
 			if cl != nil {
 				cl.Quit()
@@ -150,6 +202,9 @@ func worker(c *loadConfig, msg []byte, next *atomic.Int64, st *stats) {
 			sent = 0
 		}
 		t0 := time.Now()
+		if c.rate > 0 {
+			t0 = due
+		}
 		err := send(cl, c.from, c.to, msg)
 		sent++
 		var se *smtp.SMTPError

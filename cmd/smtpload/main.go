@@ -6,7 +6,13 @@
 //	smtpload sink --listen 127.0.0.1:2525 --expect 5000
 //	smtpload idle --addr 127.0.0.1:2587 --sessions 5000 --hold 30s
 //	smtpload run --addr 127.0.0.1:2587 --starttls --user u --pass p --from u@example.com \
-//	    --sessions 20 --per-session 0 --size 10240 --total 5000
+//	    --sessions 20 --per-session 0 --size 10240 --total 5000 [--rate 400]
+//
+// Without --rate the load is a closed loop: each session sends its next
+// message as soon as the last one is answered, which measures the most a
+// server can take. With --rate it is open: messages are due on a fixed
+// schedule, and latency counts from when each was due, which is what a
+// latency target at a given load means.
 package main
 
 import (

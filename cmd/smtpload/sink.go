@@ -20,6 +20,7 @@ func runSink(args []string) error {
 	fs := flag.NewFlagSet("sink", flag.ContinueOnError)
 	listen := fs.String("listen", "127.0.0.1:2525", "address")
 	expect := fs.Int64("expect", 0, "exit after this many messages (0: run until signalled)")
+	delay := fs.Duration("delay", 0, "wait this long before answering each message (a slow upstream)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -27,7 +28,7 @@ func runSink(args []string) error {
 	var lastAt atomic.Int64
 	done := make(chan struct{})
 	be := smtp.BackendFunc(func(*smtp.Conn) (smtp.Session, error) {
-		return &sinkSession{count: &count, lastAt: &lastAt, expect: *expect, done: done}, nil
+		return &sinkSession{count: &count, lastAt: &lastAt, expect: *expect, delay: *delay, done: done}, nil
 	})
 	s := smtp.NewServer(be)
 	s.Domain = "smtpload-sink"
@@ -61,6 +62,7 @@ type sinkSession struct {
 	count  *atomic.Int64
 	lastAt *atomic.Int64 // unix ns when the expected count was reached
 	expect int64
+	delay  time.Duration
 	done   chan struct{}
 }
 
@@ -68,6 +70,7 @@ func (s *sinkSession) Mail(string, *smtp.MailOptions) error { return nil }
 func (s *sinkSession) Rcpt(string, *smtp.RcptOptions) error { return nil }
 func (s *sinkSession) Data(r io.Reader) error {
 	io.Copy(io.Discard, r)
+	time.Sleep(s.delay)
 	if n := s.count.Add(1); n == s.expect {
 		s.lastAt.Store(time.Now().UnixNano())
 		close(s.done)
