@@ -293,6 +293,33 @@ if [ -n "$RATES" ]; then
       printf '%-30s p50 %7s  p99 %7s\n' "$n" "$(median "${n}_p50")" "$(median "${n}_p99")" | tee -a "$W/medians"
     done
   done
+  if [ $VS = 1 ] && command -v gnuplot >/dev/null; then
+    # p99 per offered rate, smarthost beside Postfix, on a log scale: at a
+    # rate Postfix cannot sustain its latency is seconds, ours milliseconds.
+    for rate in $RATES; do
+      echo "\"$rate msg/s\" $(median "smarthost_dkim2_at_${rate}_p99") $(median "postfix_opendkim2_at_${rate}_p99")"
+    done > "$W/latency.dat"
+    gnuplot <<PLOT 2>/dev/null && echo "# latency chart: $W/latency.png"
+set terminal png size 900,450 noenhanced
+set output "$W/latency.png"
+set style data histograms
+set style histogram clustered gap 1
+set style fill solid 0.8 border -1
+set logscale y
+set ylabel "p99 ms from when due (log scale)"
+set title "p99 at a fixed offered load, $SESSIONS sessions, M=0, RSA + Ed25519, median of $RUNS"
+set key top left
+set yrange [1:*]
+set xrange [-0.6:*]
+set grid ytics
+set arrow from graph 0, first 20 to graph 1, first 20 nohead dashtype 2
+set label "20 ms" at graph 0.01, first 23
+plot "$W/latency.dat" using 2:xtic(1) title "smarthost${TAGS:+ -tags $TAGS}", \
+     "" using 3 title "Postfix + 2 OpenDKIM", \
+     "" using (\$0 - 0.17):2:(sprintf("%.1f", \$2)) with labels offset 0,1 notitle, \
+     "" using (\$0 + 0.17):3:(sprintf("%.0f", \$3)) with labels offset 0,1 notitle
+PLOT
+  fi
 fi
 if [ $VS = 1 ]; then
   ratio() { awk -v a="$(median "$1")" -v b="$(median "$2")" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
