@@ -10,12 +10,7 @@ import (
 // messages the tool sent, over reused and over fresh connections.
 func TestLoadIntoSink(t *testing.T) {
 	for _, perSession := range []string{"0", "1"} {
-		l, _ := net.Listen("tcp", "127.0.0.1:0")
-		addr := l.Addr().String()
-		l.Close()
-		done := make(chan error, 1)
-		go func() { done <- runSink([]string{"--listen", addr, "--expect", "30"}) }()
-		time.Sleep(100 * time.Millisecond)
+		addr, done := startSink(t, "--expect", "30")
 		if err := runLoad([]string{"--addr", addr, "--sessions", "3", "--per-session", perSession, "--total", "30", "--size", "2048"}); err != nil {
 			t.Fatal(err)
 		}
@@ -38,19 +33,15 @@ func TestMessageSize(t *testing.T) {
 }
 
 func TestIdleSessions(t *testing.T) {
-	l, _ := net.Listen("tcp", "127.0.0.1:0")
-	addr := l.Addr().String()
-	l.Close()
-	go runSink([]string{"--listen", addr})
-	time.Sleep(100 * time.Millisecond)
+	addr, _ := startSink(t)
 	if err := runIdle([]string{"--addr", addr, "--sessions", "50", "--hold", "10ms"}); err != nil {
 		t.Fatal(err)
 	}
 }
 
 // startSink runs the counting sink on a free port with extra flags and
-// returns its address.
-func startSink(t *testing.T, flags ...string) string {
+// returns its address and where its result will come once it exits.
+func startSink(t *testing.T, flags ...string) (string, <-chan error) {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -58,16 +49,17 @@ func startSink(t *testing.T, flags ...string) string {
 	}
 	addr := l.Addr().String()
 	l.Close()
-	go runSink(append([]string{"--listen", addr}, flags...))
+	done := make(chan error, 1)
+	go func() { done <- runSink(append([]string{"--listen", addr}, flags...)) }()
 	for i := 0; i < 100; i++ {
 		if c, err := net.Dial("tcp", addr); err == nil {
 			c.Close()
-			return addr
+			return addr, done
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Fatalf("sink on %s never listened", addr)
-	return ""
+	return "", nil
 }
 
 // On a schedule the load does not wait for the server: messages are due
@@ -75,7 +67,7 @@ func startSink(t *testing.T, flags ...string) string {
 // ninth answer comes at least 9 x 20 ms after the start although it was due
 // at 8 x 5 ms. A latency counted from MAIL (about 20 ms) would hide that.
 func TestRateLatencyCountsFromWhenDue(t *testing.T) {
-	addr := startSink(t, "--delay", "20ms")
+	addr, _ := startSink(t, "--delay", "20ms")
 	c := &loadConfig{addr: addr, from: "a@example.com", to: "b@example.org", sessions: 1, size: 1024, total: 10, rate: 200}
 	st, _ := load(c)
 	if n := st.accepted.Load(); n != 10 {
@@ -90,7 +82,7 @@ func TestRateLatencyCountsFromWhenDue(t *testing.T) {
 // four sessions take at least the 200 ms between the first and the last
 // one's due time.
 func TestRatePacesLoad(t *testing.T) {
-	addr := startSink(t)
+	addr, _ := startSink(t)
 	c := &loadConfig{addr: addr, from: "a@example.com", to: "b@example.org", sessions: 4, size: 1024, total: 21, rate: 100}
 	st, took := load(c)
 	if n := st.accepted.Load(); n != 21 {
