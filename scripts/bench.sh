@@ -280,7 +280,7 @@ for r in $(seq 1 "$RUNS"); do
   done
 done
 
-median() { grep "^$1 " "$W/results" | awk '{print $2}' | sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print 0}'; }
+median() { { grep "^$1 " "$W/results" || true; } | awk '{print $2}' | sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print 0}'; }
 echo "# medians of $RUNS runs (msg/s)"
 for n in ceiling smarthost_M0 smarthost_M0_dkim2 smarthost_M1 postfix_M0 postfix_M0_opendkim2 postfix_M1_starttls; do
   m=$(median $n); [ "$m" = 0 ] || printf '%-24s %8s\n' $n "$m" | tee -a "$W/medians"
