@@ -280,6 +280,12 @@ for r in $(seq 1 "$RUNS"); do
   done
 done
 
+# histogram PNG: gnuplot draws the script on stdin as grouped bars into PNG.
+histogram() {
+  { printf 'set terminal png size 900,450 noenhanced\nset output "%s"\n' "$1"
+    printf 'set style data histograms\nset style histogram clustered gap 1\nset style fill solid 0.8 border -1\n'
+    cat; } | gnuplot 2>/dev/null
+}
 median() { { grep "^$1 " "$W/results" || true; } | awk '{print $2}' | sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print 0}'; }
 echo "# medians of $RUNS runs (msg/s)"
 for n in ceiling smarthost_M0 smarthost_M0_dkim2 smarthost_M1 postfix_M0 postfix_M0_opendkim2 postfix_M1_starttls; do
@@ -299,12 +305,7 @@ if [ -n "$RATES" ]; then
     for rate in $RATES; do
       echo "\"$rate msg/s\" $(median "smarthost_dkim2_at_${rate}_p99") $(median "postfix_opendkim2_at_${rate}_p99")"
     done > "$W/latency.dat"
-    gnuplot <<PLOT 2>/dev/null && echo "# latency chart: $W/latency.png"
-set terminal png size 900,450 noenhanced
-set output "$W/latency.png"
-set style data histograms
-set style histogram clustered gap 1
-set style fill solid 0.8 border -1
+    histogram "$W/latency.png" <<PLOT && echo "# latency chart: $W/latency.png"
 set logscale y
 set ylabel "p99 ms from when due (log scale)"
 set title "p99 at a fixed offered load, $SESSIONS sessions, M=0, RSA + Ed25519, median of $RUNS"
@@ -334,12 +335,7 @@ if [ $VS = 1 ]; then
       echo '"M=0, RSA + Ed25519"' "$(median smarthost_M0_dkim2) $(median postfix_M0_opendkim2)"
       echo '"M=1, no DKIM"' "$(median smarthost_M1) $(median postfix_M1_starttls)"
     } > "$W/chart.dat"
-    gnuplot <<PLOT 2>/dev/null && echo "# chart: $W/bench.png"
-set terminal png size 900,450 noenhanced
-set output "$W/bench.png"
-set style data histograms
-set style histogram clustered gap 1
-set style fill solid 0.8 border -1
+    histogram "$W/bench.png" <<PLOT && echo "# chart: $W/bench.png"
 set ylabel "messages/s, end to end"
 set title "smarthost${TAGS:+ -tags $TAGS} (STARTTLS + AUTH) vs Postfix 3.7 (+ OpenDKIM), $TOTAL x $SIZE B, $SESSIONS sessions, median of $RUNS"
 set key top right

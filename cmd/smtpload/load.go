@@ -157,6 +157,19 @@ func (c *loadConfig) dial() (*smtp.Client, error) {
 	return cl, nil
 }
 
+// connect dials and logs in, counting the setup time, or the failure
+// (then it returns nil).
+func (c *loadConfig) connect(st *stats) *smtp.Client {
+	t0 := time.Now()
+	cl, err := c.dial()
+	if err != nil {
+		st.fail(err)
+		return nil
+	}
+	st.add(&st.setup, time.Since(t0))
+	return cl
+}
+
 func worker(c *loadConfig, msg []byte, next *atomic.Int64, st *stats, ready *sync.WaitGroup, begin <-chan struct{}) {
 	var cl *smtp.Client
 	sent := 0
@@ -166,14 +179,7 @@ func worker(c *loadConfig, msg []byte, next *atomic.Int64, st *stats, ready *syn
 		}
 	}()
 	if c.rate > 0 && c.perSession == 0 {
-		t0 := time.Now()
-		var err error
-		if cl, err = c.dial(); err != nil {
-			st.fail(err)
-			cl = nil
-		} else {
-			st.add(&st.setup, time.Since(t0))
-		}
+		cl = c.connect(st)
 	}
 	ready.Done()
 	<-begin
@@ -191,14 +197,9 @@ func worker(c *loadConfig, msg []byte, next *atomic.Int64, st *stats, ready *syn
 			if cl != nil {
 				cl.Quit()
 			}
-			t0 := time.Now()
-			var err error
-			if cl, err = c.dial(); err != nil {
-				st.fail(err)
-				cl = nil
+			if cl = c.connect(st); cl == nil {
 				continue
 			}
-			st.add(&st.setup, time.Since(t0))
 			sent = 0
 		}
 		t0 := time.Now()
