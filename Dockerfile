@@ -1,13 +1,16 @@
-# smarthost: a static binary on a distroless base, running as nobody.
-#   docker build -t smarthost .
+# smarthost: the static release binary on a distroless base, running as nobody.
+#   docker build -t smarthost .                          # RSA signatures by libcrypto, linked in
+#   docker build --build-arg RSA=go -t smarthost .       # pure Go, no C code (docs/security.md)
 #   docker run -v smarthost-queue:/var/lib/smarthost -v ./smarthost.yaml:/etc/smarthost/smarthost.yaml:ro -p 587:587 smarthost
 FROM golang:1.26-bookworm AS build
+RUN apt-get update && apt-get install -y --no-install-recommends libssl-dev && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
 ARG VERSION=dev
-RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/smarthost ./cmd/smarthost \
+ARG RSA=openssl
+RUN scripts/build.sh -o /out/smarthost --version "${VERSION}" $([ "${RSA}" = go ] && echo --pure-go) \
  && mkdir -p /out/var/lib/smarthost/queue /out/var/lib/smarthost/dkim
 
 FROM gcr.io/distroless/static-debian12:nonroot

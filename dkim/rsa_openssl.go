@@ -2,11 +2,11 @@
 
 package dkim
 
-// Built with -tags openssl (and cgo), RSA signatures are made by the
-// system's libcrypto, which is about four times faster than Go's
-// constant-time RSA on x86-64 with AVX-512 (docs/benchmarks.md). The price
-// is C code in the signing path and a binary linked to libcrypto.so, so the
-// default build stays pure Go; see "Command line" in the README.
+// Built with -tags openssl (and cgo), RSA signatures are made by
+// libcrypto, which is about four times faster than Go's constant-time RSA
+// on x86-64 with AVX-512 (docs/benchmarks.md). The release build
+// (scripts/build.sh) is this one, with libcrypto linked in statically;
+// docs/security.md says what C code in the signing path costs.
 
 /*
 #cgo LDFLAGS: -lcrypto

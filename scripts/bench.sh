@@ -3,7 +3,7 @@
 # forwards, a counting sink receives; the figure is N / (first connection to
 # last message received upstream). One line per run.
 #
-#   scripts/bench.sh [--vs-postfix] [--openssl] [--runs 3] [--total 5000] [--sessions 20] [--size 10240]
+#   scripts/bench.sh [--vs-postfix] [--pure-go] [--runs 3] [--total 5000] [--sessions 20] [--size 10240]
 #                    [--latency "150 400"] [--latency-total 3000]
 #
 # --latency RATES adds a latency profile per rate: the same sessions, M=0,
@@ -12,8 +12,8 @@
 # from when it was due. It prints the p50 and p99 (medians over the runs);
 # with --vs-postfix Postfix + 2 OpenDKIM runs the same schedule.
 #
-# --openssl builds smarthost with -tags openssl (RSA signatures from
-# libcrypto; needs cgo and libssl-dev) instead of the static pure-Go binary.
+# smarthost is the release binary (scripts/build.sh: static, RSA signatures
+# by libcrypto); --pure-go measures the pure-Go build (Go's RSA) instead.
 #
 # --vs-postfix also runs Debian's Postfix (private config and queue, relayhost
 # to the same sink) with and without OpenDKIM milters, alternating with
@@ -26,11 +26,11 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH=$PATH:/usr/local/go/bin
 
-VS=0 RUNS=3 TOTAL=5000 SESSIONS=20 SIZE=10240 TAGS= RATES= LTOTAL=3000
+VS=0 RUNS=3 TOTAL=5000 SESSIONS=20 SIZE=10240 BUILD=release RATES= LTOTAL=3000
 while [ $# -gt 0 ]; do
   case $1 in
     --vs-postfix) VS=1 ;;
-    --openssl) TAGS=openssl ;;
+    --pure-go) BUILD=pure-go ;;
     --runs) RUNS=$2; shift ;;
     --total) TOTAL=$2; shift ;;
     --sessions) SESSIONS=$2; shift ;;
@@ -45,10 +45,10 @@ done
 W=${BENCH_DIR:-/var/lib/smarthost-bench}
 SINK_PORT=3525 RELAY_PORT=3587 PF_PORT=4587
 rm -rf "$W"; mkdir -p "$W/bin" "$W/dkim"
-if [ -n "$TAGS" ] && [ ! -e /usr/include/openssl/evp.h ]; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libssl-dev gcc >/dev/null
+if [ $BUILD = release ] && [ ! -e /usr/include/openssl/evp.h ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libssl-dev libc6-dev gcc >/dev/null
 fi
-go build -tags "$TAGS" -o "$W/bin/smarthost" ./cmd/smarthost
+scripts/build.sh -o "$W/bin/smarthost" $([ $BUILD = pure-go ] && echo --pure-go) >/dev/null
 go build -o "$W/bin/smtpload" ./cmd/smtpload
 SH=$W/bin/smarthost LOAD=$W/bin/smtpload
 
@@ -315,7 +315,7 @@ set xrange [-0.6:*]
 set grid ytics
 set arrow from graph 0, first 20 to graph 1, first 20 nohead dashtype 2
 set label "20 ms" at graph 0.01, first 23
-plot "$W/latency.dat" using 2:xtic(1) title "smarthost${TAGS:+ -tags $TAGS}", \
+plot "$W/latency.dat" using 2:xtic(1) title "smarthost ($BUILD build)", \
      "" using 3 title "Postfix + 2 OpenDKIM", \
      "" using (\$0 - 0.17):2:(sprintf("%.1f", \$2)) with labels offset 0,1 notitle, \
      "" using (\$0 + 0.17):3:(sprintf("%.0f", \$3)) with labels offset 0,1 notitle
@@ -337,7 +337,7 @@ if [ $VS = 1 ]; then
     } > "$W/chart.dat"
     histogram "$W/bench.png" <<PLOT && echo "# chart: $W/bench.png"
 set ylabel "messages/s, end to end"
-set title "smarthost${TAGS:+ -tags $TAGS} (STARTTLS + AUTH) vs Postfix 3.7 (+ OpenDKIM), $TOTAL x $SIZE B, $SESSIONS sessions, median of $RUNS"
+set title "smarthost, $BUILD build (STARTTLS + AUTH) vs Postfix 3.7 (+ OpenDKIM), $TOTAL x $SIZE B, $SESSIONS sessions, median of $RUNS"
 set key top right
 set yrange [0:*]
 set xrange [-0.6:2.6]

@@ -2,8 +2,8 @@
 # The whole test suite, on a fresh Debian machine or a developer's:
 # installs what is missing (apt-get), starts slapd and redis-server on free
 # loopback ports, runs gofmt/vet/staticcheck and `go test -race ./...` (and
-# the signer and the relay again in the -tags openssl build), and stops the
-# services again. Extra arguments go to `go test`.
+# the signer and the whole relay again as the static release binary), and
+# stops the services again. Extra arguments go to `go test`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH=$PATH:/usr/local/go/bin:$(go env GOPATH 2>/dev/null || echo "$HOME/go")/bin
@@ -14,7 +14,8 @@ for f in /usr/sbin/slapd:slapd /usr/bin/ldapsearch:ldap-utils /usr/bin/redis-ser
          /usr/share/perl5/Authen/SASL.pm:libauthen-sasl-perl /usr/bin/dkimverify:python3-dkim \
          /usr/share/perl5/Mail/DKIM/Verifier.pm:libmail-dkim-perl /usr/sbin/smtp-sink:postfix \
          /usr/bin/docker-compose:docker-compose /usr/sbin/haproxy:haproxy \
-         /etc/ssl/certs/ca-certificates.crt:ca-certificates /usr/include/openssl/evp.h:libssl-dev /usr/bin/gcc:gcc; do
+         /etc/ssl/certs/ca-certificates.crt:ca-certificates /usr/include/openssl/evp.h:libssl-dev /usr/bin/gcc:gcc \
+         /usr/include/stdlib.h:libc6-dev /usr/bin/readelf:binutils; do
   [ -e "${f%%:*}" ] || need+=("${f##*:}")
 done
 perl -MNet::SSLeay -e1 2>/dev/null || need+=(libnet-ssleay-perl)
@@ -49,7 +50,12 @@ echo "test.sh: go test -race ./..." >&2
 # slapd (SIGSTOP) to play an outage.
 go test -race -count=1 -p 1 "$@" ./...
 
-# The optional build whose RSA signatures come from libcrypto (README,
-# "Command line"): its signer, and the whole relay built that way, again.
-echo "test.sh: go test -race -tags openssl ./dkim/ ./cmd/smarthost/" >&2
-go test -race -count=1 -p 1 -tags openssl "$@" ./dkim/ ./cmd/smarthost/
+# The release binary (scripts/build.sh: static, RSA signatures by the
+# libcrypto linked into it): its signer under -race, then every end-to-end
+# test against that very binary, including a run from an empty chroot.
+echo "test.sh: the release binary: go test -race -tags openssl ./dkim/; SMARTHOST_BIN=... ./cmd/smarthost/" >&2
+go test -race -count=1 -p 1 -tags openssl "$@" ./dkim/
+release=$(mktemp -d)
+trap 'rm -rf "$release"; scripts/test-services.sh stop' EXIT
+scripts/build.sh -o "$release/smarthost" >/dev/null
+SMARTHOST_BIN=$release/smarthost go test -race -count=1 -p 1 -tags openssl "$@" ./cmd/smarthost/

@@ -29,6 +29,13 @@ import (
 var binary string
 
 func TestMain(m *testing.M) {
+	// SMARTHOST_BIN: test that binary (scripts/test.sh passes the release
+	// build of scripts/build.sh) instead of building one.
+	if bin := os.Getenv("SMARTHOST_BIN"); bin != "" {
+		binary, _ = filepath.Abs(bin)
+		os.Setenv("GORACE", "atexit_sleep_ms=0")
+		os.Exit(m.Run())
+	}
 	dir, err := os.MkdirTemp("", "smarthost-e2e-")
 	if err != nil {
 		panic(err)
@@ -108,6 +115,7 @@ type relayEnv struct {
 	implicit string
 	outbox   string
 	records  string // DKIM DNS records, "name value" lines
+	chroot   bool   // serve from a copy of the binary with dir as its root
 }
 
 type envOpts struct {
@@ -209,6 +217,9 @@ func (e *relayEnv) start(t *testing.T) *proc {
 	t.Helper()
 	p := &proc{log: &bytes.Buffer{}, done: make(chan struct{}), mu: &sync.Mutex{}}
 	p.cmd = exec.Command(binary, "serve", "--config", e.config)
+	if e.chroot {
+		p.cmd = e.chrootCommand(t)
+	}
 	p.cmd.Stderr = lockedBuffer{p.mu, p.log}
 	p.cmd.Stdout = p.cmd.Stderr
 	if err := p.cmd.Start(); err != nil {

@@ -1,0 +1,93 @@
+package main
+
+import (
+	"debug/elf"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The release binary (scripts/build.sh) must run where the Docker image
+// puts it: a root with nothing but the binary, its configuration and its
+// data; no shared libraries, no /etc, no OpenSSL configuration. Here it
+// serves from a chroot of exactly that, signs with both keys (RSA by the
+// libcrypto linked into it) and forwards to a sink outside.
+func TestReleaseBinaryInEmptyRoot(t *testing.T) {
+	if os.Getenv("SMARTHOST_BIN") == "" {
+		t.Skip("SMARTHOST_BIN (a release build from scripts/build.sh) not given")
+	}
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("chroot needs root, which CI runs as")
+		}
+		t.Skip("chroot needs root")
+	}
+	f, err := elf.Open(binary)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			t.Fatalf("%s asks for a program interpreter: it is not statically linked", binary)
+		}
+	}
+	f.Close()
+
+	up := freePort(t)
+	s := sink(t, up)
+	e := newRelayEnv(t, envOpts{upstream: "smtp://" + up})
+	e.chroot = true
+	e.start(t)
+	out, code := swaks(t, "--server", e.starttls, "--tls", "--auth-user", "alice", "--auth-password", "alice-pw",
+		"--from", "alice@example.com", "--to", "bob@example.org", "--h-From", "alice@example.com",
+		"--h-Subject", "from an empty root", "--body", "Signed in a chroot.\n")
+	if code != 0 || !queuedRe.MatchString(out) {
+		t.Fatalf("swaks exit %d:\n%s", code, out)
+	}
+	got := s.Wait(1, 10*time.Second)
+	if len(got) != 1 {
+		t.Fatalf("the sink got %d messages", len(got))
+	}
+	msg := got[0].Data
+	if !strings.Contains(string(msg), "Signed in a chroot.") {
+		t.Fatalf("the sink got something else:\n%s", msg)
+	}
+	dkimVerify(t, e.records, msg)
+}
+
+// chrootCommand copies the binary into e.dir and runs `serve` with e.dir as
+// the root, on the same configuration with its paths made relative to it.
+func (e *relayEnv) chrootCommand(t *testing.T) *exec.Cmd {
+	t.Helper()
+	src, err := os.Open(binary)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	dst, err := os.OpenFile(filepath.Join(e.dir, "smarthost"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o755)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(dst, src); err != nil {
+		t.Fatal(err)
+	}
+	dst.Close()
+	cfg, err := os.ReadFile(e.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inside := strings.ReplaceAll(string(cfg), e.dir, "")
+	if err := os.WriteFile(filepath.Join(e.dir, "chroot.yaml"), []byte(inside), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("/smarthost", "serve", "--config", "/chroot.yaml")
+	cmd.Dir = "/"
+	cmd.Env = []string{} // nothing from outside either
+	cmd.SysProcAttr = &syscall.SysProcAttr{Chroot: e.dir}
+	return cmd
+}
