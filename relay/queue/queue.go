@@ -30,8 +30,18 @@ type Config struct {
 	// Rescan is how often the spool folder is read again to pick up
 	// `smarthost queue retry|delete`; default 10s.
 	Rescan time.Duration
-	Now    func() time.Time // nil: time.Now
+	// InlineMax is the largest message (data and envelope) committed to
+	// the journal, many to a file, rather than to a file of its own:
+	// 0 means 128 KiB, a negative value none. A message being received is
+	// held in memory up to this size.
+	InlineMax int64
+	Now       func() time.Time // nil: time.Now
 }
+
+const defaultInlineMax = 128 << 10
+
+// journalFileMax: a journal file takes no more appends beyond this size.
+const journalFileMax = 16 << 20
 
 // Deliverer makes one attempt at the pending recipients of m and reports one
 // outcome per recipient of m.Pending(), in order (nil = accepted). An error
@@ -67,6 +77,8 @@ type Queue struct {
 	// writers recycles the drafts' 32 KiB write buffers: at hundreds of
 	// messages a second, that much garbage each is felt in the collector.
 	writers sync.Pool
+	bufs    sync.Pool // the drafts' memory buffers, likewise
+	journal *journal
 
 	mu       sync.Mutex
 	items    map[string]*Message
@@ -90,7 +102,7 @@ func Open(cfg Config, d Deliverer, log *slog.Logger) (*Queue, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	for _, sub := range []string{"tmp", "msg"} {
+	for _, sub := range []string{"tmp", "msg", "journal"} {
 		if err := os.MkdirAll(filepath.Join(cfg.Dir, sub), 0o700); err != nil {
 			return nil, fmt.Errorf("queue: %w", err)
 		}
@@ -111,7 +123,19 @@ func Open(cfg Config, d Deliverer, log *slog.Logger) (*Queue, error) {
 	for _, e := range tmp {
 		os.Remove(filepath.Join(cfg.Dir, "tmp", e.Name()))
 	}
+	j, ms, err := openJournal(filepath.Join(cfg.Dir, "journal"), journalFileMax,
+		func(id string) bool { return inMsg(cfg.Dir, id) }, log.Warn)
+	if err != nil {
+		lock.Close()
+		return nil, err
+	}
+	q.journal = j
+	for _, m := range ms {
+		m.dir = cfg.Dir
+		q.items[m.ID] = m
+	}
 	if err := q.rescan(true); err != nil {
+		q.journal.close()
 		lock.Close()
 		return nil, err
 	}
@@ -120,7 +144,17 @@ func Open(cfg Config, d Deliverer, log *slog.Logger) (*Queue, error) {
 }
 
 // Close releases the spool lock. Call it after Run has returned.
-func (q *Queue) Close() error { return q.lock.Close() }
+func (q *Queue) Close() error {
+	q.journal.close()
+	return q.lock.Close()
+}
+
+func (q *Queue) inlineMax() int64 {
+	if q.cfg.InlineMax == 0 {
+		return defaultInlineMax
+	}
+	return q.cfg.InlineMax
+}
 
 func (q *Queue) now() time.Time { return q.cfg.Now() }
 
@@ -145,14 +179,20 @@ func (q *Queue) Oldest() time.Time {
 	return t
 }
 
-// Writable checks that a message could be spooled right now.
+// Writable checks that a message could be spooled right now: that a file
+// can be made and written in the spool.
 func (q *Queue) Writable() error {
-	d, err := q.Create()
-	if err != nil {
-		return err
+	d := &Draft{q: q, id: newID()}
+	err := d.toFile()
+	if err == nil {
+		_, err = d.Write([]byte("probe"))
 	}
-	_, err = d.Write([]byte("probe"))
-	d.Abort()
+	if err == nil {
+		err = d.w.Flush()
+	}
+	if d.f != nil {
+		d.Abort()
+	}
 	return err
 }
 
@@ -227,13 +267,52 @@ func (q *Queue) rescan(atStart bool) error {
 		}
 	}
 	q.mu.Lock()
-	for id := range q.items {
-		if before[id] && !seen[id] && !q.inflight[id] && !q.creating[id] {
+	for id, m := range q.items {
+		if before[id] && !seen[id] && !q.inflight[id] && !q.creating[id] && m.jseg == nil {
 			delete(q.items, id)
 		}
 	}
 	q.mu.Unlock()
+	q.dropMarked()
 	return nil
+}
+
+// dropMarked drops the journal messages `smarthost queue delete` marked
+// (Spool.Delete). One being delivered is dropped at a later scan if it is
+// still there; one in msg/ by then is removed from there.
+func (q *Queue) dropMarked() {
+	ents, _ := os.ReadDir(filepath.Join(q.cfg.Dir, "msg"))
+	for _, e := range ents {
+		id, ok := strings.CutSuffix(e.Name(), ".delete")
+		if !ok || !validID(id) {
+			continue
+		}
+		q.mu.Lock()
+		m, known := q.items[id]
+		busy := q.inflight[id]
+		if known && !busy {
+			q.inflight[id] = true // no worker may take it meanwhile
+		}
+		q.mu.Unlock()
+		if busy {
+			continue
+		}
+		if known {
+			err := q.remove(m)
+			q.mu.Lock()
+			delete(q.inflight, id)
+			if err == nil {
+				delete(q.items, id)
+			}
+			q.mu.Unlock()
+			if err != nil {
+				q.log.Error("queue: delete", "msg_id", id, "err", err)
+				continue
+			}
+			q.log.Info("queue: message deleted by request", "msg_id", id)
+		}
+		os.Remove(filepath.Join(q.cfg.Dir, "msg", e.Name()))
+	}
 }
 
 // removeOrphans drops envelopes without data: only remove() leaves them
@@ -342,7 +421,7 @@ func (q *Queue) attempt(ctx context.Context, m *Message) {
 		q.kick() // its next attempt may be the earliest now
 	}()
 	// An administrator may have deleted it since it was scheduled.
-	if _, err := os.Stat(m.dataPath()); err != nil {
+	if _, err := os.Stat(m.dataPath()); err != nil && m.jseg == nil {
 		q.forget(m)
 		return
 	}
@@ -411,6 +490,14 @@ func (q *Queue) attempt(ctx context.Context, m *Message) {
 			q.log.Error("queue: remove", "msg_id", m.ID, "err", err)
 		}
 		q.forget(m)
+		return
+	}
+	if m.jseg != nil {
+		// Retries may go on for days: out of the journal, whose files are
+		// removed only once all their messages are done with.
+		if err := q.spill(m); err != nil {
+			q.log.Error("queue: save state", "msg_id", m.ID, "err", err)
+		}
 		return
 	}
 	if _, err := os.Stat(m.dataPath()); err != nil {

@@ -18,17 +18,22 @@ import (
 	"time"
 )
 
-// The spool is two folders under Config.Dir:
+// The spool is three folders under Config.Dir:
 //
-//	tmp/   drafts being received; anything left here at start is garbage
-//	msg/   ID.data: the message as received, then its first envelope (a
-//	       trailer, below); ID.env, once delivery has changed the
-//	       envelope: the current one, which wins over the trailer
+//	journal/  messages (up to Config.InlineMax) that await their first
+//	          delivery attempt, many to a file (journal.go)
+//	tmp/      drafts being written to a file; anything left here at start
+//	          is garbage
+//	msg/      ID.data: the message as received, then its envelope (a
+//	          trailer, below); ID.env, once delivery has changed the
+//	          envelope: the current one, which wins over the trailer
 //
-// ID.data is the commit point: it is renamed into msg/ only when complete
-// and fsynced, and it is removed before ID.env. So an .env always has its
-// data, and a message that is delivered at the first attempt costs one file
-// and one fsync (Postfix's queue files work the same way).
+// A message is committed to the journal when it is small, or else to
+// msg/: ID.data is renamed there only when complete and fsynced, and it is
+// removed before ID.env, so an .env always has its data. A journal message
+// still pending after its first attempt moves to msg/ as ID.data with its
+// state at that time as the trailer. A message in both places (a crash
+// between the move and the journal's record of it) is the one in msg/.
 //
 // The trailer is "\n", the envelope as one line of JSON, "\n", and a
 // footer of fixed length that gives the trailer's length:
@@ -83,6 +88,10 @@ type Message struct {
 
 	dir   string
 	saved bool // an ID.env may exist: remove() must look for one
+	// In the journal: the file and the offset of the data; nil once the
+	// message is in msg/.
+	jseg *segment
+	joff int64
 }
 
 // PendingRecipients are the recipients still to be delivered, in envelope
@@ -111,6 +120,9 @@ func (m *Message) Pending() []string {
 // Open returns the message as it is to be sent: the prepended header fields
 // and then the data, byte for byte.
 func (m *Message) Open() (io.ReadCloser, error) {
+	if m.jseg != nil {
+		return io.NopCloser(io.MultiReader(strings.NewReader(m.Prepend), io.NewSectionReader(m.jseg.f, m.joff, m.Size))), nil
+	}
 	f, err := os.Open(m.dataPath())
 	if err != nil {
 		return nil, fmt.Errorf("queue: open %s: %w", m.ID, err)
@@ -140,35 +152,66 @@ func validID(id string) bool {
 	return err == nil
 }
 
-// Draft is a message being received. It is owned by one goroutine.
+// Draft is a message being received. It is owned by one goroutine. It is
+// kept in memory up to Config.InlineMax, to be committed to the journal,
+// and written to a file in tmp/ from there on.
 type Draft struct {
 	q    *Queue
 	id   string
-	f    *os.File
+	buf  *bytes.Buffer // while in memory
+	f    *os.File      // once in a file
 	w    *bufio.Writer // most messages reach the file in one write
 	size int64
 }
 
-// Create starts a draft in the spool's tmp folder.
+// Create starts a draft.
 func (q *Queue) Create() (*Draft, error) {
-	id := newID()
-	f, err := os.OpenFile(filepath.Join(q.cfg.Dir, "tmp", id+".data"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("queue: create draft: %w", err)
+	d := &Draft{q: q, id: newID()}
+	if q.cfg.InlineMax < 0 {
+		return d, d.toFile()
 	}
-	w, _ := q.writers.Get().(*bufio.Writer)
+	d.buf, _ = q.bufs.Get().(*bytes.Buffer)
+	if d.buf == nil {
+		d.buf = &bytes.Buffer{}
+	}
+	return d, nil
+}
+
+// toFile moves the draft to a file in tmp/ and writes through it from now.
+func (d *Draft) toFile() error {
+	f, err := os.OpenFile(filepath.Join(d.q.cfg.Dir, "tmp", d.id+".data"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("queue: create draft: %w", err)
+	}
+	w, _ := d.q.writers.Get().(*bufio.Writer)
 	if w == nil {
 		w = bufio.NewWriterSize(f, 32<<10)
 	}
 	w.Reset(f)
-	return &Draft{q: q, id: id, f: f, w: w}, nil
+	d.f, d.w = f, w
+	if d.buf != nil {
+		_, err = w.Write(d.buf.Bytes())
+		d.releaseBuf()
+	}
+	return err
 }
 
 // ID is the queue ID the message will have.
 func (d *Draft) ID() string { return d.id }
 
 func (d *Draft) Write(p []byte) (int, error) {
-	n, err := d.w.Write(p)
+	if d.buf != nil && int64(d.buf.Len()+len(p)) > d.q.inlineMax() {
+		if err := d.toFile(); err != nil {
+			return 0, err
+		}
+	}
+	var n int
+	var err error
+	if d.buf != nil {
+		n, err = d.buf.Write(p)
+	} else {
+		n, err = d.w.Write(p)
+	}
 	d.size += int64(n)
 	if err != nil {
 		err = fmt.Errorf("queue: write draft: %w", err)
@@ -181,9 +224,12 @@ func (d *Draft) Size() int64 { return d.size }
 
 // Abort throws the draft away.
 func (d *Draft) Abort() {
+	d.releaseBuf()
 	d.release()
-	d.f.Close()
-	os.Remove(d.f.Name())
+	if d.f != nil {
+		d.f.Close()
+		os.Remove(d.f.Name())
+	}
 }
 
 // release gives the write buffer back, once.
@@ -192,6 +238,18 @@ func (d *Draft) release() {
 		d.w.Reset(nil)
 		d.q.writers.Put(d.w)
 		d.w = nil
+	}
+}
+
+// releaseBuf gives the memory buffer back, once; one grown by a large
+// message is left to the collector.
+func (d *Draft) releaseBuf() {
+	if d.buf != nil {
+		if int64(d.buf.Cap()) <= 2*d.q.inlineMax() {
+			d.buf.Reset()
+			d.q.bufs.Put(d.buf)
+		}
+		d.buf = nil
 	}
 }
 
@@ -212,6 +270,30 @@ func (d *Draft) Commit(env Envelope, prepend []byte) (string, error) {
 		}
 		m.Recipients = append(m.Recipients, rc)
 	}
+	if d.buf != nil {
+		defer d.releaseBuf()
+		if err := writeTrailer(d.buf, m); err != nil {
+			return "", fmt.Errorf("queue: write draft: %w", err)
+		}
+		seg, off, err := q.journal.add(m.ID, d.buf.Bytes())
+		if err != nil {
+			return "", err
+		}
+		m.jseg, m.joff = seg, off
+		q.add(m)
+		return m.ID, nil
+	}
+	if err := d.commitFile(m); err != nil {
+		return "", err
+	}
+	q.add(m)
+	return m.ID, nil
+}
+
+// commitFile ends the draft's file with m's envelope and moves it to msg/,
+// durably.
+func (d *Draft) commitFile(m *Message) error {
+	q := d.q
 	err := writeTrailer(d.w, m)
 	if err == nil {
 		err = d.w.Flush()
@@ -219,15 +301,15 @@ func (d *Draft) Commit(env Envelope, prepend []byte) (string, error) {
 	d.release()
 	if err != nil {
 		d.Abort()
-		return "", fmt.Errorf("queue: write draft: %w", err)
+		return fmt.Errorf("queue: write draft: %w", err)
 	}
 	if err := d.f.Sync(); err != nil {
 		d.Abort()
-		return "", fmt.Errorf("queue: fsync draft: %w", err)
+		return fmt.Errorf("queue: fsync draft: %w", err)
 	}
 	if err := d.f.Close(); err != nil {
 		d.Abort()
-		return "", fmt.Errorf("queue: close draft: %w", err)
+		return fmt.Errorf("queue: close draft: %w", err)
 	}
 	// From the rename on, a rescan could find the message before add()
 	// below: it must leave it to us.
@@ -242,14 +324,34 @@ func (d *Draft) Commit(env Envelope, prepend []byte) (string, error) {
 	err = os.Rename(d.f.Name(), m.dataPath())
 	if err != nil {
 		os.Remove(d.f.Name())
-		return "", fmt.Errorf("queue: commit: %w", err)
+		return fmt.Errorf("queue: commit: %w", err)
 	}
 	if err := q.dirSync.sync(); err != nil {
 		os.Remove(m.dataPath())
-		return "", fmt.Errorf("queue: commit: fsync spool: %w", err)
+		return fmt.Errorf("queue: commit: fsync spool: %w", err)
 	}
-	q.add(m)
-	return m.ID, nil
+	return nil
+}
+
+// spill moves a journal message to msg/, with its state as of now as the
+// trailer, and tells the journal it is done with it there.
+func (q *Queue) spill(m *Message) error {
+	d := &Draft{q: q, id: m.ID}
+	if err := d.toFile(); err != nil {
+		return err
+	}
+	if _, err := io.Copy(d.w, io.NewSectionReader(m.jseg.f, m.joff, m.Size)); err != nil {
+		d.Abort()
+		return fmt.Errorf("queue: move %s out of the journal: %w", m.ID, err)
+	}
+	seg := m.jseg
+	m.jseg, m.saved = nil, false
+	if err := d.commitFile(m); err != nil {
+		m.jseg = seg
+		return err
+	}
+	q.journal.done(seg, m.ID)
+	return nil
 }
 
 // writeTrailer appends m's envelope to its data (see the spool's layout).
@@ -262,25 +364,22 @@ func writeTrailer(w io.Writer, m *Message) error {
 	return err
 }
 
-// readTrailer reads the first envelope from the end of a data file.
-func readTrailer(f *os.File, id string) (*Message, error) {
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
+// readTrailer reads the envelope from the end of a message's data (size
+// bytes in all, trailer included).
+func readTrailer(f io.ReaderAt, size int64, id string) (*Message, error) {
 	var foot [footerLen]byte
-	if st.Size() < footerLen {
+	if size < footerLen {
 		return nil, fmt.Errorf("queue: %s.data has no envelope", id)
 	}
-	if _, err := f.ReadAt(foot[:], st.Size()-footerLen); err != nil {
+	if _, err := f.ReadAt(foot[:], size-footerLen); err != nil {
 		return nil, fmt.Errorf("queue: read %s.data: %w", id, err)
 	}
 	n, err := strconv.ParseInt(string(foot[:10]), 10, 64)
-	if err != nil || string(foot[10:]) != footerTag || n < 2 || n > st.Size()-footerLen {
+	if err != nil || string(foot[10:]) != footerTag || n < 2 || n > size-footerLen {
 		return nil, fmt.Errorf("queue: %s.data has no envelope", id)
 	}
 	b := make([]byte, n)
-	if _, err := f.ReadAt(b, st.Size()-footerLen-n); err != nil {
+	if _, err := f.ReadAt(b, size-footerLen-n); err != nil {
 		return nil, fmt.Errorf("queue: read %s.data: %w", id, err)
 	}
 	if b[0] != '\n' || b[n-1] != '\n' {
@@ -290,8 +389,8 @@ func readTrailer(f *os.File, id string) (*Message, error) {
 	if err := json.Unmarshal(b[1:n-1], m); err != nil {
 		return nil, fmt.Errorf("queue: decode %s.data: %w", id, err)
 	}
-	if m.Size != st.Size()-footerLen-n {
-		return nil, fmt.Errorf("queue: %s.data: envelope says %d bytes of data, file has %d", id, m.Size, st.Size()-footerLen-n)
+	if m.Size != size-footerLen-n {
+		return nil, fmt.Errorf("queue: %s.data: envelope says %d bytes of data, file has %d", id, m.Size, size-footerLen-n)
 	}
 	return m, nil
 }
@@ -391,6 +490,11 @@ func syncDir(dir string) error {
 // Waiting for a folder sync here halved delivery throughput
 // (docs/benchmarks.md).
 func (q *Queue) remove(m *Message) error {
+	if m.jseg != nil {
+		q.journal.done(m.jseg, m.ID)
+		m.jseg = nil
+		return nil
+	}
 	if err := os.Remove(m.dataPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("queue: remove %s: %w", m.ID, err)
 	}
@@ -417,7 +521,11 @@ func readMessage(dir, id string) (*Message, error) {
 			return nil, err
 		}
 		defer f.Close()
-		if m, err = readTrailer(f, id); err != nil {
+		st, err := f.Stat()
+		if err != nil {
+			return nil, err
+		}
+		if m, err = readTrailer(f, st.Size(), id); err != nil {
 			return nil, err
 		}
 	default:
@@ -457,6 +565,35 @@ func OpenSpool(dir string) (*Spool, error) {
 	return &Spool{dir: dir}, nil
 }
 
+// inMsg reports whether message id has a file in msg/.
+func inMsg(dir, id string) bool {
+	_, err := os.Stat(filepath.Join(dir, "msg", id+".data"))
+	return err == nil
+}
+
+// deleteMarked reports whether message id, in the journal, is to be
+// dropped (Spool.Delete).
+func deleteMarked(dir, id string) bool {
+	_, err := os.Stat(filepath.Join(dir, "msg", id+".delete"))
+	return err == nil
+}
+
+// journal reads the messages waiting in the journal, but for those in
+// msg/ already. The journal's files stay open for the Spool's life, which
+// is a command's.
+func (s *Spool) journal() ([]*Message, error) {
+	_, ms, err := loadSegments(filepath.Join(s.dir, "journal"), os.O_RDONLY, func(id string) bool {
+		return inMsg(s.dir, id) || deleteMarked(s.dir, id)
+	})
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil // a spool from before the journal
+	}
+	for _, m := range ms {
+		m.dir = s.dir
+	}
+	return ms, err
+}
+
 // List returns every queued message, oldest first.
 func (s *Spool) List() ([]*Message, error) {
 	ids, err := scan(s.dir)
@@ -471,18 +608,41 @@ func (s *Spool) List() ([]*Message, error) {
 		}
 		ms = append(ms, m)
 	}
+	js, err := s.journal()
+	if err != nil {
+		return nil, err
+	}
+	ms = append(ms, js...)
 	sort.Slice(ms, func(i, j int) bool { return ms[i].Created.Before(ms[j].Created) })
 	return ms, nil
 }
 
-// Show returns one message's state and its content as it will be sent.
-func (s *Spool) Show(id string) (*Message, []byte, error) {
+// find returns message id, from msg/ or the journal.
+func (s *Spool) find(id string) (*Message, error) {
 	if !validID(id) {
-		return nil, nil, fmt.Errorf("queue: %q is not a queue ID", id)
+		return nil, fmt.Errorf("queue: %q is not a queue ID", id)
 	}
 	m, err := readMessage(s.dir, id)
+	if err == nil {
+		return m, nil
+	}
+	js, jerr := s.journal()
+	if jerr != nil {
+		return nil, jerr
+	}
+	for _, m := range js {
+		if m.ID == id {
+			return m, nil
+		}
+	}
+	return nil, fmt.Errorf("queue: no message %s: %w", id, err)
+}
+
+// Show returns one message's state and its content as it will be sent.
+func (s *Spool) Show(id string) (*Message, []byte, error) {
+	m, err := s.find(id)
 	if err != nil {
-		return nil, nil, fmt.Errorf("queue: no message %s: %w", id, err)
+		return nil, nil, err
 	}
 	r, err := m.Open()
 	if err != nil {
@@ -495,22 +655,36 @@ func (s *Spool) Show(id string) (*Message, []byte, error) {
 }
 
 // Retry asks for a delivery attempt now. A running server sees the request
-// at its next spool scan.
+// at its next spool scan. A message in the journal awaits its first
+// attempt, which is always due at once.
 func (s *Spool) Retry(id string) error {
-	if _, _, err := s.Show(id); err != nil {
+	m, err := s.find(id)
+	if err != nil || m.jseg != nil {
 		return err
 	}
 	return writeFileSync(filepath.Join(s.dir, "msg", id+".retry"), nil, os.O_TRUNC)
 }
 
-// Delete removes a message without a bounce.
+// Delete removes a message without a bounce. One in the journal, which
+// only the server writes, is marked for the server to drop (at its next
+// spool scan, or at start).
 func (s *Spool) Delete(id string) error {
 	if !validID(id) {
 		return fmt.Errorf("queue: %q is not a queue ID", id)
 	}
 	msg := filepath.Join(s.dir, "msg")
 	if err := os.Remove(filepath.Join(msg, id+".data")); err != nil {
-		return fmt.Errorf("queue: no message %s: %w", id, err)
+		m, ferr := s.find(id)
+		if ferr != nil {
+			return ferr
+		}
+		if m.jseg == nil {
+			return fmt.Errorf("queue: no message %s: %w", id, err)
+		}
+		if err := writeFileSync(filepath.Join(msg, id+".delete"), nil, os.O_TRUNC); err != nil {
+			return fmt.Errorf("queue: mark %s deleted: %w", id, err)
+		}
+		return syncDir(msg)
 	}
 	os.Remove(filepath.Join(msg, id+".env"))
 	os.Remove(filepath.Join(msg, id+".retry"))
