@@ -337,7 +337,7 @@ if [ $VS = 1 ]; then
     } > "$W/chart.dat"
     histogram "$W/bench.png" <<PLOT && echo "# chart: $W/bench.png"
 set ylabel "messages/s, end to end"
-set title "smarthost, $BUILD build (STARTTLS + AUTH) vs Postfix 3.7 (+ OpenDKIM), $TOTAL x $SIZE B, $SESSIONS sessions, median of $RUNS"
+set title "smarthost, $BUILD build (STARTTLS + AUTH) vs Postfix 3.7 (+ OpenDKIM)\n$TOTAL x $SIZE B, $SESSIONS sessions, median of $RUNS"
 set key top right
 set yrange [0:*]
 set xrange [-0.6:2.6]

@@ -86,6 +86,7 @@ type journal struct {
 	writing  bool
 	nextSeq  uint64
 	retiring []*segment // emptied, to be closed and removed outside mu
+	wbuf     []byte     // the writer's, kept between writes
 }
 
 func segName(seq uint64) string { return fmt.Sprintf("%016X.log", seq) }
@@ -293,7 +294,7 @@ func (j *journal) done(seg *segment, id string) {
 // held on entry and exit, not while writing.
 func (j *journal) writeLocked() {
 	j.writing = true
-	var buf []byte
+	buf := j.wbuf
 	for len(j.pending) > 0 {
 		batch := j.pending
 		j.pending = nil
@@ -349,6 +350,9 @@ func (j *journal) writeLocked() {
 			}
 		}
 		j.cond.Broadcast()
+	}
+	if cap(buf) <= 1<<20 { // a batch of large messages is not kept
+		j.wbuf = buf[:0]
 	}
 	j.writing = false
 }
