@@ -14,6 +14,8 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // The journal holds messages that have not had a delivery attempt yet,
@@ -86,7 +88,8 @@ type journal struct {
 	writing  bool
 	nextSeq  uint64
 	retiring []*segment // emptied, to be closed and removed outside mu
-	wbuf     []byte     // the writer's, kept between writes
+	frames   []byte     // the writer's headers and CRCs, kept between writes
+	iov      [][]byte
 }
 
 func segName(seq uint64) string { return fmt.Sprintf("%016X.log", seq) }
@@ -241,14 +244,45 @@ func readRecords(f *os.File, fn func(kind byte, id string, off, n int64)) (int64
 	return off, nil
 }
 
-func appendRecord(b []byte, kind byte, id string, payload []byte) []byte {
+// frame appends a record's header and CRC to b and returns them as the
+// two slices to write around its payload, which is never copied: a
+// message is held in memory once.
+func frame(b []byte, kind byte, id string, payload []byte) (_, head, tail []byte) {
 	start := len(b)
 	b = append(b, recMagic...)
 	b = append(b, kind)
 	b = append(b, id...)
 	b = binary.BigEndian.AppendUint32(b, uint32(len(payload)))
-	b = append(b, payload...)
-	return binary.BigEndian.AppendUint32(b, crc32.Checksum(b[start+4:], crcTable))
+	crc := crc32.Update(crc32.Checksum(b[start+4:], crcTable), crcTable, payload)
+	b = binary.BigEndian.AppendUint32(b, crc)
+	return b, b[start : start+recHead], b[start+recHead:]
+}
+
+// pwriteAll writes bufs at off, in as many pwritev calls as it takes.
+func pwriteAll(f *os.File, bufs [][]byte, off int64) error {
+	fd := int(f.Fd())
+	for len(bufs) > 0 {
+		n, err := unix.Pwritev(fd, bufs[:min(len(bufs), 1024)], off) // IOV_MAX
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return io.ErrShortWrite
+		}
+		off += int64(n)
+		for n > 0 && len(bufs) > 0 {
+			if n < len(bufs[0]) {
+				bufs[0] = bufs[0][n:]
+				break
+			}
+			n -= len(bufs[0])
+			bufs = bufs[1:]
+		}
+	}
+	return nil
 }
 
 // add writes a message and returns once it is durable, with its place.
@@ -294,7 +328,6 @@ func (j *journal) done(seg *segment, id string) {
 // held on entry and exit, not while writing.
 func (j *journal) writeLocked() {
 	j.writing = true
-	buf := j.wbuf
 	for len(j.pending) > 0 {
 		batch := j.pending
 		j.pending = nil
@@ -316,16 +349,30 @@ func (j *journal) writeLocked() {
 				j.mu.Unlock()
 			}
 		}
-		buf = buf[:0]
+		// The slices of frames handed out must stay put: room for all.
+		if need := len(batch) * (recHead + recTail); cap(j.frames) < need {
+			j.frames = make([]byte, 0, need)
+		}
+		frames, iov := j.frames[:0], j.iov[:0]
+		var size int64
 		durable := false
 		for _, r := range batch {
-			buf = appendRecord(buf, r.kind, r.id, r.payload)
-			r.off = seg.size + int64(len(buf)) - int64(len(r.payload)) - recTail
+			var head, tail []byte
+			frames, head, tail = frame(frames, r.kind, r.id, r.payload)
+			r.off = seg.size + size + recHead
+			size += int64(recHead + len(r.payload) + recTail)
+			iov = append(iov, head)
+			if len(r.payload) > 0 {
+				iov = append(iov, r.payload)
+			}
+			iov = append(iov, tail)
 			durable = durable || r.durable
 		}
 		if err == nil {
-			_, err = seg.f.WriteAt(buf, seg.size)
+			err = pwriteAll(seg.f, iov, seg.size)
 		}
+		clear(iov) // the payloads are the callers'
+		j.iov = iov[:0]
 		if err == nil && durable {
 			err = syscall.Fdatasync(int(seg.f.Fd()))
 		}
@@ -335,7 +382,7 @@ func (j *journal) writeLocked() {
 
 		j.mu.Lock()
 		if err == nil {
-			seg.size += int64(len(buf))
+			seg.size += size
 		} else if rerr := j.rotateLocked(); rerr != nil {
 			// What the failed write left in the file is of unknown state
 			// (a failed fdatasync may have dropped the pages): nothing is
@@ -350,9 +397,6 @@ func (j *journal) writeLocked() {
 			}
 		}
 		j.cond.Broadcast()
-	}
-	if cap(buf) <= 1<<20 { // a batch of large messages is not kept
-		j.wbuf = buf[:0]
 	}
 	j.writing = false
 }

@@ -372,3 +372,28 @@ func TestSpoolAdminJournal(t *testing.T) {
 		t.Fatal("the deleted message came back after a restart")
 	}
 }
+
+// pwriteAll writes every buffer in order, also beyond the 1024 a single
+// pwritev takes.
+func TestPwriteAll(t *testing.T) {
+	f, err := os.Create(filepath.Join(t.TempDir(), "f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var bufs [][]byte
+	var want bytes.Buffer
+	for i := 0; i < 2500; i++ {
+		b := []byte(fmt.Sprintf("<%d>", i))
+		bufs = append(bufs, b)
+		want.Write(b)
+	}
+	f.WriteAt([]byte("head"), 0)
+	if err := pwriteAll(f, bufs, 4); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := os.ReadFile(f.Name())
+	if string(got) != "head"+want.String() {
+		t.Fatalf("wrote %d bytes, want %d", len(got), 4+want.Len())
+	}
+}
