@@ -15,9 +15,13 @@
 # smarthost is the release binary (scripts/build.sh: static, RSA signatures
 # by libcrypto); --pure-go measures the pure-Go build (Go's RSA) instead.
 #
+# Profiles per run: M=0 without DKIM, with an RSA-2048 signature, and with
+# RSA-2048 + Ed25519; M=1 (a connection per message) without DKIM.
+#
 # --vs-postfix also runs Debian's Postfix (private config and queue, relayhost
-# to the same sink) with and without OpenDKIM milters, alternating with
-# smarthost run by run, and prints medians and ratios. Postfix is measured
+# to the same sink) without OpenDKIM, with one milter (RSA-2048) and with two
+# chained (RSA-2048, then Ed25519: one OpenDKIM 2.11 cannot sign twice),
+# alternating with smarthost run by run, and prints medians and ratios. Postfix is measured
 # without AUTH (it has no SASL backend configured); smarthost always uses
 # STARTTLS + AUTH. Needs root for Postfix. Writes results and a chart under
 # $BENCH_DIR (default /var/lib/smarthost-bench: OpenDKIM refuses keys below
@@ -70,13 +74,14 @@ $SH dkim keygen --domain example.com --selector ed --algo ed25519 --out "$W/dkim
 
 wait_port() { for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
 
-relay_config() { # dkim: none|both
+relay_config() { # dkim: none|rsa|both
   local dkim=""
-  if [ "$1" = both ]; then
+  if [ "$1" != none ]; then
     dkim="dkim:
   domains:
     example.com:
-      - {selector: rsa, key_file: $W/dkim/example.com.rsa.key}
+      - {selector: rsa, key_file: $W/dkim/example.com.rsa.key}"
+    [ "$1" = both ] && dkim="$dkim
       - {selector: ed, key_file: $W/dkim/example.com.ed.key}"
   fi
   cat > "$W/relay.yaml" <<CONF
@@ -270,6 +275,8 @@ for r in $(seq 1 "$RUNS"); do
   run_ceiling
   run_smarthost smarthost_M0 none 0
   [ $VS = 1 ] && run_postfix postfix_M0 none 0 no
+  run_smarthost smarthost_M0_rsa rsa 0
+  [ $VS = 1 ] && run_postfix postfix_M0_opendkim_rsa rsa 0 no
   run_smarthost smarthost_M0_dkim2 both 0
   [ $VS = 1 ] && run_postfix postfix_M0_opendkim2 both 0 no
   run_smarthost smarthost_M1 none 1
@@ -288,7 +295,7 @@ histogram() {
 }
 median() { { grep "^$1 " "$W/results" || true; } | awk '{print $2}' | sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print 0}'; }
 echo "# medians of $RUNS runs (msg/s)"
-for n in ceiling smarthost_M0 smarthost_M0_dkim2 smarthost_M1 postfix_M0 postfix_M0_opendkim2 postfix_M1_starttls; do
+for n in ceiling smarthost_M0 smarthost_M0_rsa smarthost_M0_dkim2 smarthost_M1 postfix_M0 postfix_M0_opendkim_rsa postfix_M0_opendkim2 postfix_M1_starttls; do
   m=$(median $n); [ "$m" = 0 ] || printf '%-24s %8s\n' $n "$m" | tee -a "$W/medians"
 done
 if [ -n "$RATES" ]; then
@@ -326,12 +333,14 @@ if [ $VS = 1 ]; then
   ratio() { awk -v a="$(median "$1")" -v b="$(median "$2")" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
   echo "# ratios (same run)"
   echo "smarthost / postfix, no DKIM, M=0:                       $(ratio smarthost_M0 postfix_M0)"
+  echo "smarthost / postfix + OpenDKIM milter, RSA-2048:        $(ratio smarthost_M0_rsa postfix_M0_opendkim_rsa)"
   echo "smarthost / postfix + 2 OpenDKIM milters, 2 signatures: $(ratio smarthost_M0_dkim2 postfix_M0_opendkim2)"
   echo "smarthost / postfix with STARTTLS, new connection each:  $(ratio smarthost_M1 postfix_M1_starttls)"
   if command -v gnuplot >/dev/null; then
     # One group per profile, smarthost beside Postfix, the ratio on top.
     {
       echo '"M=0, no DKIM"' "$(median smarthost_M0) $(median postfix_M0)"
+      echo '"M=0, RSA-2048"' "$(median smarthost_M0_rsa) $(median postfix_M0_opendkim_rsa)"
       echo '"M=0, RSA + Ed25519"' "$(median smarthost_M0_dkim2) $(median postfix_M0_opendkim2)"
       echo '"M=1, no DKIM"' "$(median smarthost_M1) $(median postfix_M1_starttls)"
     } > "$W/chart.dat"
@@ -340,7 +349,7 @@ set ylabel "messages/s, end to end"
 set title "smarthost, $BUILD build (STARTTLS + AUTH) vs Postfix 3.7 (+ OpenDKIM)\n$TOTAL x $SIZE B, $SESSIONS sessions, median of $RUNS"
 set key top right
 set yrange [0:*]
-set xrange [-0.6:2.6]
+set xrange [-0.6:3.6]
 set offsets 0, 0, graph 0.12, 0
 set grid ytics
 plot "$W/chart.dat" using 2:xtic(1) title "smarthost", \
