@@ -84,22 +84,33 @@ func (c *Cache) Authenticate(ctx context.Context, username, password string) (*U
 		return e.user, nil
 	}
 	v, err, _ := c.flight.Do(string(k[:]), func() (any, error) {
-		// A flight that just landed may have filled the cache.
+		// A flight that just landed has filled the cache.
 		c.mu.Lock()
 		e, ok := c.entries[k]
 		c.mu.Unlock()
 		if ok && now.Before(e.expires) {
 			return e.user, nil
 		}
-		return c.dir.Authenticate(ctx, username, password)
+		u, err := c.dir.Authenticate(ctx, username, password)
+		// Cached before the flight lands: a login arriving just after it
+		// must find the entry, not start a second check.
+		c.store(k, u, err, now)
+		return u, err
 	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*User), nil
+}
+
+// store remembers a verified login, or forgets one that no longer verifies.
+func (c *Cache) store(k [32]byte, u *User, err error, now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err != nil {
 		delete(c.entries, k)
-		return nil, err
+		return
 	}
-	u := v.(*User)
 	// Drop expired entries now and then so the map stays bounded by the
 	// number of distinct logins within one ttl.
 	if len(c.entries) > 1024 {
@@ -110,5 +121,4 @@ func (c *Cache) Authenticate(ctx context.Context, username, password string) (*U
 		}
 	}
 	c.entries[k] = cacheEntry{user: u, expires: now.Add(c.ttl)}
-	return u, nil
 }
