@@ -383,6 +383,8 @@ func (j *journal) writeLocked() {
 		j.mu.Lock()
 		if err == nil {
 			seg.size += size
+		} else if len(j.segs) == 0 {
+			// Closed meanwhile: nothing more is written.
 		} else if rerr := j.rotateLocked(); rerr != nil {
 			// What the failed write left in the file is of unknown state
 			// (a failed fdatasync may have dropped the pages): nothing is

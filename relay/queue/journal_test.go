@@ -397,3 +397,24 @@ func TestPwriteAll(t *testing.T) {
 		t.Fatalf("wrote %d bytes, want %d", len(got), 4+want.Len())
 	}
 }
+
+// A session that outlives the shutdown cannot commit any more: it gets an
+// error (the client a temporary failure), and nothing panics or is written.
+func TestCommitAfterClose(t *testing.T) {
+	dir := t.TempDir()
+	q := openQ(t, dir, nil, time.Hour)
+	d, err := q.Create()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Write([]byte("Subject: s\r\n\r\nbody\r\n"))
+	q.Close()
+	if _, err := d.Commit(Envelope{From: "a@x.org", To: []string{"b@y.org"}}, nil); err == nil {
+		t.Fatal("commit after close succeeded")
+	}
+	q2 := openQ(t, dir, nil, time.Hour)
+	defer q2.Close()
+	if q2.Len() != 0 {
+		t.Fatalf("%d queued after a refused commit", q2.Len())
+	}
+}
