@@ -72,23 +72,33 @@ func TestReleaseBinaryInEmptyRoot(t *testing.T) {
 	dkimVerify(t, e.records, msg)
 }
 
-// chrootCommand copies the binary into e.dir and runs `serve` with e.dir as
-// the root, on the same configuration with its paths made relative to it.
-func (e *relayEnv) chrootCommand(t *testing.T) *exec.Cmd {
+func copyFile(t *testing.T, from, to string) {
 	t.Helper()
-	src, err := os.Open(binary)
+	src, err := os.Open(from)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer src.Close()
-	dst, err := os.OpenFile(filepath.Join(e.dir, "smarthost"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o755)
+	dst, err := os.OpenFile(to, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o755)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := io.Copy(dst, src); err != nil {
 		t.Fatal(err)
 	}
-	dst.Close()
+	if err := dst.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// chrootCommand copies the binary into e.dir (once) and runs `serve` with
+// e.dir as the root, on the same configuration with its paths made
+// relative to it.
+func (e *relayEnv) chrootCommand(t *testing.T) *exec.Cmd {
+	t.Helper()
+	if _, err := os.Stat(filepath.Join(e.dir, "smarthost")); err != nil {
+		copyFile(t, binary, filepath.Join(e.dir, "smarthost"))
+	}
 	cfg, err := os.ReadFile(e.config)
 	if err != nil {
 		t.Fatal(err)

@@ -102,6 +102,9 @@ func Open(cfg Config, d Deliverer, log *slog.Logger) (*Queue, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.InlineMax == 0 {
+		cfg.InlineMax = defaultInlineMax
+	}
 	for _, sub := range []string{"tmp", "msg", "journal"} {
 		if err := os.MkdirAll(filepath.Join(cfg.Dir, sub), 0o700); err != nil {
 			return nil, fmt.Errorf("queue: %w", err)
@@ -147,13 +150,6 @@ func Open(cfg Config, d Deliverer, log *slog.Logger) (*Queue, error) {
 func (q *Queue) Close() error {
 	q.journal.close()
 	return q.lock.Close()
-}
-
-func (q *Queue) inlineMax() int64 {
-	if q.cfg.InlineMax == 0 {
-		return defaultInlineMax
-	}
-	return q.cfg.InlineMax
 }
 
 func (q *Queue) now() time.Time { return q.cfg.Now() }
@@ -224,7 +220,7 @@ func (q *Queue) rescan(atStart bool) error {
 		before[id] = true
 	}
 	q.mu.Unlock()
-	ids, err := scan(q.cfg.Dir)
+	ids, marked, err := scan(q.cfg.Dir)
 	if err != nil {
 		return err
 	}
@@ -273,20 +269,15 @@ func (q *Queue) rescan(atStart bool) error {
 		}
 	}
 	q.mu.Unlock()
-	q.dropMarked()
+	q.dropMarked(marked)
 	return nil
 }
 
 // dropMarked drops the journal messages `smarthost queue delete` marked
 // (Spool.Delete). One being delivered is dropped at a later scan if it is
 // still there; one in msg/ by then is removed from there.
-func (q *Queue) dropMarked() {
-	ents, _ := os.ReadDir(filepath.Join(q.cfg.Dir, "msg"))
-	for _, e := range ents {
-		id, ok := strings.CutSuffix(e.Name(), ".delete")
-		if !ok || !validID(id) {
-			continue
-		}
+func (q *Queue) dropMarked(ids []string) {
+	for _, id := range ids {
 		q.mu.Lock()
 		m, known := q.items[id]
 		busy := q.inflight[id]
@@ -311,7 +302,7 @@ func (q *Queue) dropMarked() {
 			}
 			q.log.Info("queue: message deleted by request", "msg_id", id)
 		}
-		os.Remove(filepath.Join(q.cfg.Dir, "msg", e.Name()))
+		os.Remove(filepath.Join(q.cfg.Dir, "msg", id+".delete"))
 	}
 }
 
@@ -420,10 +411,13 @@ func (q *Queue) attempt(ctx context.Context, m *Message) {
 		q.mu.Unlock()
 		q.kick() // its next attempt may be the earliest now
 	}()
-	// An administrator may have deleted it since it was scheduled.
-	if _, err := os.Stat(m.dataPath()); err != nil && m.jseg == nil {
-		q.forget(m)
-		return
+	// An administrator may have deleted it since it was scheduled (one in
+	// the journal is dropped by dropMarked instead).
+	if m.jseg == nil {
+		if _, err := os.Stat(m.dataPath()); err != nil {
+			q.forget(m)
+			return
+		}
 	}
 	pending := m.Pending()
 	var errs []error

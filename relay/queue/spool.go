@@ -200,7 +200,7 @@ func (d *Draft) toFile() error {
 func (d *Draft) ID() string { return d.id }
 
 func (d *Draft) Write(p []byte) (int, error) {
-	if d.buf != nil && int64(d.buf.Len()+len(p)) > d.q.inlineMax() {
+	if d.buf != nil && int64(d.buf.Len()+len(p)) > d.q.cfg.InlineMax {
 		if err := d.toFile(); err != nil {
 			return 0, err
 		}
@@ -245,7 +245,7 @@ func (d *Draft) release() {
 // message is left to the collector.
 func (d *Draft) releaseBuf() {
 	if d.buf != nil {
-		if int64(d.buf.Cap()) <= 2*d.q.inlineMax() {
+		if int64(d.buf.Cap()) <= 2*d.q.cfg.InlineMax {
 			d.buf.Reset()
 			d.q.bufs.Put(d.buf)
 		}
@@ -538,19 +538,21 @@ func readMessage(dir, id string) (*Message, error) {
 	return m, nil
 }
 
-// scan lists the IDs of committed messages.
-func scan(dir string) ([]string, error) {
+// scan lists the IDs of the messages in msg/, and of the journal messages
+// marked for deletion there (Spool.Delete).
+func scan(dir string) (ids, marked []string, err error) {
 	ents, err := os.ReadDir(filepath.Join(dir, "msg"))
 	if err != nil {
-		return nil, fmt.Errorf("queue: read spool: %w", err)
+		return nil, nil, fmt.Errorf("queue: read spool: %w", err)
 	}
-	var ids []string
 	for _, e := range ents {
 		if id, ok := strings.CutSuffix(e.Name(), ".data"); ok && validID(id) {
 			ids = append(ids, id)
+		} else if id, ok := strings.CutSuffix(e.Name(), ".delete"); ok && validID(id) {
+			marked = append(marked, id)
 		}
 	}
-	return ids, nil
+	return ids, marked, nil
 }
 
 // Spool is read-only and administrative access to a spool folder, for the
@@ -596,7 +598,7 @@ func (s *Spool) journal() ([]*Message, error) {
 
 // List returns every queued message, oldest first.
 func (s *Spool) List() ([]*Message, error) {
-	ids, err := scan(s.dir)
+	ids, _, err := scan(s.dir)
 	if err != nil {
 		return nil, err
 	}
