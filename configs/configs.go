@@ -28,6 +28,7 @@ type File struct {
 	Upstreams []Upstream `yaml:"upstreams"`
 	Routes    []Route    `yaml:"routes"`
 	Queue     Queue      `yaml:"queue"`
+	Headers   Headers    `yaml:"headers"`
 	Metrics   Metrics    `yaml:"metrics"`
 	Log       Log        `yaml:"log"`
 
@@ -90,6 +91,9 @@ type Policy struct {
 	MaxRecipients           int      `yaml:"max_recipients"`
 	MaxMessageSize          Size     `yaml:"max_message_size"`
 	AllowedRecipientDomains []string `yaml:"allowed_recipient_domains"`
+	// BareNewline: a bare LF in message content is made CRLF
+	// ("normalize", as Postfix 3.9+ does) or refused ("reject").
+	BareNewline string `yaml:"bare_newline"`
 }
 
 type RateLimit struct {
@@ -165,6 +169,13 @@ type Queue struct {
 	// DelayWarning: one "still trying" notice to the sender after this long
 	// (0: none).
 	DelayWarning Duration `yaml:"delay_warning"`
+}
+
+// Headers is what the relay does to message header fields.
+type Headers struct {
+	// Received: "full" names the client (EHLO name and address) in our
+	// Received: field; "anonymous" leaves both out.
+	Received string `yaml:"received"`
 }
 
 type Metrics struct {

@@ -49,6 +49,12 @@ func (f *File) applyDefaults() {
 	if p.MaxMessageSize == 0 {
 		p.MaxMessageSize = 25 << 20
 	}
+	if p.BareNewline == "" {
+		p.BareNewline = "normalize"
+	}
+	if f.Headers.Received == "" {
+		f.Headers.Received = "full"
+	}
 	r := &f.RateLimit
 	if r.Backend == "" {
 		r.Backend = "memory"
@@ -183,6 +189,8 @@ func (f *File) validate(add func(string, int, string)) {
 	if f.Policy.MaxRecipients < 0 {
 		bad("policy.max_recipients", "must be positive")
 	}
+	oneOf("policy.bare_newline", f.Policy.BareNewline, "normalize", "reject")
+	oneOf("headers.received", f.Headers.Received, "full", "anonymous")
 
 	oneOf("ratelimit.backend", f.RateLimit.Backend, "redis", "memory")
 	oneOf("ratelimit.on_backend_error", f.RateLimit.OnBackendError, "tempfail", "allow")

@@ -117,21 +117,30 @@ func (sg *Signing) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// Abort ends a signing that will not be finished (the message was
+// refused), so that it holds nothing.
+func (sg *Signing) Abort() {
+	sg.abort()
+}
+
 func (sg *Signing) abort() {
 	for _, s := range sg.signers {
 		s.Close()
 	}
+	sg.signers = nil
 }
 
 // Finish returns the DKIM-Signature fields to put on top of the message.
 func (sg *Signing) Finish() ([]byte, error) {
 	var b bytes.Buffer
-	for _, s := range sg.signers {
+	for i, s := range sg.signers {
 		if err := s.Close(); err != nil {
+			sg.signers = sg.signers[i+1:]
 			sg.abort()
 			return nil, fmt.Errorf("dkim: %w", err)
 		}
 		b.WriteString(s.Signature())
 	}
+	sg.signers = nil
 	return b.Bytes(), nil
 }

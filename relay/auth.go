@@ -3,11 +3,14 @@ package relay
 import (
 	"context"
 	"errors"
+	"fmt"
+	"unicode/utf8"
 
 	"github.com/emersion/go-sasl"
 
 	"github.com/smarthost/smarthost/policy"
 	"github.com/smarthost/smarthost/ratelimit"
+	"github.com/smarthost/smarthost/relay/smtpd"
 )
 
 // AuthMechanisms is what EHLO advertises: nothing before TLS, so that
@@ -19,22 +22,66 @@ func (s *session) AuthMechanisms() []string {
 	return []string{sasl.Plain, sasl.Login}
 }
 
-func (s *session) Auth(mech string) (sasl.Server, error) {
+// Auth runs one SASL exchange (PLAIN or LOGIN). A response that is not
+// base64, or a payload that is not what the mechanism defines, is a failed
+// login like a wrong password: it counts towards the lockout and is
+// logged, and gets 501 5.5.2 (RFC 4954 4).
+func (s *session) Auth(mech string, initial []byte, next func([]byte) ([]byte, error)) error {
 	if !s.tls && !s.srv.cfg.AllowInsecureAuth {
-		return nil, s.fail("AUTH", errTLSRequired)
+		return errTLSRequired
 	}
+	verified := false // the mechanism handed over credentials
+	check := func(identity, username, password string) error {
+		verified = true
+		if !utf8.ValidString(identity + username + password) {
+			return s.failedLogin(fmt.Errorf("%w: not UTF-8", errAuthMalformed))
+		}
+		if identity != "" && identity != username {
+			return s.failedLogin(errIdentity)
+		}
+		return s.authenticate(username, password)
+	}
+	var srv sasl.Server
 	switch mech {
 	case sasl.Plain:
-		return sasl.NewPlainServer(func(identity, username, password string) error {
-			if identity != "" && identity != username {
-				return s.fail("AUTH", errIdentity)
-			}
-			return s.authenticate(username, password)
-		}), nil
+		srv = sasl.NewPlainServer(check)
 	case sasl.Login:
-		return &loginServer{auth: s.authenticate}, nil
+		srv = &loginServer{auth: func(u, p string) error { return check("", u, p) }}
+	default:
+		return errUnknownMechanism
 	}
-	return nil, code(504, 5, 5, 4, "Unrecognized authentication mechanism")
+	resp := initial
+	for {
+		challenge, done, err := srv.Next(resp)
+		if err != nil {
+			if !verified {
+				// go-sasl's "invalid response": the payload's shape.
+				return s.failedLogin(fmt.Errorf("%w: %w", errAuthMalformed, err))
+			}
+			return err
+		}
+		if done {
+			return nil
+		}
+		if resp, err = next(challenge); err != nil {
+			if errors.Is(err, smtpd.ErrAuthMalformed) {
+				return s.failedLogin(err)
+			}
+			return err
+		}
+	}
+}
+
+// failedLogin counts a login refused before the directory was asked (a
+// malformed response, a foreign identity) like a wrong password.
+func (s *session) failedLogin(err error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.AuthTimeout)
+	defer cancel()
+	if q := s.deps.Quotas; q != nil {
+		q.LoginFailed(ctx, s.client.Addr.String())
+	}
+	s.srv.cfg.Metrics.auth.WithLabelValues("failure").Inc()
+	return err
 }
 
 func (s *session) authenticate(username, password string) error {
@@ -50,7 +97,7 @@ func (s *session) authenticate(username, password string) error {
 				result = "throttled"
 			}
 			m.auth.WithLabelValues(result).Inc()
-			return s.fail("AUTH", err)
+			return err
 		}
 	}
 	u, err := s.deps.Policy.Authenticate(ctx, username, password)
@@ -63,7 +110,7 @@ func (s *session) authenticate(username, password string) error {
 			result = "failure"
 		}
 		m.auth.WithLabelValues(result).Inc()
-		return s.fail("AUTH", err)
+		return err
 	}
 	m.auth.WithLabelValues("success").Inc()
 	s.client.User = u

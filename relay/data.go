@@ -4,14 +4,13 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"net/mail"
 	"strings"
 	"time"
-
-	"github.com/emersion/go-smtp"
 
 	"github.com/smarthost/smarthost/dkim"
 	"github.com/smarthost/smarthost/policy"
@@ -20,25 +19,25 @@ import (
 
 // Data receives a message: it streams it into a spool draft with bounded
 // memory (only the header block is held; smtpd's reader has already
-// refused bare CR, LF and NUL), checks the
+// refused bare CR and NUL, and normalized or refused bare LF), checks the
 // From:/Sender: owner, adds the RFC 6409 section 8 fields, DKIM-signs, and
 // acknowledges only once the queue has fsynced it.
-func (s *session) Data(r io.Reader) error {
+func (s *session) Data(r io.Reader) (string, error) {
 	d, err := s.deps.Queue.Create()
 	if err != nil {
-		return s.fail("DATA", fmt.Errorf("%w: %w", errSpool, err))
+		return "", fmt.Errorf("%w: %w", errSpool, err)
 	}
 	id, err := s.receive(d, r)
 	if err != nil {
 		d.Abort()
-		return s.fail("DATA", err)
+		return "", err
 	}
 	s.log.Info("queued", "msg_id", id, "from", s.from, "rcpts", len(s.rcpts), "size", d.Size())
 	m := s.srv.cfg.Metrics
 	m.accepted.Inc()
 	m.recipients.Add(float64(len(s.rcpts)))
 	m.bytes.Add(float64(d.Size()))
-	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK: queued as " + id}
+	return id, nil
 }
 
 func (s *session) receive(d *queue.Draft, r io.Reader) (string, error) {
@@ -71,10 +70,15 @@ func (s *session) receive(d *queue.Draft, r io.Reader) (string, error) {
 			return "", err
 		}
 	}
+	// Both the spool and the signer see every byte; a failed spool write
+	// is told apart from a broken client by errSpool.
 	var w io.Writer = spoolWriter{d}
 	if sign != nil {
-		w = io.MultiWriter(d, sign)
-		sign.Write(added)
+		defer sign.Abort() // after Finish, a no-op
+		w = io.MultiWriter(w, sign)
+		if _, err := sign.Write(added); err != nil {
+			return "", err
+		}
 	}
 	if _, err := w.Write(header); err != nil {
 		return "", err
@@ -98,7 +102,12 @@ func (s *session) receive(d *queue.Draft, r io.Reader) (string, error) {
 			return "", err
 		}
 	}
-	env := queue.Envelope{From: s.from, To: s.rcpts, Ret: s.dsnRet, EnvID: s.dsnEnvID, Notify: s.dsnNotify, ORcpt: s.dsnORcpt}
+	env := queue.Envelope{From: s.from, To: s.rcpts, Ret: s.dsnRet, EnvID: s.dsnEnvID, Notify: s.dsnNotify,
+		SMTPUTF8: s.utf8, UTF8Required: s.utf8 && needsUTF8(s.from, s.rcpts, header, added)}
+	for _, o := range s.dsnORcpt {
+		env.ORcpt = append(env.ORcpt, o.addr)
+		env.ORcptType = append(env.ORcptType, o.typ)
+	}
 	if s.client.User != nil {
 		env.Class = s.client.User.Class
 	}
@@ -150,18 +159,7 @@ func (s *session) noKey(err error) error {
 func (s *session) addedFields(id string, h mail.Header) ([]byte, []string) {
 	now := time.Now()
 	var b bytes.Buffer
-	proto := "ESMTP"
-	if s.tls {
-		proto += "S"
-	}
-	if s.client.User != nil {
-		proto += "A" // RFC 3848
-	}
-	fmt.Fprintf(&b, "Received: from %s ([%s])\r\n\tby %s (smarthost) with %s id %s", sanitizeHelo(s.helo), s.client.Addr, s.srv.cfg.Hostname, proto, id)
-	if len(s.rcpts) == 1 {
-		fmt.Fprintf(&b, "\r\n\tfor <%s>", s.rcpts[0])
-	}
-	fmt.Fprintf(&b, ";\r\n\t%s\r\n", now.Format(time.RFC1123Z))
+	b.WriteString(s.received(id, now))
 	names := []string{"Received"}
 	if h.Get("Message-Id") == "" {
 		fmt.Fprintf(&b, "Message-ID: <%s@%s>\r\n", id, s.srv.cfg.Hostname)
@@ -172,6 +170,84 @@ func (s *session) addedFields(id string, h mail.Header) ([]byte, []string) {
 		names = append(names, "Date")
 	}
 	return b.Bytes(), names
+}
+
+// received is our Received: field, as Postfix writes it: who the client
+// said it was and its address (unless Limits.Received is anonymous, for a
+// gateway whose internal host names must not leak), the TLS version and
+// cipher, and the protocol by the names of RFC 3848 and RFC 6531 (ESMTPSA:
+// ESMTP with TLS and AUTH; UTF8SMTPSA, the same with SMTPUTF8).
+func (s *session) received(id string, now time.Time) string {
+	var b strings.Builder
+	b.WriteString("Received:")
+	tlsNote := ""
+	if s.tls {
+		tlsNote = fmt.Sprintf("(using %s with cipher %s)", tlsVersionName(s.tlsVersion), tls.CipherSuiteName(s.tlsCipher))
+	}
+	if s.deps.Limits.Received != ReceivedAnonymous {
+		fmt.Fprintf(&b, " from %s ([%s])\r\n\t", sanitizeHelo(s.helo), s.client.Addr)
+		if tlsNote != "" {
+			b.WriteString(tlsNote + "\r\n\t")
+			tlsNote = ""
+		}
+	} else {
+		b.WriteString(" ")
+	}
+	fmt.Fprintf(&b, "by %s (smarthost) with %s id %s", s.srv.cfg.Hostname, s.protocol(), id)
+	if tlsNote != "" {
+		b.WriteString("\r\n\t" + tlsNote)
+	}
+	if len(s.rcpts) == 1 {
+		fmt.Fprintf(&b, "\r\n\tfor <%s>", s.rcpts[0])
+	}
+	fmt.Fprintf(&b, ";\r\n\t%s\r\n", now.Format(time.RFC1123Z))
+	return b.String()
+}
+
+// protocol is the "with" of the Received: field (RFC 3848, RFC 6531 3.7.3).
+func (s *session) protocol() string {
+	p := "ESMTP"
+	switch {
+	case s.utf8:
+		p = "UTF8SMTP"
+	case !s.conn.ESMTP():
+		return "SMTP"
+	}
+	if s.tls {
+		p += "S"
+	}
+	if s.client.User != nil {
+		p += "A"
+	}
+	return p
+}
+
+// tlsVersionName names a TLS version as OpenSSL and Postfix do: TLSv1.3.
+func tlsVersionName(v uint16) string {
+	return strings.Replace(tls.VersionName(v), "TLS 1", "TLSv1", 1)
+}
+
+// needsUTF8 reports whether a message sent with SMTPUTF8 really needs it:
+// a UTF-8 address, or UTF-8 in its header (RFC 6532). One that does not can
+// go to an upstream without SMTPUTF8, as Postfix delivers it.
+func needsUTF8(from string, to []string, header, added []byte) bool {
+	ascii := func(b []byte) bool {
+		for _, c := range b {
+			if c >= 0x80 {
+				return false
+			}
+		}
+		return true
+	}
+	if !ascii([]byte(from)) || !ascii(header) || !ascii(added) {
+		return true
+	}
+	for _, t := range to {
+		if !ascii([]byte(t)) {
+			return true
+		}
+	}
+	return false
 }
 
 // sanitizeHelo keeps a client's EHLO argument from forging trace structure.

@@ -33,10 +33,9 @@ func proxyEnv(t *testing.T, networks []string) (addr string, dir string) {
 		Listeners:         []Listener{{Address: "127.0.0.1:0", Mode: ModePlain, ProxyProtocol: true}},
 		TLS:               &tls.Config{Certificates: []tls.Certificate{*cert}},
 		AllowInsecureAuth: true,
-		MaxRecipients:     5,
-		MaxMessageSize:    1 << 20,
 		ProxyNetworks:     networks,
-	}, Deps{Policy: policy.New(policy.Config{EnforceHeaderFrom: true}, usersFile(t)), Queue: q}, log)
+	}, Deps{Policy: policy.New(policy.Config{EnforceHeaderFrom: true}, usersFile(t)), Queue: q,
+		Limits: Limits{MaxRecipients: 5, MaxMessageSize: 1 << 20}}, log)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
-// Package relay is the SMTP front door: listeners, sessions (go-smtp's
-// Session, served by relay/smtpd), AUTH, the submission policy checks and the DATA pipeline
-// into the queue.
+// Package relay is what the SMTP front door means: sessions (served by
+// relay/smtpd, which owns the connections and the protocol) that apply AUTH,
+// the submission policy and the rate limits, and the DATA pipeline that
+// signs a message and queues it.
 package relay
 
 import (
@@ -12,12 +13,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/emersion/go-smtp"
 	"github.com/pires/go-proxyproto"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -35,18 +34,20 @@ const (
 	ModePlain    = "plain"
 )
 
+// maxLineLength bounds command and message lines, CRLF included: RFC 5321
+// allows 1000; twice that, for sloppy clients.
+const maxLineLength = 2000
+
 // Config is what the front door needs from the configuration.
 type Config struct {
 	Hostname          string
 	Listeners         []Listener
 	TLS               *tls.Config // required unless every listener is plain
 	AllowInsecureAuth bool        // AUTH without TLS (tests only)
-	MaxRecipients     int
-	MaxMessageSize    int64
-	ConnectionsPerIP  int           // 0: no limit
-	MaxConnections    int           // in all; default 1000
-	IdleTimeout       time.Duration // per read; default 5m (RFC 5321 4.5.3.2)
-	WriteTimeout      time.Duration // per reply; default 1m
+	ConnectionsPerIP  int         // 0: no limit
+	MaxConnections    int         // in all; default 1000
+	IdleTimeout       time.Duration
+	WriteTimeout      time.Duration
 	AuthTimeout       time.Duration // per credential check; default 30s
 	MaxHeaderSize     int           // header block kept in memory; default 1MiB
 	// ProxyNetworks may send PROXY headers on listeners with ProxyProtocol.
@@ -61,6 +62,24 @@ type Listener struct {
 	ProxyProtocol bool // read HAProxy PROXY v1/v2 headers from ProxyNetworks
 }
 
+// Limits are the per-message limits of policy; they reload with Deps.
+type Limits struct {
+	MaxRecipients  int
+	MaxMessageSize int64
+	// BareLF says what a bare LF in message content gets: normalized to
+	// CRLF (true, the default of policy.bare_newline) or refused.
+	NormalizeBareLF bool
+	// Received is how much the Received: field says of the client:
+	// ReceivedFull (name and address) or ReceivedAnonymous (neither).
+	Received string
+}
+
+// Received: field forms.
+const (
+	ReceivedFull      = "full"
+	ReceivedAnonymous = "anonymous"
+)
+
 // Deps are the parts a session works with. They are swapped as a whole on
 // reload; a session keeps the set it started with.
 type Deps struct {
@@ -69,6 +88,7 @@ type Deps struct {
 	RejectNoKey bool         // on_missing_key: reject
 	Queue       *queue.Queue
 	Quotas      *ratelimit.Quotas // nil: no limits
+	Limits      Limits
 }
 
 // Server runs the listeners.
@@ -76,38 +96,33 @@ type Server struct {
 	cfg  Config
 	log  *slog.Logger
 	deps atomic.Pointer[Deps]
+	smtp *smtpd.Server
 
-	closing  atomic.Bool
 	done     chan struct{} // closed by Shutdown
 	doneOnce sync.Once
 	failed   chan error // a listener that stopped by itself
 	mu       sync.Mutex
 	eps      []*endpoint
 	serving  bool
-	perIP    map[netip.Addr]int
-	conns    map[*idleConn]struct{} // open connections, for draining
-	total    int
 	// readers recycles the 32 KiB buffers DATA reads messages through.
 	readers sync.Pool
 }
 
+// endpoint is one bound listener.
+type endpoint struct {
+	l       Listener
+	ln      net.Listener
+	retired atomic.Bool // closed on purpose by SetListeners
+}
+
 func NewServer(cfg Config, deps Deps, log *slog.Logger) (*Server, error) {
-	if cfg.IdleTimeout == 0 {
-		cfg.IdleTimeout = 5 * time.Minute
-	}
-	if cfg.WriteTimeout == 0 {
-		cfg.WriteTimeout = time.Minute
-	}
 	if cfg.AuthTimeout == 0 {
 		cfg.AuthTimeout = 30 * time.Second
-	}
-	if cfg.MaxConnections == 0 {
-		cfg.MaxConnections = 1000
 	}
 	if cfg.MaxHeaderSize == 0 {
 		cfg.MaxHeaderSize = 1 << 20
 	}
-	if cfg.MaxRecipients <= 0 || cfg.MaxMessageSize <= 0 {
+	if deps.Limits.MaxRecipients <= 0 || deps.Limits.MaxMessageSize <= 0 {
 		return nil, errors.New("relay: MaxRecipients and MaxMessageSize must be set")
 	}
 	for _, l := range cfg.Listeners {
@@ -130,20 +145,39 @@ func NewServer(cfg Config, deps Deps, log *slog.Logger) (*Server, error) {
 			return nil
 		}
 	}
-	s := &Server{cfg: cfg, log: log, perIP: map[netip.Addr]int{}, conns: map[*idleConn]struct{}{}, done: make(chan struct{}), failed: make(chan error, 1)}
+	s := &Server{cfg: cfg, log: log, done: make(chan struct{}), failed: make(chan error, 1)}
 	s.deps.Store(&deps)
+	m := cfg.Metrics
+	s.smtp = smtpd.New(smtpd.Config{
+		Domain:           cfg.Hostname,
+		MaxLineLength:    maxLineLength,
+		IdleTimeout:      cfg.IdleTimeout,
+		WriteTimeout:     cfg.WriteTimeout,
+		MaxConnections:   cfg.MaxConnections,
+		ConnectionsPerIP: cfg.ConnectionsPerIP,
+		Limits:           smtpLimits(deps.Limits),
+		ReplyFor:         reply,
+		Refused:          s.refused,
+		ConnState: func(listener string, open bool) {
+			if open {
+				m.connectionsNow.WithLabelValues(listener).Inc()
+			} else {
+				m.connectionsNow.WithLabelValues(listener).Dec()
+			}
+		},
+		Log: log,
+	}, (*backend)(s))
 	return s, nil
 }
 
-// Reload swaps the dependencies; open sessions keep their snapshot.
-func (s *Server) Reload(deps Deps) { s.deps.Store(&deps) }
+func smtpLimits(l Limits) smtpd.Limits {
+	return smtpd.Limits{MaxRecipients: l.MaxRecipients, MaxMessageBytes: l.MaxMessageSize, NormalizeBareLF: l.NormalizeBareLF}
+}
 
-// endpoint is one bound listener and the smtpd server on it.
-type endpoint struct {
-	l       Listener
-	srv     *smtpd.Server
-	ln      net.Listener
-	retired atomic.Bool // closed on purpose by SetListeners
+// Reload swaps the dependencies; open sessions keep their snapshot.
+func (s *Server) Reload(deps Deps) {
+	s.deps.Store(&deps)
+	s.smtp.SetLimits(smtpLimits(deps.Limits))
 }
 
 // Listen binds every listener, so that a bad address fails before serving.
@@ -180,30 +214,21 @@ func (s *Server) bind(l Listener) (*endpoint, error) {
 		}
 		ln = &proxyproto.Listener{Listener: ln, ConnPolicy: policy, ReadHeaderTimeout: 10 * time.Second}
 	}
-	var wrapped net.Listener = &limitListener{Listener: ln, s: s, name: l.Address}
-	if l.Mode == ModeImplicit {
-		wrapped = tls.NewListener(wrapped, s.cfg.TLS)
+	return &endpoint{l: l, ln: &countingListener{Listener: ln, c: s.cfg.Metrics.connections.WithLabelValues(l.Address)}}, nil
+}
+
+// countingListener counts the connections accepted.
+type countingListener struct {
+	net.Listener
+	c prometheus.Counter
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.c.Inc()
 	}
-	cfg := smtpd.Config{
-		Domain:          s.cfg.Hostname,
-		MaxRecipients:   s.cfg.MaxRecipients,
-		MaxMessageBytes: s.cfg.MaxMessageSize,
-		MaxLineLength:   2000, // RFC 5321 allows 1000; twice that for sloppy clients
-		WriteTimeout:    s.cfg.WriteTimeout,
-		// Reads are bounded by the connection itself (idleConn): per read,
-		// so that a long DATA upload is not cut off by a per-command
-		// deadline. AUTH before TLS is refused by the session with the
-		// contract's 538, counted and logged; see session.AuthMechanisms.
-		AllowInsecureAuth: true,
-		EnableSMTPUTF8:    true,
-		EnableDSN:         true,
-		Log:               s.log,
-	}
-	if l.Mode != ModePlain {
-		cfg.TLS = s.cfg.TLS
-	}
-	srv := smtpd.New(cfg, &backend{s: s, mode: l.Mode})
-	return &endpoint{l: l, srv: srv, ln: wrapped}, nil
+	return c, err
 }
 
 // Addrs are the bound addresses, in listener order (useful with port 0).
@@ -243,8 +268,13 @@ func (s *Server) Serve() error {
 }
 
 func (s *Server) run(ep *endpoint) {
-	err := ep.srv.Serve(ep.ln)
-	if err != nil && !ep.retired.Load() && !s.closing.Load() {
+	l := smtpd.Listener{Name: ep.l.Address}
+	if ep.l.Mode != ModePlain {
+		l.TLS = s.cfg.TLS
+		l.Implicit = ep.l.Mode == ModeImplicit
+	}
+	err := s.smtp.Serve(ep.ln, l)
+	if err != nil && !ep.retired.Load() {
 		select {
 		case s.failed <- fmt.Errorf("relay: listener %s: %w", ep.l.Address, err):
 		default:
@@ -287,11 +317,7 @@ func (s *Server) SetListeners(ls []Listener, grace time.Duration) error {
 			continue
 		}
 		ep.retired.Store(true)
-		go func(ep *endpoint) {
-			ctx, cancel := context.WithTimeout(context.Background(), grace)
-			defer cancel()
-			ep.srv.StopAccepting(ctx)
-		}(ep)
+		s.smtp.Retire(ep.ln, grace)
 		s.log.Info("listener removed", "address", ep.l.Address, "mode", ep.l.Mode)
 	}
 	for _, ep := range added {
@@ -316,65 +342,62 @@ func (s *Server) SetListeners(ls []Listener, grace time.Duration) error {
 // then closes what is left. Nothing unacknowledged is lost: a client cut off
 // mid-DATA retries, and its draft is discarded.
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.mu.Lock()
-	s.closing.Store(true)
-	eps := s.eps
-	// Sessions waiting for their next command (application servers keep
-	// them open) are let go at once with smtpd's 421; ones sending data
-	// finish, and their next MAIL gets 421 4.3.2.
-	for c := range s.conns {
-		c.drain()
-	}
-	s.mu.Unlock()
 	s.doneOnce.Do(func() { close(s.done) })
-	var wg sync.WaitGroup
-	var err error
-	var emu sync.Mutex
-	for _, ep := range eps {
-		wg.Add(1)
-		go func(srv *smtpd.Server) {
-			defer wg.Done()
-			if e := srv.Shutdown(ctx); e != nil && !errors.Is(e, smtpd.ErrServerClosed) {
-				srv.Close()
-				emu.Lock()
-				err = e
-				emu.Unlock()
-			}
-		}(ep.srv)
+	err := s.smtp.Shutdown(ctx)
+	if errors.Is(err, smtpd.ErrServerClosed) {
+		return nil
 	}
-	wg.Wait()
 	return err
 }
 
-type backend struct {
-	s    *Server
-	mode string
-}
+// backend starts the relay's sessions.
+type backend Server
 
-func (b *backend) NewSession(c *smtpd.Conn) (smtp.Session, error) {
-	if b.s.closing.Load() {
-		return nil, replyShuttingDown
-	}
-	_, isTLS := c.TLSConnectionState()
+func (b *backend) NewSession(c *smtpd.Conn) (smtpd.Session, error) {
+	s := (*Server)(b)
+	state, isTLS := c.TLSConnectionState()
 	var id [6]byte
 	rand.Read(id[:])
 	sess := &session{
 		id:   hex.EncodeToString(id[:]),
-		srv:  b.s,
-		deps: b.s.deps.Load(),
+		srv:  s,
+		deps: s.deps.Load(),
 		conn: c,
 		tls:  isTLS,
 		helo: c.Hostname(),
 	}
-	sess.client.Addr = remoteAddr(c.Conn())
-	sess.log = b.s.log.With("session", sess.id, "remote", sess.client.Addr.String(), "tls", isTLS)
-	sess.log.Info("session", "helo", sanitizeHelo(c.Hostname()), "listener", b.mode)
+	if isTLS {
+		sess.tlsVersion, sess.tlsCipher = state.Version, state.CipherSuite
+	}
+	sess.client.Addr = c.RemoteAddr()
+	sess.log = s.log.With("session", sess.id, "remote", sess.client.Addr.String(), "tls", isTLS)
+	sess.log.Info("session", "helo", sanitizeHelo(c.Hostname()), "listener", c.Listener())
 	return sess, nil
 }
 
-func remoteAddr(c net.Conn) netip.Addr {
-	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
-		return ap.Addr().Unmap()
+// refused logs and counts a refusal (smtpd.Config.Refused): every reply
+// marked as one, protocol and policy alike.
+func (s *Server) refused(c *smtpd.Conn, cmd string, r *smtpd.Reply, cause error) {
+	m := s.cfg.Metrics
+	m.replies.WithLabelValues(cmd, fmt.Sprint(r.Code), fmt.Sprintf("%d.%d.%d", r.Enhanced[0], r.Enhanced[1], r.Enhanced[2])).Inc()
+	log := s.log.With("remote", c.RemoteAddr().String())
+	sess, _ := c.Session().(*session)
+	if sess != nil {
+		log = sess.log.With("user", sess.userName(), "from", sess.from)
+		var ex *ratelimit.ExceededError
+		if errors.As(cause, &ex) {
+			_, class := sess.quotaKey()
+			m.limitHits.WithLabelValues(ex.What, sess.deps.Quotas.ClassOf(class)).Inc()
+		}
 	}
-	return netip.Addr{}
+	lvl := slog.LevelInfo
+	switch r.Row() {
+	case smtpd.ReplyInternal, smtpd.ReplySpoolFailed, smtpd.ReplyDiskFull, smtpd.ReplyAuthTempFail, smtpd.ReplyPanic:
+		lvl = slog.LevelError
+	}
+	args := []any{"cmd", cmd, "code", r.Code, "enhanced", fmt.Sprintf("%d.%d.%d", r.Enhanced[0], r.Enhanced[1], r.Enhanced[2]), "reply", r.Text}
+	if cause != nil {
+		args = append(args, "err", cause)
+	}
+	log.Log(context.Background(), lvl, "rejected", args...)
 }

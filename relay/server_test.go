@@ -50,6 +50,9 @@ type testOpts struct {
 	quotas      *ratelimit.Quotas
 	idle        time.Duration
 	inlineMax   int64 // queue.Config.InlineMax
+	// rejectBareLF: policy.bare_newline: reject (default normalize).
+	rejectBareLF bool
+	received     string // Limits.Received
 }
 
 func usersFile(t testing.TB) *policy.Static {
@@ -100,12 +103,11 @@ func newEnv(t testing.TB, o testOpts) *testEnv {
 		},
 		TLS:               &tls.Config{Certificates: []tls.Certificate{*cert}, MinVersion: tls.VersionTLS12},
 		AllowInsecureAuth: o.insecure,
-		MaxRecipients:     o.maxRcpts,
-		MaxMessageSize:    o.maxSize,
 		ConnectionsPerIP:  o.perIP,
 		MaxHeaderSize:     16 << 10,
 		IdleTimeout:       o.idle,
-	}, Deps{Policy: policy.New(o.policy, o.dir), Queue: q, Signer: o.signer, RejectNoKey: o.rejectNoKey, Quotas: o.quotas}, log)
+	}, Deps{Policy: policy.New(o.policy, o.dir), Queue: q, Signer: o.signer, RejectNoKey: o.rejectNoKey, Quotas: o.quotas,
+		Limits: Limits{MaxRecipients: o.maxRcpts, MaxMessageSize: o.maxSize, NormalizeBareLF: !o.rejectBareLF, Received: o.received}}, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -489,23 +491,65 @@ func (d *rawDialog) login() {
 	d.expect("235 ")
 }
 
-func TestBareLineEndingsRefused(t *testing.T) {
-	e := newEnv(t, testOpts{})
-	for _, body := range []string{
+// mustShow returns a queued message and its content as it will be sent.
+func mustShow(t *testing.T, e *testEnv, id string) (*queue.Message, string, error) {
+	t.Helper()
+	sp, err := queue.OpenSpool(e.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, b, err := sp.Show(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, string(b), nil
+}
+
+func TestBareLineEndings(t *testing.T) {
+	bodies := []string{
 		"bare LF\nhere\r\n",
 		"bare CR\rhere\r\n",
 		// The smuggling attempt: a second message hidden behind <LF>.<LF>.
 		"x\r\n\n.\nMAIL FROM:<alice@example.com>\r\nRCPT TO:<victim@x.org>\r\nDATA\r\nFrom: alice@example.com\r\n\r\nsmuggled\r\n",
-	} {
+	}
+	// policy.bare_newline: reject refuses them all.
+	e := newEnv(t, testOpts{rejectBareLF: true})
+	for _, body := range bodies {
 		d := e.raw(t)
 		d.login()
 		d.beginData()
 		d.send("From: alice@example.com\r\n\r\n" + body + ".\r\n")
-		d.expect("554 5.6.0 ")
+		d.expect("554 5.6.0 Message contains a bare CR or LF; use CRLF line endings")
 		d.expectClosed() // where the message ends is no longer agreed on
 	}
 	if n := len(e.queued(t)); n != 0 {
 		t.Fatalf("%d messages queued from bad line endings", n)
+	}
+
+	// normalize (the default): a bare LF becomes CRLF, a bare CR is
+	// still refused.
+	e = newEnv(t, testOpts{})
+	for i, body := range bodies {
+		d := e.raw(t)
+		d.login()
+		d.beginData()
+		d.send("From: alice@example.com\nSubject: lf\n\n" + body + ".\r\n")
+		if i == 1 { // the bare CR
+			d.expect("554 5.6.0 Message contains a bare CR or LF")
+			d.expectClosed()
+			continue
+		}
+		d.expect("250 2.0.0 OK: queued as ")
+	}
+	ms := e.queued(t)
+	if len(ms) != 2 {
+		t.Fatalf("%d messages queued, want the 2 with bare LF only", len(ms))
+	}
+	for _, m := range ms {
+		_, body, _ := mustShow(t, e, m.ID)
+		if strings.Contains(strings.ReplaceAll(body, "\r\n", ""), "\n") || !strings.Contains(body, "From: alice@example.com\r\nSubject: lf\r\n\r\n") {
+			t.Errorf("not normalized to CRLF: %q", body)
+		}
 	}
 }
 

@@ -2,65 +2,42 @@ package relay
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"log/slog"
-	"strconv"
-
-	"github.com/emersion/go-smtp"
 
 	"github.com/smarthost/smarthost/policy"
-	"github.com/smarthost/smarthost/ratelimit"
 	"github.com/smarthost/smarthost/relay/smtpd"
 )
 
 // session is one SMTP session: from EHLO (or STARTTLS, which starts a new
-// one) to QUIT. smtpd calls it from one goroutine.
+// one) to QUIT. smtpd calls it from one goroutine; its errors become replies
+// in reply.go, and its refusals are logged and counted by Server.refused.
 type session struct {
-	id   string // in every log line of the session
-	srv  *Server
-	deps *Deps
-	conn *smtpd.Conn
-	log  *slog.Logger
-	tls  bool
-	helo string
+	id         string // in every log line of the session
+	srv        *Server
+	deps       *Deps
+	conn       *smtpd.Conn
+	log        *slog.Logger
+	tls        bool
+	tlsVersion uint16
+	tlsCipher  uint16
+	helo       string
 
 	client     policy.Client
 	signDomain string // of the message being signed
 	from       string
 	rcpts      []string
-	utf8       bool
+	utf8       bool // MAIL ... SMTPUTF8
 
 	// DSN parameters (RFC 3461), passed upstream and used for bounces.
 	dsnRet    string
 	dsnEnvID  string
 	dsnNotify [][]string // per recipient of rcpts
-	dsnORcpt  []string   // per recipient of rcpts
+	dsnORcpt  []orcpt    // per recipient of rcpts
 }
 
-var (
-	_ smtp.Session     = (*session)(nil)
-	_ smtp.AuthSession = (*session)(nil)
-)
+type orcpt struct{ typ, addr string }
 
-// fail logs a refusal and returns its reply.
-func (s *session) fail(cmd string, err error) error {
-	r := reply(cmd, err)
-	m := s.srv.cfg.Metrics
-	m.replies.WithLabelValues(cmd, strconv.Itoa(r.Code), fmt.Sprintf("%d.%d.%d", r.EnhancedCode[0], r.EnhancedCode[1], r.EnhancedCode[2])).Inc()
-	var ex *ratelimit.ExceededError
-	if errors.As(err, &ex) {
-		_, class := s.quotaKey()
-		m.limitHits.WithLabelValues(ex.What, s.deps.Quotas.ClassOf(class)).Inc()
-	}
-	lvl := slog.LevelInfo
-	if r == replyInternal || r == replySpool || r == replyAuthTempFail {
-		lvl = slog.LevelError
-	}
-	s.log.Log(context.Background(), lvl, "rejected", "cmd", cmd, "code", r.Code,
-		"enhanced", r.EnhancedCode, "user", s.userName(), "from", s.from, "err", err)
-	return r
-}
+var _ smtpd.Session = (*session)(nil)
 
 func (s *session) userName() string {
 	if s.client.User == nil {
@@ -69,58 +46,44 @@ func (s *session) userName() string {
 	return s.client.User.Name
 }
 
-func (s *session) Mail(from string, opts *smtp.MailOptions) error {
+func (s *session) Mail(from string, opts smtpd.MailOptions) error {
 	s.Reset()
-	if s.srv.closing.Load() {
-		// Draining: finish what is under way, start nothing new.
-		return s.fail("MAIL", errShuttingDown)
-	}
 	if err := s.deps.Policy.CheckSender(s.client, from); err != nil {
-		return s.fail("MAIL", err)
+		return err
 	}
-	// smtpd has already refused a SIZE= above MaxMessageBytes.
+	// smtpd has already refused a SIZE= above the limit.
 	if q := s.deps.Quotas; q != nil {
 		user, class := s.quotaKey()
 		// SIZE= first: it only looks, so a refused MAIL costs nothing.
-		if opts != nil && opts.Size > 0 {
+		if opts.Size > 0 {
 			if err := q.CheckSize(context.Background(), user, class, opts.Size); err != nil {
-				return s.fail("MAIL", err)
+				return err
 			}
 		}
 		if err := q.Mail(context.Background(), user, class); err != nil {
-			return s.fail("MAIL", err)
+			return err
 		}
 	}
 	s.from = from
-	if opts != nil {
-		s.utf8 = opts.UTF8
-		s.dsnRet = string(opts.Return)
-		s.dsnEnvID = opts.EnvelopeID
-	}
+	s.utf8 = opts.UTF8
+	s.dsnRet = opts.Return
+	s.dsnEnvID = opts.EnvelopeID
 	return nil
 }
 
-func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+func (s *session) Rcpt(to string, opts smtpd.RcptOptions) error {
 	if err := s.deps.Policy.CheckRecipient(s.client, to); err != nil {
-		return s.fail("RCPT", err)
+		return err
 	}
 	if q := s.deps.Quotas; q != nil {
 		user, class := s.quotaKey()
 		if err := q.Rcpt(context.Background(), user, class); err != nil {
-			return s.fail("RCPT", err)
+			return err
 		}
 	}
 	s.rcpts = append(s.rcpts, to)
-	var notify []string
-	var orcpt string
-	if opts != nil {
-		for _, n := range opts.Notify {
-			notify = append(notify, string(n))
-		}
-		orcpt = opts.OriginalRecipient
-	}
-	s.dsnNotify = append(s.dsnNotify, notify)
-	s.dsnORcpt = append(s.dsnORcpt, orcpt)
+	s.dsnNotify = append(s.dsnNotify, opts.Notify)
+	s.dsnORcpt = append(s.dsnORcpt, orcpt{opts.ORcptType, opts.ORcpt})
 	return nil
 }
 
@@ -140,4 +103,4 @@ func (s *session) Reset() {
 	s.dsnRet, s.dsnEnvID, s.dsnNotify, s.dsnORcpt = "", "", nil, nil
 }
 
-func (s *session) Logout() error { return nil }
+func (s *session) Close() {}

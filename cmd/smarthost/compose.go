@@ -124,8 +124,12 @@ func compose(f *configs.File, create bool, log *slog.Logger, bm *backendMetrics)
 
 	p.relay.Hostname = f.Hostname
 	p.relay.AllowInsecureAuth = f.Auth.AllowInsecureAuth
-	p.relay.MaxRecipients = f.Policy.MaxRecipients
-	p.relay.MaxMessageSize = int64(f.Policy.MaxMessageSize)
+	p.deps.Limits = relay.Limits{
+		MaxRecipients:   f.Policy.MaxRecipients,
+		MaxMessageSize:  int64(f.Policy.MaxMessageSize),
+		NormalizeBareLF: f.Policy.BareNewline == "normalize",
+		Received:        f.Headers.Received,
+	}
 	p.relay.ConnectionsPerIP = f.RateLimit.ConnectionsPerIP
 	p.relay.MaxConnections = f.RateLimit.MaxConnections
 

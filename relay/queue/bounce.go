@@ -81,7 +81,20 @@ func (q *Queue) report(m *Message, failed []Recipient, delayed bool) error {
 	qp.Close()
 	b.WriteString("\r\n")
 
-	fmt.Fprintf(&b, "--%s\r\nContent-Type: message/delivery-status\r\n\r\n", boundary)
+	// RFC 6533: a report naming a UTF-8 address is a global one, with
+	// utf-8 address types, and quotes a UTF-8 header as global-headers.
+	global := false
+	for _, r := range failed {
+		global = global || !isASCII(r.Addr) || !isASCII(r.ORcpt)
+	}
+	statusType, headersType := "message/delivery-status", "text/rfc822-headers"
+	if global {
+		statusType = "message/global-delivery-status"
+	}
+	if !isASCII(string(header)) {
+		headersType = "message/global-headers"
+	}
+	fmt.Fprintf(&b, "--%s\r\nContent-Type: %s\r\n\r\n", boundary, statusType)
 	if m.EnvID != "" {
 		fmt.Fprintf(&b, "Original-Envelope-Id: %s\r\n", m.EnvID)
 	}
@@ -89,16 +102,16 @@ func (q *Queue) report(m *Message, failed []Recipient, delayed bool) error {
 		q.cfg.Hostname, m.ID, m.Created.Format("Mon, 02 Jan 2006 15:04:05 -0700"))
 	for _, r := range failed {
 		if r.ORcpt != "" {
-			fmt.Fprintf(&b, "Original-Recipient: rfc822; %s\r\n", r.ORcpt)
+			fmt.Fprintf(&b, "Original-Recipient: %s; %s\r\n", addrType(r.ORcpt, r.ORcptType), r.ORcpt)
 		}
 		status := dsnStatus(r.Error)
 		if delayed {
 			status = "4" + status[1:]
 		}
-		fmt.Fprintf(&b, "Final-Recipient: rfc822; %s\r\nAction: %s\r\nStatus: %s\r\nDiagnostic-Code: smtp; %s\r\n\r\n",
-			r.Addr, action, status, oneLine(r.Error))
+		fmt.Fprintf(&b, "Final-Recipient: %s; %s\r\nAction: %s\r\nStatus: %s\r\nDiagnostic-Code: smtp; %s\r\n\r\n",
+			addrType(r.Addr, ""), r.Addr, action, status, oneLine(r.Error))
 	}
-	fmt.Fprintf(&b, "--%s\r\nContent-Type: text/rfc822-headers\r\n\r\n", boundary)
+	fmt.Fprintf(&b, "--%s\r\nContent-Type: %s\r\n\r\n", boundary, headersType)
 	b.Write(header)
 	fmt.Fprintf(&b, "\r\n--%s--\r\n", boundary)
 
@@ -142,6 +155,24 @@ func dsnStatus(errText string) string {
 		}
 	}
 	return "5.0.0"
+}
+
+// addrType is the DSN address type of a (RFC 6533 3): utf-8 for a UTF-8
+// address or one the client gave as such.
+func addrType(a, given string) string {
+	if given == "utf-8" || !isASCII(a) {
+		return "utf-8"
+	}
+	return "rfc822"
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
 }
 
 func oneLine(s string) string {

@@ -57,6 +57,9 @@ type Recipient struct {
 	Error  string   `json:"error,omitempty"`
 	Notify []string `json:"notify,omitempty"` // DSN NOTIFY (RFC 3461)
 	ORcpt  string   `json:"orcpt,omitempty"`  // DSN ORCPT address
+	// ORcptType is ORCPT's address type: "utf-8" (RFC 6533), or "" for
+	// rfc822 (also in spools from before it was kept).
+	ORcptType string `json:"orcpt_type,omitempty"`
 }
 
 // Envelope is what a message is committed with.
@@ -68,6 +71,13 @@ type Envelope struct {
 	EnvID  string     // DSN ENVID
 	Notify [][]string // DSN NOTIFY per recipient of To (nil: none given)
 	ORcpt  []string   // DSN ORCPT per recipient of To
+	// ORcptType per recipient of To: "utf-8", or "rfc822" or "".
+	ORcptType []string
+	// SMTPUTF8: the client sent MAIL ... SMTPUTF8 (RFC 6531), which goes
+	// upstream with the message. UTF8Required: the message needs it (a
+	// UTF-8 address or header); one that does not may also go to an
+	// upstream without SMTPUTF8.
+	SMTPUTF8, UTF8Required bool
 }
 
 // Message is one spooled message.
@@ -77,6 +87,8 @@ type Message struct {
 	Class       string      `json:"class,omitempty"`
 	Ret         string      `json:"ret,omitempty"`
 	EnvID       string      `json:"envid,omitempty"`
+	SMTPUTF8    bool        `json:"smtputf8,omitempty"`      // see Envelope
+	UTF8        bool        `json:"utf8_required,omitempty"` // Envelope.UTF8Required
 	Recipients  []Recipient `json:"recipients"`
 	Prepend     string      `json:"prepend"` // header fields sent before the data
 	Size        int64       `json:"size"`    // of the data file
@@ -259,6 +271,7 @@ func (d *Draft) Commit(env Envelope, prepend []byte) (string, error) {
 	q := d.q
 	now := q.now()
 	m := &Message{ID: d.id, From: env.From, Class: env.Class, Ret: env.Ret, EnvID: env.EnvID,
+		SMTPUTF8: env.SMTPUTF8, UTF8: env.UTF8Required,
 		Prepend: string(prepend), Size: d.size, Created: now, NextAttempt: now, dir: q.cfg.Dir}
 	for i, r := range env.To {
 		rc := Recipient{Addr: r, Status: StatusPending}
@@ -267,6 +280,9 @@ func (d *Draft) Commit(env Envelope, prepend []byte) (string, error) {
 		}
 		if i < len(env.ORcpt) {
 			rc.ORcpt = env.ORcpt[i]
+		}
+		if i < len(env.ORcptType) && env.ORcptType[i] != "rfc822" {
+			rc.ORcptType = env.ORcptType[i]
 		}
 		m.Recipients = append(m.Recipients, rc)
 	}

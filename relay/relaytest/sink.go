@@ -31,10 +31,13 @@ type Message struct {
 	User string // AUTH username, if any
 	TLS  bool
 	// DSN parameters as received (RFC 3461).
-	Ret    string
-	EnvID  string
-	Notify map[string]string // recipient → NOTIFY list, comma-joined
-	ORcpt  map[string]string
+	Ret       string
+	EnvID     string
+	Notify    map[string]string // recipient → NOTIFY list, comma-joined
+	ORcpt     map[string]string
+	ORcptType map[string]string // recipient → "rfc822" or "utf-8"
+	UTF8      bool              // MAIL ... SMTPUTF8
+	Size      int64             // MAIL ... SIZE=
 }
 
 // Sink is a recording SMTP server. Set the knobs before sending.
@@ -59,6 +62,8 @@ type SinkOptions struct {
 	TLS      *tls.Certificate  // offer STARTTLS (or implicit TLS) with this
 	Implicit bool              // TLS from the first byte
 	Users    map[string]string // require AUTH with these
+	SMTPUTF8 bool              // offer SMTPUTF8 (RFC 6531)
+	MaxSize  int64             // advertised SIZE; default 64 MiB
 }
 
 // NewSink starts a sink; Close stops it.
@@ -79,8 +84,12 @@ func NewSink(o SinkOptions) (*Sink, error) {
 	s.srv.WriteTimeout = 30 * time.Second
 	s.srv.AllowInsecureAuth = true
 	s.srv.MaxMessageBytes = 64 << 20
+	if o.MaxSize > 0 {
+		s.srv.MaxMessageBytes = o.MaxSize
+	}
 	s.srv.ErrorLog = nopLog{}
 	s.srv.EnableDSN = true
+	s.srv.EnableSMTPUTF8 = o.SMTPUTF8
 	ln, err := net.Listen("tcp", o.Addr)
 	if err != nil {
 		return nil, err
@@ -195,9 +204,10 @@ func (ss *sinkSession) Mail(from string, o *smtp.MailOptions) error {
 	if ss.s.users != nil && ss.user == "" {
 		return smtp.ErrAuthRequired
 	}
-	ss.msg = Message{From: from, User: ss.user, TLS: ss.tls, Notify: map[string]string{}, ORcpt: map[string]string{}}
+	ss.msg = Message{From: from, User: ss.user, TLS: ss.tls, Notify: map[string]string{}, ORcpt: map[string]string{}, ORcptType: map[string]string{}}
 	if o != nil {
 		ss.msg.Ret, ss.msg.EnvID = string(o.Return), o.EnvelopeID
+		ss.msg.UTF8, ss.msg.Size = o.UTF8, o.Size
 	}
 	return nil
 }
@@ -217,6 +227,7 @@ func (ss *sinkSession) Rcpt(to string, o *smtp.RcptOptions) error {
 		}
 		ss.msg.Notify[to] = strings.Join(n, ",")
 		ss.msg.ORcpt[to] = o.OriginalRecipient
+		ss.msg.ORcptType[to] = strings.ToLower(string(o.OriginalRecipientType))
 	}
 	return nil
 }

@@ -3,43 +3,41 @@ package smtpd
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/emersion/go-smtp"
-)
-
-// Errors a Session's Data may see from the message reader. The connection
-// is closed after the reply: the client and we disagree about where the
-// message ends.
-var (
-	ErrBareLineEnding = errors.New("smtpd: bare CR or LF")
-	ErrNUL            = errors.New("smtpd: NUL character")
-	ErrLineTooLong    = errors.New("smtpd: line too long")
 )
 
 // Conn is one client connection.
 type Conn struct {
 	srv  *Server
-	raw  net.Conn // as accepted
-	conn net.Conn // the TLS connection after STARTTLS
+	ln   *listening
+	raw  net.Conn // as accepted (a PROXY protocol connection, maybe)
+	conn net.Conn // what is read and written: raw with idle deadlines, then TLS
 	br   *bufio.Reader
 	bw   *bufio.Writer
+	addr netip.Addr // the client's, after a PROXY header
+	// idle is the silence allowed before a read fails (a time.Duration);
+	// shorter once the server drains.
+	idle atomic.Int64
 
 	helo    string
+	ehlo    bool       // the client greeted with EHLO
 	mu      sync.Mutex // guards session, which Close may end from another goroutine
-	session smtp.Session
+	session Session
 	didAuth bool
 
 	fromReceived bool
+	utf8         bool // the transaction is SMTPUTF8
 	recipients   int
 
 	errors   int  // unknown or malformed commands
@@ -50,10 +48,24 @@ type Conn struct {
 	waiting atomic.Bool
 }
 
-func newConn(c net.Conn, s *Server) *Conn {
-	sc := &Conn{srv: s, raw: c, conn: c}
-	sc.init()
-	return sc
+func newConn(raw net.Conn, s *Server, ln *listening) *Conn {
+	c := &Conn{srv: s, ln: ln, raw: raw}
+	c.idle.Store(int64(s.cfg.IdleTimeout))
+	c.conn = &deadlineConn{Conn: raw, idle: &c.idle}
+	c.init()
+	return c
+}
+
+// deadlineConn sets the read deadline before every read, so a client has
+// the idle timeout between bytes, however long its message is.
+type deadlineConn struct {
+	net.Conn
+	idle *atomic.Int64
+}
+
+func (d *deadlineConn) Read(b []byte) (int, error) {
+	d.Conn.SetReadDeadline(time.Now().Add(time.Duration(d.idle.Load())))
+	return d.Conn.Read(b)
 }
 
 // init (re)starts the buffered reader and writer on c.conn. After STARTTLS
@@ -68,8 +80,14 @@ func (c *Conn) init() {
 // Hostname is the name the client gave in EHLO or HELO.
 func (c *Conn) Hostname() string { return c.helo }
 
-// Conn is the client connection (a *tls.Conn once TLS is up).
-func (c *Conn) Conn() net.Conn { return c.conn }
+// ESMTP reports whether the client greeted with EHLO rather than HELO.
+func (c *Conn) ESMTP() bool { return c.ehlo }
+
+// RemoteAddr is the client's address (from the PROXY header, if any).
+func (c *Conn) RemoteAddr() netip.Addr { return c.addr }
+
+// Listener is the name of the listener the client came through.
+func (c *Conn) Listener() string { return c.ln.l.Name }
 
 // TLSConnectionState reports the TLS state; ok is false without TLS.
 func (c *Conn) TLSConnectionState() (state tls.ConnectionState, ok bool) {
@@ -80,35 +98,56 @@ func (c *Conn) TLSConnectionState() (state tls.ConnectionState, ok bool) {
 	return tc.ConnectionState(), true
 }
 
+// Session is the current session, nil before EHLO.
+func (c *Conn) Session() Session {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.session
+}
+
 // Close ends the session and the connection.
 func (c *Conn) Close() error {
 	c.setSession(nil)
 	return c.conn.Close()
 }
 
-func (c *Conn) setSession(s smtp.Session) {
+func (c *Conn) setSession(s Session) {
 	c.mu.Lock()
 	old := c.session
 	c.session = s
 	c.mu.Unlock()
 	if old != nil {
-		old.Logout()
+		old.Close()
+	}
+}
+
+// drain shortens the allowed silence for the server's shutdown, and wakes
+// a read waiting for a command outside a transaction.
+func (c *Conn) drain() {
+	c.idle.Store(int64(drainIdle))
+	if c.waiting.Load() {
+		c.raw.SetReadDeadline(time.Now())
+	} else {
+		c.raw.SetReadDeadline(time.Now().Add(drainIdle))
 	}
 }
 
 func (c *Conn) serve() error {
 	defer c.flush() // replies held for a pipelined command that never came
-	if tc, ok := c.conn.(*tls.Conn); ok {
+	if c.ln.l.Implicit {
+		tc := tls.Server(c.conn, c.ln.l.TLS)
+		c.conn = tc
 		if err := c.handshake(tc); err != nil {
 			return err
 		}
+		c.init()
 	}
-	c.reply(220, smtp.NoEnhancedCode, fmt.Sprintf("%s ESMTP Service Ready", c.srv.cfg.Domain))
+	c.reply(ReplyGreeting.With(c.srv.cfg.Domain))
 	for !c.quit {
 		idle := !c.fromReceived
 		c.waiting.Store(idle)
 		if idle && c.srv.shutting.Load() {
-			c.reply(421, smtp.EnhancedCode{4, 3, 2}, "Service shutting down, closing connection")
+			c.send("", ReplyShuttingDown, nil)
 			return nil
 		}
 		line, err := c.readLine()
@@ -119,19 +158,19 @@ func (c *Conn) serve() error {
 		case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
 			return nil
 		case errors.Is(err, ErrLineTooLong):
-			c.reply(500, smtp.EnhancedCode{5, 5, 2}, "Line too long, closing connection")
+			c.send("", ReplyLineTooLong, nil)
 			return nil
 		case errors.Is(err, ErrBareLineEnding):
-			c.reply(500, smtp.EnhancedCode{5, 5, 2}, "Bare CR or LF in command line, closing connection")
+			c.send("", ReplyCmdBareLine, nil)
 			return nil
 		case errors.Is(err, ErrNUL):
-			c.reply(500, smtp.EnhancedCode{5, 5, 2}, "NUL character in command line, closing connection")
+			c.send("", ReplyCmdNUL, nil)
 			return nil
 		case isTimeout(err) && c.srv.shutting.Load():
-			c.reply(421, smtp.EnhancedCode{4, 3, 2}, "Service shutting down, closing connection")
+			c.send("", ReplyShuttingDown, nil)
 			return nil
 		case isTimeout(err):
-			c.reply(421, smtp.EnhancedCode{4, 4, 2}, "Idle timeout, closing connection")
+			c.send("", ReplyIdleTimeout, nil)
 			return nil
 		default:
 			return err
@@ -170,16 +209,16 @@ func (c *Conn) readLine() (string, error) {
 
 // handle runs one command. A panic in a session ends only this connection.
 func (c *Conn) handle(line string) {
+	cmd, arg, err := parseCmd(line)
 	defer func() {
 		if r := recover(); r != nil {
-			c.srv.cfg.Log.Error("panic serving a command", "remote", c.conn.RemoteAddr().String(), "panic", r, "stack", string(debug.Stack()))
-			c.reply(421, smtp.EnhancedCode{4, 0, 0}, "Internal server error, closing connection")
+			c.srv.cfg.Log.Error("panic serving a command", "remote", c.addr.String(), "cmd", cmd, "panic", r, "stack", string(debug.Stack()))
+			c.send(cmd, ReplyPanic, fmt.Errorf("panic: %v", r))
 			c.quit = true
 		}
 	}()
-	cmd, arg, err := parseCmd(line)
 	if err != nil {
-		c.protocolError(500, smtp.EnhancedCode{5, 5, 2}, "Bad command syntax")
+		c.protocolError("", ReplyUnrecognized)
 		return
 	}
 	// Everything outside a transaction counts; a MAIL starts the count
@@ -187,14 +226,14 @@ func (c *Conn) handle(line string) {
 	// handleMail).
 	if cmd != "MAIL" && cmd != "RCPT" && cmd != "DATA" && cmd != "QUIT" {
 		if c.commands++; c.commands > c.srv.cfg.MaxCommandsBeforeMail {
-			c.reply(421, smtp.EnhancedCode{4, 7, 0}, "Too many commands without a transaction, closing connection")
+			c.send(cmd, ReplyTooManyCommands, nil)
 			c.quit = true
 			return
 		}
 	}
 	switch cmd {
 	case "HELO", "EHLO":
-		c.handleGreet(cmd == "EHLO", arg)
+		c.handleGreet(cmd, arg)
 	case "MAIL":
 		c.commands = 0
 		c.handleMail(arg)
@@ -204,71 +243,81 @@ func (c *Conn) handle(line string) {
 		c.handleData(arg)
 	case "RSET":
 		c.reset()
-		c.reply(250, smtp.EnhancedCode{2, 0, 0}, "Session reset")
+		c.reply(ReplyOK)
 	case "NOOP":
-		c.reply(250, smtp.EnhancedCode{2, 0, 0}, "I have successfully done nothing")
+		c.reply(ReplyOK)
 	case "VRFY":
-		c.reply(252, smtp.EnhancedCode{2, 5, 0}, "Cannot VRFY user, but will accept message")
+		c.reply(ReplyCannotVRFY)
 	case "QUIT":
-		c.reply(221, smtp.EnhancedCode{2, 0, 0}, "Bye")
+		c.reply(ReplyBye)
 		c.quit = true
 	case "AUTH":
 		c.handleAuth(arg)
 	case "STARTTLS":
 		c.handleStartTLS(arg)
 	case "HELP", "EXPN", "SEND", "SOML", "SAML", "TURN", "ETRN", "BDAT":
-		c.reply(502, smtp.EnhancedCode{5, 5, 1}, cmd+" command not implemented")
+		c.send(cmd, ReplyNotImplemented.With(cmd), nil)
 	default:
-		c.protocolError(500, smtp.EnhancedCode{5, 5, 2}, "Command unrecognized")
+		c.protocolError(cmd, ReplyUnrecognized)
 	}
 }
 
 // protocolError answers an unknown or malformed command; past MaxErrors
 // the client is let go instead.
-func (c *Conn) protocolError(code int, ec smtp.EnhancedCode, msg string) {
+func (c *Conn) protocolError(cmd string, r *Reply) {
 	if c.errors++; c.errors > c.srv.cfg.MaxErrors {
-		c.reply(421, smtp.EnhancedCode{4, 7, 0}, "Too many errors, closing connection")
+		c.send(cmd, ReplyTooManyErrors, nil)
 		c.quit = true
 		return
 	}
-	c.reply(code, ec, msg)
+	c.send(cmd, r, nil)
 }
 
-// reply writes one reply, every line but the last with a "-". The enhanced
-// code goes on each line (RFC 2034); a missing one becomes X.0.0.
-func (c *Conn) reply(code int, ec smtp.EnhancedCode, text ...string) {
-	if ec == smtp.EnhancedCodeNotSet {
-		if cl := code / 100; cl == 2 || cl == 4 || cl == 5 {
-			ec = smtp.EnhancedCode{cl, 0, 0}
-		} else {
-			ec = smtp.NoEnhancedCode
-		}
+// fail answers a session's error for cmd and returns the reply sent.
+func (c *Conn) fail(cmd string, err error) *Reply {
+	r := c.srv.cfg.ReplyFor(cmd, err)
+	c.send(cmd, r, err)
+	return r
+}
+
+// send writes a reply, telling Config.Refused of a refusal.
+func (c *Conn) send(cmd string, r *Reply, cause error) {
+	if r.Refusal && c.srv.cfg.Refused != nil {
+		c.srv.cfg.Refused(c, cmd, r, cause)
 	}
-	// A reply text is one line each; a multi-line string from a session
-	// must not become a second reply.
-	var lines []string
-	for _, t := range text {
-		lines = append(lines, strings.Split(strings.ReplaceAll(t, "\r", ""), "\n")...)
-	}
-	if d := c.srv.cfg.WriteTimeout; d > 0 {
-		c.conn.SetWriteDeadline(time.Now().Add(d))
-	}
+	c.reply(r)
+}
+
+// formatReply renders a reply, every line but the last with a "-". The
+// enhanced code goes on each line (RFC 2034). A text with line breaks
+// stays one reply: a line a session gives can never forge a second one.
+func formatReply(r *Reply, extra ...string) string {
+	lines := strings.Split(strings.ReplaceAll(r.Text, "\r", ""), "\n")
+	lines = append(lines, extra...)
+	var b strings.Builder
 	for i, l := range lines {
 		sep := " "
 		if i < len(lines)-1 {
 			sep = "-"
 		}
-		if ec == smtp.NoEnhancedCode {
-			fmt.Fprintf(c.bw, "%d%s%s\r\n", code, sep, l)
+		if r.Enhanced == (EnhancedCode{}) {
+			fmt.Fprintf(&b, "%d%s%s\r\n", r.Code, sep, l)
 		} else {
-			fmt.Fprintf(c.bw, "%d%s%d.%d.%d %s\r\n", code, sep, ec[0], ec[1], ec[2], l)
+			fmt.Fprintf(&b, "%d%s%d.%d.%d %s\r\n", r.Code, sep, r.Enhanced[0], r.Enhanced[1], r.Enhanced[2], l)
 		}
 	}
+	return b.String()
+}
+
+// reply writes one reply; extra lines follow the row's (EHLO's keywords).
+func (c *Conn) reply(r *Reply, extra ...string) {
+	c.conn.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
+	c.bw.WriteString(formatReply(r, extra...))
 	// A pipelining client (RFC 2920) has its next command in already: this
 	// reply waits to go out with that one's, in one write. Replies it must
 	// see before it may send more (334, 354, 220 before TLS) and last words
 	// (221, 421) go at once; serve flushes whatever is left when it ends.
-	switch code {
+	switch r.Code {
 	case 220, 221, 334, 354, 421:
 	default:
 		if c.pipelined() {
@@ -293,49 +342,26 @@ func (c *Conn) flush() {
 	if c.bw.Buffered() == 0 {
 		return
 	}
-	if d := c.srv.cfg.WriteTimeout; d > 0 {
-		c.conn.SetWriteDeadline(time.Now().Add(d))
-	}
+	c.conn.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
 	if err := c.bw.Flush(); err != nil {
 		c.quit = true
 	}
 }
 
-// replyErr writes err if it is an *smtp.SMTPError, else the fallback: the
-// text of a plain error never reaches the client.
-func (c *Conn) replyErr(err error, code int, ec smtp.EnhancedCode, msg string) {
-	var se *smtp.SMTPError
-	if errors.As(err, &se) {
-		c.reply(se.Code, se.EnhancedCode, se.Message)
-		return
-	}
-	c.reply(code, ec, msg)
-}
-
 // reset ends the mail transaction (RSET, a new EHLO, after DATA).
 func (c *Conn) reset() {
-	c.mu.Lock()
-	s := c.session
-	c.mu.Unlock()
-	if s != nil {
+	if s := c.Session(); s != nil {
 		s.Reset()
 	}
 	c.fromReceived = false
+	c.utf8 = false
 	c.recipients = 0
 }
 
-func (c *Conn) currentSession() smtp.Session {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.session
-}
-
-// handshake runs the TLS handshake (implicit TLS, or after STARTTLS) under
-// WriteTimeout, which no reply write covers here.
+// handshake runs a TLS handshake (implicit TLS, or after STARTTLS) within
+// WriteTimeout.
 func (c *Conn) handshake(tc *tls.Conn) error {
-	if d := c.srv.cfg.WriteTimeout; d > 0 {
-		tc.SetDeadline(time.Now().Add(d))
-		defer tc.SetDeadline(time.Time{})
-	}
-	return tc.Handshake()
+	ctx, cancel := context.WithTimeout(context.Background(), c.srv.cfg.WriteTimeout)
+	defer cancel()
+	return tc.HandshakeContext(ctx)
 }

@@ -5,68 +5,75 @@ import (
 	"bytes"
 	"errors"
 	"io"
-
-	"github.com/emersion/go-smtp"
 )
 
 func (c *Conn) handleData(arg string) {
 	if arg != "" {
-		c.protocolError(501, smtp.EnhancedCode{5, 5, 4}, "DATA command should not have any arguments")
+		c.protocolError("DATA", ReplyNoArguments.With("DATA"))
 		return
 	}
 	if !c.fromReceived {
-		c.protocolError(503, smtp.EnhancedCode{5, 5, 1}, "Missing MAIL FROM command")
+		c.protocolError("DATA", ReplyNeedMail)
 		return
 	}
 	if c.recipients == 0 {
 		// A pipelining client sends DATA before it learns that every
 		// recipient was refused (RFC 2920 3.1): no protocol error.
 		c.reset()
-		c.reply(554, smtp.EnhancedCode{5, 5, 1}, "No valid recipients")
+		c.send("DATA", ReplyNoValidRcpts, nil)
 		return
 	}
-	c.reply(354, smtp.NoEnhancedCode, "Go ahead. End your data with <CR><LF>.<CR><LF>")
+	c.reply(ReplyStartData)
 	defer c.reset()
 
-	r := newDataReader(c.br, c.srv.cfg.MaxLineLength, c.srv.cfg.MaxMessageBytes)
-	err := c.currentSession().Data(r)
-	if r.err == nil || errors.Is(r.err, smtp.ErrDataTooLarge) {
+	lim := c.srv.limits.Load()
+	r := newDataReader(c.br, c.srv.cfg.MaxLineLength, lim.MaxMessageBytes, lim.NormalizeBareLF)
+	id, err := c.Session().Data(r)
+	if r.err == nil || errors.Is(r.err, ErrDataTooLarge) {
 		// The session may stop reading early (a refused header); the
 		// rest of the message is read and dropped, so that the next
 		// command is a command.
 		r.drain()
 	}
 	switch {
-	case r.err != nil && r.err != io.EOF && !errors.Is(r.err, smtp.ErrDataTooLarge):
+	case r.err != nil && r.err != io.EOF && !errors.Is(r.err, ErrDataTooLarge):
 		// A bare CR or LF, a NUL, an overlong line, or the client gone:
 		// framing is lost, so after the reply the connection ends.
 		if err == nil {
 			err = r.err
 		}
-		c.replyErr(err, 554, smtp.EnhancedCode{5, 6, 0}, "Message refused")
+		c.fail("DATA", err)
 		c.quit = true
 	case err != nil:
-		c.replyErr(err, 451, smtp.EnhancedCode{4, 0, 0}, "Requested action aborted, try again later")
+		c.fail("DATA", err)
 	default:
-		c.reply(250, smtp.EnhancedCode{2, 0, 0}, "OK: queued")
-	}
-	var se *smtp.SMTPError
-	if err == nil || errors.As(err, &se) && se.Code/100 == 2 {
+		c.reply(ReplyQueued.With(id))
 		c.errors = 0 // a client that gets mail through is not lost
 	}
 }
 
 // dataReader reads a message sent with DATA, removes the dot-stuffing and
 // stops at CRLF "." CRLF. Anything else that might end a line or a message
-// for some other server (a bare CR or LF, NUL) is an error, never data:
-// that is how SMTP smuggling hides a second message inside the first.
+// for some other server (a bare CR, a NUL, a bare LF unless it is
+// normalized) is an error, never data: that is how SMTP smuggling hides a
+// second message inside the first.
+//
+// With lf (normalize), a bare LF ends a line as CRLF would, and is handed
+// on as CRLF; but a line after one never ends the message, even if it is
+// ".": only CRLF "." CRLF does, as in Postfix 3.9's "normalize". Such a
+// "." is a line of the message, dot-stuffed again on the way out.
 type dataReader struct {
-	br      *bufio.Reader
-	state   int
-	lineLen int // bytes of the current line read so far, CRLF included
-	maxLine int
-	limit   int64 // bytes the message may still have; <0: no limit
-	err     error // sticky: io.EOF at the end
+	br       *bufio.Reader
+	state    int
+	lineLen  int // bytes of the current line read so far, CRLF included
+	maxLine  int
+	limit    int64 // bytes the message may still have; <0: no limit
+	lf       bool  // normalize bare LF to CRLF
+	afterLF  bool  // the line began after a bare LF
+	pend     []byte
+	pendBuf  [3]byte
+	err      error // sticky: io.EOF at the end
+	stepped1 [1]byte
 }
 
 const (
@@ -77,8 +84,8 @@ const (
 	stData             // inside a line
 )
 
-func newDataReader(br *bufio.Reader, maxLine int, maxBytes int64) *dataReader {
-	r := &dataReader{br: br, maxLine: maxLine, limit: -1}
+func newDataReader(br *bufio.Reader, maxLine int, maxBytes int64, lf bool) *dataReader {
+	r := &dataReader{br: br, maxLine: maxLine, limit: -1, lf: lf}
 	if maxBytes > 0 {
 		r.limit = maxBytes
 	}
@@ -86,10 +93,26 @@ func newDataReader(br *bufio.Reader, maxLine int, maxBytes int64) *dataReader {
 }
 
 func (r *dataReader) Read(b []byte) (int, error) {
+	n := 0
+	for len(r.pend) > 0 && n < len(b) {
+		if r.limit == 0 {
+			r.pend = nil
+			r.err = ErrDataTooLarge
+			return n, r.err
+		}
+		if r.limit > 0 {
+			r.limit--
+		}
+		b[n] = r.pend[0]
+		r.pend = r.pend[1:]
+		n++
+	}
 	if r.err != nil {
+		if n > 0 {
+			return n, nil
+		}
 		return 0, r.err
 	}
-	n := 0
 	for n < len(b) {
 		if r.br.Buffered() == 0 {
 			if n > 0 {
@@ -113,26 +136,39 @@ func (r *dataReader) Read(b []byte) (int, error) {
 				continue
 			}
 			emit, err := r.step(buf[i])
+			i++
 			if err != nil {
-				r.br.Discard(i + 1)
+				r.br.Discard(i)
 				r.err = err
+				if err == io.EOF && n > 0 {
+					return n, nil
+				}
 				return n, err
 			}
-			if emit {
+			for k, ch := range emit {
+				if n == len(b) {
+					r.pend = append(r.pendBuf[:0], emit[k:]...)
+					break
+				}
 				if r.limit == 0 {
-					r.br.Discard(i + 1) // stepped over already; dropped with the rest
-					r.err = smtp.ErrDataTooLarge
+					r.br.Discard(i) // stepped over already; dropped with the rest
+					r.err = ErrDataTooLarge
 					return n, r.err
 				}
 				if r.limit > 0 {
 					r.limit--
 				}
-				b[n] = buf[i]
+				b[n] = ch
 				n++
 			}
-			i++
+			if len(r.pend) > 0 {
+				break
+			}
 		}
 		r.br.Discard(i)
+		if len(r.pend) > 0 {
+			break
+		}
 	}
 	return n, nil
 }
@@ -159,25 +195,40 @@ func (r *dataReader) plainRun(p []byte, room int) []byte {
 	return p
 }
 
-// step moves the state machine over one byte and says whether the byte is
-// part of the message.
-func (r *dataReader) step(ch byte) (bool, error) {
+var (
+	crlf    = []byte("\r\n")
+	dotCRLF = []byte(".\r\n")
+)
+
+// step moves the state machine over one byte and returns what of the
+// message it makes: nothing, the byte itself, or a normalized line end.
+// io.EOF is the end of the message.
+func (r *dataReader) step(ch byte) ([]byte, error) {
 	if r.lineLen++; r.lineLen > r.maxLine {
-		return false, ErrLineTooLong
+		return nil, ErrLineTooLong
 	}
 	if ch == 0 {
-		return false, ErrNUL
+		return nil, ErrNUL
+	}
+	one := func() []byte { r.stepped1[0] = ch; return r.stepped1[:] }
+	// A bare LF ends the line (normalized) or the message's framing.
+	bareLF := func(out []byte) ([]byte, error) {
+		if !r.lf {
+			return nil, ErrBareLineEnding
+		}
+		r.state, r.lineLen, r.afterLF = stBeginLine, 0, true
+		return out, nil
 	}
 	switch r.state {
 	case stBeginLine:
 		switch ch {
 		case '.':
 			r.state = stDot
-			return false, nil
+			return nil, nil
 		case '\r':
 			r.state = stCR
 		case '\n':
-			return false, ErrBareLineEnding
+			return bareLF(crlf)
 		default:
 			r.state = stData
 		}
@@ -185,39 +236,45 @@ func (r *dataReader) step(ch byte) (bool, error) {
 		switch ch {
 		case '\r':
 			r.state = stDotCR
-			return false, nil
+			return nil, nil
 		case '\n':
-			return false, ErrBareLineEnding
+			return bareLF(dotCRLF)
 		default:
 			r.state = stData // the stuffed dot is dropped
 		}
 	case stDotCR:
 		if ch != '\n' {
-			return false, ErrBareLineEnding
+			return nil, ErrBareLineEnding
 		}
-		return false, io.EOF
+		if r.afterLF {
+			// "." CRLF after a bare LF: a line of the message, not its
+			// end, or the two ends would disagree about where it is.
+			r.state, r.lineLen, r.afterLF = stBeginLine, 0, false
+			return dotCRLF, nil
+		}
+		return nil, io.EOF
 	case stCR:
 		if ch != '\n' {
-			return false, ErrBareLineEnding
+			return nil, ErrBareLineEnding
 		}
-		r.state = stBeginLine
-		r.lineLen = 0
+		r.state, r.lineLen, r.afterLF = stBeginLine, 0, false
 	case stData:
 		switch ch {
 		case '\r':
 			r.state = stCR
 		case '\n':
-			return false, ErrBareLineEnding
+			return bareLF(crlf)
 		}
 	}
-	return true, nil
+	return one(), nil
 }
 
 // drain reads the rest of the message, past any size limit, to its end.
 func (r *dataReader) drain() {
-	if errors.Is(r.err, smtp.ErrDataTooLarge) {
+	if errors.Is(r.err, ErrDataTooLarge) {
 		r.err = nil
 	}
+	r.pend = nil
 	r.limit = -1
 	io.Copy(io.Discard, r)
 }

@@ -1,105 +1,106 @@
 package smtpd
 
 import (
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
-
-	"github.com/emersion/go-smtp"
+	"unicode/utf8"
 )
 
-func (c *Conn) handleGreet(ehlo bool, arg string) {
+func (c *Conn) handleGreet(cmd, arg string) {
 	domain, _, _ := strings.Cut(arg, " ")
 	if domain == "" {
-		c.protocolError(501, smtp.EnhancedCode{5, 5, 4}, "Domain or address argument required")
+		c.protocolError(cmd, ReplyHelloArg.With(cmd))
 		return
 	}
-	c.helo = domain
-	if c.currentSession() != nil {
+	c.helo, c.ehlo = domain, cmd == "EHLO"
+	if c.Session() != nil {
 		// RFC 5321 4.1.4: a later EHLO resets the state as RSET does.
 		c.reset()
 	} else {
 		sess, err := c.srv.be.NewSession(c)
 		if err != nil {
 			c.helo = ""
-			c.replyErr(err, 451, smtp.EnhancedCode{4, 0, 0}, "Cannot start a session, try again later")
+			c.fail(cmd, err)
 			return
 		}
 		c.setSession(sess)
 	}
-	if !ehlo {
-		c.reply(250, smtp.EnhancedCode{2, 0, 0}, "Hello "+domain)
+	hello := ReplyHello.With(c.srv.cfg.Domain)
+	if cmd == "HELO" {
+		c.reply(hello)
 		return
 	}
-	caps := []string{"Hello " + domain, "PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES"}
-	if _, isTLS := c.TLSConnectionState(); c.srv.cfg.TLS != nil && !isTLS {
+	caps := []string{"PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES"}
+	if _, isTLS := c.TLSConnectionState(); c.ln.l.TLS != nil && !isTLS {
 		caps = append(caps, "STARTTLS")
 	}
-	if mechs := c.authMechanisms(); c.authAllowed() && len(mechs) > 0 {
+	if mechs := c.Session().AuthMechanisms(); len(mechs) > 0 {
 		caps = append(caps, "AUTH "+strings.Join(mechs, " "))
 	}
-	if c.srv.cfg.EnableSMTPUTF8 {
-		caps = append(caps, "SMTPUTF8")
-	}
-	if c.srv.cfg.EnableDSN {
-		caps = append(caps, "DSN")
-	}
-	if n := c.srv.cfg.MaxMessageBytes; n > 0 {
+	caps = append(caps, "SMTPUTF8", "DSN")
+	if n := c.srv.limits.Load().MaxMessageBytes; n > 0 {
 		caps = append(caps, fmt.Sprintf("SIZE %d", n))
 	} else {
 		caps = append(caps, "SIZE")
 	}
-	if n := c.srv.cfg.MaxRecipients; n > 0 {
+	if n := c.srv.limits.Load().MaxRecipients; n > 0 {
 		caps = append(caps, fmt.Sprintf("LIMITS RCPTMAX=%d", n))
 	}
-	c.reply(250, smtp.NoEnhancedCode, caps...)
+	c.reply(hello, caps...)
 }
 
 func (c *Conn) handleMail(arg string) {
-	if c.currentSession() == nil {
-		c.protocolError(503, smtp.EnhancedCode{5, 5, 1}, "Please introduce yourself first")
+	if c.Session() == nil {
+		c.protocolError("MAIL", ReplyHelloFirst)
 		return
 	}
 	if c.fromReceived {
-		c.protocolError(503, smtp.EnhancedCode{5, 5, 1}, "Nested MAIL command")
+		c.protocolError("MAIL", ReplyNestedMail)
 		return
 	}
-	from, args, ok := c.pathAndArgs("MAIL", "FROM:", arg)
+	from, args, ok := c.pathAndArgs("MAIL", "FROM", arg)
 	if !ok {
 		return
 	}
-	opts := &smtp.MailOptions{}
-	for key, value := range args {
-		if code, ec, msg := c.mailParam(opts, key, value); code != 0 {
-			c.reply(code, ec, msg)
+	var opts MailOptions
+	for _, a := range args {
+		if r := mailParam(&opts, a[0], a[1], c.srv.limits.Load().MaxMessageBytes); r != nil {
+			c.send("MAIL", r, nil)
 			return
 		}
 	}
-	if err := c.currentSession().Mail(from, opts); err != nil {
+	if !opts.UTF8 && !isASCII(from) {
+		c.send("MAIL", ReplyNeedSMTPUTF8, nil)
+		return
+	}
+	if err := c.Session().Mail(from, opts); err != nil {
+		r := c.srv.cfg.ReplyFor("MAIL", err)
 		// A client that keeps trying a MAIL refused for good (no AUTH, a
 		// sender it does not own) is told to go like one that keeps
 		// sending bad commands. A temporary refusal (a rate limit) may be
 		// retried as often as the client likes.
-		var se *smtp.SMTPError
-		if errors.As(err, &se) && se.Code/100 == 5 {
-			c.protocolError(se.Code, se.EnhancedCode, se.Message)
-			return
+		if r.Code/100 == 5 {
+			if c.errors++; c.errors > c.srv.cfg.MaxErrors {
+				c.send("MAIL", ReplyTooManyErrors, err)
+				c.quit = true
+				return
+			}
 		}
-		c.replyErr(err, 451, smtp.EnhancedCode{4, 0, 0}, "Requested action aborted, try again later")
+		c.send("MAIL", r, err)
 		return
 	}
 	c.fromReceived = true
-	c.reply(250, smtp.EnhancedCode{2, 0, 0}, fmt.Sprintf("Roger, accepting mail from <%s>", from))
+	c.utf8 = opts.UTF8
+	c.reply(ReplySenderOK)
 }
 
 // pathAndArgs reads the argument of MAIL ("FROM:<path> params") or RCPT
 // ("TO:<path> params"); on a syntax error it has replied already.
-func (c *Conn) pathAndArgs(cmd, prefix, arg string) (string, map[string]string, bool) {
-	syntax := fmt.Sprintf("Was expecting %s arg syntax of %s<address>", cmd, prefix)
-	rest, ok := cutPrefixFold(arg, prefix)
+func (c *Conn) pathAndArgs(cmd, prefix, arg string) (string, [][2]string, bool) {
+	rest, ok := cutPrefixFold(arg, prefix+":")
 	if !ok {
-		c.protocolError(501, smtp.EnhancedCode{5, 5, 2}, syntax)
+		c.protocolError(cmd, ReplyPathSyntax.With(cmd+" "+prefix))
 		return "", nil, false
 	}
 	p := parser{s: strings.TrimSpace(rest)}
@@ -110,148 +111,137 @@ func (c *Conn) pathAndArgs(cmd, prefix, arg string) (string, map[string]string, 
 	} else {
 		path, err = p.parsePath()
 	}
-	if err != nil {
-		c.protocolError(501, smtp.EnhancedCode{5, 5, 2}, syntax)
+	if err != nil || !utf8.ValidString(path) {
+		c.protocolError(cmd, ReplyPathSyntax.With(cmd+" "+prefix))
 		return "", nil, false
 	}
-	args, err := parseArgs(p.s)
-	if err != nil {
-		c.protocolError(501, smtp.EnhancedCode{5, 5, 4}, "Unable to parse "+cmd+" ESMTP parameters")
+	args, bad := parseArgs(p.s)
+	if bad != "" {
+		c.protocolError(cmd, ReplyParamSyntax.With(bad))
 		return "", nil, false
 	}
 	return path, args, true
 }
 
 // mailParam applies one MAIL FROM parameter, or says what reply refuses it.
-func (c *Conn) mailParam(opts *smtp.MailOptions, key, value string) (int, smtp.EnhancedCode, string) {
-	bad := smtp.EnhancedCode{5, 5, 4}
+func mailParam(opts *MailOptions, key, value string, maxSize int64) *Reply {
 	switch key {
 	case "SIZE":
 		size, err := strconv.ParseInt(value, 10, 64)
 		if err != nil || size < 0 {
-			return 501, bad, "Unable to parse SIZE as an integer"
+			return ReplyParamSyntax.With(key)
 		}
-		if n := c.srv.cfg.MaxMessageBytes; n > 0 && size > n {
-			return 552, smtp.EnhancedCode{5, 3, 4}, "Message too large"
+		if maxSize > 0 && size > maxSize {
+			return ReplyTooLarge
 		}
 		opts.Size = size
 	case "SMTPUTF8":
-		if !c.srv.cfg.EnableSMTPUTF8 || value != "" {
-			return 504, bad, "SMTPUTF8 is not implemented"
+		if value != "" {
+			return ReplyParamSyntax.With(key)
 		}
 		opts.UTF8 = true
 	case "BODY":
-		switch b := smtp.BodyType(strings.ToUpper(value)); b {
-		case smtp.Body7Bit, smtp.Body8BitMIME:
+		switch b := strings.ToUpper(value); b {
+		case "7BIT", "8BITMIME":
 			opts.Body = b
 		default:
-			return 501, bad, "Unknown BODY value"
+			return ReplyParamSyntax.With(key)
 		}
 	case "RET":
-		if !c.srv.cfg.EnableDSN {
-			return 504, bad, "RET is not implemented"
-		}
-		switch r := smtp.DSNReturn(strings.ToUpper(value)); r {
-		case smtp.DSNReturnFull, smtp.DSNReturnHeaders:
+		switch r := strings.ToUpper(value); r {
+		case "FULL", "HDRS":
 			opts.Return = r
 		default:
-			return 501, bad, "Unknown RET value"
+			return ReplyParamSyntax.With(key)
 		}
 	case "ENVID":
-		if !c.srv.cfg.EnableDSN {
-			return 504, bad, "ENVID is not implemented"
-		}
 		v, err := decodeXtext(value)
 		if err != nil || v == "" || len(v) > 100 || !isPrintableASCII(v) {
-			return 501, bad, "Malformed ENVID parameter value"
+			return ReplyParamSyntax.With(key)
 		}
 		opts.EnvelopeID = v
 	case "AUTH":
 		// RFC 4954 5: the original submitter, when another server relays.
 		v, err := decodeXtext(value)
 		if err != nil || v == "" {
-			return 501, bad, "Malformed AUTH parameter value"
+			return ReplyParamSyntax.With(key)
 		}
 		if v == "<>" {
 			v = ""
 		} else {
 			p := parser{s: v}
 			if v, err = p.parseMailbox(); err != nil || p.s != "" {
-				return 501, bad, "Malformed AUTH parameter mailbox"
+				return ReplyParamSyntax.With(key)
 			}
 		}
 		opts.Auth = &v
 	default:
-		return 555, bad, "Unknown MAIL FROM parameter"
+		return ReplyParamUnknown.With("MAIL FROM", key)
 	}
-	return 0, smtp.EnhancedCode{}, ""
+	return nil
 }
 
 func (c *Conn) handleRcpt(arg string) {
 	if !c.fromReceived {
-		c.protocolError(503, smtp.EnhancedCode{5, 5, 1}, "Missing MAIL FROM command")
+		c.protocolError("RCPT", ReplyNeedMail)
 		return
 	}
-	to, args, ok := c.pathAndArgs("RCPT", "TO:", arg)
+	to, args, ok := c.pathAndArgs("RCPT", "TO", arg)
 	if !ok {
 		return
 	}
-	if n := c.srv.cfg.MaxRecipients; n > 0 && c.recipients >= n {
-		c.reply(452, smtp.EnhancedCode{4, 5, 3}, fmt.Sprintf("Maximum limit of %d recipients reached", n))
+	if n := c.srv.limits.Load().MaxRecipients; n > 0 && c.recipients >= n {
+		c.send("RCPT", ReplyTooManyRcpts.With(n), nil)
 		return
 	}
-	opts := &smtp.RcptOptions{}
-	for key, value := range args {
-		if code, ec, msg := c.rcptParam(opts, key, value); code != 0 {
-			c.reply(code, ec, msg)
+	var opts RcptOptions
+	for _, a := range args {
+		if r := rcptParam(&opts, a[0], a[1]); r != nil {
+			c.send("RCPT", r, nil)
 			return
 		}
 	}
-	if err := c.currentSession().Rcpt(to, opts); err != nil {
-		c.replyErr(err, 451, smtp.EnhancedCode{4, 0, 0}, "Requested action aborted, try again later")
+	if !c.utf8 && !isASCII(to) {
+		c.send("RCPT", ReplyNeedSMTPUTF8, nil)
+		return
+	}
+	if err := c.Session().Rcpt(to, opts); err != nil {
+		c.fail("RCPT", err)
 		return
 	}
 	c.recipients++
-	c.reply(250, smtp.EnhancedCode{2, 0, 0}, fmt.Sprintf("I'll make sure <%s> gets this", to))
+	c.reply(ReplyRecipientOK)
 }
 
-func (c *Conn) rcptParam(opts *smtp.RcptOptions, key, value string) (int, smtp.EnhancedCode, string) {
-	bad := smtp.EnhancedCode{5, 5, 4}
+func rcptParam(opts *RcptOptions, key, value string) *Reply {
 	switch key {
 	case "NOTIFY":
-		if !c.srv.cfg.EnableDSN {
-			return 504, bad, "NOTIFY is not implemented"
-		}
 		notify, ok := parseNotify(value)
 		if !ok {
-			return 501, bad, "Malformed NOTIFY parameter value"
+			return ReplyParamSyntax.With(key)
 		}
 		opts.Notify = notify
 	case "ORCPT":
-		if !c.srv.cfg.EnableDSN {
-			return 504, bad, "ORCPT is not implemented"
-		}
 		typ, addr, err := decodeTypedAddress(value)
 		if err != nil || addr == "" {
-			return 501, bad, "Malformed ORCPT parameter value"
+			return ReplyParamSyntax.With(key)
 		}
-		opts.OriginalRecipientType = typ
-		opts.OriginalRecipient = addr
+		opts.ORcptType, opts.ORcpt = typ, addr
 	default:
-		return 555, bad, "Unknown RCPT TO parameter"
+		return ReplyParamUnknown.With("RCPT TO", key)
 	}
-	return 0, smtp.EnhancedCode{}, ""
+	return nil
 }
 
 // parseNotify reads NOTIFY=NEVER or a set of SUCCESS, FAILURE and DELAY
 // (RFC 3461 4.1), each at most once.
-func parseNotify(value string) ([]smtp.DSNNotify, bool) {
-	var out []smtp.DSNNotify
-	seen := map[smtp.DSNNotify]bool{}
+func parseNotify(value string) ([]string, bool) {
+	var out []string
+	seen := map[string]bool{}
 	for _, v := range strings.Split(value, ",") {
-		n := smtp.DSNNotify(strings.ToUpper(v))
+		n := strings.ToUpper(v)
 		switch n {
-		case smtp.DSNNotifyNever, smtp.DSNNotifySuccess, smtp.DSNNotifyFailure, smtp.DSNNotifyDelayed:
+		case "NEVER", "SUCCESS", "FAILURE", "DELAY":
 		default:
 			return nil, false
 		}
@@ -261,8 +251,17 @@ func parseNotify(value string) ([]smtp.DSNNotify, bool) {
 		seen[n] = true
 		out = append(out, n)
 	}
-	if seen[smtp.DSNNotifyNever] && len(out) > 1 {
+	if seen["NEVER"] && len(out) > 1 {
 		return nil, false
 	}
 	return out, true
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
 }

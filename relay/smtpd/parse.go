@@ -6,8 +6,6 @@ import (
 	"strconv"
 	"strings"
 	"unicode/utf8"
-
-	"github.com/emersion/go-smtp"
 )
 
 // cutPrefixFold is strings.CutPrefix, ignoring case.
@@ -34,21 +32,23 @@ func parseCmd(line string) (cmd, arg string, err error) {
 }
 
 // parseArgs reads the ESMTP parameters after a path: KEY or KEY=VALUE,
-// keys upper-cased, each at most once.
-func parseArgs(s string) (map[string]string, error) {
-	args := map[string]string{}
+// keys upper-cased, each at most once, in order. bad names the parameter
+// that is malformed or given twice.
+func parseArgs(s string) (args [][2]string, bad string) {
+	seen := map[string]bool{}
 	for _, a := range strings.Fields(s) {
 		k, v, _ := strings.Cut(a, "=")
 		k = strings.ToUpper(k)
 		if k == "" || strings.Contains(v, "=") {
-			return nil, fmt.Errorf("bad parameter %q", a)
+			return nil, "ESMTP"
 		}
-		if _, dup := args[k]; dup {
-			return nil, fmt.Errorf("parameter %s twice", k)
+		if seen[k] {
+			return nil, k
 		}
-		args[k] = v
+		seen[k] = true
+		args = append(args, [2]string{k, v})
 	}
-	return args, nil
+	return args, ""
 }
 
 // parser reads the paths of MAIL and RCPT (RFC 5321 4.1.2). It is loose on
@@ -203,22 +203,23 @@ func decodeUTF8AddrXtext(s string) (string, error) {
 	return b.String(), nil
 }
 
-// decodeTypedAddress reads an ORCPT value: "rfc822;" xtext or "utf-8;"
-// utf-8-addr-xtext.
-func decodeTypedAddress(val string) (smtp.DSNAddressType, string, error) {
+// decodeTypedAddress reads an ORCPT value: "rfc822;" xtext, or "utf-8;"
+// utf-8-addr-xtext or -unitext (RFC 6533 3). The type comes back in
+// lower case.
+func decodeTypedAddress(val string) (string, string, error) {
 	typ, addr, ok := strings.Cut(val, ";")
 	if !ok || typ == "" || addr == "" {
 		return "", "", errors.New("bad typed address")
 	}
 	var err error
-	switch t := smtp.DSNAddressType(strings.ToUpper(typ)); t {
-	case smtp.DSNAddressTypeRFC822:
+	switch t := strings.ToLower(typ); t {
+	case "rfc822":
 		addr, err = decodeXtext(addr)
 		if err == nil && !isPrintableASCII(addr) {
 			err = errors.New("not printable ASCII")
 		}
 		return t, addr, err
-	case smtp.DSNAddressTypeUTF8:
+	case "utf-8":
 		addr, err = decodeUTF8AddrXtext(addr)
 		return t, addr, err
 	}

@@ -1,18 +1,21 @@
-// Package smtpd speaks the server side of SMTP for the relay.
+// Package smtpd is the relay's SMTP server: it owns the connections (the
+// caps per address and in all, idle timeouts, TLS, draining at shutdown)
+// and the protocol, and asks a Session what each command means, as
+// net/http's server owns connections and a Handler the meaning.
 //
-// It is the server half of github.com/emersion/go-smtp v0.25.1 (MIT, see
-// LICENSE), cut down to what a submission server offers and made strict
-// where the library is lenient, because the library gives no hook for
-// either:
+// It began as the server half of github.com/emersion/go-smtp v0.25.1 (MIT,
+// see LICENSE) and keeps that code's shape, but imports nothing from it.
+// What it does differently, because the library gives no hook for it:
 //
 //   - A command line must end in CRLF and hold no other CR or LF; a bare
 //     one is answered and the connection closed (the library's textproto
 //     reader takes a bare LF as a line end).
-//   - In DATA, only CRLF "." CRLF ends the message, and a bare CR, a bare LF
-//     or a NUL anywhere, including a "." followed by a lone CR at the start
-//     of a line (which the library drops silently), fails the message and
-//     closes the connection: the client and we no longer agree where the
-//     message ends, so nothing after it can be trusted.
+//   - In DATA, only CRLF "." CRLF ends the message. A bare CR or a NUL
+//     anywhere fails the message and closes the connection: the client and
+//     we no longer agree where the message ends. A bare LF is made a CRLF
+//     (Config.NormalizeBareLF, as Postfix 3.9's smtpd_forbid_bare_newline
+//     = normalize does) or refused likewise; "." after a bare LF is a line
+//     of the message, never its end.
 //   - Unknown or malformed commands are counted: after MaxErrors the client
 //     gets 421 and is let go. So are commands outside a transaction (NOOP,
 //     RSET, VRFY, HELP, EHLO, AUTH, STARTTLS ...): more than
@@ -23,9 +26,12 @@
 //     once no further whole command is waiting; 334, 354, 220 (before TLS),
 //     221 and 421 always leave at once, and nothing held is lost when the
 //     session ends. The library writes every reply on its own.
-//
-// Sessions are go-smtp's own smtp.Session and smtp.AuthSession, and replies
-// are *smtp.SMTPError, so the relay's session code is the same with either.
+//   - Every reply is a row of one table (replies.go), with enhanced codes
+//     and plain texts; the EHLO reply names our host (RFC 5321 4.1.1.1).
+//   - The server keeps the connection registry: caps per client address
+//     and in all, an idle timeout per read (a long DATA upload is fine, a
+//     silent client is not), listeners retired one at a time, and a drain
+//     that lets idle sessions go at once and busy ones finish.
 package smtpd
 
 import (
@@ -34,34 +40,29 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
-
-	"github.com/emersion/go-smtp"
 )
 
-// ErrServerClosed is returned by Shutdown and Close after the first call.
-var ErrServerClosed = errors.New("smtpd: server already closed")
+// maxLineDefault is the default Config.MaxLineLength.
+const maxLineDefault = 2000
 
-// Backend starts a session when a client greets (EHLO/HELO), and again
-// after STARTTLS.
-type Backend interface {
-	NewSession(c *Conn) (smtp.Session, error)
-}
+// ErrServerClosed is returned by Shutdown after the first call.
+var ErrServerClosed = errors.New("smtpd: server already closed")
 
 // Config is the server's behaviour. Zero values take the defaults named.
 type Config struct {
-	Domain string      // in the banner and the EHLO reply
-	TLS    *tls.Config // nil: no STARTTLS
+	Domain string // our host name: in the greeting and the EHLO reply
 
-	MaxRecipients   int   // advertised as LIMITS RCPTMAX; 0: no limit
-	MaxMessageBytes int64 // advertised as SIZE; 0: no limit
+	Limits Limits // SetLimits changes them while serving
 	// MaxLineLength counts the CRLF; RFC 5321 allows 1000 for a text line
 	// and 512 for a command. Default 2000, for sloppy clients.
 	MaxLineLength int
-	WriteTimeout  time.Duration // per reply; 0: none
+	IdleTimeout   time.Duration // per read; default 5m (RFC 5321 4.5.3.2)
+	WriteTimeout  time.Duration // per reply, and for a TLS handshake; default 1m
 	// MaxErrors unknown, malformed or out-of-sequence commands, or MAILs
 	// refused permanently, are answered; the next one gets 421 and the
 	// connection is closed. Default 3.
@@ -70,12 +71,60 @@ type Config struct {
 	// transactions (since connecting, or since its last MAIL). Default 25:
 	// a session normally needs four (EHLO, STARTTLS, EHLO, AUTH).
 	MaxCommandsBeforeMail int
+	MaxConnections        int // in all; default 1000
+	ConnectionsPerIP      int // 0: no limit
 
-	AllowInsecureAuth bool // offer AUTH without TLS
-	EnableSMTPUTF8    bool // RFC 6531
-	EnableDSN         bool // RFC 3461
+	// ReplyFor maps an error a Session returned for cmd to its reply.
+	// Default: a *Reply as it is, anything else ReplyInternal.
+	ReplyFor func(cmd string, err error) *Reply
+	// Refused, when set, is told of every reply marked Refusal, with the
+	// error behind it (nil for the server's own), to log and count it.
+	Refused func(c *Conn, cmd string, r *Reply, cause error)
+	// ConnState, when set, is told when a connection is admitted
+	// (open) and when it closes, with its listener's name.
+	ConnState func(listener string, open bool)
 
-	Log *slog.Logger // panics and connection errors
+	Log *slog.Logger // admission, panics and connection errors
+}
+
+// Limits are what a message may be; they can change while serving.
+type Limits struct {
+	MaxRecipients   int   // advertised as LIMITS RCPTMAX; 0: no limit
+	MaxMessageBytes int64 // advertised as SIZE; 0: no limit
+	// NormalizeBareLF turns a bare LF in message content into CRLF;
+	// without it a bare LF is refused like a bare CR.
+	NormalizeBareLF bool
+}
+
+// DefaultReplyFor maps the errors of this package, and a *Reply as it is;
+// anything else is ReplyInternal. A Config.ReplyFor of one's own can end
+// with it.
+func DefaultReplyFor(_ string, err error) *Reply {
+	var r *Reply
+	switch {
+	case errors.As(err, &r):
+		return r
+	case errors.Is(err, ErrBareLineEnding):
+		return ReplyBareLineEnding
+	case errors.Is(err, ErrNUL):
+		return ReplyDataNUL
+	case errors.Is(err, ErrLineTooLong):
+		return ReplyDataLineTooLong
+	case errors.Is(err, ErrDataTooLarge):
+		return ReplyTooLarge
+	case errors.Is(err, ErrAuthMalformed):
+		return ReplyAuthMalformed
+	case errors.Is(err, ErrAuthCancelled):
+		return ReplyAuthCancelled
+	}
+	return ReplyInternal
+}
+
+// Listener says how one listening socket is served.
+type Listener struct {
+	Name     string      // in logs and ConnState: the configured address
+	TLS      *tls.Config // STARTTLS is offered with it; nil: none
+	Implicit bool        // TLS from the first byte (TLS must be set)
 }
 
 // Server serves SMTP on the listeners given to Serve.
@@ -84,18 +133,27 @@ type Server struct {
 	be  Backend
 
 	wg       sync.WaitGroup
-	done     chan struct{}
 	shutting atomic.Bool // Shutdown was called: no new transactions
+	limits   atomic.Pointer[Limits]
 
-	mu        sync.Mutex
-	listeners []net.Listener
-	conns     map[*Conn]struct{}
+	mu     sync.Mutex
+	lns    map[net.Listener]*listening
+	conns  map[*Conn]struct{}
+	perIP  map[netip.Addr]int
+	total  int
+	closed bool
+}
+
+type listening struct {
+	l       Listener
+	retired atomic.Bool
+	wg      sync.WaitGroup // its connections
 }
 
 // New makes a server answering with be's sessions.
 func New(cfg Config, be Backend) *Server {
 	if cfg.MaxLineLength <= 0 {
-		cfg.MaxLineLength = 2000
+		cfg.MaxLineLength = maxLineDefault
 	}
 	if cfg.MaxErrors <= 0 {
 		cfg.MaxErrors = 3
@@ -103,139 +161,245 @@ func New(cfg Config, be Backend) *Server {
 	if cfg.MaxCommandsBeforeMail <= 0 {
 		cfg.MaxCommandsBeforeMail = 25
 	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = 5 * time.Minute
+	}
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = time.Minute
+	}
+	if cfg.MaxConnections <= 0 {
+		cfg.MaxConnections = 1000
+	}
+	if cfg.ReplyFor == nil {
+		cfg.ReplyFor = DefaultReplyFor
+	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{cfg: cfg, be: be, done: make(chan struct{}), conns: map[*Conn]struct{}{}}
+	s := &Server{cfg: cfg, be: be, lns: map[net.Listener]*listening{},
+		conns: map[*Conn]struct{}{}, perIP: map[netip.Addr]int{}}
+	s.SetLimits(cfg.Limits)
+	return s
 }
 
-// Serve accepts connections on l until Close or Shutdown.
-func (s *Server) Serve(l net.Listener) error {
+// SetLimits changes the limits for the commands that follow.
+func (s *Server) SetLimits(l Limits) { s.limits.Store(&l) }
+
+// Serve accepts connections on ln until it is retired or the server shut
+// down (then it returns nil), or until ln fails.
+func (s *Server) Serve(ln net.Listener, l Listener) error {
+	if l.Implicit && l.TLS == nil {
+		return errors.New("smtpd: an implicit TLS listener needs a TLS config")
+	}
+	lg := &listening{l: l}
 	s.mu.Lock()
-	s.listeners = append(s.listeners, l)
+	if s.closed {
+		s.mu.Unlock()
+		ln.Close()
+		return nil
+	}
+	s.lns[ln] = lg
 	s.mu.Unlock()
 
 	var delay time.Duration // after a temporary accept failure
 	for {
-		c, err := l.Accept()
+		raw, err := ln.Accept()
 		if err != nil {
-			select {
-			case <-s.done:
+			if lg.retired.Load() || s.shutting.Load() || s.isClosed() {
 				return nil
-			default:
 			}
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
 				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				s.cfg.Log.Warn("accept failed, retrying", "err", err, "in", delay)
+				s.cfg.Log.Warn("accept failed, retrying", "listener", l.Name, "err", err, "in", delay)
 				time.Sleep(delay)
 				continue
 			}
 			return err
 		}
 		delay = 0
+		c := newConn(raw, s, lg)
+		s.mu.Lock()
+		s.conns[c] = struct{}{}
+		if s.shutting.Load() {
+			c.idle.Store(int64(drainIdle))
+		}
+		s.mu.Unlock()
 		s.wg.Add(1)
+		lg.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			s.handle(newConn(c, s))
+			defer lg.wg.Done()
+			s.handle(c)
 		}()
 	}
 }
 
-func (s *Server) handle(c *Conn) {
+func (s *Server) isClosed() bool {
 	s.mu.Lock()
-	s.conns[c] = struct{}{}
-	s.mu.Unlock()
+	defer s.mu.Unlock()
+	return s.closed
+}
+
+func (s *Server) handle(c *Conn) {
 	defer func() {
 		c.Close()
 		s.mu.Lock()
 		delete(s.conns, c)
 		s.mu.Unlock()
 	}()
+	// The client's address may come from a PROXY header, which this reads:
+	// here in the connection's goroutine, so that it never holds up Accept.
+	c.addr = remoteAddr(c.raw)
+	if r := s.admit(c.addr); r != nil {
+		s.cfg.Log.Warn("connection refused: too many connections", "remote", c.addr.String(), "listener", c.ln.l.Name)
+		c.raw.SetWriteDeadline(time.Now().Add(time.Second))
+		c.raw.Write([]byte(formatReply(r)))
+		if s.cfg.Refused != nil {
+			s.cfg.Refused(c, "CONNECT", r, nil)
+		}
+		return
+	}
+	if s.cfg.ConnState != nil {
+		s.cfg.ConnState(c.ln.l.Name, true)
+	}
+	defer func() {
+		s.release(c.addr)
+		if s.cfg.ConnState != nil {
+			s.cfg.ConnState(c.ln.l.Name, false)
+		}
+	}()
 	if err := c.serve(); err != nil {
-		s.cfg.Log.Info("connection ended", "remote", c.conn.RemoteAddr().String(), "err", err)
+		s.cfg.Log.Info("connection ended", "remote", c.addr.String(), "err", err)
 	}
 }
 
-// Close closes the listeners and every connection at once, also after
-// Shutdown or StopAccepting.
-func (s *Server) Close() error {
-	err := s.closeListeners()
-	if err == ErrServerClosed {
-		err = nil
+// admit counts a connection against its address and the total, or says
+// which reply refuses it.
+func (s *Server) admit(ip netip.Addr) *Reply {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.cfg.ConnectionsPerIP > 0 && s.perIP[ip] >= s.cfg.ConnectionsPerIP:
+		return ReplyTooManyConnsIP
+	case s.total >= s.cfg.MaxConnections:
+		return ReplyTooManyConns
+	}
+	s.perIP[ip]++
+	s.total++
+	return nil
+}
+
+func (s *Server) release(ip netip.Addr) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.perIP[ip]--; s.perIP[ip] <= 0 {
+		delete(s.perIP, ip)
+	}
+	s.total--
+}
+
+func remoteAddr(c net.Conn) netip.Addr {
+	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
+		return ap.Addr().Unmap()
+	}
+	return netip.Addr{}
+}
+
+// drainIdle is the silence allowed once the server is shutting down: a
+// client in the middle of sending keeps going, an idle one is told
+// ReplyShuttingDown and let go.
+const drainIdle = 2 * time.Second
+
+// Shutdown closes the listeners and waits, until ctx is done, for the open
+// sessions to end; then it closes what is left. A session waiting for a
+// command outside a transaction is told ReplyShuttingDown at once; one in a
+// transaction finishes it first, and then hears the same.
+func (s *Server) Shutdown(ctx context.Context) error {
+	if s.shutting.Swap(true) {
+		return ErrServerClosed
 	}
 	s.mu.Lock()
+	for ln := range s.lns {
+		ln.Close()
+	}
+	for c := range s.conns {
+		c.drain()
+	}
+	s.mu.Unlock()
+	if err := s.wait(ctx, s.wg.Wait); err != nil {
+		s.Close()
+		return err
+	}
+	return nil
+}
+
+// Retire stops accepting on ln, which Serve was given, and lets the
+// sessions that came through it go on, as long as their clients like,
+// for up to grace; then it closes them. It is for a listener that a
+// reload removes while the server keeps running.
+func (s *Server) Retire(ln net.Listener, grace time.Duration) {
+	s.mu.Lock()
+	lg := s.lns[ln]
+	delete(s.lns, ln)
+	s.mu.Unlock()
+	if lg == nil {
+		return
+	}
+	lg.retired.Store(true)
+	ln.Close()
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), grace)
+		defer cancel()
+		if s.wait(ctx, lg.wg.Wait) != nil {
+			s.mu.Lock()
+			for c := range s.conns {
+				if c.ln == lg {
+					c.Close()
+				}
+			}
+			s.mu.Unlock()
+		}
+	}()
+}
+
+// Close closes the listeners and every connection at once.
+func (s *Server) Close() error {
+	s.shutting.Store(true)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	var err error
+	for ln := range s.lns {
+		if e := ln.Close(); e != nil && err == nil && !errors.Is(e, net.ErrClosed) {
+			err = e
+		}
+	}
 	for c := range s.conns {
 		c.Close()
 	}
-	s.mu.Unlock()
 	return err
 }
 
-// Shutdown closes the listeners and waits, until ctx is done, for the open
-// sessions to end. A session waiting for a command outside a transaction is
-// told 421 4.3.2 at once; one in a transaction finishes it first.
-func (s *Server) Shutdown(ctx context.Context) error {
-	s.shutting.Store(true)
-	err := s.closeListeners()
-	if err == ErrServerClosed {
-		return err
-	}
-	s.mu.Lock()
-	for c := range s.conns {
-		if c.waiting.Load() {
-			// Wakes its read; the loop sees shutting and says goodbye.
-			c.raw.SetReadDeadline(time.Now())
-		}
-	}
-	s.mu.Unlock()
-	return s.wait(ctx, err)
-}
-
-// StopAccepting closes the listeners but lets the open sessions go on, as
-// long as their clients like, until ctx is done; then it closes them. It is
-// for a listener that a reload removes while the server keeps running.
-func (s *Server) StopAccepting(ctx context.Context) error {
-	err := s.closeListeners()
-	if err == ErrServerClosed {
-		return err
-	}
-	if werr := s.wait(ctx, err); werr != nil {
-		s.Close()
-		return werr
-	}
-	return err
-}
-
-// wait waits for every session to end, or for ctx.
-func (s *Server) wait(ctx context.Context, err error) error {
-	idle := make(chan struct{})
+// wait runs done, which returns when the awaited thing happened, and
+// returns nil then, or ctx's error first.
+func (s *Server) wait(ctx context.Context, done func()) error {
+	ch := make(chan struct{})
 	go func() {
-		s.wg.Wait()
-		close(idle)
+		done()
+		close(ch)
 	}()
 	select {
 	case <-ctx.Done():
 		return ctx.Err()
-	case <-idle:
-		return err
+	case <-ch:
+		return nil
 	}
 }
 
-func (s *Server) closeListeners() error {
+// ConnCount is the number of connections open now.
+func (s *Server) ConnCount() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	select {
-	case <-s.done:
-		return ErrServerClosed
-	default:
-		close(s.done)
-	}
-	var err error
-	for _, l := range s.listeners {
-		if e := l.Close(); e != nil && err == nil {
-			err = e
-		}
-	}
-	return err
+	return len(s.conns)
 }

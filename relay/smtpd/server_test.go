@@ -3,6 +3,7 @@ package smtpd
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -10,25 +11,49 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/emersion/go-smtp"
 )
 
 // recorder is a session that keeps what it was given.
 type recorder struct {
 	mu    sync.Mutex
 	mails []string
-	opts  []*smtp.MailOptions
+	opts  []MailOptions
 	rcpts []string
-	ropts []*smtp.RcptOptions
+	ropts []RcptOptions
 	data  []string
+	auths []string // user names logged in
 	// rcptErr, when set, refuses recipients with it.
 	rcptErr error
 }
 
-func (r *recorder) Reset()        {}
-func (r *recorder) Logout() error { return nil }
-func (r *recorder) Mail(from string, o *smtp.MailOptions) error {
+func (r *recorder) Reset()                   {}
+func (r *recorder) Close()                   {}
+func (r *recorder) AuthMechanisms() []string { return []string{"PLAIN"} }
+
+// Auth takes PLAIN with any password: it returns the decoding errors the
+// server hands it.
+func (r *recorder) Auth(mech string, initial []byte, next func([]byte) ([]byte, error)) error {
+	if mech != "PLAIN" {
+		return ReplyAuthMechanism
+	}
+	resp := initial
+	if resp == nil {
+		var err error
+		if resp, err = next(nil); err != nil {
+			return err
+		}
+	}
+	parts := strings.Split(string(resp), "\x00")
+	if len(parts) != 3 {
+		return ReplyAuthMalformed
+	}
+	r.mu.Lock()
+	r.auths = append(r.auths, parts[1])
+	r.mu.Unlock()
+	return nil
+}
+
+func (r *recorder) Mail(from string, o MailOptions) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if from == "panic@x.test" {
@@ -38,7 +63,7 @@ func (r *recorder) Mail(from string, o *smtp.MailOptions) error {
 	r.opts = append(r.opts, o)
 	return nil
 }
-func (r *recorder) Rcpt(to string, o *smtp.RcptOptions) error {
+func (r *recorder) Rcpt(to string, o RcptOptions) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.rcptErr != nil {
@@ -48,34 +73,40 @@ func (r *recorder) Rcpt(to string, o *smtp.RcptOptions) error {
 	r.ropts = append(r.ropts, o)
 	return nil
 }
-func (r *recorder) Data(rd io.Reader) error {
+func (r *recorder) Data(rd io.Reader) (string, error) {
 	b, err := io.ReadAll(rd)
 	if err != nil {
-		return err
+		return "", err
 	}
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	r.data = append(r.data, string(b))
-	r.mu.Unlock()
-	return nil
+	return fmt.Sprintf("ID%d", len(r.data)), nil
 }
 
 type recBackend struct{ r *recorder }
 
-func (b recBackend) NewSession(*Conn) (smtp.Session, error) { return b.r, nil }
+func (b recBackend) NewSession(*Conn) (Session, error) { return b.r, nil }
 
 func serve(t *testing.T, rec *recorder) string {
-	_, addr := serveWith(t, rec)
+	_, addr := serveWith(t, rec, Config{})
 	return addr
 }
 
-func serveWith(t *testing.T, rec *recorder) (*Server, string) {
+// serveWith serves rec with cfg, whose zero limits become 2 recipients and
+// 1000 bytes, with bare LF normalized.
+func serveWith(t *testing.T, rec *recorder, cfg Config) (*Server, string) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := New(Config{Domain: "mx.test", MaxRecipients: 2, MaxMessageBytes: 1000, EnableDSN: true, EnableSMTPUTF8: true}, recBackend{rec})
-	go s.Serve(ln)
+	cfg.Domain = "mx.test"
+	if cfg.Limits == (Limits{}) {
+		cfg.Limits = Limits{MaxRecipients: 2, MaxMessageBytes: 1000, NormalizeBareLF: true}
+	}
+	s := New(cfg, recBackend{rec})
+	go s.Serve(ln, Listener{Name: "test"})
 	t.Cleanup(func() { s.Close() })
 	return s, ln.Addr().String()
 }
@@ -131,25 +162,28 @@ func TestTransactionWithParameters(t *testing.T) {
 			t.Errorf("EHLO lacks %s: %q", c, caps)
 		}
 	}
-	if strings.Contains(caps, "CHUNKING") || strings.Contains(caps, "STARTTLS") || strings.Contains(caps, "AUTH") {
+	if !strings.HasPrefix(caps, "250-mx.test\r\n") {
+		t.Errorf("EHLO's first line does not name our host: %q", caps)
+	}
+	if strings.Contains(caps, "CHUNKING") || strings.Contains(caps, "STARTTLS") {
 		t.Errorf("EHLO offers what it cannot do: %q", caps)
 	}
 	d.send("MAIL FROM:<a@x.test> SIZE=100 BODY=8BITMIME RET=HDRS ENVID=id+2B1\r\n")
-	d.want("250 2.0.0")
+	d.want("250 2.1.0 Sender OK")
 	d.send("RCPT TO:<b@y.test> NOTIFY=FAILURE,DELAY ORCPT=rfc822;b+40y.test\r\n")
-	d.want("250 2.0.0")
+	d.want("250 2.1.5 Recipient OK")
 	d.send("RCPT TO:<c@y.test>\r\nRCPT TO:<d@y.test>\r\n")
-	d.want("250 2.0.0")
+	d.want("250 2.1.5")
 	d.want("452 4.5.3")
 	d.send("DATA\r\n")
 	d.want("354 ")
 	d.send("Subject: x\r\n\r\n..leading dot\r\n.\r\n")
-	d.want("250 2.0.0 OK: queued")
+	d.want("250 2.0.0 OK: queued as ID1\r\n")
 	o, ro := rec.opts[0], rec.ropts[0]
-	if o.Size != 100 || o.Body != smtp.Body8BitMIME || o.Return != smtp.DSNReturnHeaders || o.EnvelopeID != "id+1" {
+	if o.Size != 100 || o.Body != "8BITMIME" || o.Return != "HDRS" || o.EnvelopeID != "id+1" {
 		t.Errorf("MAIL options %+v", o)
 	}
-	if len(ro.Notify) != 2 || ro.OriginalRecipient != "b@y.test" || ro.OriginalRecipientType != smtp.DSNAddressTypeRFC822 {
+	if len(ro.Notify) != 2 || ro.ORcpt != "b@y.test" || ro.ORcptType != "rfc822" {
 		t.Errorf("RCPT options %+v", ro)
 	}
 	if rec.data[0] != "Subject: x\r\n\r\n.leading dot\r\n" {
@@ -169,14 +203,14 @@ func TestRefusals(t *testing.T) {
 		{"MAIL FROM:<a@x.test> ENVID=a+4", "501 5.5.4"},
 		{"HELP", "502 5.5.1"},
 		{"VRFY x", "252 2.5.0"},
-		{"STARTTLS", "502 5.5.1 TLS not supported"},
+		{"STARTTLS", "502 5.5.1 TLS not available"},
 	} {
 		d.send(tc.cmd + "\r\n")
 		d.want(tc.want)
 	}
 	// A pipelining client whose recipients were all refused sends DATA
 	// anyway; it is told so and may go on with a new MAIL.
-	rec.rcptErr = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no\r\n250 2.0.0 forged"}
+	rec.rcptErr = &Reply{Code: 550, Enhanced: EnhancedCode{5, 1, 1}, Text: "no\r\n250 2.0.0 forged"}
 	d.send("MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nMAIL FROM:<a@x.test>\r\n")
 	d.want("250 ")
 	// A reply text with a line break stays one reply: the forged line
@@ -197,7 +231,7 @@ func TestPanicEndsOnlyThatConnection(t *testing.T) {
 	d := dial(t, addr)
 	d.send("EHLO c.test\r\nMAIL FROM:<panic@x.test>\r\n")
 	d.want("250 ")
-	d.want("421 4.0.0")
+	d.want("421 4.3.0 Internal server error")
 	if _, err := d.r.ReadString('\n'); err == nil {
 		t.Fatal("connection open after a panic")
 	}
@@ -227,7 +261,7 @@ func TestParseCmd(t *testing.T) {
 // the middle of a transaction finish it first.
 func TestShutdown(t *testing.T) {
 	rec := &recorder{}
-	s, addr := serveWith(t, rec)
+	s, addr := serveWith(t, rec, Config{})
 	idle, busy := dial(t, addr), dial(t, addr)
 	for _, d := range []*dialog{idle, busy} {
 		d.send("EHLO c.test\r\n")
@@ -242,7 +276,7 @@ func TestShutdown(t *testing.T) {
 	busy.send("DATA\r\n")
 	busy.want("354 ")
 	busy.send("x\r\n.\r\n")
-	busy.want("250 2.0.0")
+	busy.want("250 2.0.0 OK: queued")
 	busy.want("421 4.3.2 Service shutting down")
 	if err := <-done; err != nil {
 		t.Fatal(err)
@@ -252,24 +286,38 @@ func TestShutdown(t *testing.T) {
 	}
 }
 
-// StopAccepting keeps the open sessions working until its deadline.
-func TestStopAccepting(t *testing.T) {
-	s, addr := serveWith(t, &recorder{})
-	d := dial(t, addr)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.StopAccepting(ctx) }()
+// Retire keeps the open sessions of a listener working until its grace
+// period ends, and closes them then.
+func TestRetire(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := New(Config{Domain: "mx.test"}, recBackend{&recorder{}})
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(ln, Listener{Name: "old"}) }()
+	t.Cleanup(func() { s.Close() })
+	d := dial(t, ln.Addr().String())
+	s.Retire(ln, time.Hour)
+	if err := <-served; err != nil {
+		t.Fatalf("Serve after Retire: %v", err)
+	}
+	if _, err := net.Dial("tcp", ln.Addr().String()); err == nil {
+		t.Fatal("a retired listener still accepts")
+	}
 	d.send("EHLO c.test\r\n")
 	d.want("250 ")
 	d.send("NOOP\r\n")
 	d.want("250 2.0.0")
-	cancel()
-	if err := <-done; err == nil {
-		t.Fatal("StopAccepting returned no error with a session still open at its deadline")
-	}
-	d.c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := d.r.ReadString('\n'); err == nil {
-		t.Fatal("session still open after the deadline")
+
+	// With no grace left, the session is closed.
+	ln2, _ := net.Listen("tcp", "127.0.0.1:0")
+	go s.Serve(ln2, Listener{Name: "other"})
+	d2 := dial(t, ln2.Addr().String())
+	s.Retire(ln2, 0)
+	d2.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := d2.r.ReadString('\n'); err == nil {
+		t.Fatal("session still open after the grace period")
 	}
 }
 
@@ -303,8 +351,8 @@ func TestPipelinedRepliesInOneWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	var writes atomic.Int64
-	s := New(Config{Domain: "mx.test", MaxRecipients: 2, MaxMessageBytes: 1000}, recBackend{rec})
-	go s.Serve(countingListener{ln, &writes})
+	s := New(Config{Domain: "mx.test", Limits: Limits{MaxRecipients: 2, MaxMessageBytes: 1000}}, recBackend{rec})
+	go s.Serve(countingListener{ln, &writes}, Listener{Name: "test"})
 	t.Cleanup(func() { s.Close() })
 
 	d := dial(t, ln.Addr().String())
@@ -337,7 +385,7 @@ func TestPipelinedRepliesInOneWrite(t *testing.T) {
 }
 
 // A reply held back because more input is waiting still goes out when the
-// session ends instead: here the message has a bare LF, and what follows it
+// session ends instead: here the message has a bare CR, and what follows it
 // is never read.
 func TestHeldRepliesFlushedAtClose(t *testing.T) {
 	d := dial(t, serve(t, &recorder{}))
@@ -347,6 +395,6 @@ func TestHeldRepliesFlushedAtClose(t *testing.T) {
 	d.want("250 ")
 	d.want("250 ")
 	d.want("354 ")
-	d.send("Subject: x\r\n\r\nbare\nLF\r\n.\r\nNOOP\r\n")
+	d.send("Subject: x\r\n\r\nbare\rCR\r\n.\r\nNOOP\r\n")
 	d.want("554 5.6.0")
 }

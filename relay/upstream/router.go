@@ -154,12 +154,15 @@ func matchDomain(list []string, d string) bool {
 
 // Deliver sends m's pending recipients, grouped by route. Each group tries
 // its upstreams in order; a recipient moves on to the next upstream after a
-// temporary failure (connection refused, 4xx) and stops at acceptance or a
-// permanent refusal.
+// temporary failure (connection refused, 4xx) or when the upstream cannot
+// take the message (no SMTPUTF8, too large), and stops at acceptance or a
+// permanent refusal. One that no upstream of its route could take fails at
+// once, unless one of them failed only for the moment.
 func (r *Router) Deliver(ctx context.Context, m *queue.Message) []error {
 	pending := m.PendingRecipients()
 	errs := make([]error, len(pending))
-	groups := map[string][]int{} // failover list → indexes into pending
+	transient := make([]error, len(pending)) // the last temporary error, if any
+	groups := map[string][]int{}             // failover list → indexes into pending
 	var order []string
 	for i, rcpt := range pending {
 		key := strings.Join(r.upstreamsFor(m, rcpt.Addr), "\x00")
@@ -189,12 +192,15 @@ func (r *Router) Deliver(ctx context.Context, m *queue.Message) []error {
 					err = fmt.Errorf("upstream %s: %w", name, err)
 				}
 				errs[i] = err
-				switch {
+				switch c, _ := classify(err); {
 				case err == nil:
 					sent++
 				case queue.IsPermanent(err):
 					failed++
+				case c == unsupported:
+					retry = append(retry, i)
 				default:
+					transient[i] = err
 					retry = append(retry, i)
 				}
 			}
@@ -203,6 +209,16 @@ func (r *Router) Deliver(ctx context.Context, m *queue.Message) []error {
 				r.log.Info("upstream deferred", "msg_id", m.ID, "upstream", name, "recipients", len(retry), "err", errs[retry[0]])
 			}
 			left = retry
+		}
+		for _, i := range left {
+			if c, _ := classify(errs[i]); c != unsupported {
+				continue
+			}
+			if transient[i] != nil {
+				errs[i] = transient[i] // an upstream that was down may take it later
+			} else {
+				errs[i] = queue.Permanent(errs[i])
+			}
 		}
 	}
 	return errs

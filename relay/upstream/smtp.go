@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/textproto"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -86,40 +88,46 @@ func (t *smtpTransport) Dials() int64 {
 }
 
 func (t *smtpTransport) Send(ctx context.Context, m *queue.Message, to []queue.Recipient) []error {
-	p, err := t.get(ctx)
+	p, fresh, err := t.get(ctx)
 	if err != nil {
 		// Whatever refused us before MAIL FROM refused the connection, not
 		// the message: temporary, so the next upstream gets a turn.
-		return all(len(to), err)
+		return all(len(to), fmt.Errorf("%w: %w", errConnect, err))
 	}
 	out, err := t.transaction(p, m, to)
+	if err != nil && !fresh && errors.Is(err, errIdleDied) {
+		// A pooled session that died while idle (the upstream restarted,
+		// or dropped us) says nothing about the upstream now: dial it
+		// again, once, before the route fails over.
+		t.discard(p)
+		if p, err = t.fresh(ctx); err != nil {
+			return all(len(to), fmt.Errorf("%w: %w", errConnect, err))
+		}
+		out, err = t.transaction(p, m, to)
+	}
 	if err != nil {
 		t.discard(p)
-		return all(len(to), classify(err))
+		return all(len(to), outcome(err))
 	}
 	t.release(p)
 	return out
 }
 
 // get returns a ready session: a pooled one that still answers, or a new
-// one if fewer than MaxConnections are open; else it waits for either.
-func (t *smtpTransport) get(ctx context.Context) (*pooled, error) {
+// one (fresh) if fewer than MaxConnections are open; else it waits for
+// either.
+func (t *smtpTransport) get(ctx context.Context) (p *pooled, fresh bool, err error) {
 	for {
-		var p *pooled
 		select {
 		case p = <-t.idle:
 		default:
 			select {
 			case p = <-t.idle:
 			case t.slots <- struct{}{}:
-				c, err := t.dial(ctx)
-				if err != nil {
-					<-t.slots
-					return nil, err
-				}
-				return &pooled{c: c, buf: make([]byte, 16<<10)}, nil
+				p, err := t.dialSlot(ctx)
+				return p, true, err
 			case <-ctx.Done():
-				return nil, ctx.Err()
+				return nil, false, ctx.Err()
 			}
 		}
 		age := t.now().Sub(p.lastUsed)
@@ -127,8 +135,30 @@ func (t *smtpTransport) get(ctx context.Context) (*pooled, error) {
 			t.discard(p)
 			continue
 		}
-		return p, nil
+		return p, false, nil
 	}
+}
+
+// fresh dials a new session in a slot that is free: the caller has just
+// discarded one.
+func (t *smtpTransport) fresh(ctx context.Context) (*pooled, error) {
+	select {
+	case t.slots <- struct{}{}:
+		return t.dialSlot(ctx)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// dialSlot dials a session for a slot already taken, and gives the slot
+// back if that fails.
+func (t *smtpTransport) dialSlot(ctx context.Context) (*pooled, error) {
+	c, err := t.dial(ctx)
+	if err != nil {
+		<-t.slots
+		return nil, err
+	}
+	return &pooled{c: c, buf: make([]byte, 16<<10)}, nil
 }
 
 // release puts a session that ended a transaction cleanly back in the
@@ -169,8 +199,8 @@ func (t *smtpTransport) dial(ctx context.Context) (*smtp.Client, error) {
 		if err := c.Auth(sasl.NewPlainClient("", t.u.Username, t.u.Password)); err != nil {
 			c.Close()
 			// A refused login is our configuration, not the message's
-			// fault: retry and fail over rather than bounce.
-			return nil, fmt.Errorf("AUTH: %w", temporary(err))
+			// fault: Send retries and fails over rather than bounce.
+			return nil, fmt.Errorf("AUTH: %w", err)
 		}
 	}
 	t.mu.Lock()
@@ -302,42 +332,76 @@ type greeted struct {
 
 func (g greeted) Read(b []byte) (int, error) { return g.r.Read(b) }
 
+// errIdleDied marks a session that failed at its first command, MAIL FROM,
+// without an answer: one that died while it sat in the pool.
+var errIdleDied = errors.New("pooled connection closed")
+
 // transaction sends one message. A non-nil error applies to every recipient
 // and leaves the session unusable; a nil error leaves it ready for the next
 // MAIL FROM.
 func (t *smtpTransport) transaction(p *pooled, m *queue.Message, to []queue.Recipient) ([]error, error) {
 	c := p.c
+	// What the upstream cannot take is refused here, before a command is
+	// sent: the session stays ready for the next message.
+	utf8, _ := c.Extension("SMTPUTF8")
+	if !utf8 && needsUTF8(m, to) {
+		return all(len(to), errNoSMTPUTF8), nil
+	}
+	size := int64(len(m.Prepend)) + m.Size
+	if ok, limit := c.Extension("SIZE"); ok {
+		if n, err := strconv.ParseInt(limit, 10, 64); err == nil && n > 0 && size > n {
+			return all(len(to), errTooLarge), nil
+		}
+	}
 	dsn, _ := c.Extension("DSN")
-	var mo *smtp.MailOptions
-	if dsn && (m.Ret != "" || m.EnvID != "") {
-		mo = &smtp.MailOptions{Return: smtp.DSNReturn(m.Ret), EnvelopeID: m.EnvID}
+	mo := &smtp.MailOptions{Size: size, UTF8: m.SMTPUTF8 && utf8}
+	if dsn {
+		mo.Return, mo.EnvelopeID = smtp.DSNReturn(m.Ret), m.EnvID
 	}
 	if err := c.Mail(m.From, mo); err != nil {
 		if closing(err) {
+			var se *smtp.SMTPError
+			if !errors.As(err, &se) {
+				err = fmt.Errorf("%w: %w", errIdleDied, err)
+			}
 			return nil, err
+		}
+		if !isReply(4)(err) && !isReply(5)(err) {
+			// Refused by the client library before it was sent: nothing
+			// is under way, the session is fine.
+			return all(len(to), outcome(err)), nil
 		}
 		// The sender was refused: every recipient shares its fate, and
 		// the session stays usable after RSET.
 		if rerr := c.Reset(); rerr != nil {
 			return nil, err
 		}
-		return all(len(to), classify(err)), nil
+		return all(len(to), outcome(err)), nil
 	}
 	out := make([]error, len(to))
 	accepted := 0
 	for i, r := range to {
 		var ro *smtp.RcptOptions
 		if dsn && (len(r.Notify) > 0 || r.ORcpt != "") {
-			ro = &smtp.RcptOptions{OriginalRecipient: r.ORcpt, OriginalRecipientType: smtp.DSNAddressTypeRFC822}
+			ro = &smtp.RcptOptions{}
 			for _, n := range r.Notify {
 				ro.Notify = append(ro.Notify, smtp.DSNNotify(n))
+			}
+			if r.ORcpt != "" {
+				// RFC 6533: a UTF-8 original recipient goes as type
+				// utf-8, as unitext to an upstream with SMTPUTF8 and as
+				// its xtext downgrade to one without (go-smtp picks).
+				ro.OriginalRecipient, ro.OriginalRecipientType = r.ORcpt, smtp.DSNAddressTypeRFC822
+				if r.ORcptType == "utf-8" || !isASCII(r.ORcpt) {
+					ro.OriginalRecipientType = smtp.DSNAddressTypeUTF8
+				}
 			}
 		}
 		if err := c.Rcpt(r.Addr, ro); err != nil {
 			if closing(err) {
 				return nil, err
 			}
-			out[i] = classify(err)
+			out[i] = outcome(err)
 			continue
 		}
 		accepted++
@@ -355,17 +419,21 @@ func (t *smtpTransport) transaction(p *pooled, m *queue.Message, to []queue.Reci
 	src, err := m.Open()
 	if err != nil {
 		w.Close()
-		return nil, err
+		return nil, fmt.Errorf("%w: %w", errSpoolRead, err)
 	}
 	defer src.Close()
 	if _, err := io.CopyBuffer(w, src, p.buf); err != nil {
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = fmt.Errorf("%w: %w", errSpoolRead, err)
+		}
 		return nil, err
 	}
 	if err := w.Close(); err != nil {
 		if closing(err) {
 			return nil, err
 		}
-		err = classify(err)
+		err = outcome(err)
 		for i := range out {
 			if out[i] == nil {
 				out[i] = err
@@ -375,30 +443,41 @@ func (t *smtpTransport) transaction(p *pooled, m *queue.Message, to []queue.Reci
 	return out, nil
 }
 
+// needsUTF8 reports whether a message can only go with SMTPUTF8: it says
+// so (a UTF-8 address or header when it was received), or an address of
+// its envelope is UTF-8 (a spool from before the flag was kept).
+func needsUTF8(m *queue.Message, to []queue.Recipient) bool {
+	if m.UTF8 || !isASCII(m.From) {
+		return true
+	}
+	for _, r := range to {
+		if !isASCII(r.Addr) {
+			return true
+		}
+	}
+	return false
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
 // closing reports whether err ends the session: a 421 (RFC 5321 3.8) or no
-// SMTP reply at all (a network error).
+// SMTP reply at all (a network error). An error the client library raised
+// before sending anything does not.
 func closing(err error) bool {
 	var se *smtp.SMTPError
-	return !errors.As(err, &se) || se.Code == 421
-}
-
-// classify marks an upstream's 5xx answers permanent; everything else
-// (network errors, timeouts, 4xx) stays temporary.
-func classify(err error) error {
-	var se *smtp.SMTPError
-	if errors.As(err, &se) && se.Code/100 == 5 && !errors.Is(err, errTemporary) {
-		return queue.Permanent(err)
+	if errors.As(err, &se) {
+		return se.Code == 421
 	}
-	return err
+	return isNetwork(err) || isTLS(err) || isAs[textproto.ProtocolError](err) ||
+		errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
 }
-
-var errTemporary = errors.New("temporary")
-
-type tempErr struct{ err error }
-
-func (e tempErr) Error() string   { return e.err.Error() }
-func (e tempErr) Unwrap() []error { return []error{e.err, errTemporary} }
-func temporary(err error) error   { return tempErr{err} }
 
 func (t *smtpTransport) probe(ctx context.Context) error {
 	c, err := t.dial(ctx)
