@@ -31,6 +31,7 @@ import (
 
 type testEnv struct {
 	srv      *Server
+	q        *queue.Queue
 	dir      string // queue dir
 	starttls string
 	implicit string
@@ -53,6 +54,8 @@ type testOpts struct {
 	// rejectBareLF: policy.bare_newline: reject (default normalize).
 	rejectBareLF bool
 	received     string // Limits.Received
+	maxConns     int    // in all
+	queueDir     string // default a temporary folder
 }
 
 func usersFile(t testing.TB) *policy.Static {
@@ -87,7 +90,10 @@ func newEnv(t testing.TB, o testOpts) *testEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
+	dir := o.queueDir
+	if dir == "" {
+		dir = t.TempDir()
+	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	q, err := queue.Open(queue.Config{Dir: dir, Hostname: "relay.test", InlineMax: o.inlineMax}, nil, log)
 	if err != nil {
@@ -104,6 +110,7 @@ func newEnv(t testing.TB, o testOpts) *testEnv {
 		TLS:               &tls.Config{Certificates: []tls.Certificate{*cert}, MinVersion: tls.VersionTLS12},
 		AllowInsecureAuth: o.insecure,
 		ConnectionsPerIP:  o.perIP,
+		MaxConnections:    o.maxConns,
 		MaxHeaderSize:     16 << 10,
 		IdleTimeout:       o.idle,
 	}, Deps{Policy: policy.New(o.policy, o.dir), Queue: q, Signer: o.signer, RejectNoKey: o.rejectNoKey, Quotas: o.quotas,
@@ -121,7 +128,7 @@ func newEnv(t testing.TB, o testOpts) *testEnv {
 		srv.Shutdown(ctx)
 	})
 	a := srv.Addrs()
-	return &testEnv{srv: srv, dir: dir, starttls: a[0].String(), implicit: a[1].String(), plain: a[2].String(), pool: pool}
+	return &testEnv{srv: srv, q: q, dir: dir, starttls: a[0].String(), implicit: a[1].String(), plain: a[2].String(), pool: pool}
 }
 
 // client connects with STARTTLS and, if user is set, authenticates.

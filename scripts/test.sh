@@ -15,7 +15,9 @@ for f in /usr/sbin/slapd:slapd /usr/bin/ldapsearch:ldap-utils /usr/bin/redis-ser
          /usr/share/perl5/Mail/DKIM/Verifier.pm:libmail-dkim-perl /usr/sbin/smtp-sink:postfix \
          /usr/bin/docker-compose:docker-compose /usr/sbin/haproxy:haproxy \
          /etc/ssl/certs/ca-certificates.crt:ca-certificates /usr/include/openssl/evp.h:libssl-dev /usr/bin/gcc:gcc \
-         /usr/include/stdlib.h:libc6-dev /usr/bin/readelf:binutils; do
+         /usr/include/stdlib.h:libc6-dev /usr/bin/readelf:binutils \
+         /usr/bin/curl:curl /usr/bin/msmtp:msmtp /usr/bin/s-nail:s-nail /usr/share/nodejs/nodemailer/package.json:node-nodemailer \
+         /usr/sbin/saslpasswd2:sasl2-bin /usr/lib/x86_64-linux-gnu/sasl2/libplain.so:libsasl2-modules; do
   [ -e "${f%%:*}" ] || need+=("${f##*:}")
 done
 perl -MNet::SSLeay -e1 2>/dev/null || need+=(libnet-ssleay-perl)
@@ -32,6 +34,16 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
+
+# Mailpit, an upstream many teams develop against, from the Go module
+# proxy (it is not packaged for Debian); once per machine.
+MAILPIT_VERSION=v1.33.1
+mailpit_dir="${XDG_CACHE_HOME:-$HOME/.cache}/smarthost-test/mailpit-$MAILPIT_VERSION"
+if [ ! -x "$mailpit_dir/mailpit" ]; then
+  echo "test.sh: building mailpit $MAILPIT_VERSION" >&2
+  GOBIN="$mailpit_dir" GOFLAGS= go install "github.com/axllent/mailpit@$MAILPIT_VERSION"
+fi
+export SMARTHOST_TEST_MAILPIT="$mailpit_dir/mailpit"
 
 eval "$(scripts/test-services.sh start)"
 trap 'scripts/test-services.sh stop' EXIT

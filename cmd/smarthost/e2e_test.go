@@ -120,12 +120,15 @@ type relayEnv struct {
 
 type envOpts struct {
 	upstream string // URL; default the file:// outbox
-	workers  int
-	extra    string // more YAML
+	// upstreams, when set, is the whole upstreams: section (and routes:,
+	// if any) instead of one upstream at upstream.
+	upstreams string
+	workers   int
+	extra     string // more YAML
 }
 
 var bcryptOnce sync.Once
-var aliceHash string
+var aliceHash, zoeHash string
 
 // Keys are made once: RSA key generation in a -race binary takes seconds,
 // and every relay of these tests would otherwise make its own.
@@ -137,6 +140,8 @@ func newRelayEnv(t *testing.T, o envOpts) *relayEnv {
 	bcryptOnce.Do(func() {
 		h, _ := bcrypt.GenerateFromPassword([]byte("alice-pw"), bcrypt.MinCost)
 		aliceHash = string(h)
+		h, _ = bcrypt.GenerateFromPassword([]byte("zoe-pw"), bcrypt.MinCost)
+		zoeHash = string(h)
 	})
 	keysOnce.Do(func() {
 		_, edPEM, _ = dkim.GenerateKey("ed25519")
@@ -154,7 +159,12 @@ func newRelayEnv(t *testing.T, o envOpts) *relayEnv {
 	if o.workers == 0 {
 		o.workers = 4
 	}
-	users := fmt.Sprintf("users:\n  alice:\n    password_hash: %q\n    addresses: [alice@example.com, \"*@app.example.com\"]\n", aliceHash)
+	ups := o.upstreams
+	if ups == "" {
+		ups = fmt.Sprintf("upstreams:\n  - {name: up, url: %q, tls: none, timeout: 5s}", o.upstream)
+	}
+	users := fmt.Sprintf("users:\n  alice:\n    password_hash: %q\n    addresses: [alice@example.com, \"*@app.example.com\"]\n"+
+		"  zoe:\n    password_hash: %q\n    addresses: [zoë@example.com]\n", aliceHash, zoeHash)
 	os.WriteFile(filepath.Join(e.dir, "users.yaml"), []byte(users), 0o600)
 	cfg := fmt.Sprintf(`hostname: relay.test
 listeners:
@@ -172,8 +182,7 @@ dkim:
     example.com:
       - {selector: e2e, key_file: %q, create_if_missing: true, algo: ed25519}
       - {selector: e2ersa, key_file: %q, create_if_missing: true}
-upstreams:
-  - {name: up, url: %q, tls: none, timeout: 5s}
+%s
 queue:
   dir: %q
   workers: %d
@@ -181,7 +190,7 @@ queue:
   max_age: 1h
 log: {format: text, level: debug}
 %s`, e.starttls, e.implicit, filepath.Join(e.dir, "users.yaml"), filepath.Join(e.dir, "dkim", "e2e.key"),
-		filepath.Join(e.dir, "dkim", "e2ersa.key"), o.upstream, filepath.Join(e.dir, "queue"), o.workers, o.extra)
+		filepath.Join(e.dir, "dkim", "e2ersa.key"), ups, filepath.Join(e.dir, "queue"), o.workers, o.extra)
 	if err := os.WriteFile(e.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -123,7 +123,9 @@ func (q *Queue) report(m *Message, failed []Recipient, delayed bool) error {
 		d.Abort()
 		return err
 	}
-	id, err := d.Commit(Envelope{To: []string{m.From}}, nil)
+	// To a UTF-8 sender the report's own header is UTF-8: SMTPUTF8.
+	utf8 := !isASCII(m.From)
+	id, err := d.Commit(Envelope{To: []string{m.From}, SMTPUTF8: utf8, UTF8Required: utf8}, nil)
 	if err == nil {
 		q.log.Info("delivery status notification queued", "msg_id", m.ID, "dsn_id", id, "action", action, "to", m.From)
 	}

@@ -40,6 +40,12 @@ type Message struct {
 	Size      int64             // MAIL ... SIZE=
 }
 
+// Envelope is m without its data, for test failure messages.
+func (m Message) Envelope() Message {
+	m.Data = nil
+	return m
+}
+
 // Sink is a recording SMTP server. Set the knobs before sending.
 type Sink struct {
 	Addr string

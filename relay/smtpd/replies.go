@@ -18,8 +18,10 @@ type Reply struct {
 	// Refusal marks the answers that refuse what the client asked: they
 	// are logged and counted (Config.Refused).
 	Refusal bool
-	// When says in which situation the row is sent, for the README.
+	// When says in which situation the row is sent, and Args are example
+	// arguments, for the README's table (README.md, TestREADMEReplies).
 	When string
+	Args []any
 
 	row *Reply // the table's row, for a copy made by With
 }
@@ -47,6 +49,11 @@ func (r *Reply) Row() *Reply {
 	return r
 }
 
+func withArgs(r *Reply, args ...any) *Reply {
+	r.Args = args
+	return r
+}
+
 func row(code int, a, b, c int, text string, when string) *Reply {
 	return &Reply{Code: code, Enhanced: EnhancedCode{a, b, c}, Text: text, Refusal: code >= 400, When: when}
 }
@@ -55,33 +62,33 @@ func row(code int, a, b, c int, text string, when string) *Reply {
 // those RFC 3463, 4954, 5248, 6531 and 3461 give.
 var (
 	// Session.
-	ReplyGreeting     = &Reply{Code: 220, Text: "%s ESMTP Service ready", When: "connection opened (our host name)"}
-	ReplyHello        = &Reply{Code: 250, Text: "%s", When: "HELO, and the first line of the EHLO reply (our host name)"}
+	ReplyGreeting     = &Reply{Code: 220, Text: "%s ESMTP Service ready", When: "connection opened (our host name)", Args: []any{"relay.example.com"}}
+	ReplyHello        = &Reply{Code: 250, Text: "%s", When: "HELO, and the first line of the EHLO reply (our host name)", Args: []any{"relay.example.com"}}
 	ReplyOK           = row(250, 2, 0, 0, "OK", "RSET, NOOP")
 	ReplySenderOK     = row(250, 2, 1, 0, "Sender OK", "MAIL accepted")
 	ReplyRecipientOK  = row(250, 2, 1, 5, "Recipient OK", "RCPT accepted")
 	ReplyStartData    = &Reply{Code: 354, Text: "End data with <CR><LF>.<CR><LF>", When: "DATA accepted"}
-	ReplyQueued       = row(250, 2, 0, 0, "OK: queued as %s", "message queued (after the spool is on disk, fsynced)")
+	ReplyQueued       = withArgs(row(250, 2, 0, 0, "OK: queued as %s", "message queued (after the spool is on disk, fsynced)"), "ID")
 	ReplyCannotVRFY   = row(252, 2, 5, 0, "Cannot VRFY user, but will accept message and attempt delivery", "VRFY")
 	ReplyBye          = row(221, 2, 0, 0, "Bye", "QUIT")
 	ReplyReadyTLS     = row(220, 2, 0, 0, "Ready to start TLS", "STARTTLS accepted")
 	ReplyAuthOK       = row(235, 2, 7, 0, "Authentication succeeded", "AUTH accepted")
-	ReplyAuthContinue = &Reply{Code: 334, Text: "%s", When: "AUTH challenge (base64)"}
+	ReplyAuthContinue = &Reply{Code: 334, Text: "%s", When: "AUTH challenge (base64)", Args: []any{"<challenge>"}}
 
 	// Protocol errors.
 	ReplyUnrecognized     = row(500, 5, 5, 2, "Syntax error, command unrecognized", "an unknown or malformed command")
-	ReplyNotImplemented   = row(502, 5, 5, 1, "%s command not implemented", "HELP, EXPN, BDAT, ETRN and other commands we do not offer")
-	ReplyHelloArg         = row(501, 5, 5, 4, "Syntax: %s hostname", "HELO or EHLO without a name")
+	ReplyNotImplemented   = withArgs(row(502, 5, 5, 1, "%s command not implemented", "HELP, EXPN, BDAT, ETRN and other commands we do not offer"), "HELP")
+	ReplyHelloArg         = withArgs(row(501, 5, 5, 4, "Syntax: %s hostname", "HELO or EHLO without a name"), "EHLO")
 	ReplyHelloFirst       = row(503, 5, 5, 1, "Send EHLO or HELO first", "MAIL or AUTH before EHLO")
 	ReplyNestedMail       = row(503, 5, 5, 1, "Nested MAIL command", "MAIL inside a transaction")
 	ReplyNeedMail         = row(503, 5, 5, 1, "Need MAIL command first", "RCPT or DATA before MAIL")
-	ReplyPathSyntax       = row(501, 5, 5, 2, "Syntax: %s:<address>", "MAIL or RCPT without a path")
-	ReplyParamSyntax      = row(501, 5, 5, 4, "Malformed %s parameter", "a MAIL or RCPT parameter with a bad value, or given twice")
-	ReplyParamUnknown     = row(555, 5, 5, 4, "Unsupported %s parameter %s", "a MAIL or RCPT parameter we do not know")
-	ReplyNoArguments      = row(501, 5, 5, 4, "%s takes no arguments", "DATA or STARTTLS with an argument")
+	ReplyPathSyntax       = withArgs(row(501, 5, 5, 2, "Syntax: %s:<address>", "MAIL or RCPT without a path"), "MAIL FROM")
+	ReplyParamSyntax      = withArgs(row(501, 5, 5, 4, "Malformed %s parameter", "a MAIL or RCPT parameter with a bad value, or given twice"), "SIZE")
+	ReplyParamUnknown     = withArgs(row(555, 5, 5, 4, "Unsupported %s parameter %s", "a MAIL or RCPT parameter we do not know"), "MAIL FROM", "FOO")
+	ReplyNoArguments      = withArgs(row(501, 5, 5, 4, "%s takes no arguments", "DATA or STARTTLS with an argument"), "DATA")
 	ReplyNoValidRcpts     = row(554, 5, 5, 1, "No valid recipients", "DATA after every RCPT was refused")
 	ReplyNeedSMTPUTF8     = row(553, 5, 6, 7, "Must declare SMTPUTF8 to send a UTF-8 address", "a UTF-8 address without MAIL ... SMTPUTF8 (RFC 6531)")
-	ReplyTooManyRcpts     = row(452, 4, 5, 3, "Too many recipients, at most %d per message", "too many recipients")
+	ReplyTooManyRcpts     = withArgs(row(452, 4, 5, 3, "Too many recipients, at most %d per message", "too many recipients"), 100)
 	ReplyTooLarge         = row(552, 5, 3, 4, "Message size exceeds the limit", "message too large (SIZE= or actual)")
 	ReplyBareLineEnding   = row(554, 5, 6, 0, "Message contains a bare CR or LF; use CRLF line endings", "bare CR (or bare LF with policy.bare_newline: reject) in DATA; the connection closes and the message is refused whole, never split")
 	ReplyDataNUL          = row(554, 5, 6, 0, "Message contains a NUL character", "NUL in DATA; the connection closes")
@@ -110,7 +117,7 @@ var (
 	ReplyAuthRequired   = row(530, 5, 7, 0, "Authentication required", "MAIL without AUTH (and not from a trusted network)")
 	ReplyBadCredentials = row(535, 5, 7, 8, "Authentication credentials invalid", "bad credentials (or an AUTH identity other than the user)")
 	ReplyAuthTempFail   = row(454, 4, 7, 0, "Temporary authentication failure", "the user backend (LDAP) fails or times out")
-	ReplyAuthLocked     = row(454, 4, 7, 0, "Too many failed authentications from your address; try again in %s", "too many failed logins from the address")
+	ReplyAuthLocked     = withArgs(row(454, 4, 7, 0, "Too many failed authentications from your address; try again in %s", "too many failed logins from the address"), "<time>")
 	ReplySenderNotOwned = row(553, 5, 7, 1, "Sender address rejected: not owned by user", "MAIL FROM not owned by the user (also <>)")
 	ReplyBadSender      = row(553, 5, 1, 7, "Bad sender address syntax", "MAIL FROM not a plain address")
 	ReplyBadRecipient   = row(501, 5, 1, 3, "Bad recipient address syntax", "recipient with routing tricks (%, !, quotes, two @)")
@@ -119,7 +126,7 @@ var (
 	ReplyHeaderMissing  = row(550, 5, 7, 1, "Message needs exactly one From header with an address you own", "no From:, or more than one (after DATA)")
 	ReplyBadHeader      = row(554, 5, 6, 0, "Malformed message header", "a header block that cannot be parsed")
 	ReplyNoDKIMKey      = row(550, 5, 7, 1, "Sender domain has no signing key here", "no DKIM key and dkim.on_missing_key: reject")
-	ReplyRateLimited    = row(450, 4, 7, 1, "Rate limit reached for %s; try again in %s", "rate limit reached")
+	ReplyRateLimited    = withArgs(row(450, 4, 7, 1, "Rate limit reached for %s; try again in %s", "rate limit reached"), "<limit>", "<time>")
 	ReplyLimiterDown    = row(451, 4, 4, 3, "Rate limit service unavailable, try again later", "Redis unreachable with on_backend_error: tempfail")
 	ReplyDiskFull       = row(452, 4, 3, 1, "Insufficient system storage, try again later", "the spool's disk is full")
 	ReplySpoolFailed    = row(451, 4, 3, 0, "Could not queue the message, try again later", "spool write failed otherwise")

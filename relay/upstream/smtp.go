@@ -344,7 +344,8 @@ func (t *smtpTransport) transaction(p *pooled, m *queue.Message, to []queue.Reci
 	// What the upstream cannot take is refused here, before a command is
 	// sent: the session stays ready for the next message.
 	utf8, _ := c.Extension("SMTPUTF8")
-	if !utf8 && needsUTF8(m, to) {
+	needs := needsUTF8(m, to)
+	if !utf8 && needs {
 		return all(len(to), errNoSMTPUTF8), nil
 	}
 	size := int64(len(m.Prepend)) + m.Size
@@ -354,7 +355,7 @@ func (t *smtpTransport) transaction(p *pooled, m *queue.Message, to []queue.Reci
 		}
 	}
 	dsn, _ := c.Extension("DSN")
-	mo := &smtp.MailOptions{Size: size, UTF8: m.SMTPUTF8 && utf8}
+	mo := &smtp.MailOptions{Size: size, UTF8: utf8 && (m.SMTPUTF8 || needs)}
 	if dsn {
 		mo.Return, mo.EnvelopeID = smtp.DSNReturn(m.Ret), m.EnvID
 	}
