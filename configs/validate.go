@@ -10,7 +10,8 @@ import (
 	"time"
 )
 
-func (f *File) applyDefaults() {
+// applyDefaults fills what the file leaves out, section by section.
+func applyDefaults(f *File) {
 	if f.Hostname == "" {
 		f.Hostname, _ = os.Hostname()
 	}
@@ -22,6 +23,19 @@ func (f *File) applyDefaults() {
 			f.Listeners[i].Mode = "starttls"
 		}
 	}
+	defaultAuth(f)
+	defaultPolicy(f)
+	defaultRateLimit(f)
+	defaultDelivery(f)
+	if f.Log.Format == "" {
+		f.Log.Format = "json"
+	}
+	if f.Log.Level == "" {
+		f.Log.Level = "info"
+	}
+}
+
+func defaultAuth(f *File) {
 	if f.Auth.Static.CacheTTL == 0 {
 		f.Auth.Static.CacheTTL = Duration(time.Minute)
 	}
@@ -38,6 +52,9 @@ func (f *File) applyDefaults() {
 	if l.CacheTTL == 0 {
 		l.CacheTTL = Duration(time.Minute)
 	}
+}
+
+func defaultPolicy(f *File) {
 	p := &f.Policy
 	if p.EnforceHeaderFrom == nil {
 		t := true
@@ -55,6 +72,9 @@ func (f *File) applyDefaults() {
 	if f.Headers.Received == "" {
 		f.Headers.Received = "full"
 	}
+}
+
+func defaultRateLimit(f *File) {
 	r := &f.RateLimit
 	if r.Backend == "" {
 		r.Backend = "memory"
@@ -74,6 +94,10 @@ func (f *File) applyDefaults() {
 	if len(r.Redis.Addrs) == 0 {
 		r.Redis.Addrs = []string{"127.0.0.1:6379"}
 	}
+}
+
+// defaultDelivery covers dkim, upstreams and queue.
+func defaultDelivery(f *File) {
 	if f.DKIM.OnMissingKey == "" {
 		f.DKIM.OnMissingKey = "send_unsigned"
 	}
@@ -105,26 +129,42 @@ func (f *File) applyDefaults() {
 	if q.MaxAge == 0 {
 		q.MaxAge = Duration(120 * time.Hour)
 	}
-	if f.Log.Format == "" {
-		f.Log.Format = "json"
-	}
-	if f.Log.Level == "" {
-		f.Log.Level = "info"
-	}
 }
 
-// validate checks every value that can be checked without other packages.
-func (f *File) validate(add func(string, int, string)) {
-	bad := func(path, format string, args ...any) { add(path, f.lineOf(path), fmt.Sprintf(format, args...)) }
-	oneOf := func(path, v string, allowed ...string) {
-		for _, a := range allowed {
-			if v == a {
-				return
-			}
-		}
-		bad(path, "%q is not one of %s", v, strings.Join(allowed, ", "))
-	}
+// checker reports problems with the file's lines.
+type checker struct {
+	f   *File
+	add func(string, int, string)
+}
 
+func (c checker) bad(path, format string, args ...any) {
+	c.add(path, c.f.lineOf(path), fmt.Sprintf(format, args...))
+}
+
+func (c checker) oneOf(path, v string, allowed ...string) {
+	for _, a := range allowed {
+		if v == a {
+			return
+		}
+	}
+	c.bad(path, "%q is not one of %s", v, strings.Join(allowed, ", "))
+}
+
+// validate checks every value that can be checked without other packages,
+// section by section.
+func validate(f *File, add func(string, int, string)) {
+	c := checker{f, add}
+	c.listeners()
+	c.auth()
+	c.policy()
+	c.rateLimit()
+	c.dkim()
+	c.upstreams()
+	c.rest()
+}
+
+func (c checker) listeners() {
+	f, bad, oneOf := c.f, c.bad, c.oneOf
 	if len(f.Listeners) == 0 {
 		bad("listeners", "at least one listener is needed")
 	}
@@ -144,7 +184,10 @@ func (f *File) validate(add func(string, int, string)) {
 		bad("tls", "a starttls or implicit listener needs tls.cert_file and tls.key_file, or tls.self_signed: true")
 	}
 	oneOf("tls.min_version", f.TLS.MinVersion, "1.2", "1.3")
+}
 
+func (c checker) auth() {
+	f, bad, oneOf := c.f, c.bad, c.oneOf
 	oneOf("auth.backend", f.Auth.Backend, "static", "ldap")
 	switch f.Auth.Backend {
 	case "static":
@@ -169,6 +212,10 @@ func (f *File) validate(add func(string, int, string)) {
 		}
 	}
 
+}
+
+func (c checker) policy() {
+	f, bad, oneOf := c.f, c.bad, c.oneOf
 	prefixes := func(path string, cidrs []string) {
 		for i, c := range cidrs {
 			if _, err := ParsePrefix(c); err != nil {
@@ -192,6 +239,10 @@ func (f *File) validate(add func(string, int, string)) {
 	oneOf("policy.bare_newline", f.Policy.BareNewline, "normalize", "reject")
 	oneOf("headers.received", f.Headers.Received, "full", "anonymous")
 
+}
+
+func (c checker) rateLimit() {
+	f, bad, oneOf := c.f, c.bad, c.oneOf
 	oneOf("ratelimit.backend", f.RateLimit.Backend, "redis", "memory")
 	oneOf("ratelimit.on_backend_error", f.RateLimit.OnBackendError, "tempfail", "allow")
 	if f.RateLimit.ConnectionsPerIP < 0 {
@@ -203,6 +254,10 @@ func (f *File) validate(add func(string, int, string)) {
 		}
 	}
 
+}
+
+func (c checker) dkim() {
+	f, bad, oneOf := c.f, c.bad, c.oneOf
 	oneOf("dkim.on_missing_key", f.DKIM.OnMissingKey, "send_unsigned", "reject")
 	for d, keys := range f.DKIM.Domains {
 		for i, k := range keys {
@@ -219,6 +274,11 @@ func (f *File) validate(add func(string, int, string)) {
 		}
 	}
 
+}
+
+// upstreams checks upstreams and the routes that name them.
+func (c checker) upstreams() {
+	f, bad, oneOf := c.f, c.bad, c.oneOf
 	names := map[string]bool{}
 	if len(f.Upstreams) == 0 {
 		bad("upstreams", "at least one upstream is needed")
@@ -266,6 +326,11 @@ func (f *File) validate(add func(string, int, string)) {
 		}
 	}
 
+}
+
+// rest checks queue, metrics and log.
+func (c checker) rest() {
+	f, bad, oneOf := c.f, c.bad, c.oneOf
 	if f.Queue.Workers < 0 {
 		bad("queue.workers", "must be positive")
 	}

@@ -6,9 +6,7 @@ package relay
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/tls"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -217,20 +215,6 @@ func (s *Server) bind(l Listener) (*endpoint, error) {
 	return &endpoint{l: l, ln: &countingListener{Listener: ln, c: s.cfg.Metrics.connections.WithLabelValues(l.Address)}}, nil
 }
 
-// countingListener counts the connections accepted.
-type countingListener struct {
-	net.Listener
-	c prometheus.Counter
-}
-
-func (l *countingListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err == nil {
-		l.c.Inc()
-	}
-	return c, err
-}
-
 // Addrs are the bound addresses, in listener order (useful with port 0).
 func (s *Server) Addrs() []net.Addr {
 	s.mu.Lock()
@@ -348,31 +332,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		return nil
 	}
 	return err
-}
-
-// backend starts the relay's sessions.
-type backend Server
-
-func (b *backend) NewSession(c *smtpd.Conn) (smtpd.Session, error) {
-	s := (*Server)(b)
-	state, isTLS := c.TLSConnectionState()
-	var id [6]byte
-	rand.Read(id[:])
-	sess := &session{
-		id:   hex.EncodeToString(id[:]),
-		srv:  s,
-		deps: s.deps.Load(),
-		conn: c,
-		tls:  isTLS,
-		helo: c.Hostname(),
-	}
-	if isTLS {
-		sess.tlsVersion, sess.tlsCipher = state.Version, state.CipherSuite
-	}
-	sess.client.Addr = c.RemoteAddr()
-	sess.log = s.log.With("session", sess.id, "remote", sess.client.Addr.String(), "tls", isTLS)
-	sess.log.Info("session", "helo", sanitizeHelo(c.Hostname()), "listener", c.Listener())
-	return sess, nil
 }
 
 // refused logs and counts a refusal (smtpd.Config.Refused): every reply

@@ -786,17 +786,17 @@ func TestShutdownDrainsIdleSessions(t *testing.T) {
 		defer cancel()
 		done <- e.srv.Shutdown(ctx)
 	}()
-	// The busy client keeps sending within the drain window and finishes.
-	time.Sleep(500 * time.Millisecond)
-	busy.send("second half\r\n.\r\n")
-	busy.expect("250 2.0.0 OK: queued as ")
-	busy.send("MAIL FROM:<alice@example.com>\r\n")
-	busy.expect("421 4.3.2 ")
+	// The idle session is let go at once: the drain has begun.
 	idle.c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	line, _ := idle.r.ReadString('\n')
 	if !strings.HasPrefix(line, "421 4.3.2 Service shutting down") {
 		t.Errorf("idle session got %q, want 421 4.3.2", line)
 	}
+	// The busy client keeps sending within the drain window and finishes.
+	busy.send("second half\r\n.\r\n")
+	busy.expect("250 2.0.0 OK: queued as ")
+	busy.send("MAIL FROM:<alice@example.com>\r\n")
+	busy.expect("421 4.3.2 ")
 	busy.c.Close()
 	if err := <-done; err != nil {
 		t.Fatalf("shutdown: %v", err)

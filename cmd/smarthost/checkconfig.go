@@ -8,22 +8,24 @@ import (
 	"strings"
 	"time"
 
+	"github.com/smarthost/smarthost/configs"
 	"github.com/smarthost/smarthost/ratelimit"
 	"github.com/smarthost/smarthost/relay/upstream"
 )
 
-func checkConfigCmd(args []string, stdout, stderr io.Writer) int {
-	fs := newFlags("check-config", stderr)
+func checkConfigCmd(c cmdIO, args []string) int {
+	fs := c.flags("check-config", "--config FILE [--probe]\n\nChecks everything that can be checked offline and prints every problem with its\nYAML path and line (exit 2); --probe also connects to LDAP, Redis and each upstream\n(exit 1 if one fails).")
 	path := fs.String("config", "", "configuration file")
 	probe := fs.Bool("probe", false, "also connect to LDAP, Redis and each upstream and report")
-	if _, err := parseFlags(fs, args); err != nil {
-		return exitBadConfig
+	if _, code, done := fs.parse(args); done {
+		return code
 	}
+	stdout, stderr := c.stdout, c.stderr
 	if *path == "" {
 		errorf(stderr, "check-config needs --config FILE")
 		return exitBadConfig
 	}
-	f, err := loadConfig(*path)
+	f, err := configs.Load(*path)
 	if err != nil {
 		printProblems(stdout, *path, err)
 		return exitBadConfig

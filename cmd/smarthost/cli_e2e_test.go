@@ -1,17 +1,20 @@
 package main
 
 import (
+	"bytes"
+	"crypto/tls"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"crypto/tls"
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 	"golang.org/x/crypto/bcrypt"
@@ -187,5 +190,62 @@ func TestDKIMRotationOnReload(t *testing.T) {
 	dns, err := runCLI("dkim", "dns", "--config", e.config)
 	if err != nil || !strings.Contains(dns, "next._domainkey.example.com.") {
 		t.Fatalf("dkim dns: %v\n%s", err, dns)
+	}
+}
+
+// Every command and verb answers --help (and -h) on standard output with
+// exit code 0; the commands with verbs list them.
+func TestHelpEverywhere(t *testing.T) {
+	for _, args := range [][]string{
+		{"--help"}, {"-h"}, {"help"},
+		{"serve", "--help"}, {"check-config", "--help"}, {"passwd", "--help"}, {"probe-ready", "-h"}, {"version", "--help"},
+		{"dkim", "--help"}, {"dkim", "keygen", "--help"}, {"dkim", "dns", "--help"},
+		{"queue", "--help"}, {"queue", "list", "--help"}, {"queue", "show", "--help"}, {"queue", "retry", "--help"}, {"queue", "delete", "--help"},
+		{"limits", "--help"}, {"limits", "show", "--help"},
+	} {
+		cmd := exec.Command(binary, args...)
+		var stdout, stderr strings.Builder
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		err := cmd.Run()
+		if exitCode(err) != 0 || !strings.HasPrefix(stdout.String(), "usage: smarthost") {
+			t.Errorf("smarthost %s: exit %d, stdout %q, stderr %q", strings.Join(args, " "), exitCode(err), stdout.String(), stderr.String())
+		}
+	}
+	for cmd, verbs := range map[string][]string{"dkim": {"keygen", "dns"}, "queue": {"list", "show", "retry", "delete"}, "limits": {"show"}} {
+		out, _ := runCLI(cmd, "--help")
+		for _, v := range verbs {
+			if !strings.Contains(out, "  "+v+" ") {
+				t.Errorf("smarthost %s --help does not list %s:\n%s", cmd, v, out)
+			}
+		}
+	}
+	// Without a verb, or with a wrong one: the list on standard error, 2.
+	if out, err := runCLI("queue"); exitCode(err) != 2 || !strings.Contains(out, "verbs:") {
+		t.Errorf("smarthost queue: exit %d\n%s", exitCode(err), out)
+	}
+}
+
+// serve without --config takes SMARTHOST_CONFIG (and else
+// /etc/smarthost/smarthost.yaml, else the quickstart), and says which.
+func TestServeDefaultConfig(t *testing.T) {
+	e := newRelayEnv(t, envOpts{})
+	p := &proc{log: &bytes.Buffer{}, done: make(chan struct{}), mu: &sync.Mutex{}}
+	p.cmd = exec.Command(binary, "serve")
+	p.cmd.Env = append(os.Environ(), "SMARTHOST_CONFIG="+e.config)
+	p.cmd.Stderr = lockedBuffer{p.mu, p.log}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.cmd.Wait(); close(p.done) }()
+	defer func() { p.cmd.Process.Kill(); <-p.done }()
+	eventually(t, "the relay listening", 20*time.Second, func() bool {
+		c, err := net.Dial("tcp", e.starttls)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	if !strings.Contains(p.logText(), `msg=configuration file=`+e.config) {
+		t.Errorf("the log does not say which configuration runs:\n%s", p.logText())
 	}
 }

@@ -62,6 +62,43 @@ func compose(f *configs.File, create bool, log *slog.Logger, bm *backendMetrics)
 		p.cert = cert
 	}
 
+	dir := composeDirectory(f, p, bad, log, bm)
+	pc := policy.Config{
+		TrustedSenders:          f.Policy.TrustedSenders,
+		EnforceHeaderFrom:       *f.Policy.EnforceHeaderFrom,
+		AllowedRecipientDomains: f.Policy.AllowedRecipientDomains,
+	}
+	for _, c := range f.Policy.TrustedNetworks {
+		if n, err := configs.ParsePrefix(c); err == nil {
+			pc.TrustedNetworks = append(pc.TrustedNetworks, n)
+		}
+	}
+	p.deps.Policy = policy.New(pc, dir)
+
+	keys, kprobs, kwarn := loadDKIM(f, create, log)
+	probs = append(probs, kprobs...)
+	p.warnings = append(p.warnings, kwarn...)
+	p.deps.Signer = dkim.New(dkim.Config{Domains: keys, Oversign: f.DKIM.Oversign})
+	p.deps.RejectNoKey = f.DKIM.OnMissingKey == "reject"
+
+	p.relay.Hostname = f.Hostname
+	p.relay.AllowInsecureAuth = f.Auth.AllowInsecureAuth
+	p.deps.Limits = relay.Limits{
+		MaxRecipients:   f.Policy.MaxRecipients,
+		MaxMessageSize:  int64(f.Policy.MaxMessageSize),
+		NormalizeBareLF: f.Policy.BareNewline == "normalize",
+		Received:        f.Headers.Received,
+	}
+	p.relay.ConnectionsPerIP = f.RateLimit.ConnectionsPerIP
+	p.relay.MaxConnections = f.RateLimit.MaxConnections
+
+	composeDelivery(f, p, bad)
+	return p, probs
+}
+
+// composeDirectory makes the user directory auth.backend names, behind
+// the login cache; bm, when not nil, times its calls.
+func composeDirectory(f *configs.File, p *parts, bad func(path, format string, args ...any), log *slog.Logger, bm *backendMetrics) policy.Directory {
 	var dir policy.Directory
 	switch f.Auth.Backend {
 	case "static":
@@ -104,35 +141,11 @@ func compose(f *configs.File, create bool, log *slog.Logger, bm *backendMetrics)
 			dir = policy.NewCache(timed, time.Duration(l.CacheTTL), nil)
 		}
 	}
-	pc := policy.Config{
-		TrustedSenders:          f.Policy.TrustedSenders,
-		EnforceHeaderFrom:       *f.Policy.EnforceHeaderFrom,
-		AllowedRecipientDomains: f.Policy.AllowedRecipientDomains,
-	}
-	for _, c := range f.Policy.TrustedNetworks {
-		if n, err := configs.ParsePrefix(c); err == nil {
-			pc.TrustedNetworks = append(pc.TrustedNetworks, n)
-		}
-	}
-	p.deps.Policy = policy.New(pc, dir)
+	return dir
+}
 
-	keys, kprobs, kwarn := loadDKIM(f, create, log)
-	probs = append(probs, kprobs...)
-	p.warnings = append(p.warnings, kwarn...)
-	p.deps.Signer = dkim.New(dkim.Config{Domains: keys, Oversign: f.DKIM.Oversign})
-	p.deps.RejectNoKey = f.DKIM.OnMissingKey == "reject"
-
-	p.relay.Hostname = f.Hostname
-	p.relay.AllowInsecureAuth = f.Auth.AllowInsecureAuth
-	p.deps.Limits = relay.Limits{
-		MaxRecipients:   f.Policy.MaxRecipients,
-		MaxMessageSize:  int64(f.Policy.MaxMessageSize),
-		NormalizeBareLF: f.Policy.BareNewline == "normalize",
-		Received:        f.Headers.Received,
-	}
-	p.relay.ConnectionsPerIP = f.RateLimit.ConnectionsPerIP
-	p.relay.MaxConnections = f.RateLimit.MaxConnections
-
+// composeDelivery translates upstreams, routes and queue.
+func composeDelivery(f *configs.File, p *parts, bad func(path, format string, args ...any)) {
 	p.upstream.Hostname = f.Hostname
 	for i, u := range f.Upstreams {
 		up := upstream.Upstream{
@@ -160,7 +173,6 @@ func compose(f *configs.File, create bool, log *slog.Logger, bm *backendMetrics)
 	for _, d := range f.Queue.Retry {
 		p.queue.Retry = append(p.queue.Retry, time.Duration(d))
 	}
-	return p, probs
 }
 
 func loadCA(path string) (*x509.CertPool, error) {

@@ -10,29 +10,25 @@ import (
 	"github.com/smarthost/smarthost/dkim"
 )
 
-func dkimCmd(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 {
-		errorf(stderr, "dkim needs keygen or dns")
-		return exitBadConfig
-	}
-	switch args[0] {
-	case "keygen":
-		return dkimKeygen(args[1:], stdout, stderr)
-	case "dns":
-		return dkimDNS(args[1:], stdout, stderr)
-	}
-	errorf(stderr, "dkim: unknown command %q (keygen or dns)", args[0])
-	return exitBadConfig
+const (
+	keygenUsage = "--domain D --selector S [--algo rsa2048|rsa4096|ed25519] [--out DIR]"
+	dnsUsage    = "--config FILE"
+)
+
+var dkimVerbs = map[string]verb{
+	"keygen": {keygenUsage, "write a private key (PKCS#8 PEM, mode 0600, never overwriting) and print its DNS TXT record", dkimKeygen},
+	"dns":    {dnsUsage, "print the DNS TXT record of every configured key", dkimDNS},
 }
 
-func dkimKeygen(args []string, stdout, stderr io.Writer) int {
-	fs := newFlags("dkim keygen", stderr)
+func dkimKeygen(c cmdIO, args []string) int {
+	fs := c.flags("dkim keygen", keygenUsage)
+	stdout, stderr := c.stdout, c.stderr
 	domain := fs.String("domain", "", "signing domain")
 	selector := fs.String("selector", "", "selector")
 	algo := fs.String("algo", "rsa2048", "rsa2048, rsa4096 or ed25519")
 	out := fs.String("out", ".", "folder for the key file")
-	if _, err := parseFlags(fs, args); err != nil {
-		return exitBadConfig
+	if _, code, done := fs.parse(args); done {
+		return code
 	}
 	if *domain == "" || *selector == "" {
 		errorf(stderr, "dkim keygen needs --domain and --selector")
@@ -58,27 +54,23 @@ func dkimKeygen(args []string, stdout, stderr io.Writer) int {
 	return exitOK
 }
 
-func dkimDNS(args []string, stdout, stderr io.Writer) int {
-	fs := newFlags("dkim dns", stderr)
+func dkimDNS(c cmdIO, args []string) int {
+	fs := c.flags("dkim dns", dnsUsage)
 	path := fs.String("config", "", "configuration file")
-	if _, err := parseFlags(fs, args); err != nil {
-		return exitBadConfig
+	if _, code, done := fs.parse(args); done {
+		return code
 	}
-	if *path == "" {
-		errorf(stderr, "dkim dns needs --config FILE")
-		return exitBadConfig
+	f, code := fs.config(*path)
+	if f == nil {
+		return code
 	}
-	f, err := loadConfig(*path)
-	if err != nil {
-		printProblems(stderr, *path, err)
-		return exitBadConfig
-	}
+	stdout, stderr := c.stdout, c.stderr
 	domains := make([]string, 0, len(f.DKIM.Domains))
 	for d := range f.DKIM.Domains {
 		domains = append(domains, d)
 	}
 	sort.Strings(domains)
-	code := exitOK
+	code = exitOK
 	for _, d := range domains {
 		for _, k := range f.DKIM.Domains[d] {
 			signer, err := dkim.LoadKey(k.KeyFile)

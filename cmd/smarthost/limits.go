@@ -133,22 +133,29 @@ func limitsHandler(current func() (*ratelimit.Quotas, lookupFunc), log *slog.Log
 	})
 }
 
-func limitsCmd(args []string, stdout, stderr io.Writer) int {
-	fs := newFlags("limits", stderr)
+const limitsShowUsage = "USER --config FILE"
+
+var limitsVerbs = map[string]verb{
+	"show": {limitsShowUsage, "the user's class, each limit, what is left and when it is full again", limitsShow},
+}
+
+func limitsShow(c cmdIO, args []string) int {
+	fs := c.flags("limits show", limitsShowUsage)
 	path := fs.String("config", "", "configuration file")
-	pos, err := parseFlags(fs, args)
-	if err != nil {
+	pos, code, done := fs.parse(args)
+	if done {
+		return code
+	}
+	stdout, stderr := c.stdout, c.stderr
+	if len(pos) != 1 {
+		fs.Usage()
 		return exitBadConfig
 	}
-	if len(pos) != 2 || pos[0] != "show" || *path == "" {
-		errorf(stderr, "usage: smarthost limits show USER --config FILE")
-		return exitBadConfig
+	f, code := fs.config(*path)
+	if f == nil {
+		return code
 	}
-	f, err := loadConfig(*path)
-	if err != nil {
-		printProblems(stderr, *path, err)
-		return exitBadConfig
-	}
+	pos = append([]string{"show"}, pos...)
 	if f.RateLimit.Backend != "redis" {
 		// Memory limits live inside the running relay: ask it.
 		if f.Metrics.Listen == "" {

@@ -3,7 +3,6 @@
 package main
 
 import (
-	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -22,75 +21,55 @@ const (
 const usage = `usage: smarthost COMMAND [flags]
 
 commands:
-  serve [--config FILE]             run the relay (no --config: the embedded quickstart)
+  serve [--config FILE]             run the relay (no --config: $SMARTHOST_CONFIG, else
+                                    /etc/smarthost/smarthost.yaml if it exists, else the
+                                    embedded quickstart)
   check-config --config FILE [--probe]
                                     validate a configuration; --probe also connects to backends
   passwd                            read a password, print a bcrypt hash for the users file
-  dkim keygen --domain D --selector S [--algo rsa2048|rsa4096|ed25519] [--out DIR]
-  dkim dns --config FILE            print the DNS TXT records of every configured key
-  queue list|show ID|retry ID|delete ID --config FILE
+  dkim keygen|dns                   make a key and print its DNS record; print every configured key's
+  queue list|show|retry|delete      inspect and act on the spool
   limits show USER --config FILE    a user's class, limits, what is left and when it refills
   probe-ready URL                   exit 0 when URL (a /readyz) answers 200: a container healthcheck
   version                           print version, commit and Go version
+
+smarthost COMMAND --help tells more.
 `
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+	c := cmdIO{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv}
+	os.Exit(run(c, os.Args[1:]))
 }
 
-func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+func run(c cmdIO, args []string) int {
 	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
+		fmt.Fprint(c.stderr, usage)
 		return exitBadConfig
 	}
 	cmd, rest := args[0], args[1:]
 	switch cmd {
 	case "serve":
-		return serveCmd(rest, stderr)
+		return serveCmd(c, rest)
 	case "check-config":
-		return checkConfigCmd(rest, stdout, stderr)
+		return checkConfigCmd(c, rest)
 	case "passwd":
-		return passwdCmd(rest, stdin, stdout, stderr)
+		return passwdCmd(c, rest)
 	case "dkim":
-		return dkimCmd(rest, stdout, stderr)
+		return dispatch(c, "dkim", dkimVerbs, rest)
 	case "queue":
-		return queueCmd(rest, stdout, stderr)
+		return dispatch(c, "queue", queueVerbs, rest)
 	case "limits":
-		return limitsCmd(rest, stdout, stderr)
+		return dispatch(c, "limits", limitsVerbs, rest)
 	case "probe-ready":
-		return probeReadyCmd(rest, stderr)
+		return probeReadyCmd(c, rest)
 	case "version", "--version", "-version":
-		return versionCmd(stdout)
-	case "help", "-h", "--help":
-		fmt.Fprint(stdout, usage)
+		return versionCmd(c, rest)
+	case "help", "-h", "--help", "-help":
+		fmt.Fprint(c.stdout, usage)
 		return exitOK
 	}
-	fmt.Fprintf(stderr, "smarthost: unknown command %q\n\n%s", cmd, usage)
+	fmt.Fprintf(c.stderr, "smarthost: unknown command %q\n\n%s", cmd, usage)
 	return exitBadConfig
-}
-
-// parseFlags parses flags that may come before or after positional
-// arguments ("queue show ID --config F"), which the flag package alone does
-// not allow.
-func parseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		args = fs.Args()
-		if len(args) == 0 {
-			return pos, nil
-		}
-		pos = append(pos, args[0])
-		args = args[1:]
-	}
-}
-
-func newFlags(name string, stderr io.Writer) *flag.FlagSet {
-	fs := flag.NewFlagSet("smarthost "+name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	return fs
 }
 
 func errorf(w io.Writer, format string, args ...any) {
@@ -99,13 +78,20 @@ func errorf(w io.Writer, format string, args ...any) {
 
 // probeReadyCmd is a healthcheck for images without a shell or curl: it
 // exits 0 when URL answers 200.
-func probeReadyCmd(args []string, stderr io.Writer) int {
-	if len(args) != 1 {
-		errorf(stderr, "usage: smarthost probe-ready URL")
+func probeReadyCmd(c cmdIO, args []string) int {
+	fs := c.flags("probe-ready", "URL\n\nExits 0 when URL (a /readyz) answers 200, 1 otherwise: a healthcheck for images without curl.")
+	pos, code, done := fs.parse(args)
+	if done {
+		return code
+	}
+	stderr := c.stderr
+	if len(pos) != 1 {
+		fs.Usage()
 		return exitBadConfig
 	}
-	c := http.Client{Timeout: 5 * time.Second}
-	resp, err := c.Get(args[0])
+	args = pos
+	hc := http.Client{Timeout: 5 * time.Second}
+	resp, err := hc.Get(args[0])
 	if err != nil {
 		errorf(stderr, "probe-ready: %v", err)
 		return exitRuntime

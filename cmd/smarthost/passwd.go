@@ -12,12 +12,13 @@ import (
 	"golang.org/x/term"
 )
 
-func passwdCmd(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	fs := newFlags("passwd", stderr)
+func passwdCmd(c cmdIO, args []string) int {
+	fs := c.flags("passwd", "[--cost N]\n\nReads a password (twice without echo on a terminal, or one line on standard input)\nand prints its bcrypt hash for the static users file.")
 	cost := fs.Int("cost", bcrypt.DefaultCost, "bcrypt cost")
-	if _, err := parseFlags(fs, args); err != nil {
-		return exitBadConfig
+	if _, code, done := fs.parse(args); done {
+		return code
 	}
+	stdin, stdout, stderr := c.stdin, c.stdout, c.stderr
 	pw, err := readPassword(stdin, stderr)
 	if err != nil {
 		errorf(stderr, "passwd: %v", err)

@@ -49,6 +49,9 @@ func TestReleaseBinaryInEmptyRoot(t *testing.T) {
 	v.Args = []string{"/smarthost", "version"}
 	vout, err := v.CombinedOutput()
 	if errors.Is(err, syscall.EPERM) {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("chroot not permitted under CI: %v", err)
+		}
 		t.Skipf("chroot not permitted here: %v", err)
 	}
 	if err != nil || !strings.Contains(string(vout), "DKIM RSA signatures: ") {

@@ -44,19 +44,38 @@ type daemon struct {
 	closers []func()              // at stop, in reverse
 }
 
-func serveCmd(args []string, stderr io.Writer) int {
-	fs := newFlags("serve", stderr)
-	path := fs.String("config", "", "configuration file (default: the embedded quickstart)")
-	if _, err := parseFlags(fs, args); err != nil {
-		return exitBadConfig
+// defaultConfig is read by serve without --config when it exists (and
+// SMARTHOST_CONFIG does not name another file).
+const defaultConfig = "/etc/smarthost/smarthost.yaml"
+
+func serveCmd(c cmdIO, args []string) int {
+	fs := c.flags("serve", "[--config FILE]\n\nRuns the relay until SIGTERM or SIGINT (graceful); SIGHUP reloads. Without --config it\nreads $SMARTHOST_CONFIG, else "+defaultConfig+" if it exists, else runs\nthe embedded quickstart (configs/quickstart.yaml), and logs which.")
+	path := fs.String("config", "", "configuration file")
+	if _, code, done := fs.parse(args); done {
+		return code
 	}
-	f, err := loadConfig(*path)
+	stderr := c.stderr
+	source := *path
+	if source == "" {
+		source = c.getenv("SMARTHOST_CONFIG")
+	}
+	if source == "" {
+		if _, err := os.Stat(defaultConfig); err == nil {
+			source = defaultConfig
+		}
+	}
+	f, err := loadConfig(source)
 	if err != nil {
-		printProblems(stderr, *path, err)
+		printProblems(stderr, source, err)
 		return exitBadConfig
 	}
-	d := &daemon{path: *path, log: newLogger(f.Log, stderr), reg: newRegistry()}
+	d := &daemon{path: source, log: newLogger(f.Log, stderr), reg: newRegistry()}
 	defer d.close()
+	if source == "" {
+		d.log.Info("no configuration file given and none at " + defaultConfig + ": running the embedded quickstart (configs/quickstart.yaml)")
+	} else {
+		d.log.Info("configuration", "file", source)
+	}
 	if code := d.start(f, stderr); code != exitOK {
 		return code
 	}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"io"
 	"runtime"
 	"runtime/debug"
 
@@ -15,18 +14,22 @@ var (
 	commit  = ""
 )
 
-func versionCmd(stdout io.Writer) int {
-	c := commit
-	if c == "" {
-		c = "unknown"
+func versionCmd(c cmdIO, args []string) int {
+	if _, code, done := c.flags("version", "\n\nPrints the version, the commit, the Go version and the DKIM RSA backend.").parse(args); done {
+		return code
+	}
+	stdout := c.stdout
+	rev := commit
+	if rev == "" {
+		rev = "unknown"
 		if bi, ok := debug.ReadBuildInfo(); ok {
 			for _, s := range bi.Settings {
 				if s.Key == "vcs.revision" {
-					c = s.Value
+					rev = s.Value
 				}
 			}
 		}
 	}
-	fmt.Fprintf(stdout, "smarthost %s\ncommit %s\n%s %s/%s\nDKIM RSA signatures: %s\n", version, c, runtime.Version(), runtime.GOOS, runtime.GOARCH, dkim.RSABackend)
+	fmt.Fprintf(stdout, "smarthost %s\ncommit %s\n%s %s/%s\nDKIM RSA signatures: %s\n", version, rev, runtime.Version(), runtime.GOOS, runtime.GOARCH, dkim.RSABackend)
 	return exitOK
 }

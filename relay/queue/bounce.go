@@ -14,65 +14,62 @@ import (
 // maxBounceHeader caps how much of the original header a bounce quotes.
 const maxBounceHeader = 64 << 10
 
-// bounce queues a delivery status notification (RFC 3464) to the sender of m
-// for the failed recipients. Bounces have the null sender, so they never
-// bounce themselves.
-func (q *Queue) bounce(m *Message, failed []Recipient) error {
-	return q.report(m, failed, false)
-}
-
-// warnDelay queues a delay notification ("still trying") for the pending
-// recipients of m.
-func (q *Queue) warnDelay(m *Message, pending []Recipient) error {
-	return q.report(m, pending, true)
-}
-
-// report writes a delivery status notification for rcpts: failed, or with
-// delayed, a warning that delivery goes on.
-func (q *Queue) report(m *Message, failed []Recipient, delayed bool) error {
-	// RFC 3461: a recipient with NOTIFY hears only about what it names
-	// (FAILURE, DELAY); NEVER silences it.
+// wantNotice keeps the recipients that asked to hear about this kind of
+// news (RFC 3461): with NOTIFY, only what it names (FAILURE, DELAY); NEVER
+// silences it; without, failures only (a delay warning is ours to send).
+func wantNotice(rcpts []Recipient, delayed bool) []Recipient {
 	want := "FAILURE"
 	if delayed {
 		want = "DELAY"
 	}
-	var wanted []Recipient
-	for _, r := range failed {
+	var out []Recipient
+	for _, r := range rcpts {
 		if len(r.Notify) == 0 || slices.Contains(r.Notify, want) {
-			wanted = append(wanted, r)
+			out = append(out, r)
 		}
 	}
-	if failed = wanted; len(failed) == 0 {
-		return nil
-	}
-	orig, err := m.Open()
-	if err != nil {
-		return err
-	}
-	header := readHeader(orig, maxBounceHeader)
-	orig.Close()
+	return out
+}
 
-	now := q.now()
+// reportInput is what a delivery status notification is made of.
+type reportInput struct {
+	m        *Message
+	rcpts    []Recipient // failed, or with delayed, still pending
+	delayed  bool
+	header   []byte // of the original message
+	now      time.Time
+	hostname string // the reporting MTA
+	maxAge   time.Duration
+}
+
+// report writes a delivery status notification (RFC 3464, and RFC 6533
+// for UTF-8 addresses) from the null sender to m's sender: the recipients
+// failed, or with delayed, a warning that delivery goes on. Bounces have
+// the null sender, so they never bounce themselves.
+func report(in reportInput) []byte {
+	m, failed, delayed := in.m, in.rcpts, in.delayed
+	header := in.header
+	now := in.now
 	boundary := "=_" + newID()
 	var b bytes.Buffer
-	fmt.Fprintf(&b, "From: Mail Delivery System <MAILER-DAEMON@%s>\r\n", q.cfg.Hostname)
+	fmt.Fprintf(&b, "From: Mail Delivery System <MAILER-DAEMON@%s>\r\n", in.hostname)
 	fmt.Fprintf(&b, "To: <%s>\r\n", m.From)
 	subject, action, intro := "Undelivered Mail Returned to Sender", "failed", "could not be delivered to these recipients"
 	if delayed {
 		subject, action = "Delayed Mail (still being retried)", "delayed"
 		intro = fmt.Sprintf("has not yet been delivered to these recipients after %s; delivery will be retried until %s, with no further action needed from you",
-			q.now().Sub(m.Created).Round(time.Minute), m.Created.Add(q.cfg.MaxAge).Format(time.RFC1123Z))
+			now.Sub(m.Created).Round(time.Minute), m.Created.Add(in.maxAge).Format(time.RFC1123Z))
 	}
 	fmt.Fprintf(&b, "Subject: %s\r\n", subject)
 	fmt.Fprintf(&b, "Date: %s\r\n", now.Format("Mon, 02 Jan 2006 15:04:05 -0700"))
-	fmt.Fprintf(&b, "Message-ID: <%s.%s@%s>\r\n", m.ID, action, q.cfg.Hostname)
+	fmt.Fprintf(&b, "Message-ID: <%s.%s@%s>\r\n", m.ID, action, in.hostname)
 	fmt.Fprintf(&b, "Auto-Submitted: auto-replied\r\n")
 	fmt.Fprintf(&b, "MIME-Version: 1.0\r\n")
 	fmt.Fprintf(&b, "Content-Type: multipart/report; report-type=delivery-status; boundary=\"%s\"\r\n\r\n", boundary)
 
 	fmt.Fprintf(&b, "--%s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n", boundary)
 	var text strings.Builder
-	fmt.Fprintf(&text, "This is the mail system at %s.\r\n\r\nYour message (queue ID %s) %s:\r\n\r\n", q.cfg.Hostname, m.ID, intro)
+	fmt.Fprintf(&text, "This is the mail system at %s.\r\n\r\nYour message (queue ID %s) %s:\r\n\r\n", in.hostname, m.ID, intro)
 	for _, r := range failed {
 		fmt.Fprintf(&text, "<%s>: %s\r\n", r.Addr, r.Error)
 	}
@@ -99,7 +96,7 @@ func (q *Queue) report(m *Message, failed []Recipient, delayed bool) error {
 		fmt.Fprintf(&b, "Original-Envelope-Id: %s\r\n", m.EnvID)
 	}
 	fmt.Fprintf(&b, "Reporting-MTA: dns; %s\r\nX-Queue-ID: %s\r\nArrival-Date: %s\r\n\r\n",
-		q.cfg.Hostname, m.ID, m.Created.Format("Mon, 02 Jan 2006 15:04:05 -0700"))
+		in.hostname, m.ID, m.Created.Format("Mon, 02 Jan 2006 15:04:05 -0700"))
 	for _, r := range failed {
 		if r.ORcpt != "" {
 			fmt.Fprintf(&b, "Original-Recipient: %s; %s\r\n", addrType(r.ORcpt, r.ORcptType), r.ORcpt)
@@ -115,21 +112,7 @@ func (q *Queue) report(m *Message, failed []Recipient, delayed bool) error {
 	b.Write(header)
 	fmt.Fprintf(&b, "\r\n--%s--\r\n", boundary)
 
-	d, err := q.Create()
-	if err != nil {
-		return err
-	}
-	if _, err := d.Write(b.Bytes()); err != nil {
-		d.Abort()
-		return err
-	}
-	// To a UTF-8 sender the report's own header is UTF-8: SMTPUTF8.
-	utf8 := !isASCII(m.From)
-	id, err := d.Commit(Envelope{To: []string{m.From}, SMTPUTF8: utf8, UTF8Required: utf8}, nil)
-	if err == nil {
-		q.log.Info("delivery status notification queued", "msg_id", m.ID, "dsn_id", id, "action", action, "to", m.From)
-	}
-	return err
+	return b.Bytes()
 }
 
 // readHeader returns the header block of a message, cut at max bytes.

@@ -1,17 +1,24 @@
 // Package queue is the durable spool: messages are fsynced to disk before
 // they are acknowledged, delivered by a bounded pool of workers, retried on a
 // schedule, and bounced to their sender when they fail for good.
+//
+// Where things are: queue.go (this file) opens the spool and changes it;
+// message.go is a message and its recipients; draft.go a message being
+// received; format.go what the files hold; folder.go the messages with a
+// file of their own (msg/, tmp/); journal.go and journalfile.go the
+// journal of small new messages; scheduler.go what is due, the workers and
+// one delivery attempt; bounce.go delivery status notifications; admin.go
+// the view `smarthost queue` uses.
 package queue
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sort"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -54,6 +61,7 @@ type Deliverer interface {
 type PermanentError struct{ Err error }
 
 func (e *PermanentError) Error() string { return e.Err.Error() }
+
 func (e *PermanentError) Unwrap() error { return e.Err }
 
 // Permanent marks err as permanent.
@@ -68,23 +76,17 @@ func IsPermanent(err error) bool {
 
 // Queue is the spool plus its delivery workers.
 type Queue struct {
-	cfg  Config
-	d    Deliverer
-	log  *slog.Logger
-	lock *os.File
-	// dirSync makes renames in msg/ durable, many at a time.
-	dirSync *groupSync
+	cfg     Config
+	d       Deliverer
+	log     *slog.Logger
+	lock    *os.File
+	folder  *folder
+	journal *journal
+	sched   *scheduler
 	// writers recycles the drafts' 32 KiB write buffers: at hundreds of
 	// messages a second, that much garbage each is felt in the collector.
 	writers sync.Pool
 	bufs    sync.Pool // the drafts' memory buffers, likewise
-	journal *journal
-
-	mu       sync.Mutex
-	items    map[string]*Message
-	inflight map[string]bool
-	creating map[string]bool // being committed: rescans leave them alone
-	wake     chan struct{}
 }
 
 // Open opens (creating if needed) the spool at cfg.Dir, takes its lock so
@@ -118,16 +120,10 @@ func Open(cfg Config, d Deliverer, log *slog.Logger) (*Queue, error) {
 		lock.Close()
 		return nil, fmt.Errorf("queue: %s is in use by another process: %w", cfg.Dir, err)
 	}
-	q := &Queue{cfg: cfg, d: d, log: log, lock: lock, dirSync: newGroupSync(filepath.Join(cfg.Dir, "msg")),
-		items: map[string]*Message{}, inflight: map[string]bool{}, creating: map[string]bool{}, wake: make(chan struct{}, 1)}
-	// Drafts of connections that died with the last process were never
-	// acknowledged.
-	tmp, _ := os.ReadDir(filepath.Join(cfg.Dir, "tmp"))
-	for _, e := range tmp {
-		os.Remove(filepath.Join(cfg.Dir, "tmp", e.Name()))
-	}
-	j, ms, err := openJournal(filepath.Join(cfg.Dir, "journal"), journalFileMax,
-		func(id string) bool { return inMsg(cfg.Dir, id) }, log.Warn)
+	q := &Queue{cfg: cfg, d: d, log: log, lock: lock, folder: newFolder(cfg.Dir)}
+	q.sched = newScheduler(q)
+	q.folder.clean(log.Info)
+	j, ms, err := openJournal(filepath.Join(cfg.Dir, "journal"), journalFileMax, q.folder.has, log.Warn)
 	if err != nil {
 		lock.Close()
 		return nil, err
@@ -135,14 +131,13 @@ func Open(cfg Config, d Deliverer, log *slog.Logger) (*Queue, error) {
 	q.journal = j
 	for _, m := range ms {
 		m.dir = cfg.Dir
-		q.items[m.ID] = m
+		q.sched.add(m)
 	}
 	if err := q.rescan(true); err != nil {
 		q.journal.close()
 		lock.Close()
 		return nil, err
 	}
-	q.removeOrphans()
 	return q, nil
 }
 
@@ -154,26 +149,21 @@ func (q *Queue) Close() error {
 
 func (q *Queue) now() time.Time { return q.cfg.Now() }
 
-// Len is the number of messages in the spool.
-func (q *Queue) Len() int {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return len(q.items)
+// Create starts a draft.
+func (q *Queue) Create() (*Draft, error) { return newDraft(q, newID()) }
+
+// Run delivers until ctx is done, then waits for the attempts in flight.
+func (q *Queue) Run(ctx context.Context) error {
+	q.sched.run(ctx)
+	return nil
 }
+
+// Len is the number of messages in the spool.
+func (q *Queue) Len() int { return q.sched.len() }
 
 // Oldest is the arrival time of the oldest message in the spool (zero when
 // empty).
-func (q *Queue) Oldest() time.Time {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	var t time.Time
-	for _, m := range q.items {
-		if t.IsZero() || m.Created.Before(t) {
-			t = m.Created
-		}
-	}
-	return t
-}
+func (q *Queue) Oldest() time.Time { return q.sched.oldest() }
 
 // Writable checks that a message could be spooled right now: that a file
 // can be made and written in the spool.
@@ -192,83 +182,49 @@ func (q *Queue) Writable() error {
 	return err
 }
 
-func (q *Queue) add(m *Message) {
-	q.mu.Lock()
-	q.items[m.ID] = m
-	q.mu.Unlock()
-	q.kick()
-}
-
-func (q *Queue) kick() {
-	select {
-	case q.wake <- struct{}{}:
-	default:
-	}
-}
-
-// rescan brings the in-memory index in line with the folder: messages
-// deleted by an administrator go, retry requests take effect. At start, and
-// only then (a running server leaves what it cannot explain to a person),
-// an unreadable message is set aside.
+// rescan brings the schedule in line with the folder: messages deleted by
+// an administrator go, retry requests take effect. At start, and only then
+// (a running server leaves what it cannot explain to a person), an
+// unreadable message is set aside.
 func (q *Queue) rescan(atStart bool) error {
-	// Only messages indexed before the folder is read may be dropped for
+	// Only messages known before the folder is read may be dropped for
 	// not being in it: one committed meanwhile may be missing from the
 	// listing, and dropping it would delay it until the next rescan.
-	q.mu.Lock()
-	before := make(map[string]bool, len(q.items))
-	for id := range q.items {
-		before[id] = true
-	}
-	q.mu.Unlock()
-	ids, marked, err := scan(q.cfg.Dir)
+	before := q.sched.ids()
+	ids, marked, err := q.folder.scan()
 	if err != nil {
 		return err
 	}
 	seen := map[string]bool{}
 	for _, id := range ids {
 		seen[id] = true
-		retry := filepath.Join(q.cfg.Dir, "msg", id+".retry")
-		_, statErr := os.Stat(retry)
-		q.mu.Lock()
-		m, known := q.items[id]
-		busy := q.inflight[id]
-		creating := q.creating[id]
-		q.mu.Unlock()
+		m, busy, creating := q.sched.lookup(id)
 		if creating {
 			continue
 		}
-		if !known {
-			if m, err = readMessage(q.cfg.Dir, id); err != nil {
+		if m == nil {
+			if m, err = q.folder.read(id); err != nil {
 				if atStart {
 					// Every file in msg/ was complete and fsynced before
 					// it got there, so this is damage, not a crash:
 					// keep it aside for a person.
 					q.log.Error("queue: unreadable message set aside as .bad", "msg_id", id, "err", err)
 					for _, ext := range []string{".data", ".env"} {
-						p := filepath.Join(q.cfg.Dir, "msg", id+ext)
+						p := q.folder.msgPath(id + ext)
 						os.Rename(p, p+".bad") // the .env may not exist
 					}
 				}
 				continue
 			}
-			q.mu.Lock()
-			q.items[id] = m
-			q.mu.Unlock()
+			q.sched.add(m)
 		}
-		if statErr == nil && !busy {
-			q.mu.Lock()
-			m.NextAttempt = q.now()
-			q.mu.Unlock()
+		retry := q.folder.msgPath(id + ".retry")
+		if _, err := os.Stat(retry); err == nil && !busy {
+			q.sched.retryNow(m)
 			os.Remove(retry)
 		}
 	}
-	q.mu.Lock()
-	for id, m := range q.items {
-		if before[id] && !seen[id] && !q.inflight[id] && !q.creating[id] && m.jseg == nil {
-			delete(q.items, id)
-		}
-	}
-	q.mu.Unlock()
+	q.sched.dropGone(before, seen)
 	q.dropMarked(marked)
 	return nil
 }
@@ -278,233 +234,101 @@ func (q *Queue) rescan(atStart bool) error {
 // still there; one in msg/ by then is removed from there.
 func (q *Queue) dropMarked(ids []string) {
 	for _, id := range ids {
-		q.mu.Lock()
-		m, known := q.items[id]
-		busy := q.inflight[id]
-		if known && !busy {
-			q.inflight[id] = true // no worker may take it meanwhile
-		}
-		q.mu.Unlock()
-		if busy {
-			continue
-		}
-		if known {
-			err := q.remove(m)
-			q.mu.Lock()
-			delete(q.inflight, id)
-			if err == nil {
-				delete(q.items, id)
+		m, _, _ := q.sched.lookup(id)
+		if m != nil {
+			if !q.sched.claim(id) { // no worker may take it meanwhile
+				continue
 			}
-			q.mu.Unlock()
+			err := q.remove(m)
+			if err == nil {
+				q.sched.forget(id)
+			}
+			q.sched.release(id)
 			if err != nil {
 				q.log.Error("queue: delete", "msg_id", id, "err", err)
 				continue
 			}
 			q.log.Info("queue: message deleted by request", "msg_id", id)
 		}
-		os.Remove(filepath.Join(q.cfg.Dir, "msg", id+".delete"))
+		os.Remove(q.folder.msgPath(id + ".delete"))
 	}
 }
 
-// removeOrphans drops envelopes without data: only remove() leaves them
-// behind, when a crash interrupts it after the data went.
-func (q *Queue) removeOrphans() {
-	ents, _ := os.ReadDir(filepath.Join(q.cfg.Dir, "msg"))
-	for _, e := range ents {
-		id, ok := strings.CutSuffix(e.Name(), ".env")
-		if !ok {
-			continue
-		}
-		if _, err := os.Stat(filepath.Join(q.cfg.Dir, "msg", id+".data")); errors.Is(err, os.ErrNotExist) {
-			q.log.Info("queue: envelope without data dropped", "msg_id", id)
-			os.Remove(filepath.Join(q.cfg.Dir, "msg", e.Name()))
-		}
-	}
-}
-
-// Run delivers until ctx is done, then waits for the attempts in flight.
-func (q *Queue) Run(ctx context.Context) error {
-	work := make(chan *Message)
-	var wg sync.WaitGroup
-	for i := 0; i < q.cfg.Workers; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for m := range work {
-				q.attempt(ctx, m)
-			}
-		}()
-	}
-	defer func() {
-		close(work)
-		wg.Wait()
-	}()
-
-	lastScan := q.now()
-	for {
-		if q.now().Sub(lastScan) >= q.cfg.Rescan {
-			if err := q.rescan(false); err != nil {
-				q.log.Error("queue: rescan", "err", err)
-			}
-			lastScan = q.now()
-		}
-		due, next := q.due()
-		for _, m := range due {
-			select {
-			case work <- m:
-			case <-ctx.Done():
-				q.mu.Lock()
-				delete(q.inflight, m.ID)
-				q.mu.Unlock()
-				return nil
-			}
-		}
-		wait := q.cfg.Rescan
-		if !next.IsZero() {
-			wait = min(wait, next.Sub(q.now()))
-		}
-		if len(due) > 0 {
-			continue // workers may have freed up; look again at once
-		}
-		t := time.NewTimer(max(wait, 10*time.Millisecond))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil
-		case <-q.wake:
-		case <-t.C:
-		}
-		t.Stop()
-	}
-}
-
-// due marks and returns the messages whose time has come, oldest first, and
-// the time of the next one after them.
-func (q *Queue) due() ([]*Message, time.Time) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	now := q.now()
-	var due []*Message
-	var next time.Time
-	for id, m := range q.items {
-		if q.inflight[id] {
-			continue
-		}
-		if !m.NextAttempt.After(now) {
-			due = append(due, m)
-		} else if next.IsZero() || m.NextAttempt.Before(next) {
-			next = m.NextAttempt
-		}
-	}
-	sort.Slice(due, func(i, j int) bool { return due[i].NextAttempt.Before(due[j].NextAttempt) })
-	for _, m := range due {
-		q.inflight[m.ID] = true
-	}
-	return due, next
-}
-
-// attempt makes one delivery attempt and records its outcome durably.
-func (q *Queue) attempt(ctx context.Context, m *Message) {
-	defer func() {
-		q.mu.Lock()
-		delete(q.inflight, m.ID)
-		q.mu.Unlock()
-		q.kick() // its next attempt may be the earliest now
-	}()
-	// An administrator may have deleted it since it was scheduled (one in
-	// the journal is dropped by dropMarked instead).
-	if m.jseg == nil {
-		if _, err := os.Stat(m.dataPath()); err != nil {
-			q.forget(m)
-			return
-		}
-	}
-	pending := m.Pending()
-	var errs []error
-	if len(pending) > 0 {
-		errs = q.d.Deliver(ctx, m)
-		if len(errs) != len(pending) {
-			err := fmt.Errorf("queue: deliverer gave %d outcomes for %d recipients", len(errs), len(pending))
-			errs = make([]error, len(pending))
-			for i := range errs {
-				errs[i] = err
-			}
-		}
-	}
-	now := q.now()
-	expired := now.Sub(m.Created) >= q.cfg.MaxAge
-	var failed []Recipient
-	q.mu.Lock()
-	m.Attempts++
-	i := 0
-	for j := range m.Recipients {
-		r := &m.Recipients[j]
-		if r.Status != StatusPending {
-			continue
-		}
-		err := errs[i]
-		i++
-		switch {
-		case err == nil:
-			r.Status, r.Error = StatusSent, ""
-			q.log.Info("delivered", "msg_id", m.ID, "rcpt", r.Addr, "attempt", m.Attempts)
-		case IsPermanent(err) || expired:
-			r.Status, r.Error = StatusFailed, err.Error()
-			if !IsPermanent(err) {
-				r.Error = fmt.Sprintf("gave up after %s: %v", q.cfg.MaxAge, err)
-			}
-			failed = append(failed, *r)
-			q.log.Warn("delivery failed", "msg_id", m.ID, "rcpt", r.Addr, "attempt", m.Attempts, "err", err)
-		default:
-			r.Error = err.Error()
-			m.LastError = err.Error()
-			q.log.Info("delivery deferred", "msg_id", m.ID, "rcpt", r.Addr, "attempt", m.Attempts, "err", err)
-		}
-	}
-	m.NextAttempt = now.Add(q.cfg.Retry[min(m.Attempts, len(q.cfg.Retry))-1])
-	done := len(m.Pending()) == 0
-	q.mu.Unlock()
-
-	if len(failed) > 0 && m.From != "" {
-		if err := q.bounce(m, failed); err != nil {
-			// The failure itself stays in the log and in `queue show` while
-			// the message has other recipients pending.
-			q.log.Error("queue: cannot queue bounce", "msg_id", m.ID, "err", err)
-		}
-	}
-	if !done && m.From != "" && q.cfg.DelayWarning > 0 && !m.Warned && now.Sub(m.Created) >= q.cfg.DelayWarning {
-		if err := q.warnDelay(m, m.PendingRecipients()); err != nil {
-			q.log.Error("queue: cannot queue delay warning", "msg_id", m.ID, "err", err)
-		} else {
-			m.Warned = true // saved with the state below
-		}
-	}
-	if done {
-		if err := q.remove(m); err != nil {
-			q.log.Error("queue: remove", "msg_id", m.ID, "err", err)
-		}
-		q.forget(m)
-		return
-	}
+// remove deletes a message that is done with: a 'D' record for one in the
+// journal, its files for one in msg/.
+func (q *Queue) remove(m *Message) error {
 	if m.jseg != nil {
-		// Retries may go on for days: out of the journal, whose files are
-		// removed only once all their messages are done with.
-		if err := q.spill(m); err != nil {
-			q.log.Error("queue: save state", "msg_id", m.ID, "err", err)
-		}
-		return
+		q.journal.done(m.jseg, m.ID)
+		m.jseg = nil
+		return nil
 	}
-	if _, err := os.Stat(m.dataPath()); err != nil {
-		q.forget(m) // deleted while we were delivering
-		return
-	}
-	if err := q.writeEnv(m); err != nil {
-		q.log.Error("queue: save state", "msg_id", m.ID, "err", err)
-	}
+	return q.folder.remove(m)
 }
 
-func (q *Queue) forget(m *Message) {
-	q.mu.Lock()
-	delete(q.items, m.ID)
-	q.mu.Unlock()
+// save keeps the state of a message still pending: one in the journal
+// moves out to msg/ (retries may go on for days, and journal files are
+// removed only once all their messages are done with); one in msg/ gets
+// its envelope file replaced.
+func (q *Queue) save(m *Message) error {
+	if m.jseg != nil {
+		return q.spill(m)
+	}
+	if !q.folder.has(m.ID) {
+		q.sched.forget(m.ID) // deleted while we were delivering
+		return nil
+	}
+	return q.folder.writeEnv(m)
+}
+
+// spill moves a journal message to msg/, with its state as of now as the
+// trailer, and tells the journal it is done with it there.
+func (q *Queue) spill(m *Message) error {
+	d := &Draft{q: q, id: m.ID}
+	if err := d.toFile(); err != nil {
+		return err
+	}
+	if _, err := io.Copy(d.w, io.NewSectionReader(m.jseg.f, m.joff, m.Size)); err != nil {
+		d.Abort()
+		return fmt.Errorf("queue: move %s out of the journal: %w", m.ID, err)
+	}
+	seg := m.jseg
+	m.jseg, m.saved = nil, false
+	if err := d.commitFile(m); err != nil {
+		m.jseg = seg
+		return err
+	}
+	q.journal.done(seg, m.ID)
+	return nil
+}
+
+// notify queues a delivery status notification to m's sender about
+// rcpts: failed, or with delayed, still being tried (bounce.go).
+func (q *Queue) notify(m *Message, rcpts []Recipient, delayed bool) error {
+	rcpts = wantNotice(rcpts, delayed)
+	if len(rcpts) == 0 {
+		return nil
+	}
+	orig, err := m.Open()
+	if err != nil {
+		return err
+	}
+	header := readHeader(orig, maxBounceHeader)
+	orig.Close()
+	text := report(reportInput{m: m, rcpts: rcpts, delayed: delayed, header: header, now: q.now(),
+		hostname: q.cfg.Hostname, maxAge: q.cfg.MaxAge})
+	d, err := q.Create()
+	if err != nil {
+		return err
+	}
+	if _, err := d.Write(text); err != nil {
+		d.Abort()
+		return err
+	}
+	// To a UTF-8 sender the report's own header is UTF-8: SMTPUTF8.
+	utf8 := !isASCII(m.From)
+	id, err := d.Commit(Envelope{To: []string{m.From}, SMTPUTF8: utf8, UTF8Required: utf8}, nil)
+	if err == nil {
+		q.log.Info("delivery status notification queued", "msg_id", m.ID, "dsn_id", id, "delayed", delayed, "to", m.From)
+	}
+	return err
 }

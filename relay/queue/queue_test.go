@@ -439,9 +439,9 @@ func TestSavedStateWinsOverTrailer(t *testing.T) {
 	d2 := newScripted()
 	d2.set("b@y.org", errors.New("451 later"))
 	q2 := openQ(t, dir, d2, time.Hour)
-	q2.mu.Lock()
-	m := q2.items[id]
-	q2.mu.Unlock()
+	q2.sched.mu.Lock()
+	m := q2.sched.items[id]
+	q2.sched.mu.Unlock()
 	if m == nil || m.Attempts < 1 || len(m.Pending()) != 1 || m.Pending()[0] != "b@y.org" {
 		t.Fatalf("after restart %+v, want c@y.org sent and b@y.org pending after an attempt", m)
 	}

@@ -365,3 +365,10 @@ func (c *Conn) handshake(tc *tls.Conn) error {
 	defer cancel()
 	return tc.HandshakeContext(ctx)
 }
+
+func remoteAddr(c net.Conn) netip.Addr {
+	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
+		return ap.Addr().Unmap()
+	}
+	return netip.Addr{}
+}

@@ -1,6 +1,9 @@
 package smtpd
 
-import "fmt"
+import (
+	"errors"
+	"fmt"
+)
 
 // EnhancedCode is an RFC 3463 status code: class, subject, detail.
 type EnhancedCode [3]int
@@ -151,4 +154,28 @@ var Table = []*Reply{
 	ReplyAuthSyntax, ReplyAuthMechanism, ReplyLineTooLong, ReplyCmdBareLine, ReplyCmdNUL,
 	ReplyTooManyErrors, ReplyTooManyCommands, ReplyIdleTimeout, ReplyShuttingDown,
 	ReplyTooManyConnsIP, ReplyTooManyConns, ReplyPanic,
+}
+
+// DefaultReplyFor maps the errors of this package, and a *Reply as it is;
+// anything else is ReplyInternal. A Config.ReplyFor of one's own can end
+// with it.
+func DefaultReplyFor(_ string, err error) *Reply {
+	var r *Reply
+	switch {
+	case errors.As(err, &r):
+		return r
+	case errors.Is(err, ErrBareLineEnding):
+		return ReplyBareLineEnding
+	case errors.Is(err, ErrNUL):
+		return ReplyDataNUL
+	case errors.Is(err, ErrLineTooLong):
+		return ReplyDataLineTooLong
+	case errors.Is(err, ErrDataTooLarge):
+		return ReplyTooLarge
+	case errors.Is(err, ErrAuthMalformed):
+		return ReplyAuthMalformed
+	case errors.Is(err, ErrAuthCancelled):
+		return ReplyAuthCancelled
+	}
+	return ReplyInternal
 }

@@ -96,30 +96,6 @@ type Limits struct {
 	NormalizeBareLF bool
 }
 
-// DefaultReplyFor maps the errors of this package, and a *Reply as it is;
-// anything else is ReplyInternal. A Config.ReplyFor of one's own can end
-// with it.
-func DefaultReplyFor(_ string, err error) *Reply {
-	var r *Reply
-	switch {
-	case errors.As(err, &r):
-		return r
-	case errors.Is(err, ErrBareLineEnding):
-		return ReplyBareLineEnding
-	case errors.Is(err, ErrNUL):
-		return ReplyDataNUL
-	case errors.Is(err, ErrLineTooLong):
-		return ReplyDataLineTooLong
-	case errors.Is(err, ErrDataTooLarge):
-		return ReplyTooLarge
-	case errors.Is(err, ErrAuthMalformed):
-		return ReplyAuthMalformed
-	case errors.Is(err, ErrAuthCancelled):
-		return ReplyAuthCancelled
-	}
-	return ReplyInternal
-}
-
 // Listener says how one listening socket is served.
 type Listener struct {
 	Name     string      // in logs and ConnState: the configured address
@@ -297,13 +273,6 @@ func (s *Server) release(ip netip.Addr) {
 		delete(s.perIP, ip)
 	}
 	s.total--
-}
-
-func remoteAddr(c net.Conn) netip.Addr {
-	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
-		return ap.Addr().Unmap()
-	}
-	return netip.Addr{}
 }
 
 // drainIdle is the silence allowed once the server is shutting down: a

@@ -13,7 +13,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/smarthost/smarthost/policy"
+	"golang.org/x/net/idna"
+
 	"github.com/smarthost/smarthost/relay/queue"
 )
 
@@ -126,8 +127,7 @@ func FilePath(u *url.URL) string {
 
 // upstreamsFor returns the failover list for one recipient.
 func (r *Router) upstreamsFor(m *queue.Message, rcpt string) []string {
-	_, rd, _ := policy.SplitAddress(rcpt)
-	_, sd, _ := policy.SplitAddress(m.From)
+	rd, sd := domainOf(rcpt), domainOf(m.From)
 	for _, rt := range r.cfg.Routes {
 		if matchDomain(rt.RecipientDomains, rd) && matchDomain(rt.SenderDomains, sd) && matchDomain(rt.Classes, m.Class) {
 			return rt.Upstreams
@@ -140,12 +140,30 @@ func (r *Router) upstreamsFor(m *queue.Message, rcpt string) []string {
 	return all
 }
 
+// domainOf is the domain of an address (the policy package checked its
+// syntax at RCPT and MAIL) in lower-case A-label form, the form routes
+// compare in.
+func domainOf(addr string) string {
+	i := strings.LastIndexByte(addr, '@')
+	if i < 0 {
+		return ""
+	}
+	return normalDomain(addr[i+1:])
+}
+
+func normalDomain(d string) string {
+	if a, err := idna.Lookup.ToASCII(d); err == nil {
+		d = a
+	}
+	return strings.ToLower(d)
+}
+
 func matchDomain(list []string, d string) bool {
 	if len(list) == 0 {
 		return true
 	}
 	for _, x := range list {
-		if strings.EqualFold(x, d) {
+		if normalDomain(x) == d || strings.EqualFold(x, d) {
 			return true
 		}
 	}

@@ -1,0 +1,121 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+
+	"github.com/smarthost/smarthost/configs"
+)
+
+// cmdIO is what every command reads and writes.
+type cmdIO struct {
+	stdin          io.Reader
+	stdout, stderr io.Writer
+	getenv         func(string) string
+}
+
+// flags is one command's flag set: -h and --help print its usage (what it
+// does, its arguments, its flags) on standard output.
+type flags struct {
+	*flag.FlagSet
+	io cmdIO
+}
+
+func (c cmdIO) flags(name, usage string) flags {
+	fs := flag.NewFlagSet("smarthost "+name, flag.ContinueOnError)
+	fs.SetOutput(c.stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(c.stdout, "usage: smarthost %s %s\n", name, usage)
+		n := 0
+		fs.VisitAll(func(*flag.Flag) { n++ })
+		if n > 0 {
+			fmt.Fprintln(c.stdout, "\nflags:")
+			fs.SetOutput(c.stdout)
+			fs.PrintDefaults()
+			fs.SetOutput(c.stderr)
+		}
+	}
+	return flags{fs, c}
+}
+
+// parse parses flags that may come before or after positional arguments
+// ("queue show ID --config F"), which the flag package alone does not
+// allow. done is set when the command is to end with code: after --help
+// (0) or a bad flag (2).
+func (f flags) parse(args []string) (pos []string, code int, done bool) {
+	for {
+		err := f.Parse(args)
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, exitOK, true
+		}
+		if err != nil {
+			return nil, exitBadConfig, true
+		}
+		args = f.Args()
+		if len(args) == 0 {
+			return pos, exitOK, false
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+}
+
+// config loads the file --config named, which the command needs; on a
+// problem it says so and returns the exit code.
+func (f flags) config(path string) (*configs.File, int) {
+	if path == "" {
+		errorf(f.io.stderr, "%s needs --config FILE", strings.TrimPrefix(f.Name(), "smarthost "))
+		return nil, exitBadConfig
+	}
+	file, err := configs.Load(path)
+	if err != nil {
+		printProblems(f.io.stderr, path, err)
+		return nil, exitBadConfig
+	}
+	return file, exitOK
+}
+
+// verb is one of the subcommands of dkim, queue or limits.
+type verb struct {
+	usage string // arguments and flags, for the help text
+	about string
+	run   func(c cmdIO, args []string) int
+}
+
+// dispatch runs the verb args[0] of command name; none, "help", -h or
+// --help list the verbs (on standard output and with exit code 0 when
+// asked for).
+func dispatch(c cmdIO, name string, verbs map[string]verb, args []string) int {
+	list := func(w io.Writer) {
+		fmt.Fprintf(w, "usage: smarthost %s VERB [flags]\n\nverbs:\n", name)
+		names := make([]string, 0, len(verbs))
+		for n := range verbs {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		for _, n := range names {
+			fmt.Fprintf(w, "  %s %s\n      %s\n", n, verbs[n].usage, verbs[n].about)
+		}
+		fmt.Fprintf(w, "\nsmarthost %s VERB --help tells more.\n", name)
+	}
+	if len(args) == 0 {
+		list(c.stderr)
+		return exitBadConfig
+	}
+	switch args[0] {
+	case "help", "-h", "--help", "-help":
+		list(c.stdout)
+		return exitOK
+	}
+	v, ok := verbs[args[0]]
+	if !ok {
+		errorf(c.stderr, "%s: unknown verb %q", name, args[0])
+		list(c.stderr)
+		return exitBadConfig
+	}
+	return v.run(c, args[1:])
+}

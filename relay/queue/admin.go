@@ -1,0 +1,139 @@
+package queue
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+)
+
+// Spool is read-only and administrative access to a spool folder, for the
+// `smarthost queue` command; it works whether or not a server is running.
+type Spool struct {
+	dir string
+	f   *folder
+}
+
+// OpenSpool opens the spool at dir for inspection.
+func OpenSpool(dir string) (*Spool, error) {
+	if _, err := os.Stat(filepath.Join(dir, "msg")); err != nil {
+		return nil, fmt.Errorf("queue: %s is not a spool: %w", dir, err)
+	}
+	return &Spool{dir: dir, f: newFolder(dir)}, nil
+}
+
+// journal reads the messages waiting in the journal, but for those in
+// msg/ already. The journal's files stay open for the Spool's life, which
+// is a command's.
+func (s *Spool) journal() ([]*Message, error) {
+	_, ms, err := loadSegments(filepath.Join(s.dir, "journal"), os.O_RDONLY, func(id string) bool {
+		return s.f.has(id) || s.f.marked(id)
+	})
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil // a spool from before the journal
+	}
+	for _, m := range ms {
+		m.dir = s.dir
+	}
+	return ms, err
+}
+
+// List returns every queued message, oldest first.
+func (s *Spool) List() ([]*Message, error) {
+	ids, _, err := s.f.scan()
+	if err != nil {
+		return nil, err
+	}
+	var ms []*Message
+	for _, id := range ids {
+		m, err := s.f.read(id)
+		if err != nil {
+			continue // delivered or deleted since the scan
+		}
+		ms = append(ms, m)
+	}
+	js, err := s.journal()
+	if err != nil {
+		return nil, err
+	}
+	ms = append(ms, js...)
+	sort.Slice(ms, func(i, j int) bool { return ms[i].Created.Before(ms[j].Created) })
+	return ms, nil
+}
+
+// find returns message id, from msg/ or the journal.
+func (s *Spool) find(id string) (*Message, error) {
+	if !validID(id) {
+		return nil, fmt.Errorf("queue: %q is not a queue ID", id)
+	}
+	m, err := s.f.read(id)
+	if err == nil {
+		return m, nil
+	}
+	js, jerr := s.journal()
+	if jerr != nil {
+		return nil, jerr
+	}
+	for _, m := range js {
+		if m.ID == id {
+			return m, nil
+		}
+	}
+	return nil, fmt.Errorf("queue: no message %s: %w", id, err)
+}
+
+// Show returns one message's state and its content as it will be sent.
+func (s *Spool) Show(id string) (*Message, []byte, error) {
+	m, err := s.find(id)
+	if err != nil {
+		return nil, nil, err
+	}
+	r, err := m.Open()
+	if err != nil {
+		return nil, nil, err
+	}
+	defer r.Close()
+	var b bytes.Buffer
+	_, err = io.Copy(&b, r)
+	return m, b.Bytes(), err
+}
+
+// Retry asks for a delivery attempt now. A running server sees the request
+// at its next spool scan. A message in the journal awaits its first
+// attempt, which is always due at once.
+func (s *Spool) Retry(id string) error {
+	m, err := s.find(id)
+	if err != nil || m.jseg != nil {
+		return err
+	}
+	return writeFileSync(filepath.Join(s.dir, "msg", id+".retry"), nil, os.O_TRUNC)
+}
+
+// Delete removes a message without a bounce. One in the journal, which
+// only the server writes, is marked for the server to drop (at its next
+// spool scan, or at start).
+func (s *Spool) Delete(id string) error {
+	if !validID(id) {
+		return fmt.Errorf("queue: %q is not a queue ID", id)
+	}
+	msg := filepath.Join(s.dir, "msg")
+	if err := os.Remove(filepath.Join(msg, id+".data")); err != nil {
+		m, ferr := s.find(id)
+		if ferr != nil {
+			return ferr
+		}
+		if m.jseg == nil {
+			return fmt.Errorf("queue: no message %s: %w", id, err)
+		}
+		if err := writeFileSync(filepath.Join(msg, id+".delete"), nil, os.O_TRUNC); err != nil {
+			return fmt.Errorf("queue: mark %s deleted: %w", id, err)
+		}
+		return syncDir(msg)
+	}
+	os.Remove(filepath.Join(msg, id+".env"))
+	os.Remove(filepath.Join(msg, id+".retry"))
+	return syncDir(msg)
+}

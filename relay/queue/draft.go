@@ -1,0 +1,179 @@
+package queue
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"os"
+)
+
+// newDraft starts a draft of message id: in memory, or with InlineMax < 0
+// in a file.
+func newDraft(q *Queue, id string) (*Draft, error) {
+	d := &Draft{q: q, id: id}
+	if q.cfg.InlineMax < 0 {
+		return d, d.toFile()
+	}
+	d.buf, _ = q.bufs.Get().(*bytes.Buffer)
+	if d.buf == nil {
+		d.buf = &bytes.Buffer{}
+	}
+	return d, nil
+}
+
+// Draft is a message being received. It is owned by one goroutine. It is
+// kept in memory up to Config.InlineMax, to be committed to the journal,
+// and written to a file in tmp/ from there on.
+type Draft struct {
+	q    *Queue
+	id   string
+	buf  *bytes.Buffer // while in memory
+	f    *os.File      // once in a file
+	w    *bufio.Writer // most messages reach the file in one write
+	size int64
+}
+
+// toFile moves the draft to a file in tmp/ and writes through it from now.
+func (d *Draft) toFile() error {
+	f, err := os.OpenFile(d.q.folder.tmpPath(d.id+".data"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("queue: create draft: %w", err)
+	}
+	w, _ := d.q.writers.Get().(*bufio.Writer)
+	if w == nil {
+		w = bufio.NewWriterSize(f, 32<<10)
+	}
+	w.Reset(f)
+	d.f, d.w = f, w
+	if d.buf != nil {
+		_, err = w.Write(d.buf.Bytes())
+		d.releaseBuf()
+	}
+	return err
+}
+
+// ID is the queue ID the message will have.
+func (d *Draft) ID() string { return d.id }
+
+func (d *Draft) Write(p []byte) (int, error) {
+	if d.buf != nil && int64(d.buf.Len()+len(p)) > d.q.cfg.InlineMax {
+		if err := d.toFile(); err != nil {
+			return 0, err
+		}
+	}
+	var n int
+	var err error
+	if d.buf != nil {
+		n, err = d.buf.Write(p)
+	} else {
+		n, err = d.w.Write(p)
+	}
+	d.size += int64(n)
+	if err != nil {
+		err = fmt.Errorf("queue: write draft: %w", err)
+	}
+	return n, err
+}
+
+// Size is the number of bytes written so far.
+func (d *Draft) Size() int64 { return d.size }
+
+// Abort throws the draft away.
+func (d *Draft) Abort() {
+	d.releaseBuf()
+	d.release()
+	if d.f != nil {
+		d.f.Close()
+		os.Remove(d.f.Name())
+	}
+}
+
+// release gives the write buffer back, once.
+func (d *Draft) release() {
+	if d.w != nil {
+		d.w.Reset(nil)
+		d.q.writers.Put(d.w)
+		d.w = nil
+	}
+}
+
+// releaseBuf gives the memory buffer back, once; one grown by a large
+// message is left to the collector.
+func (d *Draft) releaseBuf() {
+	if d.buf != nil {
+		if int64(d.buf.Cap()) <= 2*d.q.cfg.InlineMax {
+			d.buf.Reset()
+			d.q.bufs.Put(d.buf)
+		}
+		d.buf = nil
+	}
+}
+
+// Commit makes the draft a queued message: on return without error it is on
+// disk, fsynced, and will be delivered even if the process dies right away.
+func (d *Draft) Commit(env Envelope, prepend []byte) (string, error) {
+	q := d.q
+	now := q.now()
+	m := &Message{ID: d.id, From: env.From, Class: env.Class, Ret: env.Ret, EnvID: env.EnvID,
+		SMTPUTF8: env.SMTPUTF8, UTF8: env.UTF8Required,
+		Prepend: string(prepend), Size: d.size, Created: now, NextAttempt: now, dir: q.cfg.Dir}
+	for i, r := range env.To {
+		rc := Recipient{Addr: r, Status: StatusPending}
+		if i < len(env.Notify) {
+			rc.Notify = env.Notify[i]
+		}
+		if i < len(env.ORcpt) {
+			rc.ORcpt = env.ORcpt[i]
+		}
+		if i < len(env.ORcptType) && env.ORcptType[i] != "rfc822" {
+			rc.ORcptType = env.ORcptType[i]
+		}
+		m.Recipients = append(m.Recipients, rc)
+	}
+	if d.buf != nil {
+		defer d.releaseBuf()
+		if err := writeTrailer(d.buf, m); err != nil {
+			return "", fmt.Errorf("queue: write draft: %w", err)
+		}
+		seg, off, err := q.journal.add(m.ID, d.buf.Bytes())
+		if err != nil {
+			return "", err
+		}
+		m.jseg, m.joff = seg, off
+		q.sched.add(m)
+		return m.ID, nil
+	}
+	if err := d.commitFile(m); err != nil {
+		return "", err
+	}
+	q.sched.add(m)
+	return m.ID, nil
+}
+
+// commitFile ends the draft's file with m's envelope and moves it to msg/,
+// durably.
+func (d *Draft) commitFile(m *Message) error {
+	q := d.q
+	err := writeTrailer(d.w, m)
+	if err == nil {
+		err = d.w.Flush()
+	}
+	d.release()
+	if err != nil {
+		d.Abort()
+		return fmt.Errorf("queue: write draft: %w", err)
+	}
+	if err := d.f.Sync(); err != nil {
+		d.Abort()
+		return fmt.Errorf("queue: fsync draft: %w", err)
+	}
+	if err := d.f.Close(); err != nil {
+		d.Abort()
+		return fmt.Errorf("queue: close draft: %w", err)
+	}
+	// From the rename on, a rescan could find the message before it is
+	// added to the schedule: it must leave it to us.
+	q.sched.creating(m.ID, true)
+	defer q.sched.creating(m.ID, false)
+	return q.folder.commit(d.f.Name(), m)
+}

@@ -1,0 +1,171 @@
+package queue
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// Status of one recipient.
+const (
+	StatusPending = "pending"
+	StatusSent    = "sent"
+	StatusFailed  = "failed"
+)
+
+// Recipient is one envelope recipient and what became of it.
+type Recipient struct {
+	Addr   string   `json:"addr"`
+	Status string   `json:"status"`
+	Error  string   `json:"error,omitempty"`
+	Notify []string `json:"notify,omitempty"` // DSN NOTIFY (RFC 3461)
+	ORcpt  string   `json:"orcpt,omitempty"`  // DSN ORCPT address
+	// ORcptType is ORCPT's address type: "utf-8" (RFC 6533), or "" for
+	// rfc822 (also in spools from before it was kept).
+	ORcptType string `json:"orcpt_type,omitempty"`
+}
+
+// Envelope is what a message is committed with.
+type Envelope struct {
+	From   string
+	To     []string
+	Class  string     // the submitter's rate-limit class, for routes
+	Ret    string     // DSN RET: FULL or HDRS
+	EnvID  string     // DSN ENVID
+	Notify [][]string // DSN NOTIFY per recipient of To (nil: none given)
+	ORcpt  []string   // DSN ORCPT per recipient of To
+	// ORcptType per recipient of To: "utf-8", or "rfc822" or "".
+	ORcptType []string
+	// SMTPUTF8: the client sent MAIL ... SMTPUTF8 (RFC 6531), which goes
+	// upstream with the message. UTF8Required: the message needs it (a
+	// UTF-8 address or header); one that does not may also go to an
+	// upstream without SMTPUTF8.
+	SMTPUTF8, UTF8Required bool
+}
+
+// Message is one spooled message.
+type Message struct {
+	ID          string      `json:"id"`
+	From        string      `json:"from"` // "" for a bounce
+	Class       string      `json:"class,omitempty"`
+	Ret         string      `json:"ret,omitempty"`
+	EnvID       string      `json:"envid,omitempty"`
+	SMTPUTF8    bool        `json:"smtputf8,omitempty"`      // see Envelope
+	UTF8        bool        `json:"utf8_required,omitempty"` // Envelope.UTF8Required
+	Recipients  []Recipient `json:"recipients"`
+	Prepend     string      `json:"prepend"` // header fields sent before the data
+	Size        int64       `json:"size"`    // of the data file
+	Created     time.Time   `json:"created"`
+	Attempts    int         `json:"attempts"`
+	NextAttempt time.Time   `json:"next_attempt"`
+	LastError   string      `json:"last_error,omitempty"`
+	Warned      bool        `json:"warned,omitempty"` // a delay warning was sent
+
+	dir   string
+	saved bool // an ID.env may exist: remove() must look for one
+	// In the journal: the file and the offset of the data; nil once the
+	// message is in msg/.
+	jseg *segment
+	joff int64
+}
+
+// PendingRecipients are the recipients still to be delivered, in envelope
+// order, with their DSN parameters.
+func (m *Message) PendingRecipients() []Recipient {
+	var p []Recipient
+	for _, r := range m.Recipients {
+		if r.Status == StatusPending {
+			p = append(p, r)
+		}
+	}
+	return p
+}
+
+// Pending lists the recipients still to be delivered, in envelope order.
+func (m *Message) Pending() []string {
+	var p []string
+	for _, r := range m.Recipients {
+		if r.Status == StatusPending {
+			p = append(p, r.Addr)
+		}
+	}
+	return p
+}
+
+// Open returns the message as it is to be sent: the prepended header fields
+// and then the data, byte for byte.
+func (m *Message) Open() (io.ReadCloser, error) {
+	if m.jseg != nil {
+		return io.NopCloser(io.MultiReader(strings.NewReader(m.Prepend), io.NewSectionReader(m.jseg.f, m.joff, m.Size))), nil
+	}
+	f, err := os.Open(m.dataPath())
+	if err != nil {
+		return nil, fmt.Errorf("queue: open %s: %w", m.ID, err)
+	}
+	return struct {
+		io.Reader
+		io.Closer
+	}{io.MultiReader(strings.NewReader(m.Prepend), io.LimitReader(f, m.Size)), f}, nil
+}
+
+func (m *Message) dataPath() string { return filepath.Join(m.dir, "msg", m.ID+".data") }
+
+func (m *Message) envPath() string { return filepath.Join(m.dir, "msg", m.ID+".env") }
+
+func newID() string {
+	var b [10]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic("queue: no randomness: " + err.Error())
+	}
+	return strings.ToUpper(hex.EncodeToString(b[:]))
+}
+
+func validID(id string) bool {
+	if len(id) != 20 {
+		return false
+	}
+	_, err := hex.DecodeString(id)
+	return err == nil
+}
+
+// record applies the outcomes of one attempt (one per pending recipient,
+// in order) and schedules the next: a recipient is sent, fails for good
+// (a permanent error, or any once MaxAge has passed), or stays pending. It
+// returns those that failed.
+func (m *Message) record(errs []error, now time.Time, cfg Config, log *slog.Logger) (failed []Recipient) {
+	expired := now.Sub(m.Created) >= cfg.MaxAge
+	m.Attempts++
+	i := 0
+	for j := range m.Recipients {
+		r := &m.Recipients[j]
+		if r.Status != StatusPending {
+			continue
+		}
+		err := errs[i]
+		i++
+		switch {
+		case err == nil:
+			r.Status, r.Error = StatusSent, ""
+			log.Info("delivered", "msg_id", m.ID, "rcpt", r.Addr, "attempt", m.Attempts)
+		case IsPermanent(err) || expired:
+			r.Status, r.Error = StatusFailed, err.Error()
+			if !IsPermanent(err) {
+				r.Error = fmt.Sprintf("gave up after %s: %v", cfg.MaxAge, err)
+			}
+			failed = append(failed, *r)
+			log.Warn("delivery failed", "msg_id", m.ID, "rcpt", r.Addr, "attempt", m.Attempts, "err", err)
+		default:
+			r.Error = err.Error()
+			m.LastError = err.Error()
+			log.Info("delivery deferred", "msg_id", m.ID, "rcpt", r.Addr, "attempt", m.Attempts, "err", err)
+		}
+	}
+	m.NextAttempt = now.Add(cfg.Retry[min(m.Attempts, len(cfg.Retry))-1])
+	return failed
+}

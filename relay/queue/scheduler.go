@@ -1,0 +1,277 @@
+package queue
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+)
+
+// scheduler knows every message in the spool and when each is due, hands
+// the due ones to a bounded pool of workers, and makes each attempt: the
+// deliverer's outcomes are recorded in the message, reported to the sender
+// when they are final, and saved where the message lives.
+type scheduler struct {
+	q *Queue
+
+	mu       sync.Mutex
+	items    map[string]*Message
+	inflight map[string]bool // being delivered, or deleted by request
+	// creating: committed to msg/ a moment ago and not yet added; a rescan
+	// leaves it alone.
+	creatingIDs map[string]bool
+	wake        chan struct{}
+}
+
+func newScheduler(q *Queue) *scheduler {
+	return &scheduler{q: q, items: map[string]*Message{}, inflight: map[string]bool{},
+		creatingIDs: map[string]bool{}, wake: make(chan struct{}, 1)}
+}
+
+// add schedules a new message (its NextAttempt says when).
+func (s *scheduler) add(m *Message) {
+	s.mu.Lock()
+	s.items[m.ID] = m
+	s.mu.Unlock()
+	s.kick()
+}
+
+func (s *scheduler) kick() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (s *scheduler) creating(id string, on bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if on {
+		s.creatingIDs[id] = true
+	} else {
+		delete(s.creatingIDs, id)
+	}
+}
+
+// lookup reports what the scheduler knows of id.
+func (s *scheduler) lookup(id string) (m *Message, busy, creating bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.items[id], s.inflight[id], s.creatingIDs[id]
+}
+
+// claim marks id in flight unless it is already; it reports whether it
+// did. A claimed message is never handed to a worker.
+func (s *scheduler) claim(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.inflight[id] {
+		return false
+	}
+	s.inflight[id] = true
+	return true
+}
+
+func (s *scheduler) release(id string) {
+	s.mu.Lock()
+	delete(s.inflight, id)
+	s.mu.Unlock()
+	s.kick() // its next attempt may be the earliest now
+}
+
+func (s *scheduler) forget(id string) {
+	s.mu.Lock()
+	delete(s.items, id)
+	s.mu.Unlock()
+}
+
+// retryNow makes m due at once.
+func (s *scheduler) retryNow(m *Message) {
+	s.mu.Lock()
+	m.NextAttempt = s.q.now()
+	s.mu.Unlock()
+}
+
+// ids lists the messages known now.
+func (s *scheduler) ids() map[string]bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]bool, len(s.items))
+	for id := range s.items {
+		out[id] = true
+	}
+	return out
+}
+
+// dropGone forgets the messages of before that are no longer in msg/
+// (seen), when nothing else accounts for them: deleted by an
+// administrator.
+func (s *scheduler) dropGone(before, seen map[string]bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for id, m := range s.items {
+		if before[id] && !seen[id] && !s.inflight[id] && !s.creatingIDs[id] && m.jseg == nil {
+			delete(s.items, id)
+		}
+	}
+}
+
+func (s *scheduler) len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.items)
+}
+
+func (s *scheduler) oldest() time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var t time.Time
+	for _, m := range s.items {
+		if t.IsZero() || m.Created.Before(t) {
+			t = m.Created
+		}
+	}
+	return t
+}
+
+// due claims and returns the messages whose time has come, oldest first,
+// and the time of the next one after them.
+func (s *scheduler) due() ([]*Message, time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.q.now()
+	var due []*Message
+	var next time.Time
+	for id, m := range s.items {
+		if s.inflight[id] {
+			continue
+		}
+		if !m.NextAttempt.After(now) {
+			due = append(due, m)
+		} else if next.IsZero() || m.NextAttempt.Before(next) {
+			next = m.NextAttempt
+		}
+	}
+	sort.Slice(due, func(i, j int) bool { return due[i].NextAttempt.Before(due[j].NextAttempt) })
+	for _, m := range due {
+		s.inflight[m.ID] = true
+	}
+	return due, next
+}
+
+// run delivers until ctx is done, then waits for the attempts in flight.
+func (s *scheduler) run(ctx context.Context) {
+	q := s.q
+	work := make(chan *Message)
+	var wg sync.WaitGroup
+	for i := 0; i < q.cfg.Workers; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for m := range work {
+				s.attempt(ctx, m)
+			}
+		}()
+	}
+	defer func() {
+		close(work)
+		wg.Wait()
+	}()
+
+	lastScan := q.now()
+	for {
+		if q.now().Sub(lastScan) >= q.cfg.Rescan {
+			if err := q.rescan(false); err != nil {
+				q.log.Error("queue: rescan", "err", err)
+			}
+			lastScan = q.now()
+		}
+		due, next := s.due()
+		for _, m := range due {
+			select {
+			case work <- m:
+			case <-ctx.Done():
+				s.release(m.ID)
+				return
+			}
+		}
+		if len(due) > 0 {
+			continue // workers may have freed up; look again at once
+		}
+		wait := q.cfg.Rescan
+		if !next.IsZero() {
+			wait = min(wait, next.Sub(q.now()))
+		}
+		t := time.NewTimer(max(wait, 10*time.Millisecond))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-s.wake:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+// attempt makes one delivery attempt and records its outcome durably:
+// deliver, record each recipient's fate, tell the sender what is final,
+// then remove the message, or save its state.
+func (s *scheduler) attempt(ctx context.Context, m *Message) {
+	q := s.q
+	defer s.release(m.ID)
+	if m.jseg == nil && !q.folder.has(m.ID) {
+		s.forget(m.ID) // deleted by an administrator since it was due
+		return
+	}
+	errs := s.deliver(ctx, m)
+	now := q.now()
+	s.mu.Lock()
+	failed := m.record(errs, now, q.cfg, q.log)
+	done := len(m.Pending()) == 0
+	s.mu.Unlock()
+
+	if len(failed) > 0 && m.From != "" {
+		if err := q.notify(m, failed, false); err != nil {
+			// The failure itself stays in the log and in `queue show` while
+			// the message has other recipients pending.
+			q.log.Error("queue: cannot queue bounce", "msg_id", m.ID, "err", err)
+		}
+	}
+	if !done && m.From != "" && q.cfg.DelayWarning > 0 && !m.Warned && now.Sub(m.Created) >= q.cfg.DelayWarning {
+		if err := q.notify(m, m.PendingRecipients(), true); err != nil {
+			q.log.Error("queue: cannot queue delay warning", "msg_id", m.ID, "err", err)
+		} else {
+			m.Warned = true // saved with the state below
+		}
+	}
+	if done {
+		if err := q.remove(m); err != nil {
+			q.log.Error("queue: remove", "msg_id", m.ID, "err", err)
+		}
+		s.forget(m.ID)
+		return
+	}
+	if err := q.save(m); err != nil {
+		q.log.Error("queue: save state", "msg_id", m.ID, "err", err)
+	}
+}
+
+// deliver hands m's pending recipients to the deliverer and returns one
+// outcome for each.
+func (s *scheduler) deliver(ctx context.Context, m *Message) []error {
+	pending := m.Pending()
+	if len(pending) == 0 {
+		return nil
+	}
+	errs := s.q.d.Deliver(ctx, m)
+	if len(errs) != len(pending) {
+		err := fmt.Errorf("queue: deliverer gave %d outcomes for %d recipients", len(errs), len(pending))
+		errs = make([]error, len(pending))
+		for i := range errs {
+			errs[i] = err
+		}
+	}
+	return errs
+}
