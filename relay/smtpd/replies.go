@@ -104,7 +104,7 @@ var (
 	ReplyIdleTimeout      = row(421, 4, 4, 2, "Idle timeout, closing connection", "silent for the idle timeout (5 min)")
 	ReplyShuttingDown     = row(421, 4, 3, 2, "Service shutting down, closing connection", "shutting down")
 	ReplyTooManyConnsIP   = row(421, 4, 7, 0, "Too many connections from your address, closing connection", "too many connections from one address")
-	ReplyTooManyConns     = row(421, 4, 3, 2, "Too many connections, closing connection", "too many connections in all")
+	ReplyTooManyConns     = row(421, 4, 7, 0, "Too many connections, try again later", "too many connections in all")
 	ReplyPanic            = row(421, 4, 3, 0, "Internal server error, closing connection", "a bug caught while serving a command")
 	ReplyTLSActive        = row(503, 5, 5, 1, "TLS already active", "STARTTLS inside TLS")
 	ReplyTLSUnavailable   = row(502, 5, 5, 1, "TLS not available", "STARTTLS on a plain listener")
