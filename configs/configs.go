@@ -114,6 +114,10 @@ type Class struct {
 	Messages   *Rate `yaml:"messages"`
 	Recipients *Rate `yaml:"recipients"`
 	Bytes      *Rate `yaml:"bytes"`
+	// RelayPeer: the class's users are other smarthost nodes handing over
+	// their queue (smarthost drain): any envelope sender, no header
+	// checks, not signed again.
+	RelayPeer bool `yaml:"relay_peer"`
 }
 
 type DKIM struct {
@@ -162,6 +166,13 @@ type Queue struct {
 	// DelayWarning: one "still trying" notice to the sender after this long
 	// (0: none).
 	DelayWarning Duration `yaml:"delay_warning"`
+	Handoff      Handoff  `yaml:"handoff"`
+}
+
+// Handoff names the peers a leaving node hands its queue to (smarthost
+// drain, smarthost queue handoff): entries of upstreams, tried in order.
+type Handoff struct {
+	Upstreams []string `yaml:"upstreams"`
 }
 
 // Headers is what the relay does to message header fields.
@@ -173,6 +184,11 @@ type Headers struct {
 
 type Metrics struct {
 	Listen string `yaml:"listen"`
+	// PProf serves /debug/pprof/ (off by default).
+	PProf bool `yaml:"pprof"`
+	// TokenFile holds the bearer token that /v1/ (limits, drain) and
+	// /debug/pprof/ need when Listen is not a loopback address.
+	TokenFile string `yaml:"token_file"`
 }
 
 type Log struct {

@@ -314,6 +314,11 @@ func (c checker) upstreams() {
 			bad(p+".password", "is required with a username")
 		}
 	}
+	for i, n := range f.Queue.Handoff.Upstreams {
+		if !names[n] {
+			bad(fmt.Sprintf("queue.handoff.upstreams[%d]", i), "no upstream is named %q", n)
+		}
+	}
 	for i, r := range f.Routes {
 		p := fmt.Sprintf("routes[%d]", i)
 		if len(r.Upstreams) == 0 {
@@ -342,6 +347,13 @@ func (c checker) rest() {
 	if f.Metrics.Listen != "" {
 		if _, _, err := net.SplitHostPort(f.Metrics.Listen); err != nil {
 			bad("metrics.listen", "bad address %q: use host:port", f.Metrics.Listen)
+		}
+	}
+	if f.Metrics.TokenFile != "" {
+		if b, err := os.ReadFile(f.Metrics.TokenFile); err != nil {
+			bad("metrics.token_file", "cannot read the token: %v", err)
+		} else if len(strings.TrimSpace(string(b))) < 16 {
+			bad("metrics.token_file", "the token is shorter than 16 characters")
 		}
 	}
 	oneOf("log.format", f.Log.Format, "json", "text")

@@ -28,6 +28,9 @@ type Config struct {
 	TrustedSenders          []string // addresses or "*@domain"
 	EnforceHeaderFrom       bool
 	AllowedRecipientDomains []string // empty: any domain
+	// PeerClasses are the classes whose users are relay peers (as a user
+	// marked relay_peer is): nodes handing their queue over.
+	PeerClasses []string
 }
 
 // Policy applies Config with a Directory for logins. It is safe for
@@ -71,11 +74,36 @@ func (p *Policy) Trusted(c Client) bool {
 	return false
 }
 
-// CheckSender decides on MAIL FROM. The null sender is refused: a submitted
-// message always has someone to bounce to.
+// Peer reports whether the client is another relay handing over its queue
+// (smarthost drain): it forwards mail others submitted, already checked
+// and signed there, so it may use any envelope sender, the null sender of
+// a bounce included, and its headers are not checked again.
+func (p *Policy) Peer(c Client) bool {
+	if c.User == nil {
+		return false
+	}
+	if c.User.RelayPeer {
+		return true
+	}
+	for _, cl := range p.cfg.PeerClasses {
+		if cl == c.User.Class && cl != "" {
+			return true
+		}
+	}
+	return false
+}
+
+// CheckSender decides on MAIL FROM. The null sender is refused (but from a
+// relay peer): a submitted message always has someone to bounce to.
 func (p *Policy) CheckSender(c Client, from string) error {
 	if c.User == nil && !p.Trusted(c) {
 		return ErrAuthRequired
+	}
+	if p.Peer(c) {
+		if _, _, ok := SplitAddress(from); !ok && from != "" {
+			return fmt.Errorf("%w: %q", ErrBadAddress, from)
+		}
+		return nil
 	}
 	local, domain, ok := SplitAddress(from)
 	if !ok {
@@ -118,7 +146,7 @@ func (p *Policy) CheckRecipient(c Client, to string) error {
 // enforce_header_from every address in them must be the client's own, so a
 // user cannot show a forged author to the reader while the envelope is his.
 func (p *Policy) CheckHeader(c Client, h mail.Header) error {
-	if !p.cfg.EnforceHeaderFrom {
+	if !p.cfg.EnforceHeaderFrom || p.Peer(c) {
 		return nil
 	}
 	owns := func(a string) bool {

@@ -23,6 +23,7 @@ type staticUser struct {
 	PasswordHash string   `yaml:"password_hash"`
 	Addresses    []string `yaml:"addresses"`
 	Class        string   `yaml:"class"`
+	RelayPeer    bool     `yaml:"relay_peer"`
 }
 
 // LoadStatic reads a users file.
@@ -80,7 +81,7 @@ func (s *Static) Authenticate(_ context.Context, username, password string) (*Us
 	if err := bcrypt.CompareHashAndPassword(hash, []byte(password)); err != nil || !ok || password == "" {
 		return nil, ErrBadCredentials
 	}
-	return &User{Name: name, Addresses: u.Addresses, Class: u.Class}, nil
+	return &User{Name: name, Addresses: u.Addresses, Class: u.Class, RelayPeer: u.RelayPeer}, nil
 }
 
 // Lookup finds a user by name without checking a password (for operators'
@@ -91,5 +92,5 @@ func (s *Static) Lookup(_ context.Context, username string) (*User, error) {
 	if !ok {
 		return nil, fmt.Errorf("%w: %q", ErrNoSuchUser, username)
 	}
-	return &User{Name: name, Addresses: u.Addresses, Class: u.Class}, nil
+	return &User{Name: name, Addresses: u.Addresses, Class: u.Class, RelayPeer: u.RelayPeer}, nil
 }

@@ -13,6 +13,9 @@ type User struct {
 	Name      string   // canonical name: rate limits and logs key on it
 	Addresses []string // "a@example.com" or "*@example.com"
 	Class     string   // rate-limit class; "" means "default"
+	// RelayPeer marks another smarthost handing its queue over (see
+	// Policy.Peer): any envelope sender, no header checks, no signing.
+	RelayPeer bool
 }
 
 // Owns reports whether the user may send as addr.

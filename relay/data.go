@@ -62,9 +62,12 @@ func (s *session) receive(d *queue.Draft, r io.Reader) (string, error) {
 		return "", err
 	}
 
-	added, addedNames := s.addedFields(d.ID(), msg.Header)
+	// A relay peer hands over mail checked and signed where it was
+	// submitted: it gets our Received: line and nothing else.
+	peer := s.deps.Policy.Peer(s.client)
+	added, addedNames := s.addedFields(d.ID(), msg.Header, peer)
 	var sign *dkim.Signing
-	if s.deps.Signer != nil {
+	if s.deps.Signer != nil && !peer {
 		sign, err = s.beginSigning(msg.Header, addedNames)
 		if err != nil {
 			return "", err
@@ -156,11 +159,14 @@ func (s *session) noKey(err error) error {
 // addedFields are the fields a submission server adds (RFC 6409 section 8),
 // and their names: always a Received: trace field, and Message-ID: and Date:
 // when missing.
-func (s *session) addedFields(id string, h mail.Header) ([]byte, []string) {
+func (s *session) addedFields(id string, h mail.Header, peer bool) ([]byte, []string) {
 	now := time.Now()
 	var b bytes.Buffer
 	b.WriteString(s.received(id, now))
 	names := []string{"Received"}
+	if peer {
+		return b.Bytes(), names
+	}
 	if h.Get("Message-Id") == "" {
 		fmt.Fprintf(&b, "Message-ID: <%s@%s>\r\n", id, s.srv.cfg.Hostname)
 		names = append(names, "Message-ID")

@@ -14,6 +14,7 @@ import (
 	"net"
 	"os"
 	"sort"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -37,6 +38,11 @@ type parts struct {
 	ldap     *ldap.Directory // nil unless auth.backend is ldap
 	lookup   lookupFunc      // finds a user by name, for the limits view
 	warnings []string        // worth saying, not worth refusing the configuration for
+	// handoff is the peers of queue.handoff as a delivery configuration
+	// (nil: none configured).
+	handoff *upstream.Config
+	pprof   bool   // metrics.pprof
+	token   string // metrics.token_file's
 }
 
 // compose translates f. With create, keys marked create_if_missing are made;
@@ -68,6 +74,11 @@ func compose(f *configs.File, create bool, log *slog.Logger, bm *backendMetrics)
 		EnforceHeaderFrom:       *f.Policy.EnforceHeaderFrom,
 		AllowedRecipientDomains: f.Policy.AllowedRecipientDomains,
 	}
+	for name, c := range f.RateLimit.Classes {
+		if c.RelayPeer {
+			pc.PeerClasses = append(pc.PeerClasses, name)
+		}
+	}
 	for _, c := range f.Policy.TrustedNetworks {
 		if n, err := configs.ParsePrefix(c); err == nil {
 			pc.TrustedNetworks = append(pc.TrustedNetworks, n)
@@ -93,6 +104,14 @@ func compose(f *configs.File, create bool, log *slog.Logger, bm *backendMetrics)
 	p.relay.MaxConnections = f.RateLimit.MaxConnections
 
 	composeDelivery(f, p, bad)
+	p.pprof = f.Metrics.PProf
+	if f.Metrics.TokenFile != "" {
+		if b, err := os.ReadFile(f.Metrics.TokenFile); err == nil {
+			p.token = strings.TrimSpace(string(b))
+		}
+	} else if f.Metrics.Listen != "" && !loopback(f.Metrics.Listen) {
+		p.warnings = append(p.warnings, f.Problem("metrics.listen", "not a loopback address and no metrics.token_file: /v1/ and /debug/pprof/ answer 403 there").String())
+	}
 	return p, probs
 }
 
@@ -168,6 +187,17 @@ func composeDelivery(f *configs.File, p *parts, bad func(path, format string, ar
 		})
 	}
 
+	if names := f.Queue.Handoff.Upstreams; len(names) > 0 {
+		h := upstream.Config{Hostname: f.Hostname}
+		for _, n := range names {
+			for _, u := range p.upstream.Upstreams {
+				if u.Name == n {
+					h.Upstreams = append(h.Upstreams, u)
+				}
+			}
+		}
+		p.handoff = &h
+	}
 	p.queue = queue.Config{Dir: f.Queue.Dir, Workers: f.Queue.Workers, MaxAge: time.Duration(f.Queue.MaxAge),
 		DelayWarning: time.Duration(f.Queue.DelayWarning), Hostname: f.Hostname}
 	for _, d := range f.Queue.Retry {

@@ -123,6 +123,8 @@ type envOpts struct {
 	// upstreams, when set, is the whole upstreams: section (and routes:,
 	// if any) instead of one upstream at upstream.
 	upstreams string
+	users     string // more users, in users.yaml's form
+	queue     string // more queue: keys, each line indented by two spaces
 	workers   int
 	extra     string // more YAML
 }
@@ -164,7 +166,7 @@ func newRelayEnv(t *testing.T, o envOpts) *relayEnv {
 		ups = fmt.Sprintf("upstreams:\n  - {name: up, url: %q, tls: none, timeout: 5s}", o.upstream)
 	}
 	users := fmt.Sprintf("users:\n  alice:\n    password_hash: %q\n    addresses: [alice@example.com, \"*@app.example.com\"]\n"+
-		"  zoe:\n    password_hash: %q\n    addresses: [zoë@example.com]\n", aliceHash, zoeHash)
+		"  zoe:\n    password_hash: %q\n    addresses: [zoë@example.com]\n%s", aliceHash, zoeHash, o.users)
 	os.WriteFile(filepath.Join(e.dir, "users.yaml"), []byte(users), 0o600)
 	cfg := fmt.Sprintf(`hostname: relay.test
 listeners:
@@ -188,9 +190,10 @@ queue:
   workers: %d
   retry: [200ms]
   max_age: 1h
+%s
 log: {format: text, level: debug}
 %s`, e.starttls, e.implicit, filepath.Join(e.dir, "users.yaml"), filepath.Join(e.dir, "dkim", "e2e.key"),
-		filepath.Join(e.dir, "dkim", "e2ersa.key"), ups, filepath.Join(e.dir, "queue"), o.workers, o.extra)
+		filepath.Join(e.dir, "dkim", "e2ersa.key"), ups, filepath.Join(e.dir, "queue"), o.workers, o.queue, o.extra)
 	if err := os.WriteFile(e.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -28,7 +28,9 @@ commands:
                                     validate a configuration; --probe also connects to backends
   passwd                            read a password, print a bcrypt hash for the users file
   dkim keygen|dns                   make a key and print its DNS record; print every configured key's
-  queue list|show|retry|delete      inspect and act on the spool
+  queue list|show|retry|delete|handoff
+                                    inspect and act on the spool; hand a stopped node's spool to its peers
+  drain --config FILE               ask the running relay to hand its queue to its peers and exit
   limits show USER --config FILE    a user's class, limits, what is left and when it refills
   probe-ready URL                   exit 0 when URL (a /readyz) answers 200: a container healthcheck
   version                           print version, commit and Go version
@@ -60,6 +62,8 @@ func run(c cmdIO, args []string) int {
 		return dispatch(c, "queue", queueVerbs, rest)
 	case "limits":
 		return dispatch(c, "limits", limitsVerbs, rest)
+	case "drain":
+		return drainCmd(c, rest)
 	case "probe-ready":
 		return probeReadyCmd(c, rest)
 	case "version", "--version", "-version":

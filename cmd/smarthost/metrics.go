@@ -3,22 +3,13 @@ package main
 import (
 	"context"
 	"errors"
-	"io"
-	"log/slog"
-	"net/http"
-	"net/http/pprof"
-	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/smarthost/smarthost/policy"
 	"github.com/smarthost/smarthost/ratelimit"
-	"github.com/smarthost/smarthost/relay"
 	"github.com/smarthost/smarthost/relay/queue"
 )
 
@@ -94,61 +85,4 @@ func newRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return reg
-}
-
-// readiness answers /readyz: listeners up, spool writable, and LDAP and
-// Redis answering when they are configured. Results are kept for a second
-// so that probes cannot hammer the backends.
-type readiness struct {
-	srv    *relay.Server
-	q      *queue.Queue
-	ping   func(context.Context) []string // backend problems, "" entries ignored
-	mu     sync.Mutex
-	at     time.Time
-	last   []string
-	serves atomic.Bool
-}
-
-func (r *readiness) check(ctx context.Context) []string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if time.Since(r.at) < time.Second {
-		return r.last
-	}
-	var probs []string
-	if !r.serves.Load() {
-		probs = append(probs, "listeners: not serving")
-	}
-	if err := r.q.Writable(); err != nil {
-		probs = append(probs, "queue: "+err.Error())
-	}
-	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-	defer cancel()
-	probs = append(probs, r.ping(ctx)...)
-	r.at, r.last = time.Now(), probs
-	return probs
-}
-
-// webHandler serves the operators' HTTP endpoints on metrics.listen.
-func webHandler(reg *prometheus.Registry, ready *readiness, current *atomic.Pointer[parts], log *slog.Logger) http.Handler {
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if probs := ready.check(r.Context()); len(probs) > 0 {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			io.WriteString(w, strings.Join(probs, "\n")+"\n")
-			return
-		}
-		io.WriteString(w, "ready\n")
-	})
-	// Profiles for finding where time goes under load; metrics.listen is
-	// an operators' address (loopback by default), not the public one.
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.Handle("GET /v1/limits/{user}", limitsHandler(func() (*ratelimit.Quotas, lookupFunc) {
-		p := current.Load()
-		return p.deps.Quotas, p.lookup
-	}, log))
-	return mux
 }

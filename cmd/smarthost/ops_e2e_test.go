@@ -266,3 +266,86 @@ func aliceSession(t *testing.T, addr string) *smtp.Client {
 	}
 	return c
 }
+
+// With on_backend_error: allow a Redis outage does not stop mail, so it
+// does not make the node unready either (every node would go at once).
+func TestReadinessIgnoresRedisUnderAllow(t *testing.T) {
+	addr := ldapEnv(t, "SMARTHOST_TEST_REDIS_ADDR")
+	web := freePort(t)
+	e := newRelayEnv(t, envOpts{extra: fmt.Sprintf("ratelimit:\n  backend: redis\n  redis: {addrs: [%q]}\n  on_backend_error: allow\n"+
+		"  classes:\n    default: {messages: \"100/h\"}\nmetrics: {listen: %q}\n", addr, web)})
+	e.start(t)
+	resume := relaytest.Freeze(t, "SMARTHOST_TEST_REDIS_PIDFILE")
+	defer resume()
+	// A second's cache of the result, then a fresh check with Redis frozen.
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		if code, body := httpGet(t, "http://"+web+"/readyz"); code != 200 {
+			t.Fatalf("readyz with Redis down under allow: %d %q", code, body)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// The admin port: pprof only with metrics.pprof; /v1/ and pprof need the
+// bearer token of metrics.token_file off loopback, and are refused there
+// without one.
+func TestAdminPortGuards(t *testing.T) {
+	// Loopback, no pprof: /v1/ open, pprof absent.
+	web := freePort(t)
+	e := newRelayEnv(t, envOpts{extra: fmt.Sprintf("metrics: {listen: %q}\n", web)})
+	e.start(t)
+	if code, _ := httpGet(t, "http://"+web+"/debug/pprof/"); code != 404 {
+		t.Errorf("pprof without metrics.pprof: %d, want 404", code)
+	}
+	if code, _ := httpGet(t, "http://"+web+"/v1/limits/alice"); code != 200 {
+		t.Errorf("/v1/limits on loopback: %d, want 200", code)
+	}
+
+	// Not loopback (every address), with a token and pprof.
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(tokenFile, []byte("s3cret-token-0123456789\n"), 0o600)
+	p2 := port(freePort(t))
+	e2 := newRelayEnv(t, envOpts{extra: fmt.Sprintf("metrics: {listen: \"0.0.0.0:%s\", pprof: true, token_file: %q}\n", p2, tokenFile)})
+	e2.start(t)
+	url := "http://127.0.0.1:" + p2
+	get := func(path, token string) int {
+		req, _ := http.NewRequest("GET", url+path, nil)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for _, path := range []string{"/v1/limits/alice", "/v1/limits/nobody", "/debug/pprof/"} {
+		if code := get(path, ""); code != 401 {
+			t.Errorf("%s without a token: %d, want 401", path, code)
+		}
+		if code := get(path, "wrong"); code != 401 {
+			t.Errorf("%s with a wrong token: %d, want 401", path, code)
+		}
+	}
+	if code := get("/v1/limits/alice", "s3cret-token-0123456789"); code != 200 {
+		t.Errorf("/v1/limits with the token: %d", code)
+	}
+	if code := get("/debug/pprof/", "s3cret-token-0123456789"); code != 200 {
+		t.Errorf("pprof with the token: %d", code)
+	}
+	for _, path := range []string{"/metrics", "/healthz", "/readyz"} {
+		if code := get(path, ""); code != 200 {
+			t.Errorf("%s: %d, want 200 without a token", path, code)
+		}
+	}
+
+	// Not loopback and no token: /v1/ refused outright.
+	port3 := port(freePort(t))
+	e3 := newRelayEnv(t, envOpts{extra: fmt.Sprintf("metrics: {listen: \"0.0.0.0:%s\"}\n", port3)})
+	e3.start(t)
+	if code, _ := httpGet(t, "http://127.0.0.1:"+port3+"/v1/limits/alice"); code != 403 {
+		t.Errorf("/v1/limits off loopback without a token: %d, want 403", code)
+	}
+}

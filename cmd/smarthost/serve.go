@@ -40,6 +40,7 @@ type daemon struct {
 	q       *queue.Queue
 	srv     *relay.Server
 	ready   *readiness
+	drain   *drainer
 	current atomic.Pointer[parts] // for the HTTP views and readiness
 	closers []func()              // at stop, in reverse
 }
@@ -132,7 +133,18 @@ func (d *daemon) start(f *configs.File, stderr io.Writer) int {
 		errorf(stderr, "%v", err)
 		return exitRuntime
 	}
-	d.ready = &readiness{srv: d.srv, q: d.q, ping: d.pingBackends(limiter)}
+	d.ready = &readiness{srv: d.srv, q: d.q, ping: d.pingBackends(limiter, f.RateLimit.OnBackendError == "tempfail")}
+	var peers queue.Deliverer
+	if p.handoff != nil {
+		hr, err := upstream.NewRouter(*p.handoff, d.log)
+		if err != nil {
+			errorf(stderr, "queue.handoff: %v", err)
+			return exitBadConfig
+		}
+		d.closers = append(d.closers, hr.Close)
+		peers = hr
+	}
+	d.drain = newDrainer(d.srv, d.q, peers, d.ready, d.log)
 	if f.Metrics.Listen != "" {
 		ln, err := net.Listen("tcp", f.Metrics.Listen)
 		if err != nil {
@@ -142,7 +154,8 @@ func (d *daemon) start(f *configs.File, stderr io.Writer) int {
 		// /debug/pprof/mutex shows lock contention only if the runtime
 		// samples it; one event in 100 costs next to nothing.
 		runtime.SetMutexProfileFraction(100)
-		web := &http.Server{Handler: webHandler(d.reg, d.ready, &d.current, d.log), ReadHeaderTimeout: 10 * time.Second}
+		a := &admin{reg: d.reg, ready: d.ready, current: &d.current, drain: d.drain.wait, log: d.log, open: loopback(f.Metrics.Listen)}
+		web := &http.Server{Handler: a.handler(), ReadHeaderTimeout: 10 * time.Second}
 		go web.Serve(ln)
 		d.closers = append(d.closers, func() { web.Close() })
 		d.log.Info("listening", "address", ln.Addr().String(), "mode", "http")
@@ -157,8 +170,9 @@ func (d *daemon) finish(f *configs.File, p *parts) {
 	d.current.Store(p)
 }
 
-// pingBackends checks LDAP and Redis when they are configured.
-func (d *daemon) pingBackends(limiter ratelimit.Limiter) func(context.Context) []string {
+// pingBackends checks LDAP when it is configured, and Redis when its
+// outage refuses mail (tempfail).
+func (d *daemon) pingBackends(limiter ratelimit.Limiter, tempfail bool) func(context.Context) []string {
 	return func(ctx context.Context) []string {
 		var probs []string
 		if dir := d.current.Load().ldap; dir != nil {
@@ -166,7 +180,7 @@ func (d *daemon) pingBackends(limiter ratelimit.Limiter) func(context.Context) [
 				probs = append(probs, "ldap: "+err.Error())
 			}
 		}
-		if r, ok := limiter.(*ratelimit.Redis); ok {
+		if r, ok := limiter.(*ratelimit.Redis); ok && tempfail {
 			if err := r.Ping(ctx); err != nil {
 				probs = append(probs, "redis: "+err.Error())
 			}
@@ -206,8 +220,15 @@ loop:
 			d.log.Info("shutting down", "signal", s.String())
 			break loop
 		case err := <-serveErr:
+			if err == nil { // the listeners closed for a drain
+				serveErr = nil
+				continue
+			}
 			d.log.Error("listener failed", "err", err)
 			code = exitRuntime
+			break loop
+		case <-d.drain.done():
+			d.drain.finished()
 			break loop
 		}
 	}

@@ -135,11 +135,11 @@ func validID(id string) bool {
 }
 
 // record applies the outcomes of one attempt (one per pending recipient,
-// in order) and schedules the next: a recipient is sent, fails for good
-// (a permanent error, or any once MaxAge has passed), or stays pending. It
-// returns those that failed.
-func (m *Message) record(errs []error, now time.Time, cfg Config, log *slog.Logger) (failed []Recipient) {
-	expired := now.Sub(m.Created) >= cfg.MaxAge
+// in order) and schedules the next after retry: a recipient is sent, fails
+// for good (a permanent error, or any once maxAge has passed), or stays
+// pending. It returns those that failed.
+func (m *Message) record(errs []error, now time.Time, maxAge, retry time.Duration, log *slog.Logger) (failed []Recipient) {
+	expired := now.Sub(m.Created) >= maxAge
 	m.Attempts++
 	i := 0
 	for j := range m.Recipients {
@@ -156,7 +156,7 @@ func (m *Message) record(errs []error, now time.Time, cfg Config, log *slog.Logg
 		case IsPermanent(err) || expired:
 			r.Status, r.Error = StatusFailed, err.Error()
 			if !IsPermanent(err) {
-				r.Error = fmt.Sprintf("gave up after %s: %v", cfg.MaxAge, err)
+				r.Error = fmt.Sprintf("gave up after %s: %v", maxAge, err)
 			}
 			failed = append(failed, *r)
 			log.Warn("delivery failed", "msg_id", m.ID, "rcpt", r.Addr, "attempt", m.Attempts, "err", err)
@@ -166,6 +166,6 @@ func (m *Message) record(errs []error, now time.Time, cfg Config, log *slog.Logg
 			log.Info("delivery deferred", "msg_id", m.ID, "rcpt", r.Addr, "attempt", m.Attempts, "err", err)
 		}
 	}
-	m.NextAttempt = now.Add(cfg.Retry[min(m.Attempts, len(cfg.Retry))-1])
+	m.NextAttempt = now.Add(retry)
 	return failed
 }

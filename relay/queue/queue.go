@@ -20,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -83,6 +84,9 @@ type Queue struct {
 	folder  *folder
 	journal *journal
 	sched   *scheduler
+	// handoff, once set, replaces the deliverer and the retry schedule:
+	// the node is leaving and hands every message to its peers.
+	handoff atomic.Pointer[handoff]
 	// writers recycles the drafts' 32 KiB write buffers: at hundreds of
 	// messages a second, that much garbage each is felt in the collector.
 	writers sync.Pool
@@ -156,6 +160,36 @@ func (q *Queue) Create() (*Draft, error) { return newDraft(q, newID()) }
 func (q *Queue) Run(ctx context.Context) error {
 	q.sched.run(ctx)
 	return nil
+}
+
+type handoff struct {
+	d     Deliverer
+	retry time.Duration
+}
+
+// Handoff sends every message from now on through d (the peers of
+// queue.handoff) instead of the routes, retrying every retry, and makes
+// them all due at once. It is for a node that leaves: once Len is 0 it has
+// nothing left.
+func (q *Queue) Handoff(d Deliverer, retry time.Duration) {
+	q.handoff.Store(&handoff{d: d, retry: retry})
+	q.sched.retryAll()
+}
+
+// deliverer and retryAfter are the routes' and the schedule's, or the
+// handoff's.
+func (q *Queue) deliverer() Deliverer {
+	if h := q.handoff.Load(); h != nil {
+		return h.d
+	}
+	return q.d
+}
+
+func (q *Queue) retryAfter(attempts int) time.Duration {
+	if h := q.handoff.Load(); h != nil {
+		return h.retry
+	}
+	return q.cfg.Retry[min(attempts, len(q.cfg.Retry))-1]
 }
 
 // Len is the number of messages in the spool.

@@ -93,6 +93,21 @@ func (s *scheduler) retryNow(m *Message) {
 	s.mu.Unlock()
 }
 
+// retryAll makes every message due at once, but for those being
+// delivered now (a worker owns them; their next attempt follows the
+// schedule in force when they are done).
+func (s *scheduler) retryAll() {
+	s.mu.Lock()
+	now := s.q.now()
+	for id, m := range s.items {
+		if !s.inflight[id] {
+			m.NextAttempt = now
+		}
+	}
+	s.mu.Unlock()
+	s.kick()
+}
+
 // ids lists the messages known now.
 func (s *scheduler) ids() map[string]bool {
 	s.mu.Lock()
@@ -228,7 +243,7 @@ func (s *scheduler) attempt(ctx context.Context, m *Message) {
 	errs := s.deliver(ctx, m)
 	now := q.now()
 	s.mu.Lock()
-	failed := m.record(errs, now, q.cfg, q.log)
+	failed := m.record(errs, now, q.cfg.MaxAge, q.retryAfter(m.Attempts+1), q.log)
 	done := len(m.Pending()) == 0
 	s.mu.Unlock()
 
@@ -265,7 +280,7 @@ func (s *scheduler) deliver(ctx context.Context, m *Message) []error {
 	if len(pending) == 0 {
 		return nil
 	}
-	errs := s.q.d.Deliver(ctx, m)
+	errs := s.q.deliverer().Deliver(ctx, m)
 	if len(errs) != len(pending) {
 		err := fmt.Errorf("queue: deliverer gave %d outcomes for %d recipients", len(errs), len(pending))
 		errs = make([]error, len(pending))

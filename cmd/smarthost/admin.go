@@ -1,0 +1,147 @@
+package main
+
+import (
+	"context"
+	"crypto/subtle"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/smarthost/smarthost/ratelimit"
+	"github.com/smarthost/smarthost/relay"
+	"github.com/smarthost/smarthost/relay/queue"
+)
+
+// readiness answers /readyz: listeners up, spool writable, LDAP answering
+// when configured, and Redis answering when a Redis outage refuses mail
+// (on_backend_error: tempfail; with allow the relay goes on without it, so
+// it is still ready). Results are kept for a second so that probes cannot
+// hammer the backends.
+type readiness struct {
+	srv    *relay.Server
+	q      *queue.Queue
+	ping   func(context.Context) []string // backend problems
+	mu     sync.Mutex
+	at     time.Time
+	last   []string
+	serves atomic.Bool
+}
+
+func (r *readiness) check(ctx context.Context) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if time.Since(r.at) < time.Second {
+		return r.last
+	}
+	var probs []string
+	if !r.serves.Load() {
+		probs = append(probs, "listeners: not serving")
+	}
+	if err := r.q.Writable(); err != nil {
+		probs = append(probs, "queue: "+err.Error())
+	}
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	probs = append(probs, r.ping(ctx)...)
+	r.at, r.last = time.Now(), probs
+	return probs
+}
+
+// admin is what the operators' HTTP endpoints (metrics.listen) need.
+type admin struct {
+	reg     *prometheus.Registry
+	ready   *readiness
+	current *atomic.Pointer[parts]
+	drain   func(ctx context.Context) error // hands the queue over; returns once it is empty
+	log     *slog.Logger
+	// open: the listener is on loopback, where /v1/ and pprof need no
+	// token.
+	open bool
+}
+
+// handler serves /metrics, /healthz, /readyz, /v1/limits/{user},
+// POST /v1/drain and, with metrics.pprof, /debug/pprof/.
+func (a *admin) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if probs := a.ready.check(r.Context()); len(probs) > 0 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			io.WriteString(w, strings.Join(probs, "\n")+"\n")
+			return
+		}
+		io.WriteString(w, "ready\n")
+	})
+	mux.Handle("GET /v1/limits/{user}", a.guard(limitsHandler(func() (*ratelimit.Quotas, lookupFunc) {
+		p := a.current.Load()
+		return p.deps.Quotas, p.lookup
+	}, a.log)))
+	mux.Handle("POST /v1/drain", a.guard(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := a.drain(r.Context()); err != nil {
+			http.Error(w, "drain: "+err.Error(), http.StatusConflict)
+			return
+		}
+		io.WriteString(w, "drained: the queue is empty\n")
+	})))
+	// Profiles show where time goes under load, and what a process holds:
+	// only where asked for.
+	pp := http.NewServeMux()
+	pp.HandleFunc("/debug/pprof/", pprof.Index)
+	pp.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	pp.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	mux.Handle("/debug/pprof/", a.guard(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !a.current.Load().pprof {
+			http.NotFound(w, r)
+			return
+		}
+		pp.ServeHTTP(w, r)
+	})))
+	return mux
+}
+
+// guard lets a request through on a loopback listener, or with the bearer
+// token of metrics.token_file; without a token configured, a listener
+// elsewhere serves none of it (it would tell anyone which users exist).
+func (a *admin) guard(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if a.open {
+			h.ServeHTTP(w, r)
+			return
+		}
+		token := a.current.Load().token
+		if token == "" {
+			http.Error(w, "set metrics.token_file to use this off loopback", http.StatusForbidden)
+			return
+		}
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="smarthost"`)
+			http.Error(w, "bearer token required", http.StatusUnauthorized)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// loopback reports whether a listen address is a loopback one.
+func loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}

@@ -1,0 +1,153 @@
+package main
+
+import (
+	"fmt"
+	"net/mail"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/smarthost/smarthost/relay/relaytest"
+)
+
+// peerUser is a users.yaml entry for the account a draining relay hands
+// its queue to.
+func peerUser(t *testing.T) string {
+	h, err := bcrypt.GenerateFromPassword([]byte("peer-pw"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("  peer:\n    password_hash: %q\n    addresses: []\n    relay_peer: true\n", h)
+}
+
+// A node that leaves hands its queue over: with the upstream down, relay A
+// holds 100 messages; `smarthost drain` makes A pass them to B and exit 0;
+// once the upstream is back B delivers every one, exactly once, still with
+// A's signatures only.
+func TestDrainHandsOffTheQueue(t *testing.T) {
+	upAddr := freePort(t) // nothing listens yet: the upstream is down
+	b := newRelayEnv(t, envOpts{upstream: "smtp://" + upAddr, users: peerUser(t)})
+	bp := b.start(t)
+	metricsA := freePort(t)
+	a := newRelayEnv(t, envOpts{
+		upstreams: fmt.Sprintf("upstreams:\n  - {name: up, url: %q, tls: none, timeout: 5s}\n"+
+			"  - {name: relay-b, url: \"smtp://%s\", tls: required, tls_verify: false, username: peer, password: peer-pw, timeout: 5s}\n"+
+			"routes:\n  - {upstreams: [up]}\n", "smtp://"+upAddr, b.starttls),
+		queue: "  handoff: {upstreams: [relay-b]}",
+		extra: fmt.Sprintf("metrics: {listen: %q}\n", metricsA),
+	})
+	ap := a.start(t)
+
+	const n = 100
+	out := pySMTP(t, a.starttls, fmt.Sprintf(`
+s = smtplib.SMTP(HOST, PORT)
+s.starttls(context=CTX)
+s.login("alice", "alice-pw")
+for i in range(%d):
+    msg = "From: alice@example.com\r\nTo: bob@example.org\r\nSubject: handoff %%d\r\nMessage-ID: <handoff-%%d@example.com>\r\n\r\nbody\r\n" %% (i, i)
+    s.sendmail("alice@example.com", ["bob@example.org"], msg, rcpt_options=["NOTIFY=FAILURE,DELAY"])
+print("sent")
+s.quit()
+`, n))
+	if !strings.Contains(out, "sent") {
+		t.Fatalf("submitting: %s", out)
+	}
+	queued := func(e *relayEnv) int {
+		o, _ := exec.Command(binary, "queue", "list", "--config", e.config).CombinedOutput()
+		var k int
+		for _, line := range strings.Split(string(o), "\n") {
+			if _, err := fmt.Sscanf(line, "%d message(s)", &k); err == nil {
+				return k
+			}
+		}
+		t.Fatalf("queue list: %s", o)
+		return -1
+	}
+	if k := queued(a); k != n {
+		t.Fatalf("A holds %d messages, want %d", k, n)
+	}
+
+	out, err := runCLI("drain", "--config", a.config, "--timeout", "60s")
+	if err != nil || !strings.Contains(out, "drained") {
+		t.Fatalf("drain: %v\n%s", err, out)
+	}
+	if code := ap.wait(t, 20*time.Second); code != 0 {
+		t.Fatalf("A exited %d after the drain, want 0", code)
+	}
+	if k := queued(a); k != 0 {
+		t.Fatalf("A's spool holds %d messages after the drain", k)
+	}
+	if k := queued(b); k != n {
+		t.Fatalf("B holds %d messages, want %d", k, n)
+	}
+
+	up, err := relaytest.NewSink(relaytest.SinkOptions{Addr: upAddr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	msgs := up.Wait(n, 60*time.Second)
+	eventually(t, "B's queue empty", 30*time.Second, func() bool { return queued(b) == 0 })
+	ids := map[string]int{}
+	for _, m := range up.Messages() {
+		pm, err := mail.ReadMessage(strings.NewReader(string(m.Data)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids[pm.Header.Get("Message-Id")]++
+		if m.From != "alice@example.com" || len(m.To) != 1 || m.Notify["bob@example.org"] != "FAILURE,DELAY" {
+			t.Errorf("envelope changed on the way: %+v", m.Envelope())
+		}
+		if k := strings.Count(string(m.Data), "DKIM-Signature: "); k != 2 {
+			t.Errorf("%d signatures, want A's 2 only", k)
+		}
+	}
+	if len(msgs) != n || len(ids) != n {
+		t.Fatalf("upstream got %d messages with %d Message-IDs, want %d each", len(up.Messages()), len(ids), n)
+	}
+	dkimVerify(t, a.records, up.Messages()[0].Data)
+	_ = bp
+}
+
+// The same for a node that is gone: its spool, handed over by `smarthost
+// queue handoff` (to the upstream --to names), is empty after, and the
+// peer has every message.
+func TestQueueHandoffOfStoppedNode(t *testing.T) {
+	upAddr := freePort(t)
+	b := newRelayEnv(t, envOpts{upstream: "smtp://" + upAddr, users: peerUser(t)})
+	b.start(t)
+	a := newRelayEnv(t, envOpts{
+		upstreams: fmt.Sprintf("upstreams:\n  - {name: up, url: %q, tls: none, timeout: 5s}\n"+
+			"  - {name: relay-b, url: \"smtp://%s\", tls: required, tls_verify: false, username: peer, password: peer-pw, timeout: 5s}\n"+
+			"routes:\n  - {upstreams: [up]}\n", "smtp://"+upAddr, b.starttls),
+	})
+	ap := a.start(t)
+	pySMTP(t, a.starttls, `
+s = smtplib.SMTP(HOST, PORT)
+s.starttls(context=CTX)
+s.login("alice", "alice-pw")
+for i in range(10):
+    s.sendmail("alice@example.com", ["bob@example.org"], "From: alice@example.com\r\nSubject: %d\r\n\r\nx\r\n" % i)
+s.quit()
+`)
+	ap.signal(t, syscall.SIGTERM)
+	if code := ap.wait(t, 30*time.Second); code != 0 {
+		t.Fatalf("A exited %d", code)
+	}
+	// Without queue.handoff and without --to there is nobody to hand to.
+	if out, err := runCLI("queue", "handoff", "--config", a.config); exitCode(err) != 2 {
+		t.Errorf("handoff without peers: exit %d\n%s", exitCode(err), out)
+	}
+	out, err := runCLI("queue", "handoff", "--config", a.config, "--to", "relay-b", "--timeout", "60s")
+	if err != nil || !strings.Contains(out, "10 message(s) handed off, 0 left") {
+		t.Fatalf("queue handoff: %v\n%s", err, out)
+	}
+	eventually(t, "B to hold the 10", 10*time.Second, func() bool {
+		o, _ := runCLI("queue", "list", "--config", b.config)
+		return strings.Contains(o, "10 message(s)")
+	})
+}
