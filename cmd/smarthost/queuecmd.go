@@ -12,8 +12,8 @@ import (
 
 var queueVerbs = map[string]verb{
 	"handoff": {handoffUsage[:strings.Index(handoffUsage, "\n")], "hand every message of a stopped relay's spool to its peers (queue.handoff)", queueHandoff},
-	"list": queueVerb("list", 0, "every queued message: ID, age, size, attempts, next attempt, sender, each recipient's state, last reply", queueList),
-	"show": queueVerb("show", 1, "one message's state and its content as it will be sent", queueShow),
+	"list":    queueVerb("list", 0, "every queued message: ID, age, size, attempts, next attempt, sender, each recipient's state, last reply", queueList),
+	"show":    queueVerb("show", 1, "one message's state and its content as it will be sent", queueShow),
 	"retry": queueVerb("retry", 1, "ask the running relay to try a message now (it notices within 10 s)",
 		func(sp *queue.Spool, id string, w io.Writer) error {
 			if err := sp.Retry(id); err != nil {
