@@ -1,24 +1,51 @@
-# smarthost: the static release binary on a distroless base, running as nobody.
-#   docker build -t smarthost .                          # RSA signatures by libcrypto, linked in
-#   docker build --build-arg RSA=go -t smarthost .       # pure Go, no C code (docs/security.md)
-#   docker run -v smarthost-queue:/var/lib/smarthost -v ./smarthost.yaml:/etc/smarthost/smarthost.yaml:ro -p 587:587 smarthost
-FROM golang:1.26-bookworm AS build
-RUN apt-get update && apt-get install -y --no-install-recommends libssl-dev && rm -rf /var/lib/apt/lists/*
+# smarthost: one static binary on an empty base, as an unprivileged user.
+#
+#   docker build -t smarthost .                                  the pure-Go build (default)
+#   docker build --build-arg RSA=openssl -t smarthost:openssl .  RSA signatures by a static libcrypto
+#   docker run -v smarthost-queue:/var/lib/smarthost \
+#     -v ./smarthost.yaml:/etc/smarthost/smarthost.yaml:ro -p 587:587 smarthost
+#
+# Without a registry (our CI), scripts/image.sh builds the binary on the host
+# and packs it with the "image" stage below, unchanged.
+ARG GO_IMAGE=golang:1.26.2-bookworm@sha256:47ce5636e9936b2c5cbf708925578ef386b4f8872aec74a67bd13a627d242b19
+FROM ${GO_IMAGE} AS build
+ARG RSA=go
+ARG VERSION=dev
+ARG COMMIT=unknown
+RUN if [ "$RSA" = openssl ]; then apt-get update && apt-get install -y --no-install-recommends libssl-dev && rm -rf /var/lib/apt/lists/*; fi
 WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
-ARG VERSION=dev
-ARG RSA=openssl
-RUN scripts/build.sh -o /out/smarthost --version "${VERSION}" $([ "${RSA}" = go ] && echo --pure-go) \
- && mkdir -p /out/var/lib/smarthost/queue /out/var/lib/smarthost/dkim
+# The root the image gets: the binary, Debian's CA bundle (for upstream
+# TLS), and the spool's folder for the unprivileged user.
+RUN mkdir -p /out/rootfs/etc/ssl/certs /out/rootfs/var/lib/smarthost/queue /out/rootfs/var/lib/smarthost/dkim /out/rootfs/etc/smarthost \
+ && cp /etc/ssl/certs/ca-certificates.crt /out/rootfs/etc/ssl/certs/ \
+ && COMMIT="$COMMIT" scripts/build.sh -o /out/rootfs/smarthost --version "$VERSION" $([ "$RSA" = openssl ] && echo --openssl) \
+ && /out/rootfs/smarthost version | sed -n 's/^DKIM RSA signatures: //p' > /out/rsa-backend
 
-FROM gcr.io/distroless/static-debian12:nonroot
-COPY --from=build /out/smarthost /usr/local/bin/smarthost
-COPY --from=build --chown=65532:65532 /out/var/lib/smarthost /var/lib/smarthost
+# --- image: everything below is the image (scripts/image.sh uses it as is)
+FROM scratch AS image
+ARG VERSION=dev
+ARG COMMIT=unknown
+ARG RSA=go
+ARG OPENSSL_VERSION=
+LABEL org.opencontainers.image.title="smarthost" \
+      org.opencontainers.image.description="Authenticated mail submission relay (RFC 6409): AUTH, rate limits, DKIM, a durable queue, upstream failover" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${COMMIT}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="https://github.com/smarthost/smarthost" \
+      org.smarthost.rsa="${RSA}" \
+      org.smarthost.openssl="${OPENSSL_VERSION}"
+COPY --from=build /out/rootfs/ /
+COPY --from=build --chown=65532:65532 /out/rootfs/var/lib/smarthost /var/lib/smarthost
 USER 65532:65532
 VOLUME ["/var/lib/smarthost"]
 EXPOSE 587 465 9587
-HEALTHCHECK NONE
-ENTRYPOINT ["/usr/local/bin/smarthost"]
+# No shell or curl in here: the binary asks /readyz itself (metrics.listen
+# must be 127.0.0.1:9587 or a wildcard on that port).
+HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
+  CMD ["/smarthost", "probe-ready", "http://127.0.0.1:9587/readyz"]
+ENTRYPOINT ["/smarthost"]
 CMD ["serve", "--config", "/etc/smarthost/smarthost.yaml"]

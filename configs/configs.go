@@ -21,6 +21,7 @@ type File struct {
 	Upstreams []Upstream `yaml:"upstreams"`
 	Routes    []Route    `yaml:"routes"`
 	Queue     Queue      `yaml:"queue"`
+	Archive   []Archive  `yaml:"archive"`
 	Headers   Headers    `yaml:"headers"`
 	Metrics   Metrics    `yaml:"metrics"`
 	Log       Log        `yaml:"log"`
@@ -72,8 +73,11 @@ type LDAP struct {
 	AddressAttributes []string `yaml:"address_attributes"`
 	ClassAttribute    string   `yaml:"class_attribute"`
 	RequiredGroup     string   `yaml:"required_group"`
-	Timeout           Duration `yaml:"timeout"`
-	CacheTTL          Duration `yaml:"cache_ttl"`
+	// RecipientRulesAttribute names an attribute whose values are the
+	// user's recipient rules: "allow:PATTERN" or "deny:PATTERN".
+	RecipientRulesAttribute string   `yaml:"recipient_rules_attribute"`
+	Timeout                 Duration `yaml:"timeout"`
+	CacheTTL                Duration `yaml:"cache_ttl"`
 }
 
 type Policy struct {
@@ -87,6 +91,41 @@ type Policy struct {
 	// BareNewline: a bare LF in message content is made CRLF
 	// ("normalize", as Postfix 3.9+ does) or refused ("reject").
 	BareNewline string `yaml:"bare_newline"`
+	// Rewrite: the envelope sender (and From:) of matching messages
+	// becomes another address, as Postfix's sender_canonical_maps do.
+	Rewrite []Rewrite `yaml:"rewrite"`
+	// Recipients: per class, the recipients its users may mail.
+	Recipients map[string]RecipientRules `yaml:"recipients"`
+}
+
+// Match selects messages by the submitter and the envelope sender; every
+// list given must match, and an empty Match matches everything.
+type Match struct {
+	Users         []string `yaml:"users"`
+	Classes       []string `yaml:"classes"`
+	SenderDomains []string `yaml:"sender_domains"`
+}
+
+type Rewrite struct {
+	Match      Match  `yaml:"match"`
+	Sender     string `yaml:"sender"`      // the new envelope sender
+	HeaderFrom bool   `yaml:"header_from"` // From: and Sender: too
+	ReplyTo    bool   `yaml:"reply_to"`    // Reply-To: addresses that were the sender too
+}
+
+// RecipientRules allow and deny recipients: addresses, "*@domain", or
+// domains. Deny wins; with an allow list, nothing else is allowed.
+type RecipientRules struct {
+	Allow []string `yaml:"allow"`
+	Deny  []string `yaml:"deny"`
+}
+
+// Archive copies matching messages to Address through Upstreams, as
+// Postfix's always_bcc and sender_bcc_maps do.
+type Archive struct {
+	Match     Match    `yaml:"match"`
+	Address   string   `yaml:"address"`
+	Upstreams []string `yaml:"upstreams"`
 }
 
 type RateLimit struct {
@@ -134,17 +173,35 @@ type DKIMKey struct {
 }
 
 type Upstream struct {
-	Name           string   `yaml:"name"`
-	URL            string   `yaml:"url"`
-	TLS            string   `yaml:"tls"`
-	TLSVerify      *bool    `yaml:"tls_verify"`
-	CAFile         string   `yaml:"ca_file"`
-	Username       string   `yaml:"username"`
-	Password       string   `yaml:"password"`
-	PasswordFile   string   `yaml:"password_file"`
+	Name         string `yaml:"name"`
+	URL          string `yaml:"url"`
+	TLS          string `yaml:"tls"`
+	TLSVerify    *bool  `yaml:"tls_verify"`
+	CAFile       string `yaml:"ca_file"`
+	Username     string `yaml:"username"`
+	Password     string `yaml:"password"`
+	PasswordFile string `yaml:"password_file"`
+	// AuthMechanism: auto (the best one offered that we have credentials
+	// for), plain, login, xoauth2 or oauthbearer.
+	AuthMechanism  string   `yaml:"auth_mechanism"`
+	OAuth2         *OAuth2  `yaml:"oauth2"`
+	ClientCertFile string   `yaml:"client_cert_file"`
+	ClientKeyFile  string   `yaml:"client_key_file"`
 	MaxConnections int      `yaml:"max_connections"`
 	Timeout        Duration `yaml:"timeout"`
 	Weight         int      `yaml:"weight"`
+}
+
+// OAuth2 is where an upstream's bearer tokens come from: the client
+// credentials grant (TokenURL, ClientID, ClientSecret, Scopes), or a file
+// something else keeps fresh (TokenFile).
+type OAuth2 struct {
+	TokenURL         string   `yaml:"token_url"`
+	ClientID         string   `yaml:"client_id"`
+	ClientSecret     string   `yaml:"client_secret"`
+	ClientSecretFile string   `yaml:"client_secret_file"`
+	Scopes           []string `yaml:"scopes"`
+	TokenFile        string   `yaml:"token_file"`
 }
 
 type Route struct {
@@ -180,6 +237,19 @@ type Headers struct {
 	// Received: "full" names the client (EHLO name and address) in our
 	// Received: field; "anonymous" leaves both out.
 	Received string `yaml:"received"`
+	// Remove drops fields, Replace rewrites their values, before signing
+	// (Postfix's header_checks IGNORE and REPLACE).
+	Remove  []HeaderRule `yaml:"remove"`
+	Replace []HeaderRule `yaml:"replace"`
+}
+
+// HeaderRule selects the fields named Name (any case) whose value matches
+// the regular expression Matching (every one, without it); With is the
+// replacement for Replace ($1 and the like refer to Matching's groups).
+type HeaderRule struct {
+	Name     string `yaml:"name"`
+	Matching string `yaml:"matching"`
+	With     string `yaml:"with"`
 }
 
 type Metrics struct {

@@ -219,5 +219,8 @@ func readSecrets(f *File, add func(string, int, string)) {
 	read("ratelimit.redis.password_file", f.RateLimit.Redis.PasswordFile, &f.RateLimit.Redis.Password)
 	for i := range f.Upstreams {
 		read(fmt.Sprintf("upstreams[%d].password_file", i), f.Upstreams[i].PasswordFile, &f.Upstreams[i].Password)
+		if o := f.Upstreams[i].OAuth2; o != nil {
+			read(fmt.Sprintf("upstreams[%d].oauth2.client_secret_file", i), o.ClientSecretFile, &o.ClientSecret)
+		}
 	}
 }

@@ -6,130 +6,9 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"regexp"
 	"strings"
-	"time"
 )
-
-// applyDefaults fills what the file leaves out, section by section.
-func applyDefaults(f *File) {
-	if f.Hostname == "" {
-		f.Hostname, _ = os.Hostname()
-	}
-	if f.TLS.MinVersion == "" {
-		f.TLS.MinVersion = "1.2"
-	}
-	for i := range f.Listeners {
-		if f.Listeners[i].Mode == "" {
-			f.Listeners[i].Mode = "starttls"
-		}
-	}
-	defaultAuth(f)
-	defaultPolicy(f)
-	defaultRateLimit(f)
-	defaultDelivery(f)
-	if f.Log.Format == "" {
-		f.Log.Format = "json"
-	}
-	if f.Log.Level == "" {
-		f.Log.Level = "info"
-	}
-}
-
-func defaultAuth(f *File) {
-	if f.Auth.Static.CacheTTL == 0 {
-		f.Auth.Static.CacheTTL = Duration(time.Minute)
-	}
-	l := &f.Auth.LDAP
-	if l.UserFilter == "" {
-		l.UserFilter = "(&(objectClass=inetOrgPerson)(uid={username}))"
-	}
-	if len(l.AddressAttributes) == 0 {
-		l.AddressAttributes = []string{"mail"}
-	}
-	if l.Timeout == 0 {
-		l.Timeout = Duration(5 * time.Second)
-	}
-	if l.CacheTTL == 0 {
-		l.CacheTTL = Duration(time.Minute)
-	}
-}
-
-func defaultPolicy(f *File) {
-	p := &f.Policy
-	if p.EnforceHeaderFrom == nil {
-		t := true
-		p.EnforceHeaderFrom = &t
-	}
-	if p.MaxRecipients == 0 {
-		p.MaxRecipients = 100
-	}
-	if p.MaxMessageSize == 0 {
-		p.MaxMessageSize = 25 << 20
-	}
-	if p.BareNewline == "" {
-		p.BareNewline = "normalize"
-	}
-	if f.Headers.Received == "" {
-		f.Headers.Received = "full"
-	}
-}
-
-func defaultRateLimit(f *File) {
-	r := &f.RateLimit
-	if r.Backend == "" {
-		r.Backend = "memory"
-	}
-	if r.OnBackendError == "" {
-		r.OnBackendError = "tempfail"
-	}
-	if r.Timeout == 0 {
-		r.Timeout = Duration(time.Second)
-	}
-	if r.ConnectionsPerIP == 0 {
-		r.ConnectionsPerIP = 50
-	}
-	if r.MaxConnections == 0 {
-		r.MaxConnections = 1000
-	}
-	if len(r.Redis.Addrs) == 0 {
-		r.Redis.Addrs = []string{"127.0.0.1:6379"}
-	}
-}
-
-// defaultDelivery covers dkim, upstreams and queue.
-func defaultDelivery(f *File) {
-	if f.DKIM.OnMissingKey == "" {
-		f.DKIM.OnMissingKey = "send_unsigned"
-	}
-	if f.DKIM.Oversign == nil {
-		f.DKIM.Oversign = []string{"from", "to", "cc", "subject", "date", "reply-to", "message-id"}
-	}
-	for i := range f.Upstreams {
-		u := &f.Upstreams[i]
-		if u.TLS == "" {
-			u.TLS = "required"
-		}
-		if u.MaxConnections == 0 {
-			u.MaxConnections = 8
-		}
-		if u.Timeout == 0 {
-			u.Timeout = Duration(5 * time.Minute)
-		}
-	}
-	q := &f.Queue
-	if q.Dir == "" {
-		q.Dir = "/var/lib/smarthost/queue"
-	}
-	if q.Workers == 0 {
-		q.Workers = 16
-	}
-	if len(q.Retry) == 0 {
-		q.Retry = []Duration{Duration(time.Minute), Duration(5 * time.Minute), Duration(15 * time.Minute), Duration(time.Hour)}
-	}
-	if q.MaxAge == 0 {
-		q.MaxAge = Duration(120 * time.Hour)
-	}
-}
 
 // checker reports problems with the file's lines.
 type checker struct {
@@ -160,6 +39,7 @@ func validate(f *File, add func(string, int, string)) {
 	c.rateLimit()
 	c.dkim()
 	c.upstreams()
+	c.rewriteAndRules()
 	c.rest()
 }
 
@@ -310,8 +190,20 @@ func (c checker) upstreams() {
 		if u.Weight < 0 {
 			bad(p+".weight", "must be positive")
 		}
-		if u.Username != "" && u.Password == "" {
-			bad(p+".password", "is required with a username")
+		c.upstreamAuth(p, u)
+	}
+	for i, a := range f.Archive {
+		p := fmt.Sprintf("archive[%d]", i)
+		if !strings.Contains(a.Address, "@") {
+			bad(p+".address", "%q is not an address", a.Address)
+		}
+		if len(a.Upstreams) == 0 {
+			bad(p+".upstreams", "name the upstreams the copies go through")
+		}
+		for j, n := range a.Upstreams {
+			if !names[n] {
+				bad(fmt.Sprintf("%s.upstreams[%d]", p, j), "no upstream is named %q", n)
+			}
 		}
 	}
 	for i, n := range f.Queue.Handoff.Upstreams {
@@ -331,6 +223,80 @@ func (c checker) upstreams() {
 		}
 	}
 
+}
+
+// upstreamAuth checks how an upstream is logged in to.
+func (c checker) upstreamAuth(p string, u Upstream) {
+	bad := c.bad
+	c.oneOf(p+".auth_mechanism", u.AuthMechanism, "auto", "plain", "login", "xoauth2", "oauthbearer")
+	if o := u.OAuth2; o != nil {
+		switch {
+		case o.TokenFile != "" && (o.TokenURL != "" || o.ClientID != ""):
+			bad(p+".oauth2", "give either token_file or token_url with client_id and client_secret, not both")
+		case o.TokenFile == "" && (o.TokenURL == "" || o.ClientID == "" || o.ClientSecret == ""):
+			bad(p+".oauth2", "needs token_url, client_id and client_secret (or client_secret_file), or token_file")
+		}
+		if o.TokenURL != "" {
+			if pu, err := url.Parse(o.TokenURL); err != nil || (pu.Scheme != "https" && pu.Scheme != "http") || pu.Host == "" {
+				bad(p+".oauth2.token_url", "bad URL %q", o.TokenURL)
+			}
+		}
+		if u.Username == "" {
+			bad(p+".username", "is required with oauth2: XOAUTH2 and OAUTHBEARER name the user")
+		}
+	}
+	switch u.AuthMechanism {
+	case "xoauth2", "oauthbearer":
+		if u.OAuth2 == nil {
+			bad(p+".oauth2", "is required with auth_mechanism: %s", u.AuthMechanism)
+		}
+	case "plain", "login":
+		if u.Username == "" || u.Password == "" {
+			bad(p+".password", "auth_mechanism: %s needs username and password", u.AuthMechanism)
+		}
+	}
+	if u.Username != "" && u.Password == "" && u.OAuth2 == nil {
+		bad(p+".password", "is required with a username (or configure oauth2)")
+	}
+	if (u.ClientCertFile == "") != (u.ClientKeyFile == "") {
+		bad(p+".client_key_file", "client_cert_file and client_key_file go together")
+	}
+}
+
+// rewriteAndRules checks policy.rewrite, policy.recipients and the header
+// rules.
+func (c checker) rewriteAndRules() {
+	f, bad := c.f, c.bad
+	for i, r := range f.Policy.Rewrite {
+		p := fmt.Sprintf("policy.rewrite[%d]", i)
+		if !strings.Contains(r.Sender, "@") || strings.HasPrefix(r.Sender, "*") {
+			bad(p+".sender", "%q is not an address", r.Sender)
+		}
+	}
+	for class, r := range f.Policy.Recipients {
+		for j, pat := range append(append([]string{}, r.Allow...), r.Deny...) {
+			if pat == "" || strings.ContainsAny(pat, " <>") {
+				bad(fmt.Sprintf("policy.recipients.%s", class), "pattern %d, %q: use an address, *@domain or a domain", j, pat)
+			}
+		}
+	}
+	for _, list := range []struct {
+		path  string
+		rules []HeaderRule
+	}{{"headers.remove", f.Headers.Remove}, {"headers.replace", f.Headers.Replace}} {
+		for i, h := range list.rules {
+			p := fmt.Sprintf("%s[%d]", list.path, i)
+			if h.Name == "" || strings.ContainsAny(h.Name, " :") {
+				bad(p+".name", "a header field name is required, such as X-Originating-IP")
+			}
+			if _, err := regexp.Compile(h.Matching); err != nil {
+				bad(p+".matching", "bad regular expression: %v", err)
+			}
+			if list.path == "headers.replace" && h.Matching == "" {
+				bad(p+".matching", "is required: what to replace")
+			}
+		}
+	}
 }
 
 // rest checks queue, metrics and log.

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine or a developer's:
 # installs what is missing (apt-get), starts slapd and redis-server on free
-# loopback ports, runs gofmt/vet/staticcheck and `go test -race ./...` (and
-# the signer and the whole relay again as the static release binary), and
-# stops the services again. Extra arguments go to `go test`.
+# loopback ports, builds the image and the compose stack's images where a
+# Docker engine answers (none answering under CI=true is a failure), runs
+# gofmt/vet/staticcheck, `go test -race ./...`, the end-to-end tests again
+# against the static release binary and the OpenSSL variant, and the Helm
+# chart's checks, and stops the services again. Extra arguments go to
+# `go test`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH=$PATH:/usr/local/go/bin:$(go env GOPATH 2>/dev/null || echo "$HOME/go")/bin
@@ -17,7 +20,8 @@ for f in /usr/sbin/slapd:slapd /usr/bin/ldapsearch:ldap-utils /usr/bin/redis-ser
          /etc/ssl/certs/ca-certificates.crt:ca-certificates /usr/include/openssl/evp.h:libssl-dev /usr/bin/gcc:gcc \
          /usr/include/stdlib.h:libc6-dev /usr/bin/readelf:binutils \
          /usr/bin/curl:curl /usr/bin/msmtp:msmtp /usr/bin/s-nail:s-nail /usr/share/nodejs/nodemailer/package.json:node-nodemailer \
-         /usr/sbin/saslpasswd2:sasl2-bin /usr/lib/x86_64-linux-gnu/sasl2/libplain.so:libsasl2-modules; do
+         /usr/sbin/saslpasswd2:sasl2-bin /usr/lib/x86_64-linux-gnu/sasl2/libplain.so:libsasl2-modules \
+         /usr/sbin/debootstrap:debootstrap; do
   [ -e "${f%%:*}" ] || need+=("${f##*:}")
 done
 perl -MNet::SSLeay -e1 2>/dev/null || need+=(libnet-ssleay-perl)
@@ -45,6 +49,18 @@ if [ ! -x "$mailpit_dir/mailpit" ]; then
 fi
 export SMARTHOST_TEST_MAILPIT="$mailpit_dir/mailpit"
 
+# The image and the compose stack's images, wherever a Docker engine
+# answers: no registry is needed (scripts/image.sh, scripts/standins.sh).
+if docker info >/dev/null 2>&1; then
+  echo "test.sh: images (scripts/image.sh, scripts/standins.sh)" >&2
+  scripts/image.sh >/dev/null 2> >(grep -v -i -e deprecated -e buildx -e 'docs.docker.com' >&2)
+  scripts/standins.sh 2> >(grep -v -i -e deprecated -e buildx -e 'docs.docker.com' >&2)
+  export SMARTHOST_TEST_COMPOSE=1
+elif [ "${CI:-}" = true ]; then
+  echo "test.sh: no Docker engine answers under CI: the image and compose tests cannot run" >&2
+  exit 1
+fi
+
 eval "$(scripts/test-services.sh start)"
 trap 'scripts/test-services.sh stop' EXIT
 
@@ -62,12 +78,20 @@ echo "test.sh: go test -race ./..." >&2
 # slapd (SIGSTOP) to play an outage.
 go test -race -count=1 -p 1 "$@" ./...
 
-# The release binary (scripts/build.sh: static, RSA signatures by the
-# libcrypto linked into it): its signer under -race, then every end-to-end
-# test against that very binary, including a run from an empty chroot.
-echo "test.sh: the release binary: go test -race -tags openssl ./dkim/; SMARTHOST_BIN=... ./cmd/smarthost/" >&2
-go test -race -count=1 -p 1 -tags openssl "$@" ./dkim/
+# The release binary (scripts/build.sh: static, pure Go), as the image
+# ships it: every end-to-end test again against that very binary (the
+# compose stack ran above, on the image), once from an empty chroot. Then
+# the opt-in OpenSSL variant: its signer under -race, and the release
+# tests against its binary.
+echo "test.sh: the release binary: SMARTHOST_BIN=... go test ./cmd/smarthost/" >&2
 release=$(mktemp -d)
 trap 'rm -rf "$release"; scripts/test-services.sh stop' EXIT
 scripts/build.sh -o "$release/smarthost" >/dev/null
-SMARTHOST_BIN=$release/smarthost go test -race -count=1 -p 1 -tags openssl "$@" ./cmd/smarthost/
+SMARTHOST_BIN=$release/smarthost go test -race -count=1 -p 1 -skip TestComposeStack "$@" ./cmd/smarthost/
+echo "test.sh: the OpenSSL variant: go test -race -tags openssl ./dkim/; its binary's release tests" >&2
+go test -race -count=1 -p 1 -tags openssl "$@" ./dkim/
+scripts/build.sh --openssl -o "$release/smarthost-openssl" >/dev/null
+SMARTHOST_BIN=$release/smarthost-openssl go test -race -count=1 -p 1 -tags openssl -run 'TestReleaseBinaryInEmptyRoot|TestSwaksToOutbox|TestMailpitUpstream' "$@" ./cmd/smarthost/
+
+echo "test.sh: the Helm chart (scripts/helm-check.sh)" >&2
+scripts/helm-check.sh

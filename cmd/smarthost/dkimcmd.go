@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto"
 	"fmt"
 	"io"
 	"path/filepath"
@@ -11,7 +12,7 @@ import (
 )
 
 const (
-	keygenUsage = "--domain D --selector S [--algo rsa2048|rsa4096|ed25519] [--out DIR]"
+	keygenUsage = "--domain D --selector S [--algo rsa2048|rsa4096|ed25519] [--out DIR] [--if-missing]"
 	dnsUsage    = "--config FILE"
 )
 
@@ -27,6 +28,7 @@ func dkimKeygen(c cmdIO, args []string) int {
 	selector := fs.String("selector", "", "selector")
 	algo := fs.String("algo", "rsa2048", "rsa2048, rsa4096 or ed25519")
 	out := fs.String("out", ".", "folder for the key file")
+	ifMissing := fs.Bool("if-missing", false, "keep a key file that exists (and print its record) instead of failing")
 	if _, code, done := fs.parse(args); done {
 		return code
 	}
@@ -34,15 +36,25 @@ func dkimKeygen(c cmdIO, args []string) int {
 		errorf(stderr, "dkim keygen needs --domain and --selector")
 		return exitBadConfig
 	}
-	k, pemText, err := dkim.GenerateKey(*algo)
-	if err != nil {
-		errorf(stderr, "%v", err)
-		return exitBadConfig
-	}
 	path := filepath.Join(*out, fmt.Sprintf("%s.%s.key", strings.ToLower(*domain), *selector))
-	if err := dkim.WriteKey(path, pemText); err != nil {
-		errorf(stderr, "%v", err)
-		return exitRuntime
+	var k crypto.Signer
+	if *ifMissing {
+		// Several nodes share one key: the first to start makes it.
+		if existing, err := dkim.LoadKey(path); err == nil {
+			k = existing
+		}
+	}
+	if k == nil {
+		var pemText []byte
+		var err error
+		if k, pemText, err = dkim.GenerateKey(*algo); err != nil {
+			errorf(stderr, "%v", err)
+			return exitBadConfig
+		}
+		if err := dkim.WriteKey(path, pemText); err != nil {
+			errorf(stderr, "%v", err)
+			return exitRuntime
+		}
 	}
 	name, value, err := dkim.DNSRecord(strings.ToLower(*domain), *selector, k.Public())
 	if err != nil {

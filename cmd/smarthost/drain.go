@@ -28,15 +28,14 @@ const handoffRetry = 2 * time.Second
 // the peers instead of the routes; once the queue is empty the node exits.
 // Postfix, maddy and chasquid leave such mail on the departed node's disk.
 type drainer struct {
-	srv    *relay.Server
-	q      *queue.Queue
-	peers  queue.Deliverer // nil: no queue.handoff configured
-	ready  *readiness
-	log    *slog.Logger
-	once   sync.Once
-	begun  chan struct{}
-	empty  chan struct{} // closed once the queue is empty after begin
-	report sync.WaitGroup
+	srv   *relay.Server
+	q     *queue.Queue
+	peers queue.Deliverer // nil: no queue.handoff configured
+	ready *readiness
+	log   *slog.Logger
+	once  sync.Once
+	begun chan struct{}
+	empty chan struct{} // closed once the queue is empty after begin
 }
 
 func newDrainer(srv *relay.Server, q *queue.Queue, peers queue.Deliverer, ready *readiness, log *slog.Logger) *drainer {
@@ -72,10 +71,9 @@ func (dr *drainer) begin() error {
 }
 
 // wait begins the drain and returns once the queue is empty, or ctx is
-// done. The node stays up until every waiter has had its answer.
+// done. (The admin server shuts down gracefully, so a waiter's answer is
+// written before the node exits.)
 func (dr *drainer) wait(ctx context.Context) error {
-	dr.report.Add(1)
-	defer dr.report.Done()
 	if err := dr.begin(); err != nil {
 		return err
 	}
@@ -89,16 +87,6 @@ func (dr *drainer) wait(ctx context.Context) error {
 
 // done is closed once a drain has emptied the queue.
 func (dr *drainer) done() <-chan struct{} { return dr.empty }
-
-// finished waits, a little, for the waiters to have written their answer.
-func (dr *drainer) finished() {
-	ch := make(chan struct{})
-	go func() { dr.report.Wait(); close(ch) }()
-	select {
-	case <-ch:
-	case <-time.After(5 * time.Second):
-	}
-}
 
 const drainUsage = "--config FILE [--timeout 10m]\n\n" +
 	"Asks the running relay (on its metrics.listen) to stop accepting and hand every queued\n" +

@@ -377,7 +377,7 @@ func dkimVerify(t *testing.T, records string, msg []byte) {
 	for _, v := range [][2]string{{python, "../../scripts/dkimverify.py"}, {"/usr/bin/perl", "../../scripts/dkimverify.pl"}} {
 		out, err := exec.Command(v[0], v[1], filepath.Join(dir, "m.eml"), filepath.Join(dir, "records")).CombinedOutput()
 		o := string(out)
-		ok := err == nil && strings.Count(o, "pass") == 2
+		ok := err == nil && strings.Count(o, "pass") == strings.Count(string(msg), "DKIM-Signature:")
 		if strings.Contains(o, "unsupported algorithm ed25519-sha256") {
 			ok = strings.Contains(o, "a=rsa-sha256: pass")
 		}

@@ -186,39 +186,6 @@ func TestReloadLeavesOpenSessions(t *testing.T) {
 	}
 }
 
-// configs/compose.yaml, the file docker-compose.yml runs, works outside
-// Docker against local processes on the addresses the environment names.
-func TestComposeConfigRuns(t *testing.T) {
-	up := sink(t, freePort(t))
-	dir := t.TempDir()
-	e := &relayEnv{dir: dir, starttls: freePort(t), implicit: freePort(t), config: "../../configs/compose.yaml"}
-	web := freePort(t)
-	for k, v := range map[string]string{
-		"SMARTHOST_HOSTNAME": "relay.example.com", "LDAP_URL": ldapEnv(t, "SMARTHOST_TEST_LDAP_URL"),
-		"LDAP_BIND_DN": "cn=admin,dc=example,dc=com", "LDAP_BIND_PASSWORD": "admin-secret",
-		"REDIS_ADDR": ldapEnv(t, "SMARTHOST_TEST_REDIS_ADDR"), "UPSTREAM_URL": "smtp://" + up.Addr,
-		"QUEUE_DIR": filepath.Join(dir, "queue"), "DKIM_DIR": filepath.Join(dir, "dkim"),
-		"SMTP_ADDR": e.starttls, "SMTPS_ADDR": e.implicit, "METRICS_ADDR": web,
-	} {
-		t.Setenv(k, v)
-	}
-	if out, err := runCLI("check-config", "--probe", "--config", e.config); err != nil {
-		t.Fatalf("check-config: %v\n%s", err, out)
-	}
-	e.start(t)
-	out, _ := swaks(t, "--server", e.starttls, "--tls", "--auth", "PLAIN", "--auth-user", "bob", "--auth-password", "bob-secret",
-		"--from", "bob@example.com", "--to", "someone@example.org")
-	if queuedRe.FindString(out) == "" {
-		t.Fatalf("swaks:\n%s", out)
-	}
-	if msgs := up.Wait(1, 10*time.Second); len(msgs) != 1 || !strings.Contains(string(msgs[0].Data), "d=example.com") {
-		t.Fatalf("upstream got %+v", msgs)
-	}
-	if out, err := runCLI("probe-ready", "http://"+web+"/readyz"); err != nil {
-		t.Fatalf("probe-ready: %v\n%s", err, out)
-	}
-}
-
 // The compose file parses, with Debian's docker-compose (no Docker engine
 // runs on the build machines, so nothing is started).
 func TestComposeFileParses(t *testing.T) {

@@ -157,7 +157,13 @@ func (d *daemon) start(f *configs.File, stderr io.Writer) int {
 		a := &admin{reg: d.reg, ready: d.ready, current: &d.current, drain: d.drain.wait, log: d.log, open: loopback(f.Metrics.Listen)}
 		web := &http.Server{Handler: a.handler(), ReadHeaderTimeout: 10 * time.Second}
 		go web.Serve(ln)
-		d.closers = append(d.closers, func() { web.Close() })
+		// Graceful: a drain's caller gets its answer before the process
+		// ends.
+		d.closers = append(d.closers, func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			web.Shutdown(ctx)
+		})
 		d.log.Info("listening", "address", ln.Addr().String(), "mode", "http")
 	}
 	return exitOK
@@ -228,7 +234,6 @@ loop:
 			code = exitRuntime
 			break loop
 		case <-d.drain.done():
-			d.drain.finished()
 			break loop
 		}
 	}

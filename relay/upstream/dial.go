@@ -12,7 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 )
 
@@ -35,13 +34,11 @@ func (t *dialer) dial(ctx context.Context) (*smtp.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	if t.u.Username != "" {
-		if err := c.Auth(sasl.NewPlainClient("", t.u.Username, t.u.Password)); err != nil {
-			c.Close()
-			// A refused login is our configuration, not the message's
-			// fault: Send retries and fails over rather than bounce.
-			return nil, fmt.Errorf("AUTH: %w", err)
-		}
+	if err := login(ctx, c, t.u); err != nil {
+		c.Close()
+		// A refused login is our configuration, not the message's
+		// fault: Send retries and fails over rather than bounce.
+		return nil, fmt.Errorf("AUTH: %w", err)
 	}
 	return c, nil
 }

@@ -4,6 +4,7 @@ package upstream
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"fmt"
 	"log/slog"
@@ -28,13 +29,20 @@ type Config struct {
 
 // Upstream is one smart host.
 type Upstream struct {
-	Name           string
-	URL            string // smtp://host:port, smtps://host:port, file:///dir
-	TLS            string // required | opportunistic | none (smtp:// only)
-	TLSVerify      bool
-	RootCAs        *x509.CertPool // nil: the system roots
-	Username       string
-	Password       string
+	Name      string
+	URL       string // smtp://host:port, smtps://host:port, file:///dir
+	TLS       string // required | opportunistic | none (smtp:// only)
+	TLSVerify bool
+	RootCAs   *x509.CertPool // nil: the system roots
+	Username  string
+	Password  string
+	// AuthMechanism is MechAuto (or ""), MechPlain, MechLogin, MechXOAuth2
+	// or MechOAuthBearer; Tokens gives the bearer tokens of the last two.
+	AuthMechanism string
+	Tokens        TokenSource
+	// ClientCert is presented to the upstream (a corporate relay, Google's
+	// SMTP relay service) to authenticate by certificate.
+	ClientCert     *tls.Certificate
 	MaxConnections int
 	Timeout        time.Duration // per connection and per command
 	// Weight > 0 puts the upstream in its routes' load-balancing set: each

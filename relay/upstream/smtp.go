@@ -42,6 +42,9 @@ func newSMTPTransport(u Upstream, pu *url.URL, hostname string) (*smtpTransport,
 		},
 		hostname: hostname,
 	}
+	if u.ClientCert != nil {
+		d.tls.Certificates = []tls.Certificate{*u.ClientCert}
+	}
 	return &smtpTransport{u: u, dial: d, pool: newPool(u.MaxConnections, d.dial)}, nil
 }
 

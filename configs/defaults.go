@@ -1,0 +1,130 @@
+package configs
+
+import (
+	"os"
+	"time"
+)
+
+// applyDefaults fills what the file leaves out, section by section.
+func applyDefaults(f *File) {
+	if f.Hostname == "" {
+		f.Hostname, _ = os.Hostname()
+	}
+	if f.TLS.MinVersion == "" {
+		f.TLS.MinVersion = "1.2"
+	}
+	for i := range f.Listeners {
+		if f.Listeners[i].Mode == "" {
+			f.Listeners[i].Mode = "starttls"
+		}
+	}
+	defaultAuth(f)
+	defaultPolicy(f)
+	defaultRateLimit(f)
+	defaultDelivery(f)
+	if f.Log.Format == "" {
+		f.Log.Format = "json"
+	}
+	if f.Log.Level == "" {
+		f.Log.Level = "info"
+	}
+}
+
+func defaultAuth(f *File) {
+	if f.Auth.Static.CacheTTL == 0 {
+		f.Auth.Static.CacheTTL = Duration(time.Minute)
+	}
+	l := &f.Auth.LDAP
+	if l.UserFilter == "" {
+		l.UserFilter = "(&(objectClass=inetOrgPerson)(uid={username}))"
+	}
+	if len(l.AddressAttributes) == 0 {
+		l.AddressAttributes = []string{"mail"}
+	}
+	if l.Timeout == 0 {
+		l.Timeout = Duration(5 * time.Second)
+	}
+	if l.CacheTTL == 0 {
+		l.CacheTTL = Duration(time.Minute)
+	}
+}
+
+func defaultPolicy(f *File) {
+	p := &f.Policy
+	if p.EnforceHeaderFrom == nil {
+		t := true
+		p.EnforceHeaderFrom = &t
+	}
+	if p.MaxRecipients == 0 {
+		p.MaxRecipients = 100
+	}
+	if p.MaxMessageSize == 0 {
+		p.MaxMessageSize = 25 << 20
+	}
+	if p.BareNewline == "" {
+		p.BareNewline = "normalize"
+	}
+	if f.Headers.Received == "" {
+		f.Headers.Received = "full"
+	}
+}
+
+func defaultRateLimit(f *File) {
+	r := &f.RateLimit
+	if r.Backend == "" {
+		r.Backend = "memory"
+	}
+	if r.OnBackendError == "" {
+		r.OnBackendError = "tempfail"
+	}
+	if r.Timeout == 0 {
+		r.Timeout = Duration(time.Second)
+	}
+	if r.ConnectionsPerIP == 0 {
+		r.ConnectionsPerIP = 50
+	}
+	if r.MaxConnections == 0 {
+		r.MaxConnections = 1000
+	}
+	if len(r.Redis.Addrs) == 0 {
+		r.Redis.Addrs = []string{"127.0.0.1:6379"}
+	}
+}
+
+// defaultDelivery covers dkim, upstreams and queue.
+func defaultDelivery(f *File) {
+	if f.DKIM.OnMissingKey == "" {
+		f.DKIM.OnMissingKey = "send_unsigned"
+	}
+	if f.DKIM.Oversign == nil {
+		f.DKIM.Oversign = []string{"from", "to", "cc", "subject", "date", "reply-to", "message-id"}
+	}
+	for i := range f.Upstreams {
+		u := &f.Upstreams[i]
+		if u.TLS == "" {
+			u.TLS = "required"
+		}
+		if u.AuthMechanism == "" {
+			u.AuthMechanism = "auto"
+		}
+		if u.MaxConnections == 0 {
+			u.MaxConnections = 8
+		}
+		if u.Timeout == 0 {
+			u.Timeout = Duration(5 * time.Minute)
+		}
+	}
+	q := &f.Queue
+	if q.Dir == "" {
+		q.Dir = "/var/lib/smarthost/queue"
+	}
+	if q.Workers == 0 {
+		q.Workers = 16
+	}
+	if len(q.Retry) == 0 {
+		q.Retry = []Duration{Duration(time.Minute), Duration(5 * time.Minute), Duration(15 * time.Minute), Duration(time.Hour)}
+	}
+	if q.MaxAge == 0 {
+		q.MaxAge = Duration(120 * time.Hour)
+	}
+}
