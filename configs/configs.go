@@ -239,14 +239,21 @@ type Headers struct {
 	Received string `yaml:"received"`
 	// Remove drops fields, Replace rewrites their values, before signing
 	// (Postfix's header_checks IGNORE and REPLACE).
-	Remove  []HeaderRule `yaml:"remove"`
-	Replace []HeaderRule `yaml:"replace"`
+	Remove  []HeaderRule    `yaml:"remove"`
+	Replace []HeaderReplace `yaml:"replace"`
 }
 
-// HeaderRule selects the fields named Name (any case) whose value matches
-// the regular expression Matching (every one, without it); With is the
-// replacement for Replace ($1 and the like refer to Matching's groups).
+// HeaderRule selects the fields named Name (any case) whose unfolded value
+// matches the regular expression Matching (every one, without it).
 type HeaderRule struct {
+	Name     string `yaml:"name"`
+	Matching string `yaml:"matching"`
+}
+
+// HeaderReplace gives the fields it selects the value With: the whole value
+// without Matching, else what Matching matched ($1 and the like refer to
+// its groups).
+type HeaderReplace struct {
 	Name     string `yaml:"name"`
 	Matching string `yaml:"matching"`
 	With     string `yaml:"with"`

@@ -28,6 +28,7 @@ func TestContractExample(t *testing.T) {
 	t.Setenv("LDAP_BIND_PASSWORD", "ldap-pw")
 	t.Setenv("REDIS_PASSWORD", "redis-pw")
 	t.Setenv("UPSTREAM_PASSWORD", "up-pw")
+	t.Setenv("M365_CLIENT_SECRET", "m365-secret")
 	f, err := Load("example.yaml")
 	if err != nil {
 		t.Fatal(err)

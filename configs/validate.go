@@ -280,22 +280,19 @@ func (c checker) rewriteAndRules() {
 			}
 		}
 	}
-	for _, list := range []struct {
-		path  string
-		rules []HeaderRule
-	}{{"headers.remove", f.Headers.Remove}, {"headers.replace", f.Headers.Replace}} {
-		for i, h := range list.rules {
-			p := fmt.Sprintf("%s[%d]", list.path, i)
-			if h.Name == "" || strings.ContainsAny(h.Name, " :") {
-				bad(p+".name", "a header field name is required, such as X-Originating-IP")
-			}
-			if _, err := regexp.Compile(h.Matching); err != nil {
-				bad(p+".matching", "bad regular expression: %v", err)
-			}
-			if list.path == "headers.replace" && h.Matching == "" {
-				bad(p+".matching", "is required: what to replace")
-			}
+	check := func(p, name, matching string) {
+		if name == "" || strings.ContainsAny(name, " :") {
+			bad(p+".name", "a header field name is required, such as X-Originating-IP")
 		}
+		if _, err := regexp.Compile(matching); err != nil {
+			bad(p+".matching", "bad regular expression: %v", err)
+		}
+	}
+	for i, h := range f.Headers.Remove {
+		check(fmt.Sprintf("headers.remove[%d]", i), h.Name, h.Matching)
+	}
+	for i, h := range f.Headers.Replace {
+		check(fmt.Sprintf("headers.replace[%d]", i), h.Name, h.Matching)
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/mail"
 	"net/netip"
+	"slices"
 	"strings"
 )
 
@@ -31,6 +32,11 @@ type Config struct {
 	// PeerClasses are the classes whose users are relay peers (as a user
 	// marked relay_peer is): nodes handing their queue over.
 	PeerClasses []string
+	// Recipients are the recipient rules of each class (a user's own
+	// rules, when it has some, take their place).
+	Recipients map[string]RecipientRules
+	Rewrite    []Rewrite // first match wins
+	Archive    []Archive // every match adds a copy
 }
 
 // Policy applies Config with a Directory for logins. It is safe for
@@ -60,7 +66,13 @@ func (p *Policy) Authenticate(ctx context.Context, username, password string) (*
 	if username == "" || password == "" {
 		return nil, ErrBadCredentials
 	}
-	return p.dir.Authenticate(ctx, username, password)
+	u, err := p.dir.Authenticate(ctx, username, password)
+	if err == nil && u.Login == "" {
+		c := *u
+		c.Login = strings.ToLower(username)
+		u = &c
+	}
+	return u, err
 }
 
 // Trusted reports whether the client may relay without AUTH.
@@ -127,19 +139,17 @@ func (p *Policy) CheckRecipient(c Client, to string) error {
 	if c.User == nil && !p.Trusted(c) {
 		return ErrAuthRequired
 	}
-	_, domain, ok := SplitAddress(to)
+	local, domain, ok := SplitAddress(to)
 	if !ok {
 		return fmt.Errorf("%w: %q", ErrBadAddress, to)
 	}
-	if len(p.cfg.AllowedRecipientDomains) == 0 {
-		return nil
+	if len(p.cfg.AllowedRecipientDomains) > 0 && !slices.Contains(p.cfg.AllowedRecipientDomains, domain) {
+		return fmt.Errorf("%w: %q", ErrRelayDenied, to)
 	}
-	for _, d := range p.cfg.AllowedRecipientDomains {
-		if d == domain {
-			return nil
-		}
+	if r := p.recipientRules(c); !p.Peer(c) && !r.permits(local, domain) {
+		return fmt.Errorf("%w: %q", ErrRecipientRefused, to)
 	}
-	return fmt.Errorf("%w: %q", ErrRelayDenied, to)
+	return nil
 }
 
 // CheckHeader decides on the From: and Sender: fields of a message: with

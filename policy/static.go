@@ -24,6 +24,18 @@ type staticUser struct {
 	Addresses    []string `yaml:"addresses"`
 	Class        string   `yaml:"class"`
 	RelayPeer    bool     `yaml:"relay_peer"`
+	Recipients   *struct {
+		Allow []string `yaml:"allow"`
+		Deny  []string `yaml:"deny"`
+	} `yaml:"recipients"`
+}
+
+func (u staticUser) user(name string) *User {
+	out := &User{Name: name, Login: name, Addresses: u.Addresses, Class: u.Class, RelayPeer: u.RelayPeer}
+	if u.Recipients != nil {
+		out.Recipients = &RecipientRules{Allow: u.Recipients.Allow, Deny: u.Recipients.Deny}
+	}
+	return out
 }
 
 // LoadStatic reads a users file.
@@ -81,7 +93,7 @@ func (s *Static) Authenticate(_ context.Context, username, password string) (*Us
 	if err := bcrypt.CompareHashAndPassword(hash, []byte(password)); err != nil || !ok || password == "" {
 		return nil, ErrBadCredentials
 	}
-	return &User{Name: name, Addresses: u.Addresses, Class: u.Class, RelayPeer: u.RelayPeer}, nil
+	return u.user(name), nil
 }
 
 // Lookup finds a user by name without checking a password (for operators'
@@ -92,5 +104,5 @@ func (s *Static) Lookup(_ context.Context, username string) (*User, error) {
 	if !ok {
 		return nil, fmt.Errorf("%w: %q", ErrNoSuchUser, username)
 	}
-	return &User{Name: name, Addresses: u.Addresses, Class: u.Class, RelayPeer: u.RelayPeer}, nil
+	return u.user(name), nil
 }

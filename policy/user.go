@@ -16,6 +16,11 @@ type User struct {
 	// RelayPeer marks another smarthost handing its queue over (see
 	// Policy.Peer): any envelope sender, no header checks, no signing.
 	RelayPeer bool
+	// Recipients are the user's own recipient rules (nil: its class's).
+	Recipients *RecipientRules
+	// Login is the name the user logged in with, in lower case (Name may
+	// be a directory DN); rules may name either.
+	Login string
 }
 
 // Owns reports whether the user may send as addr.

@@ -9,11 +9,13 @@ import (
 	"fmt"
 	"io"
 	"net/mail"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/smarthost/smarthost/dkim"
 	"github.com/smarthost/smarthost/policy"
+	"github.com/smarthost/smarthost/relay/headers"
 	"github.com/smarthost/smarthost/relay/queue"
 )
 
@@ -65,6 +67,14 @@ func (s *session) receive(d *queue.Draft, r io.Reader) (string, error) {
 	// A relay peer hands over mail checked and signed where it was
 	// submitted: it gets our Received: line and nothing else.
 	peer := s.deps.Policy.Peer(s.client)
+	if !peer {
+		if edited, changed := s.editHeader(header, msg.Header); changed {
+			if msg, err = mail.ReadMessage(bytes.NewReader(edited)); err != nil {
+				return "", fmt.Errorf("%w: after rewriting: %w", errBadHeader, err)
+			}
+			header = edited
+		}
+	}
 	added, addedNames := s.addedFields(d.ID(), msg.Header, peer)
 	var sign *dkim.Signing
 	if s.deps.Signer != nil && !peer {
@@ -114,11 +124,47 @@ func (s *session) receive(d *queue.Draft, r io.Reader) (string, error) {
 	if s.client.User != nil {
 		env.Class = s.client.User.Class
 	}
+	if !peer {
+		for _, a := range s.deps.Policy.ArchivesFor(s.client, s.sentFrom) {
+			env.Archive = append(env.Archive, queue.ArchiveCopy{Addr: a.Address, Upstreams: a.Upstreams})
+		}
+	}
 	id, err := d.Commit(env, prepend)
 	if err != nil {
 		return "", fmt.Errorf("%w: %w", errSpool, err)
 	}
 	return id, nil
+}
+
+// editHeader applies the header privacy rules and the sender rewrite to
+// the header block, before it is signed; h is the block as parsed.
+func (s *session) editHeader(block []byte, h mail.Header) ([]byte, bool) {
+	out, changed := s.deps.Headers.Apply(block)
+	rw := s.rewrite
+	if rw == nil {
+		return out, changed
+	}
+	if rw.HeaderFrom {
+		var c bool
+		out, c = headers.RewriteAddresses(out, []string{"From", "Sender"}, func(string) bool { return true }, rw.Sender)
+		changed = changed || c
+	}
+	if rw.ReplyTo {
+		// Replies to the old sender's addresses would go to a host
+		// nobody reads: those become the new sender too.
+		old := []string{s.sentFrom}
+		if from, err := h.AddressList("From"); err == nil {
+			for _, a := range from {
+				old = append(old, a.Address)
+			}
+		}
+		var c bool
+		out, c = headers.RewriteAddresses(out, []string{"Reply-To"}, func(a string) bool {
+			return slices.ContainsFunc(old, func(o string) bool { return strings.EqualFold(o, a) })
+		}, rw.Sender)
+		changed = changed || c
+	}
+	return out, changed
 }
 
 // beginSigning starts the signatures over the message's fields and the

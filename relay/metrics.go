@@ -17,6 +17,7 @@ type Metrics struct {
 	recipients     prometheus.Counter
 	bytes          prometheus.Counter
 	limitHits      *prometheus.CounterVec
+	rcptRules      *prometheus.CounterVec
 	signatures     *prometheus.CounterVec
 	signFailures   prometheus.Counter
 }
@@ -44,12 +45,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Bytes of queued messages, as received."}),
 		limitHits: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "smarthost_ratelimit_hits_total",
 			Help: "Transactions refused by a rate limit, by limit and class."}, []string{"limit", "class"}),
+		rcptRules: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "smarthost_recipient_rule_refusals_total",
+			Help: "Recipients refused by recipient rules, by where the rules come from (a class, or \"user\" for a user's own)."}, []string{"class"}),
 		signatures: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "smarthost_dkim_signatures_total",
 			Help: "Messages DKIM-signed, by signing domain."}, []string{"domain"}),
 		signFailures: prometheus.NewCounter(prometheus.CounterOpts{Name: "smarthost_dkim_failures_total",
 			Help: "Messages refused because signing failed."}),
 	}
 	reg.MustRegister(m.connections, m.connectionsNow, m.tls, m.auth, m.replies, m.accepted, m.recipients,
-		m.bytes, m.limitHits, m.signatures, m.signFailures)
+		m.bytes, m.limitHits, m.rcptRules, m.signatures, m.signFailures)
 	return m
 }

@@ -69,6 +69,8 @@ func reply(cmd string, err error) *smtpd.Reply {
 		return smtpd.ReplyHeaderMissing
 	case errors.Is(err, policy.ErrRelayDenied):
 		return smtpd.ReplyRelayDenied
+	case errors.Is(err, policy.ErrRecipientRefused):
+		return smtpd.ReplyRcptNotAllowed
 	case errors.Is(err, errHeaderTooLarge):
 		return smtpd.ReplyTooLarge
 	case errors.Is(err, errBadHeader):

@@ -21,6 +21,7 @@ import (
 	"github.com/smarthost/smarthost/dkim"
 	"github.com/smarthost/smarthost/policy"
 	"github.com/smarthost/smarthost/ratelimit"
+	"github.com/smarthost/smarthost/relay/headers"
 	"github.com/smarthost/smarthost/relay/queue"
 	"github.com/smarthost/smarthost/relay/smtpd"
 )
@@ -87,6 +88,7 @@ type Deps struct {
 	Queue       *queue.Queue
 	Quotas      *ratelimit.Quotas // nil: no limits
 	Limits      Limits
+	Headers     *headers.Rules // header privacy; nil: none
 }
 
 // Server runs the listeners.
@@ -347,6 +349,9 @@ func (s *Server) refused(c *smtpd.Conn, cmd string, r *smtpd.Reply, cause error)
 		if errors.As(cause, &ex) {
 			_, class := sess.quotaKey()
 			m.limitHits.WithLabelValues(ex.What, sess.deps.Quotas.ClassOf(class)).Inc()
+		}
+		if errors.Is(cause, policy.ErrRecipientRefused) {
+			m.rcptRules.WithLabelValues(sess.deps.Policy.RulesOf(sess.client)).Inc()
 		}
 	}
 	lvl := slog.LevelInfo

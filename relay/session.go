@@ -26,9 +26,13 @@ type session struct {
 
 	client     policy.Client
 	signDomain string // of the message being signed
-	from       string
-	rcpts      []string
-	utf8       bool // MAIL ... SMTPUTF8
+	from       string // the envelope sender, rewritten if a rule says so
+	// rewrite is the policy's rewrite rule for this transaction (nil:
+	// none) and sentFrom the sender as the client gave it.
+	rewrite  *policy.Rewrite
+	sentFrom string
+	rcpts    []string
+	utf8     bool // MAIL ... SMTPUTF8
 
 	// DSN parameters (RFC 3461), passed upstream and used for bounces.
 	dsnRet    string
@@ -66,7 +70,14 @@ func (s *session) Mail(from string, opts smtpd.MailOptions) error {
 			return err
 		}
 	}
-	s.from = from
+	s.from, s.sentFrom = from, from
+	// Ownership was checked on what the client sent; a relay peer's
+	// sender was rewritten, if at all, where it was submitted.
+	if from != "" && !s.deps.Policy.Peer(s.client) {
+		if rw := s.deps.Policy.RewriteFor(s.client, from); rw != nil {
+			s.rewrite, s.from = rw, rw.Sender
+		}
+	}
 	s.utf8 = opts.UTF8
 	s.dsnRet = opts.Return
 	s.dsnEnvID = opts.EnvelopeID
@@ -99,7 +110,7 @@ func (s *session) quotaKey() (user, class string) {
 }
 
 func (s *session) Reset() {
-	s.from = ""
+	s.from, s.sentFrom, s.rewrite = "", "", nil
 	s.rcpts = nil
 	s.utf8 = false
 	s.dsnRet, s.dsnEnvID, s.dsnNotify, s.dsnORcpt = "", "", nil, nil

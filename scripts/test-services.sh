@@ -79,6 +79,7 @@ include /etc/ldap/schema/core.schema
 include /etc/ldap/schema/cosine.schema
 include /etc/ldap/schema/inetorgperson.schema
 include /etc/ldap/schema/nis.schema
+include $ROOT/deploy/ldap/smarthost.schema
 pidfile  $D/slapd.pid
 argsfile $D/slapd.args
 modulepath /usr/lib/ldap

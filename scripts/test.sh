@@ -21,7 +21,7 @@ for f in /usr/sbin/slapd:slapd /usr/bin/ldapsearch:ldap-utils /usr/bin/redis-ser
          /usr/include/stdlib.h:libc6-dev /usr/bin/readelf:binutils \
          /usr/bin/curl:curl /usr/bin/msmtp:msmtp /usr/bin/s-nail:s-nail /usr/share/nodejs/nodemailer/package.json:node-nodemailer \
          /usr/sbin/saslpasswd2:sasl2-bin /usr/lib/x86_64-linux-gnu/sasl2/libplain.so:libsasl2-modules \
-         /usr/sbin/debootstrap:debootstrap; do
+         /usr/sbin/debootstrap:debootstrap /usr/lib/dovecot/submission:dovecot-submissiond; do
   [ -e "${f%%:*}" ] || need+=("${f##*:}")
 done
 perl -MNet::SSLeay -e1 2>/dev/null || need+=(libnet-ssleay-perl)
@@ -48,6 +48,25 @@ if [ ! -x "$mailpit_dir/mailpit" ]; then
   GOBIN="$mailpit_dir" GOFLAGS= go install "github.com/axllent/mailpit@$MAILPIT_VERSION"
 fi
 export SMARTHOST_TEST_MAILPIT="$mailpit_dir/mailpit"
+
+# ORY Hydra, the OAuth2 server of the upstream OAuth2 tests. Its go.mod
+# replaces gobuffalo/pop with ORY's fork, and `go install pkg@version`
+# ignores replace directives: it is built in a throwaway module that
+# repeats the replacement, with cgo and the sqlite tag for its in-memory
+# store. Once per machine.
+HYDRA_VERSION=v2.3.0
+hydra_dir="${XDG_CACHE_HOME:-$HOME/.cache}/smarthost-test/hydra-$HYDRA_VERSION"
+if [ ! -x "$hydra_dir/hydra" ]; then
+  echo "test.sh: building hydra $HYDRA_VERSION" >&2
+  hydra_mod=$(mktemp -d)
+  (cd "$hydra_mod" && export GOFLAGS= CGO_ENABLED=1 &&
+    go mod init hydrabuild >/dev/null 2>&1 &&
+    go mod edit -replace github.com/gobuffalo/pop/v6=github.com/ory/pop/v6@v6.2.1-0.20241121111754-e5dfc0f3344b &&
+    go get "github.com/ory/hydra/v2@$HYDRA_VERSION" >/dev/null 2>&1 &&
+    go build -tags sqlite -o "$hydra_dir/hydra" github.com/ory/hydra/v2)
+  rm -rf "$hydra_mod"
+fi
+export SMARTHOST_TEST_HYDRA="$hydra_dir/hydra"
 
 # The image and the compose stack's images, wherever a Docker engine
 # answers: no registry is needed (scripts/image.sh, scripts/standins.sh).

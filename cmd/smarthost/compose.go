@@ -13,6 +13,7 @@ import (
 	"math/big"
 	"net"
 	"os"
+	"regexp"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -23,6 +24,7 @@ import (
 	"github.com/smarthost/smarthost/policy"
 	"github.com/smarthost/smarthost/policy/ldap"
 	"github.com/smarthost/smarthost/relay"
+	"github.com/smarthost/smarthost/relay/headers"
 	"github.com/smarthost/smarthost/relay/queue"
 	"github.com/smarthost/smarthost/relay/upstream"
 )
@@ -74,6 +76,7 @@ func compose(f *configs.File, create bool, log *slog.Logger, bm *backendMetrics)
 		EnforceHeaderFrom:       *f.Policy.EnforceHeaderFrom,
 		AllowedRecipientDomains: f.Policy.AllowedRecipientDomains,
 	}
+	composeRules(f, &pc)
 	for name, c := range f.RateLimit.Classes {
 		if c.RelayPeer {
 			pc.PeerClasses = append(pc.PeerClasses, name)
@@ -100,6 +103,7 @@ func compose(f *configs.File, create bool, log *slog.Logger, bm *backendMetrics)
 		NormalizeBareLF: f.Policy.BareNewline == "normalize",
 		Received:        f.Headers.Received,
 	}
+	p.deps.Headers = composeHeaders(f.Headers)
 	p.relay.ConnectionsPerIP = f.RateLimit.ConnectionsPerIP
 	p.relay.MaxConnections = f.RateLimit.MaxConnections
 
@@ -138,7 +142,8 @@ func composeDirectory(f *configs.File, p *parts, bad func(path, format string, a
 			URLs: l.URLs, StartTLS: l.StartTLS == nil || *l.StartTLS, TLSVerify: l.TLSVerify == nil || *l.TLSVerify,
 			BindDN: l.BindDN, BindPassword: l.BindPassword, BaseDN: l.BaseDN, UserFilter: l.UserFilter,
 			AddressAttributes: l.AddressAttributes, ClassAttribute: l.ClassAttribute, RequiredGroup: l.RequiredGroup,
-			Timeout: time.Duration(l.Timeout),
+			RecipientRulesAttribute: l.RecipientRulesAttribute,
+			Timeout:                 time.Duration(l.Timeout),
 		}
 		if l.CAFile != "" {
 			pool, err := loadCA(l.CAFile)
@@ -167,19 +172,7 @@ func composeDirectory(f *configs.File, p *parts, bad func(path, format string, a
 func composeDelivery(f *configs.File, p *parts, bad func(path, format string, args ...any)) {
 	p.upstream.Hostname = f.Hostname
 	for i, u := range f.Upstreams {
-		up := upstream.Upstream{
-			Name: u.Name, URL: u.URL, TLS: u.TLS, TLSVerify: u.TLSVerify == nil || *u.TLSVerify,
-			Username: u.Username, Password: u.Password, MaxConnections: u.MaxConnections, Timeout: time.Duration(u.Timeout),
-			Weight: u.Weight,
-		}
-		if u.CAFile != "" {
-			pool, err := loadCA(u.CAFile)
-			if err != nil {
-				bad(fmt.Sprintf("upstreams[%d].ca_file", i), "%v", err)
-			}
-			up.RootCAs = pool
-		}
-		p.upstream.Upstreams = append(p.upstream.Upstreams, up)
+		p.upstream.Upstreams = append(p.upstream.Upstreams, composeUpstream(u, fmt.Sprintf("upstreams[%d]", i), bad))
 	}
 	for _, r := range f.Routes {
 		p.upstream.Routes = append(p.upstream.Routes, upstream.Route{
@@ -317,4 +310,87 @@ func loadDKIM(f *configs.File, create bool, log *slog.Logger) (map[string][]dkim
 		}
 	}
 	return out, probs, warnings
+}
+
+// composeUpstream translates one upstream, loading its CA, client
+// certificate and token source; path is its place in the file.
+func composeUpstream(u configs.Upstream, path string, bad func(path, format string, args ...any)) upstream.Upstream {
+	up := upstream.Upstream{
+		Name: u.Name, URL: u.URL, TLS: u.TLS, TLSVerify: u.TLSVerify == nil || *u.TLSVerify,
+		Username: u.Username, Password: u.Password, AuthMechanism: u.AuthMechanism,
+		MaxConnections: u.MaxConnections, Timeout: time.Duration(u.Timeout), Weight: u.Weight,
+	}
+	if u.CAFile != "" {
+		pool, err := loadCA(u.CAFile)
+		if err != nil {
+			bad(path+".ca_file", "%v", err)
+		}
+		up.RootCAs = pool
+	}
+	if u.ClientCertFile != "" && u.ClientKeyFile != "" {
+		cert, err := tls.LoadX509KeyPair(u.ClientCertFile, u.ClientKeyFile)
+		if err != nil {
+			bad(path+".client_cert_file", "%v", err)
+		} else {
+			up.ClientCert = &cert
+		}
+	}
+	if o := u.OAuth2; o != nil {
+		if o.TokenFile != "" {
+			up.Tokens = upstream.NewTokenFile(o.TokenFile)
+		} else {
+			up.Tokens = upstream.NewClientCredentials(o.TokenURL, o.ClientID, o.ClientSecret, o.Scopes, nil)
+		}
+	}
+	return up
+}
+
+// composeRules translates the rewrite, recipient and archive rules.
+func composeRules(f *configs.File, pc *policy.Config) {
+	match := func(m configs.Match) policy.Match {
+		return policy.Match{Users: m.Users, Classes: m.Classes, SenderDomains: m.SenderDomains}
+	}
+	for _, r := range f.Policy.Rewrite {
+		pc.Rewrite = append(pc.Rewrite, policy.Rewrite{Match: match(r.Match), Sender: r.Sender, HeaderFrom: r.HeaderFrom, ReplyTo: r.ReplyTo})
+	}
+	if len(f.Policy.Recipients) > 0 {
+		pc.Recipients = map[string]policy.RecipientRules{}
+		for class, r := range f.Policy.Recipients {
+			pc.Recipients[class] = policy.RecipientRules{Allow: r.Allow, Deny: r.Deny}
+		}
+	}
+	for _, a := range f.Archive {
+		pc.Archive = append(pc.Archive, policy.Archive{Match: match(a.Match), Address: a.Address, Upstreams: a.Upstreams})
+	}
+}
+
+// composeHeaders translates the header privacy rules (validate.go reports
+// a bad expression).
+func composeHeaders(h configs.Headers) *headers.Rules {
+	rule := func(name, matching, with string) (headers.Rule, bool) {
+		r := headers.Rule{Name: name, With: with}
+		if matching != "" {
+			re, err := regexp.Compile(matching)
+			if err != nil {
+				return r, false
+			}
+			r.Matching = re
+		}
+		return r, true
+	}
+	r := &headers.Rules{}
+	for _, c := range h.Remove {
+		if hr, ok := rule(c.Name, c.Matching, ""); ok {
+			r.Remove = append(r.Remove, hr)
+		}
+	}
+	for _, c := range h.Replace {
+		if hr, ok := rule(c.Name, c.Matching, c.With); ok {
+			r.Replace = append(r.Replace, hr)
+		}
+	}
+	if r.Empty() {
+		return nil
+	}
+	return r
 }

@@ -126,6 +126,7 @@ type envOpts struct {
 	users     string // more users, in users.yaml's form
 	queue     string // more queue: keys, each line indented by two spaces
 	workers   int
+	policy    string // more policy: keys, each line indented by two spaces
 	extra     string // more YAML
 }
 
@@ -179,6 +180,7 @@ auth:
 policy:
   max_recipients: 3
   max_message_size: 64KiB
+%s
 dkim:
   domains:
     example.com:
@@ -192,7 +194,7 @@ queue:
   max_age: 1h
 %s
 log: {format: text, level: debug}
-%s`, e.starttls, e.implicit, filepath.Join(e.dir, "users.yaml"), filepath.Join(e.dir, "dkim", "e2e.key"),
+%s`, e.starttls, e.implicit, filepath.Join(e.dir, "users.yaml"), o.policy, filepath.Join(e.dir, "dkim", "e2e.key"),
 		filepath.Join(e.dir, "dkim", "e2ersa.key"), ups, filepath.Join(e.dir, "queue"), o.workers, o.queue, o.extra)
 	if err := os.WriteFile(e.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

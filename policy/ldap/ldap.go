@@ -32,9 +32,12 @@ type Config struct {
 	UserFilter        string // {username} is replaced, escaped
 	AddressAttributes []string
 	ClassAttribute    string
-	RequiredGroup     string
-	Timeout           time.Duration // each dial, handshake and operation
-	PoolSize          int           // idle connections kept per kind; default 4
+	// RecipientRulesAttribute holds the user's own recipient rules as
+	// "allow:PATTERN" and "deny:PATTERN" values ("": none).
+	RecipientRulesAttribute string
+	RequiredGroup           string
+	Timeout                 time.Duration // each dial, handshake and operation
+	PoolSize                int           // idle connections kept per kind; default 4
 }
 
 // Directory implements policy.Directory. It holds two small pools: service
@@ -130,6 +133,9 @@ func (d *Directory) user(entry *ldap.Entry) *policy.User {
 	if d.cfg.ClassAttribute != "" {
 		u.Class = entry.GetAttributeValue(d.cfg.ClassAttribute)
 	}
+	if d.cfg.RecipientRulesAttribute != "" {
+		u.Recipients = policy.ParseRecipientRules(entry.GetAttributeValues(d.cfg.RecipientRulesAttribute))
+	}
 	return u
 }
 
@@ -138,6 +144,9 @@ func (d *Directory) findUser(username string) (*ldap.Entry, error) {
 	attrs := append([]string{"memberOf"}, d.cfg.AddressAttributes...)
 	if d.cfg.ClassAttribute != "" {
 		attrs = append(attrs, d.cfg.ClassAttribute)
+	}
+	if d.cfg.RecipientRulesAttribute != "" {
+		attrs = append(attrs, d.cfg.RecipientRulesAttribute)
 	}
 	filter := strings.ReplaceAll(d.cfg.UserFilter, "{username}", ldap.EscapeFilter(username))
 	req := ldap.NewSearchRequest(d.cfg.BaseDN, ldap.ScopeWholeSubtree, ldap.NeverDerefAliases,

@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -274,5 +275,44 @@ func BenchmarkLoginWarm(b *testing.B) {
 		if _, err := c.Authenticate(ctx, "alice", "alice-secret"); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// Bob carries recipient rules of his own in smarthostRecipientRule
+// (deploy/ldap/smarthost.schema); the policy applies them at RCPT.
+func TestRecipientRulesAttribute(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.RecipientRulesAttribute = "smarthostRecipientRule"
+	d := newDir(t, cfg)
+	bob, err := d.Authenticate(context.Background(), "bob", "bob-secret")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := bob.Recipients
+	if r == nil || !slices.Equal(r.Allow, []string{"*@example.org", "partner.example"}) || !slices.Equal(r.Deny, []string{"ceo@example.org"}) {
+		t.Fatalf("bob's rules: %+v", r)
+	}
+	alice, _ := d.Authenticate(context.Background(), "alice", "alice-secret")
+	if alice.Recipients != nil {
+		t.Fatalf("alice has rules: %+v", alice.Recipients)
+	}
+	p := policy.New(policy.Config{}, d)
+	for rcpt, want := range map[string]error{
+		"someone@example.org":     nil,
+		"x@partner.example":       nil,
+		"ceo@example.org":         policy.ErrRecipientRefused,
+		"someone@elsewhere.test":  policy.ErrRecipientRefused,
+		"someone@sub.example.org": policy.ErrRecipientRefused,
+	} {
+		if err := p.CheckRecipient(policy.Client{User: bob}, rcpt); !errors.Is(err, want) || (want == nil) != (err == nil) {
+			t.Errorf("bob to %s: %v, want %v", rcpt, err, want)
+		}
+	}
+	if err := p.CheckRecipient(policy.Client{User: alice}, "someone@elsewhere.test"); err != nil {
+		t.Errorf("alice, without rules: %v", err)
+	}
+	// Without the attribute configured, the entry's rules are not read.
+	if u, _ := newDir(t, testConfig(t)).Authenticate(context.Background(), "bob", "bob-secret"); u.Recipients != nil {
+		t.Errorf("rules read without recipient_rules_attribute: %+v", u.Recipients)
 	}
 }

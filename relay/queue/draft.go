@@ -130,6 +130,12 @@ func (d *Draft) Commit(env Envelope, prepend []byte) (string, error) {
 		}
 		m.Recipients = append(m.Recipients, rc)
 	}
+	for _, a := range env.Archive {
+		// NOTIFY=NEVER: an upstream that accepts the copy and fails later
+		// must not bounce it to the sender either.
+		m.Recipients = append(m.Recipients, Recipient{Addr: a.Addr, Status: StatusPending, Archive: true,
+			Upstreams: a.Upstreams, Notify: []string{"NEVER"}})
+	}
 	if d.buf != nil {
 		defer d.releaseBuf()
 		if err := writeTrailer(d.buf, m); err != nil {

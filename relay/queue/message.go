@@ -29,6 +29,20 @@ type Recipient struct {
 	// ORcptType is ORCPT's address type: "utf-8" (RFC 6533), or "" for
 	// rfc822 (also in spools from before it was kept).
 	ORcptType string `json:"orcpt_type,omitempty"`
+	// Archive marks a copy for the archive (always_bcc): its failures
+	// never reach the sender, and it is retried, whatever the upstream
+	// answers, until the queue's max_age.
+	Archive bool `json:"archive,omitempty"`
+	// Upstreams, when set, replace the routes' failover list for this
+	// recipient (an archive copy's own route).
+	Upstreams []string `json:"upstreams,omitempty"`
+}
+
+// ArchiveCopy is an archive recipient added to a message and the upstreams
+// it goes through (none: the routes decide).
+type ArchiveCopy struct {
+	Addr      string
+	Upstreams []string
 }
 
 // Envelope is what a message is committed with.
@@ -47,6 +61,8 @@ type Envelope struct {
 	// UTF-8 address or header); one that does not may also go to an
 	// upstream without SMTPUTF8.
 	SMTPUTF8, UTF8Required bool
+	// Archive copies, recipients the message's recipients never see.
+	Archive []ArchiveCopy
 }
 
 // Message is one spooled message.
@@ -76,7 +92,7 @@ type Message struct {
 }
 
 // PendingRecipients are the recipients still to be delivered, in envelope
-// order, with their DSN parameters.
+// order, with their DSN parameters (archive copies included).
 func (m *Message) PendingRecipients() []Recipient {
 	var p []Recipient
 	for _, r := range m.Recipients {
@@ -137,7 +153,8 @@ func validID(id string) bool {
 // record applies the outcomes of one attempt (one per pending recipient,
 // in order) and schedules the next after retry: a recipient is sent, fails
 // for good (a permanent error, or any once maxAge has passed), or stays
-// pending. It returns those that failed.
+// pending. It returns those that failed and are the sender's to hear of;
+// an archive copy is not: it fails only at maxAge, and then only in the log.
 func (m *Message) record(errs []error, now time.Time, maxAge, retry time.Duration, log *slog.Logger) (failed []Recipient) {
 	expired := now.Sub(m.Created) >= maxAge
 	m.Attempts++
@@ -152,20 +169,36 @@ func (m *Message) record(errs []error, now time.Time, maxAge, retry time.Duratio
 		switch {
 		case err == nil:
 			r.Status, r.Error = StatusSent, ""
-			log.Info("delivered", "msg_id", m.ID, "rcpt", r.Addr, "attempt", m.Attempts)
-		case IsPermanent(err) || expired:
+			log.Info("delivered", "msg_id", m.ID, "rcpt", r.Addr, "attempt", m.Attempts, "archive", r.Archive)
+		case expired || IsPermanent(err) && !r.Archive:
 			r.Status, r.Error = StatusFailed, err.Error()
-			if !IsPermanent(err) {
+			if expired {
 				r.Error = fmt.Sprintf("gave up after %s: %v", maxAge, err)
+			}
+			if r.Archive {
+				log.Error("archive copy failed", "msg_id", m.ID, "rcpt", r.Addr, "attempt", m.Attempts, "err", err)
+				continue
 			}
 			failed = append(failed, *r)
 			log.Warn("delivery failed", "msg_id", m.ID, "rcpt", r.Addr, "attempt", m.Attempts, "err", err)
 		default:
 			r.Error = err.Error()
 			m.LastError = err.Error()
-			log.Info("delivery deferred", "msg_id", m.ID, "rcpt", r.Addr, "attempt", m.Attempts, "err", err)
+			log.Info("delivery deferred", "msg_id", m.ID, "rcpt", r.Addr, "attempt", m.Attempts, "archive", r.Archive, "err", err)
 		}
 	}
 	m.NextAttempt = now.Add(retry)
 	return failed
+}
+
+// senderRecipients are the pending recipients the sender knows of: not the
+// archive copies (for delay warnings).
+func (m *Message) senderRecipients() []Recipient {
+	var p []Recipient
+	for _, r := range m.Recipients {
+		if r.Status == StatusPending && !r.Archive {
+			p = append(p, r)
+		}
+	}
+	return p
 }

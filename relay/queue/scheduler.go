@@ -254,8 +254,8 @@ func (s *scheduler) attempt(ctx context.Context, m *Message) {
 			q.log.Error("queue: cannot queue bounce", "msg_id", m.ID, "err", err)
 		}
 	}
-	if !done && m.From != "" && q.cfg.DelayWarning > 0 && !m.Warned && now.Sub(m.Created) >= q.cfg.DelayWarning {
-		if err := q.notify(m, m.PendingRecipients(), true); err != nil {
+	if w := m.senderRecipients(); len(w) > 0 && m.From != "" && q.cfg.DelayWarning > 0 && !m.Warned && now.Sub(m.Created) >= q.cfg.DelayWarning {
+		if err := q.notify(m, w, true); err != nil {
 			q.log.Error("queue: cannot queue delay warning", "msg_id", m.ID, "err", err)
 		} else {
 			m.Warned = true // saved with the state below

@@ -32,19 +32,7 @@ func StartMailpit(t testing.TB) *Mailpit {
 	m.API = "http://" + web
 	cmd := exec.Command(bin, "--smtp", m.SMTP, "--listen", web, "--database", filepath.Join(t.TempDir(), "mailpit.db"),
 		"--smtp-disable-rdns", "--disable-version-check")
-	log, _ := os.Create(filepath.Join(t.TempDir(), "mailpit.log"))
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		if t.Failed() {
-			b, _ := os.ReadFile(log.Name())
-			t.Logf("mailpit log:\n%s", b)
-		}
-	})
+	startLogged(t, "mailpit", cmd)
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		c, err := net.Dial("tcp", m.SMTP)
@@ -103,4 +91,29 @@ func (m *Mailpit) get(path string, v any) error {
 		return fmt.Errorf("mailpit %s: %s", path, resp.Status)
 	}
 	return json.NewDecoder(resp.Body).Decode(v)
+}
+
+// startLogged starts a server for the test with its output in a file,
+// kills it at the end, and shows the output if the test failed. It
+// returns the output file's path.
+func startLogged(t testing.TB, name string, cmd *exec.Cmd) string {
+	t.Helper()
+	log, err := os.Create(filepath.Join(t.TempDir(), name+".log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		log.Close()
+		if t.Failed() {
+			b, _ := os.ReadFile(log.Name())
+			t.Logf("%s log:\n%s", name, b)
+		}
+	})
+	return log.Name()
 }

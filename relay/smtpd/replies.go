@@ -125,6 +125,7 @@ var (
 	ReplyBadSender      = row(553, 5, 1, 7, "Bad sender address syntax", "MAIL FROM not a plain address")
 	ReplyBadRecipient   = row(501, 5, 1, 3, "Bad recipient address syntax", "recipient with routing tricks (%, !, quotes, two @)")
 	ReplyRelayDenied    = row(554, 5, 7, 1, "Relay access denied", "recipient domain not allowed")
+	ReplyRcptNotAllowed = row(550, 5, 7, 1, "Recipient not allowed for this sender", "the user's or its class's recipient rules refuse the recipient")
 	ReplyHeaderNotOwned = row(550, 5, 7, 1, "From or Sender header address not owned by user", "From:/Sender: not owned (after DATA)")
 	ReplyHeaderMissing  = row(550, 5, 7, 1, "Message needs exactly one From header with an address you own", "no From:, or more than one (after DATA)")
 	ReplyBadHeader      = row(554, 5, 6, 0, "Malformed message header", "a header block that cannot be parsed")
@@ -143,7 +144,7 @@ var Table = []*Reply{
 
 	ReplyAuthRequired, ReplyEncryptionNeeded, ReplyBadCredentials, ReplyAuthTempFail, ReplyAuthLocked,
 	ReplyAuthMalformed, ReplyAuthCancelled, ReplySenderNotOwned, ReplyBadSender, ReplyNeedSMTPUTF8,
-	ReplyBadRecipient, ReplyRelayDenied, ReplyTooManyRcpts, ReplyRateLimited,
+	ReplyBadRecipient, ReplyRelayDenied, ReplyRcptNotAllowed, ReplyTooManyRcpts, ReplyRateLimited,
 	ReplyLimiterDown, ReplyTooLarge, ReplyHeaderNotOwned, ReplyHeaderMissing, ReplyBadHeader,
 	ReplyNoDKIMKey, ReplyBareLineEnding, ReplyDataNUL, ReplyDataLineTooLong, ReplyDiskFull,
 	ReplySpoolFailed, ReplyInternal,

@@ -14,8 +14,9 @@ import (
 	"golang.org/x/oauth2/clientcredentials"
 )
 
-// refreshAhead: a cached token is replaced this long before it expires, so
-// that no session logs in with one about to lapse.
+// refreshAhead: a cached token is replaced this long before it expires (or
+// a quarter of its lifetime before, for short-lived ones), so that no
+// session logs in with one about to lapse.
 const refreshAhead = time.Minute
 
 // ClientCredentials gets tokens with the OAuth2 client credentials grant
@@ -29,6 +30,7 @@ type ClientCredentials struct {
 
 	mu  sync.Mutex
 	tok *oauth2.Token
+	got time.Time // when tok was issued
 }
 
 // NewClientCredentials makes a source for one client; hc nil means a
@@ -47,14 +49,15 @@ func NewClientCredentials(tokenURL, clientID, secret string, scopes []string, hc
 func (c *ClientCredentials) Token(ctx context.Context) (string, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.tok != nil && (c.tok.Expiry.IsZero() || c.now().Add(refreshAhead).Before(c.tok.Expiry)) {
+	now := c.now()
+	if c.tok != nil && (c.tok.Expiry.IsZero() || now.Add(min(refreshAhead, c.tok.Expiry.Sub(c.got)/4)).Before(c.tok.Expiry)) {
 		return c.tok.AccessToken, nil
 	}
 	tok, err := c.cfg.Token(context.WithValue(ctx, oauth2.HTTPClient, c.http))
 	if err != nil {
 		return "", err
 	}
-	c.tok = tok
+	c.tok, c.got = tok, now
 	return tok.AccessToken, nil
 }
 

@@ -133,9 +133,13 @@ func FilePath(u *url.URL) string {
 	return u.Path
 }
 
-// upstreamsFor returns the failover list for one recipient.
-func (r *Router) upstreamsFor(m *queue.Message, rcpt string) []string {
-	rd, sd := domainOf(rcpt), domainOf(m.From)
+// upstreamsFor returns the failover list for one recipient: its own (an
+// archive copy's), else its route's.
+func (r *Router) upstreamsFor(m *queue.Message, rcpt queue.Recipient) []string {
+	if len(rcpt.Upstreams) > 0 {
+		return rcpt.Upstreams
+	}
+	rd, sd := domainOf(rcpt.Addr), domainOf(m.From)
 	for _, rt := range r.cfg.Routes {
 		if matchDomain(rt.RecipientDomains, rd) && matchDomain(rt.SenderDomains, sd) && matchDomain(rt.Classes, m.Class) {
 			return rt.Upstreams
@@ -191,7 +195,7 @@ func (r *Router) Deliver(ctx context.Context, m *queue.Message) []error {
 	groups := map[string][]int{}             // failover list → indexes into pending
 	var order []string
 	for i, rcpt := range pending {
-		key := strings.Join(r.upstreamsFor(m, rcpt.Addr), "\x00")
+		key := strings.Join(r.upstreamsFor(m, rcpt), "\x00")
 		if _, ok := groups[key]; !ok {
 			order = append(order, key)
 		}
@@ -245,6 +249,11 @@ func (r *Router) Deliver(ctx context.Context, m *queue.Message) []error {
 			} else {
 				errs[i] = queue.Permanent(errs[i])
 			}
+		}
+	}
+	for i, rcpt := range pending {
+		if rcpt.Archive {
+			r.cfg.Metrics.archived(errs[i] == nil)
 		}
 	}
 	return errs
