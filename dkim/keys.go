@@ -99,24 +99,38 @@ func GenerateKey(algo string) (crypto.Signer, []byte, error) {
 }
 
 // WriteKey writes PEM text to path with owner-only permissions, refusing to
-// replace an existing key.
+// replace an existing key. The key appears whole or not at all: it is
+// written and synced under a temporary name first, then linked into place
+// (which fails if path exists), so that a full disk or a crash never
+// leaves a cut-off key that a later start would take for the real one.
 func WriteKey(path string, pemText []byte) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("dkim: %w", err)
 	}
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
 	if err != nil {
 		return fmt.Errorf("dkim: %w", err)
 	}
-	if _, err := f.Write(pemText); err != nil {
-		f.Close()
-		return fmt.Errorf("dkim: %w", err)
+	defer os.Remove(f.Name())
+	_, err = f.Write(pemText)
+	if err == nil {
+		err = f.Sync()
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("dkim: %w", err)
+	if cerr := f.Close(); err == nil {
+		err = cerr
 	}
-	return f.Close()
+	if err == nil {
+		err = os.Link(f.Name(), path)
+	}
+	if err != nil {
+		return fmt.Errorf("dkim: write key %s: %w", path, err)
+	}
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return nil
 }
 
 // DNSRecord returns the TXT record that publishes pub for domain and selector.

@@ -10,9 +10,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -20,6 +17,7 @@ import (
 
 	"github.com/smarthost/smarthost/policy"
 	"github.com/smarthost/smarthost/ratelimit"
+	"github.com/smarthost/smarthost/relay/relaytest"
 	"github.com/smarthost/smarthost/relay/smtpd"
 )
 
@@ -112,8 +110,8 @@ func TestEveryReplyOnTheWire(t *testing.T) {
 		{row: smtpd.ReplyBareLineEnding, steps: append(tx, data("From: alice@example.com\r\n\r\nbare\rCR"))},
 		{row: smtpd.ReplyDataNUL, steps: append(tx, data("From: alice@example.com\r\n\r\nNUL\x00"))},
 		{row: smtpd.ReplyDataLineTooLong, steps: append(tx, data("From: alice@example.com\r\n\r\n"+strings.Repeat("x", 2500)))},
-		{row: smtpd.ReplyDiskFull, opts: testOpts{queueDir: tinyFS(t)}, steps: append(tx, data("From: alice@example.com\r\n\r\n"+strings.Repeat("full disk\r\n", 100))),
-			before: func(t *testing.T, e *testEnv) { fill(t, e.dir) }},
+		{row: smtpd.ReplyDiskFull, opts: testOpts{queueDir: relaytest.TinyFS(t, "1m")}, steps: append(tx, data("From: alice@example.com\r\n\r\n"+strings.Repeat("full disk\r\n", 100))),
+			before: func(t *testing.T, e *testEnv) { relaytest.Fill(t, e.dir) }},
 		{row: smtpd.ReplySpoolFailed, steps: append(tx, data("From: alice@example.com\r\n\r\nhi")),
 			before: func(t *testing.T, e *testEnv) { e.q.Close() }},
 		{row: smtpd.ReplyInternal, opts: testOpts{signer: signerFor(t, brokenKey{key})}, steps: append(tx, data("From: alice@example.com\r\n\r\nhi"))},
@@ -233,39 +231,4 @@ func (e *testEnv) walk(t *testing.T, tc wireCase) string {
 		}
 	}
 	return last
-}
-
-// tinyFS is a 1 MiB tmpfs for a queue, so that a test can fill it; ""
-// where mounting is not allowed (not root), which fails under CI.
-func tinyFS(t *testing.T) string {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("mounting a small tmpfs needs root (CI=true)")
-		}
-		return ""
-	}
-	dir := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", dir).CombinedOutput(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("mount tmpfs: %v: %s", err, out)
-		}
-		return ""
-	}
-	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
-	return dir
-}
-
-// fill writes to dir until its file system is full.
-func fill(t *testing.T, dir string) {
-	f, err := os.Create(filepath.Join(dir, "filler"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	buf := make([]byte, 4096)
-	for {
-		if _, err := f.Write(buf); err != nil {
-			return
-		}
-	}
 }

@@ -127,6 +127,7 @@ type envOpts struct {
 	queue     string // more queue: keys, each line indented by two spaces
 	workers   int
 	policy    string // more policy: keys, each line indented by two spaces
+	queueDir  string // default: queue/ in the test's folder
 	extra     string // more YAML
 }
 
@@ -162,6 +163,9 @@ func newRelayEnv(t *testing.T, o envOpts) *relayEnv {
 	if o.workers == 0 {
 		o.workers = 4
 	}
+	if o.queueDir == "" {
+		o.queueDir = filepath.Join(e.dir, "queue")
+	}
 	ups := o.upstreams
 	if ups == "" {
 		ups = fmt.Sprintf("upstreams:\n  - {name: up, url: %q, tls: none, timeout: 5s}", o.upstream)
@@ -195,7 +199,7 @@ queue:
 %s
 log: {format: text, level: debug}
 %s`, e.starttls, e.implicit, filepath.Join(e.dir, "users.yaml"), o.policy, filepath.Join(e.dir, "dkim", "e2e.key"),
-		filepath.Join(e.dir, "dkim", "e2ersa.key"), ups, filepath.Join(e.dir, "queue"), o.workers, o.queue, o.extra)
+		filepath.Join(e.dir, "dkim", "e2ersa.key"), ups, o.queueDir, o.workers, o.queue, o.extra)
 	if err := os.WriteFile(e.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}

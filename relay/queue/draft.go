@@ -31,6 +31,7 @@ type Draft struct {
 	f    *os.File      // once in a file
 	w    *bufio.Writer // most messages reach the file in one write
 	size int64
+	held int64 // bytes of buf counted in Queue.inMemory
 }
 
 // toFile moves the draft to a file in tmp/ and writes through it from now.
@@ -56,7 +57,7 @@ func (d *Draft) toFile() error {
 func (d *Draft) ID() string { return d.id }
 
 func (d *Draft) Write(p []byte) (int, error) {
-	if d.buf != nil && int64(d.buf.Len()+len(p)) > d.q.cfg.InlineMax {
+	if d.buf != nil && !d.hold(len(p)) {
 		if err := d.toFile(); err != nil {
 			return 0, err
 		}
@@ -73,6 +74,20 @@ func (d *Draft) Write(p []byte) (int, error) {
 		err = fmt.Errorf("queue: write draft: %w", err)
 	}
 	return n, err
+}
+
+// hold reports whether n more bytes may stay in memory: the draft stays
+// within InlineMax and all drafts within MemoryMax. It counts them if so.
+func (d *Draft) hold(n int) bool {
+	if int64(d.buf.Len()+n) > d.q.cfg.InlineMax {
+		return false
+	}
+	if d.q.inMemory.Add(int64(n)) > d.q.cfg.MemoryMax {
+		d.q.inMemory.Add(-int64(n))
+		return false
+	}
+	d.held += int64(n)
+	return true
 }
 
 // Size is the number of bytes written so far.
@@ -100,6 +115,10 @@ func (d *Draft) release() {
 // releaseBuf gives the memory buffer back, once; one grown by a large
 // message is left to the collector.
 func (d *Draft) releaseBuf() {
+	if d.held > 0 {
+		d.q.inMemory.Add(-d.held)
+		d.held = 0
+	}
 	if d.buf != nil {
 		if int64(d.buf.Cap()) <= 2*d.q.cfg.InlineMax {
 			d.buf.Reset()

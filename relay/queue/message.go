@@ -191,6 +191,18 @@ func (m *Message) record(errs []error, now time.Time, maxAge, retry time.Duratio
 	return failed
 }
 
+// reopen makes failed recipients pending again (their bounce could not be
+// queued), keeping the error they failed with.
+func (m *Message) reopen(failed []Recipient) {
+	for _, f := range failed {
+		for j := range m.Recipients {
+			if r := &m.Recipients[j]; r.Addr == f.Addr && r.Status == StatusFailed {
+				r.Status = StatusPending
+			}
+		}
+	}
+}
+
 // senderRecipients are the pending recipients the sender knows of: not the
 // archive copies (for delay warnings).
 func (m *Message) senderRecipients() []Recipient {

@@ -43,10 +43,17 @@ type Config struct {
 	// 0 means 128 KiB, a negative value none. A message being received is
 	// held in memory up to this size.
 	InlineMax int64
+	// MemoryMax bounds the bytes of all messages being received that are
+	// held in memory at once (0: 64 MiB): beyond it, new data goes to
+	// files in tmp/, so that thousands of slow senders cost disk, not RAM.
+	MemoryMax int64
 	Now       func() time.Time // nil: time.Now
 }
 
-const defaultInlineMax = 128 << 10
+const (
+	defaultInlineMax = 128 << 10
+	defaultMemoryMax = 64 << 20
+)
 
 // journalFileMax: a journal file takes no more appends beyond this size.
 const journalFileMax = 16 << 20
@@ -91,6 +98,8 @@ type Queue struct {
 	// messages a second, that much garbage each is felt in the collector.
 	writers sync.Pool
 	bufs    sync.Pool // the drafts' memory buffers, likewise
+	// inMemory is the bytes drafts hold in memory now (MemoryMax).
+	inMemory atomic.Int64
 }
 
 // Open opens (creating if needed) the spool at cfg.Dir, takes its lock so
@@ -110,6 +119,9 @@ func Open(cfg Config, d Deliverer, log *slog.Logger) (*Queue, error) {
 	}
 	if cfg.InlineMax == 0 {
 		cfg.InlineMax = defaultInlineMax
+	}
+	if cfg.MemoryMax == 0 {
+		cfg.MemoryMax = defaultMemoryMax
 	}
 	for _, sub := range []string{"tmp", "msg", "journal"} {
 		if err := os.MkdirAll(filepath.Join(cfg.Dir, sub), 0o700); err != nil {

@@ -249,9 +249,14 @@ func (s *scheduler) attempt(ctx context.Context, m *Message) {
 
 	if len(failed) > 0 && m.From != "" {
 		if err := q.notify(m, failed, false); err != nil {
-			// The failure itself stays in the log and in `queue show` while
-			// the message has other recipients pending.
-			q.log.Error("queue: cannot queue bounce", "msg_id", m.ID, "err", err)
+			// A bounce that cannot be queued (a full disk) must not be
+			// lost: the failed recipients stay pending, so that the
+			// next attempt fails them again and tries the bounce again.
+			q.log.Error("queue: cannot queue bounce; will try again", "msg_id", m.ID, "err", err)
+			s.mu.Lock()
+			m.reopen(failed)
+			done = false
+			s.mu.Unlock()
 		}
 	}
 	if w := m.senderRecipients(); len(w) > 0 && m.From != "" && q.cfg.DelayWarning > 0 && !m.Warned && now.Sub(m.Created) >= q.cfg.DelayWarning {

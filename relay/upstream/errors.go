@@ -5,10 +5,12 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"net"
 	"net/textproto"
+	"strings"
 	"syscall"
 
 	"github.com/emersion/go-smtp"
@@ -89,11 +91,32 @@ func outcome(err error) error {
 	if err == nil {
 		return nil
 	}
+	err = withReply(err)
 	if c, _ := classify(err); c == permanent {
 		return queue.Permanent(err)
 	}
 	return err
 }
+
+// withReply shows an upstream's reply in err's text as it came, with its
+// enhanced status code ("550 5.1.1 no such user"): go-smtp's text leaves
+// the code out, and a bounce's Status: field is taken from this text.
+func withReply(err error) error {
+	var se *smtp.SMTPError
+	if !errors.As(err, &se) || se.EnhancedCode == (smtp.EnhancedCode{}) || se.EnhancedCode == smtp.NoEnhancedCode {
+		return err
+	}
+	text := fmt.Sprintf("%d %d.%d.%d %s", se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2], se.Message)
+	return &replyText{text: strings.Replace(err.Error(), se.Error(), text, 1), err: err}
+}
+
+type replyText struct {
+	text string
+	err  error
+}
+
+func (r *replyText) Error() string { return r.text }
+func (r *replyText) Unwrap() error { return r.err }
 
 func isAny(targets ...error) func(error) bool {
 	return func(err error) bool {

@@ -2,7 +2,10 @@ package upstream
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -11,26 +14,61 @@ import (
 // idleCheck is how long a pooled connection may sit unused before it is
 // asked for a NOOP before reuse; maxIdle is how long it is kept at all
 // (servers drop idle clients after a few minutes, RFC 5321 4.5.3.2.7).
+// maxStallWindow is how long an upstream whose sessions are all busy may
+// show no progress before deliveries stop waiting for it (half its
+// timeout, if that is shorter).
 const (
-	idleCheck = 15 * time.Second
-	maxIdle   = 2 * time.Minute
+	idleCheck      = 15 * time.Second
+	maxIdle        = 2 * time.Minute
+	maxStallWindow = 10 * time.Second
 )
 
 // pool keeps up to MaxConnections sessions to one upstream open,
 // authenticated, and hands them out message after message.
+//
+// A delivery that finds every session busy waits for one while the
+// upstream makes progress (a transaction ends, a session opens). One that
+// has made none for stallWindow (a tarpit) would otherwise hold every queue
+// worker in turn and starve the other routes: then a waiter gives up with
+// errBusy, and once MaxConnections deliveries are waiting, the next ones
+// do at once. errBusy is temporary: the route's next upstream gets the
+// recipients, and they are retried later.
 type pool struct {
-	dial  func(context.Context) (*smtp.Client, error)
-	now   func() time.Time
-	slots chan struct{} // one per open connection, idle or busy
-	idle  chan *pooled  // sessions ready for the next message
+	dial        func(context.Context) (*smtp.Client, error)
+	now         func() time.Time
+	slots       chan struct{} // one per open connection, idle or busy
+	idle        chan *pooled  // sessions ready for the next message
+	stallWindow time.Duration
+	waiting     atomic.Int32
+	progress    atomic.Int64 // unix nanoseconds of the last sign of life
 
 	mu    sync.Mutex
 	dials int64 // connections opened, for tests
 }
 
-func newPool(max int, dial func(context.Context) (*smtp.Client, error)) *pool {
-	return &pool{dial: dial, now: time.Now, slots: make(chan struct{}, max), idle: make(chan *pooled, max)}
+func newPool(max int, stallWindow time.Duration, dial func(context.Context) (*smtp.Client, error)) *pool {
+	if stallWindow <= 0 {
+		stallWindow = maxStallWindow
+	}
+	p := &pool{dial: dial, now: time.Now, slots: make(chan struct{}, max), idle: make(chan *pooled, max), stallWindow: stallWindow}
+	p.alive()
+	return p
 }
+
+// alive records progress.
+func (t *pool) alive() { t.progress.Store(t.now().UnixNano()) }
+
+// stalled reports whether the upstream has made no progress for
+// stallWindow, counting from since at the earliest.
+func (t *pool) stalled(since time.Time) bool {
+	last := time.Unix(0, t.progress.Load())
+	if last.Before(since) {
+		last = since
+	}
+	return t.now().Sub(last) > t.stallWindow
+}
+
+var errBusy = errors.New("every connection to the upstream is busy")
 
 type pooled struct {
 	c        *smtp.Client
@@ -49,19 +87,17 @@ func (t *pool) Dials() int64 {
 
 // get returns a ready session: a pooled one that still answers, or a new
 // one (fresh) if fewer than MaxConnections are open; else it waits for
-// either.
+// either, within the bounds above.
 func (t *pool) get(ctx context.Context) (p *pooled, fresh bool, err error) {
 	for {
 		select {
 		case p = <-t.idle:
+		case t.slots <- struct{}{}:
+			p, err := t.dialSlot(ctx)
+			return p, true, err
 		default:
-			select {
-			case p = <-t.idle:
-			case t.slots <- struct{}{}:
-				p, err := t.dialSlot(ctx)
-				return p, true, err
-			case <-ctx.Done():
-				return nil, false, ctx.Err()
+			if p, fresh, err = t.wait(ctx); p == nil || err != nil || fresh {
+				return p, fresh, err
 			}
 		}
 		age := t.now().Sub(p.lastUsed)
@@ -70,6 +106,34 @@ func (t *pool) get(ctx context.Context) (p *pooled, fresh bool, err error) {
 			continue
 		}
 		return p, false, nil
+	}
+}
+
+// wait waits for an idle session or a free slot while the upstream makes
+// progress.
+func (t *pool) wait(ctx context.Context) (*pooled, bool, error) {
+	start := t.now()
+	if int(t.waiting.Add(1)) > cap(t.slots) && t.stalled(time.Time{}) {
+		t.waiting.Add(-1)
+		return nil, false, fmt.Errorf("%w (%d), and none has moved for %s", errBusy, cap(t.slots), t.stallWindow)
+	}
+	defer t.waiting.Add(-1)
+	tick := time.NewTicker(t.stallWindow / 4)
+	defer tick.Stop()
+	for {
+		select {
+		case p := <-t.idle:
+			return p, false, nil
+		case t.slots <- struct{}{}:
+			p, err := t.dialSlot(ctx)
+			return p, true, err
+		case <-tick.C:
+			if t.stalled(start) {
+				return nil, false, fmt.Errorf("%w (%d), and none has moved for %s", errBusy, cap(t.slots), t.stallWindow)
+			}
+		case <-ctx.Done():
+			return nil, false, ctx.Err()
+		}
 	}
 }
 
@@ -95,18 +159,21 @@ func (t *pool) dialSlot(ctx context.Context) (*pooled, error) {
 	t.mu.Lock()
 	t.dials++
 	t.mu.Unlock()
+	t.alive()
 	return &pooled{c: c, buf: make([]byte, 16<<10)}, nil
 }
 
 // release puts a session that ended a transaction cleanly back in the
 // pool. It never blocks: there are never more sessions than slots.
 func (t *pool) release(p *pooled) {
+	t.alive()
 	p.lastUsed = t.now()
 	t.idle <- p
 }
 
 // discard closes a session that failed or may be in an unknown state.
 func (t *pool) discard(p *pooled) {
+	t.alive()
 	p.c.Close()
 	<-t.slots
 }

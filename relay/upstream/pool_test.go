@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -244,5 +245,46 @@ func TestWeights(t *testing.T) {
 	}
 	if o := r.order([]string{"c", "d"}); o[0] != "c" || o[1] != "d" {
 		t.Fatalf("no weights: %v, want the listed order", o)
+	}
+}
+
+// An upstream that stalls (here: its one connection never finishes
+// opening) holds one delivery; the next waits only until the stall shows,
+// and once one is waiting on a stalled upstream, the next gives up at once.
+func TestStalledUpstreamReleasesWorkers(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	p := newPool(1, 200*time.Millisecond, func(ctx context.Context) (*smtp.Client, error) {
+		<-release
+		return nil, fmt.Errorf("closed")
+	})
+	go p.get(context.Background()) // takes the only slot and hangs in the dial
+	for len(p.slots) == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	start := time.Now()
+	waiter := make(chan error, 1)
+	go func() { _, _, err := p.get(context.Background()); waiter <- err }()
+	for p.waiting.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	// A second waiter, with one already waiting on a stalled upstream:
+	// not yet stalled (the pool is new), so it waits too.
+	_, _, err := p.get(context.Background())
+	if !errors.Is(err, errBusy) || time.Since(start) < 200*time.Millisecond {
+		t.Fatalf("second waiter: %v after %s", err, time.Since(start))
+	}
+	if err := <-waiter; !errors.Is(err, errBusy) || time.Since(start) > 2*time.Second {
+		t.Fatalf("first waiter: %v after %s", err, time.Since(start))
+	}
+	// Now the stall is known: one more waiter past the cap is refused at
+	// once.
+	go p.get(context.Background())
+	for p.waiting.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	start = time.Now()
+	if _, _, err := p.get(context.Background()); !errors.Is(err, errBusy) || time.Since(start) > 50*time.Millisecond {
+		t.Fatalf("a waiter past the cap on a stalled upstream: %v after %s", err, time.Since(start))
 	}
 }

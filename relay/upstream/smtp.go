@@ -45,7 +45,7 @@ func newSMTPTransport(u Upstream, pu *url.URL, hostname string) (*smtpTransport,
 	if u.ClientCert != nil {
 		d.tls.Certificates = []tls.Certificate{*u.ClientCert}
 	}
-	return &smtpTransport{u: u, dial: d, pool: newPool(u.MaxConnections, d.dial)}, nil
+	return &smtpTransport{u: u, dial: d, pool: newPool(u.MaxConnections, min(u.Timeout/2, maxStallWindow), d.dial)}, nil
 }
 
 // Close closes the idle sessions.
