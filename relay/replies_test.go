@@ -140,9 +140,12 @@ func TestEveryReplyOnTheWire(t *testing.T) {
 		{row: smtpd.ReplyIdleTimeout, opts: testOpts{idle: 200 * time.Millisecond}, steps: []string{"EHLO c.test", "RAW:"}},
 		{row: smtpd.ReplyShuttingDown, steps: []string{"EHLO c.test", "RAW:"},
 			before: func(t *testing.T, e *testEnv) { go e.srv.Shutdown(context.Background()) }},
-		// Refused before TLS, in the clear: on the plain listener.
+		// Refused before any command: in the clear on the plain listener,
+		// inside TLS on the implicit one (RFC 8314 allows nothing else).
 		{row: smtpd.ReplyTooManyConnsIP, opts: testOpts{perIP: 1}, listener: "plain", steps: []string{"CONNECT"}},
 		{row: smtpd.ReplyTooManyConns, opts: testOpts{maxConns: 1}, listener: "plain", steps: []string{"CONNECT"}},
+		{row: smtpd.ReplyTooManyConnsIP, opts: testOpts{perIP: 1}, steps: []string{"CONNECT"}},
+		{row: smtpd.ReplyTooManyConns, opts: testOpts{maxConns: 1}, steps: []string{"CONNECT"}},
 		{row: smtpd.ReplyPanic, opts: testOpts{dir: panicDirectory{usersFile(t)}}, steps: []string{"EHLO c.test", "AUTH PLAIN AHBhbmljAHBhbmlj"}},
 	}
 	covered := map[*smtpd.Reply]bool{}

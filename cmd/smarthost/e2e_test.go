@@ -28,6 +28,31 @@ import (
 
 var binary string
 
+// plainBinary is a smarthost built without the race detector, for tests
+// that measure memory: the e2e binary itself, unless that one has it.
+func plainBinary(t *testing.T) string {
+	t.Helper()
+	if !raceEnabled || os.Getenv("SMARTHOST_BIN") != "" {
+		return binary
+	}
+	plainOnce.Do(func() {
+		plainPath = filepath.Join(filepath.Dir(binary), "smarthost-norace")
+		if out, err := exec.Command("go", "build", "-o", plainPath, ".").CombinedOutput(); err != nil {
+			plainErr = fmt.Errorf("%v\n%s", err, out)
+		}
+	})
+	if plainErr != nil {
+		t.Fatalf("building smarthost without -race: %v", plainErr)
+	}
+	return plainPath
+}
+
+var (
+	plainOnce sync.Once
+	plainPath string
+	plainErr  error
+)
+
 func TestMain(m *testing.M) {
 	// SMARTHOST_BIN: test that binary (scripts/test.sh passes the release
 	// build of scripts/build.sh) instead of building one.
@@ -116,6 +141,8 @@ type relayEnv struct {
 	outbox   string
 	records  string // DKIM DNS records, "name value" lines
 	chroot   bool   // serve from a copy of the binary with dir as its root
+	bin      string // serve with this binary instead (plainBinary)
+	plain    string // the plain listener's address, with envOpts.plain
 }
 
 type envOpts struct {
@@ -128,6 +155,8 @@ type envOpts struct {
 	workers   int
 	policy    string // more policy: keys, each line indented by two spaces
 	queueDir  string // default: queue/ in the test's folder
+	maxSize   string // policy.max_message_size; default 64KiB
+	plain     bool   // also a plain listener (relayEnv.plain)
 	extra     string // more YAML
 }
 
@@ -163,12 +192,20 @@ func newRelayEnv(t *testing.T, o envOpts) *relayEnv {
 	if o.workers == 0 {
 		o.workers = 4
 	}
+	if o.maxSize == "" {
+		o.maxSize = "64KiB"
+	}
 	if o.queueDir == "" {
 		o.queueDir = filepath.Join(e.dir, "queue")
 	}
 	ups := o.upstreams
 	if ups == "" {
 		ups = fmt.Sprintf("upstreams:\n  - {name: up, url: %q, tls: none, timeout: 5s}", o.upstream)
+	}
+	listeners := ""
+	if o.plain {
+		e.plain = freePort(t)
+		listeners = fmt.Sprintf("  - {address: %q, mode: plain}\n", e.plain)
 	}
 	users := fmt.Sprintf("users:\n  alice:\n    password_hash: %q\n    addresses: [alice@example.com, \"*@app.example.com\"]\n"+
 		"  zoe:\n    password_hash: %q\n    addresses: [zoë@example.com]\n%s", aliceHash, zoeHash, o.users)
@@ -177,13 +214,13 @@ func newRelayEnv(t *testing.T, o envOpts) *relayEnv {
 listeners:
   - {address: %q, mode: starttls}
   - {address: %q, mode: implicit}
-tls: {self_signed: true}
+%stls: {self_signed: true}
 auth:
   backend: static
   static: {users_file: %q}
 policy:
   max_recipients: 3
-  max_message_size: 64KiB
+  max_message_size: %s
 %s
 dkim:
   domains:
@@ -198,7 +235,7 @@ queue:
   max_age: 1h
 %s
 log: {format: text, level: debug}
-%s`, e.starttls, e.implicit, filepath.Join(e.dir, "users.yaml"), o.policy, filepath.Join(e.dir, "dkim", "e2e.key"),
+%s`, e.starttls, e.implicit, listeners, filepath.Join(e.dir, "users.yaml"), o.maxSize, o.policy, filepath.Join(e.dir, "dkim", "e2e.key"),
 		filepath.Join(e.dir, "dkim", "e2ersa.key"), ups, o.queueDir, o.workers, o.queue, o.extra)
 	if err := os.WriteFile(e.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -234,7 +271,11 @@ func (p *proc) logText() string {
 func (e *relayEnv) start(t *testing.T) *proc {
 	t.Helper()
 	p := &proc{log: &bytes.Buffer{}, done: make(chan struct{}), mu: &sync.Mutex{}}
-	p.cmd = exec.Command(binary, "serve", "--config", e.config)
+	bin := binary
+	if e.bin != "" {
+		bin = e.bin
+	}
+	p.cmd = exec.Command(bin, "serve", "--config", e.config)
 	if e.chroot {
 		p.cmd = e.chrootCommand(t)
 	}

@@ -5,15 +5,22 @@ package main
 // docs/reliability.md lists what each test guarantees and its figures.
 
 import (
+	"bufio"
 	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -98,6 +105,34 @@ func arrivedBodies(up *relaytest.Sink) map[string][][32]byte {
 		out[string(id[1])] = append(out[string(id[1])], sha256.Sum256([]byte(body)))
 	}
 	return out
+}
+
+// allArrived reports whether every acknowledged message reached up.
+func allArrived(up *relaytest.Sink, acked []submission) bool {
+	got := arrivedBodies(up)
+	for _, s := range acked {
+		if len(got[s.id]) == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// checkArrived fails the test for every copy that is not the body that was
+// sent, and returns the number of duplicates.
+func checkArrived(t *testing.T, up *relaytest.Sink, acked []submission) int {
+	got := arrivedBodies(up)
+	dups := 0
+	for _, s := range acked {
+		_, body, _ := strings.Cut(s.body, "\r\n\r\n")
+		for _, h := range got[s.id] {
+			if h != sha256.Sum256([]byte(body)) {
+				t.Errorf("message %s arrived cut short or changed", s.id)
+			}
+		}
+		dups += len(got[s.id]) - 1
+	}
+	return dups
 }
 
 // The queue on a 4 MiB file system that fills up: submissions get 452
@@ -196,11 +231,8 @@ func TestFullDisk(t *testing.T) {
 	acked = append(acked, after)
 	var bounce *relaytest.Message
 	eventually(t, "every acknowledged message, and the bounce", 60*time.Second, func() bool {
-		got := arrivedBodies(up)
-		for _, s := range acked {
-			if len(got[s.id]) == 0 {
-				return false
-			}
+		if !allArrived(up, acked) {
+			return false
 		}
 		for _, m := range up.Messages() {
 			if m.From == "" && strings.Contains(string(m.Data), "gone@example.org") {
@@ -210,22 +242,553 @@ func TestFullDisk(t *testing.T) {
 		}
 		return false
 	})
-	got := arrivedBodies(up)
-	dups := 0
-	for _, s := range acked {
-		_, body, _ := strings.Cut(s.body, "\r\n\r\n")
-		for _, h := range got[s.id] {
-			if h != sha256.Sum256([]byte(body)) {
-				t.Errorf("message %s arrived cut short or changed", s.id)
-			}
-		}
-		dups += len(got[s.id]) - 1
-	}
+	dups := checkArrived(t, up, acked)
 	if bounce.To[0] != "alice@example.com" || !strings.Contains(string(bounce.Data), "Status: 5.1.1") {
 		t.Errorf("bounce: %+v\n%s", bounce.Envelope(), bounce.Data)
 	}
 	t.Logf("%d acknowledged, all delivered whole; %d duplicates", len(acked), dups)
 	if out, _ := exec.Command("df", "-h", disk).CombinedOutput(); t.Failed() {
 		t.Logf("%s", out)
+	}
+}
+
+// Fifty times: a burst from 20 sessions, SIGKILL at a random moment, a
+// restart. The queue starts every time, and every acknowledged message is
+// delivered; duplicates (at-least-once: a message delivered but not yet
+// marked done when the process died) are counted and reported.
+func TestCrashLoop(t *testing.T) {
+	up := sink(t, freePort(t))
+	e := newRelayEnv(t, envOpts{upstream: "smtp://" + up.Addr, workers: 4})
+	var mu sync.Mutex
+	var acked []submission
+	rounds := 50
+	if testing.Short() {
+		rounds = 5
+	}
+	for round := 0; round < rounds; round++ {
+		p := e.start(t)
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		for s := 0; s < 20; s++ {
+			wg.Add(1)
+			go func(s int) {
+				defer wg.Done()
+				for i := 0; ; i++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					r := submit(e.implicit, "bob@example.org", bodyOf(i, fmt.Sprintf("round %d session %d", round, s)))
+					if r.err != nil {
+						if reply(r.err) != "" && !strings.HasPrefix(reply(r.err), "4") {
+							t.Errorf("round %d: %v", round, r.err)
+						}
+						return // the server died under us
+					}
+					mu.Lock()
+					acked = append(acked, r)
+					mu.Unlock()
+				}
+			}(s)
+		}
+		time.Sleep(time.Duration(50+rand.IntN(400)) * time.Millisecond)
+		p.signal(t, syscall.SIGKILL)
+		p.wait(t, 10*time.Second)
+		close(stop)
+		wg.Wait()
+	}
+	e.start(t)
+	eventually(t, "every acknowledged message upstream", 120*time.Second, func() bool { return allArrived(up, acked) })
+	dups := checkArrived(t, up, acked)
+	t.Logf("crash loop: %d rounds, %d acknowledged, all delivered; %d duplicates (%.2f%%)",
+		rounds, len(acked), dups, 100*float64(dups)/float64(len(acked)))
+}
+
+// login opens a session over implicit TLS and logs in; it returns the
+// reply ("235 2.7.0", "454 4.7.0", "421 4.7.0") and how long the whole took.
+func tryLogin(addr, user, pass string) (string, time.Duration) {
+	start := time.Now()
+	c, err := smtp.DialTLS(addr, &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		if r := reply(err); r != "" {
+			return r, time.Since(start)
+		}
+		return "dial: " + err.Error(), time.Since(start)
+	}
+	defer c.Close()
+	c.CommandTimeout = 30 * time.Second
+	err = c.Auth(sasl.NewPlainClient("", user, pass))
+	took := time.Since(start)
+	if err == nil {
+		c.Quit()
+		return "235 2.7.0", took
+	}
+	if r := reply(err); r != "" {
+		return r, took
+	}
+	return err.Error(), took
+}
+
+// slapd stopped (SIGSTOP: it accepts connections and never answers):
+// logins answer 454 within the LDAP timeout, a user logged in before is
+// served from the login cache, and sessions waiting on LDAP never exceed
+// the connection cap (the others get 421 at once).
+func TestSlowLDAP(t *testing.T) {
+	const timeout, capConns = 2 * time.Second, 20
+	web := freePort(t)
+	e := ldapRelay(t, "", fmt.Sprintf("ratelimit:\n  backend: memory\n  max_connections: %d\n  connections_per_ip: %d\nmetrics: {listen: %q}\n", capConns, capConns, web))
+	e.start(t)
+	if r, _ := tryLogin(e.implicit, "alice", "alice-secret"); r != "235 2.7.0" {
+		t.Fatalf("alice before the stall: %s", r)
+	}
+	resume := relaytest.Freeze(t, "SMARTHOST_TEST_LDAP_PIDFILE")
+	if r, took := tryLogin(e.implicit, "alice", "alice-secret"); r != "235 2.7.0" || took > time.Second {
+		t.Errorf("alice from the cache while LDAP hangs: %s after %s", r, took)
+	}
+	if r, took := tryLogin(e.implicit, "bob", "bob-secret"); r != "454 4.7.0" || took > timeout+time.Second {
+		t.Errorf("bob while LDAP hangs: %s after %s, want 454 4.7.0 within %s", r, took, timeout)
+	}
+
+	// 60 clients at once, 20 allowed in.
+	type result struct {
+		reply string
+		took  time.Duration
+	}
+	results := make(chan result, 60)
+	peak := 0.0
+	done, sampled := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for {
+			select {
+			case <-done:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			resp, err := http.Get("http://" + web + "/metrics")
+			if err != nil {
+				continue
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			for _, line := range strings.Split(string(b), "\n") {
+				if strings.HasPrefix(line, "smarthost_connections{") {
+					var v float64
+					fmt.Sscan(line[strings.LastIndexByte(line, ' ')+1:], &v)
+					peak = max(peak, v)
+				}
+			}
+		}
+	}()
+	for i := 0; i < 60; i++ {
+		go func() {
+			r, took := tryLogin(e.implicit, "bob", "bob-secret")
+			results <- result{r, took}
+		}()
+	}
+	counts := map[string]int{}
+	var slowest time.Duration
+	for i := 0; i < 60; i++ {
+		r := <-results
+		counts[r.reply]++
+		slowest = max(slowest, r.took)
+	}
+	close(done)
+	<-sampled
+	if counts["454 4.7.0"]+counts["421 4.7.0"] != 60 || counts["454 4.7.0"] == 0 || counts["421 4.7.0"] == 0 {
+		t.Errorf("replies: %v; want only 454 4.7.0 and 421 4.7.0", counts)
+	}
+	if peak > capConns {
+		t.Errorf("%v connections at once, over the cap of %d", peak, capConns)
+	}
+	if slowest > 3*timeout+2*time.Second {
+		t.Errorf("the slowest answer took %s", slowest)
+	}
+	resume()
+	eventually(t, "logins again once LDAP answers", 20*time.Second, func() bool {
+		r, _ := tryLogin(e.implicit, "bob", "bob-secret")
+		return r == "235 2.7.0"
+	})
+	t.Logf("slow LDAP: %v; peak %v connections (cap %d); slowest answer %s", counts, peak, capConns, slowest.Round(time.Millisecond))
+}
+
+// tarpit is an SMTP server that answers nothing for 30 s, greeting
+// included, as a tarpitting or overloaded server does; it counts the
+// connections it holds.
+type tarpit struct {
+	addr       string
+	mu         sync.Mutex
+	open, peak int
+}
+
+func startTarpit(t *testing.T) *tarpit {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tp := &tarpit{addr: ln.Addr().String()}
+	stop := make(chan struct{})
+	t.Cleanup(func() { close(stop); ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			tp.mu.Lock()
+			tp.open++
+			tp.peak = max(tp.peak, tp.open)
+			tp.mu.Unlock()
+			go func() {
+				defer func() {
+					c.Close()
+					tp.mu.Lock()
+					tp.open--
+					tp.mu.Unlock()
+				}()
+				// The client hanging up ends the connection at once; only
+				// the ones it still holds count.
+				gone := make(chan struct{})
+				go func() { io.Copy(io.Discard, c); close(gone) }()
+				select {
+				case <-stop:
+				case <-gone:
+				case <-time.After(30 * time.Second):
+					io.WriteString(c, "220 tarpit.test ESMTP\r\n")
+					<-gone
+				}
+			}()
+		}
+	}()
+	return tp
+}
+
+func (tp *tarpit) peakOpen() int {
+	tp.mu.Lock()
+	defer tp.mu.Unlock()
+	return tp.peak
+}
+
+// An upstream that tarpits (nothing for 30 s) on one route: its
+// connection cap and timeout hold, the attempts are deferred, and the other
+// route keeps delivering: the workers are not all stuck on it.
+func TestTarpittingUpstream(t *testing.T) {
+	tp := startTarpit(t)
+	up := sink(t, freePort(t))
+	e := newRelayEnv(t, envOpts{workers: 4, upstreams: fmt.Sprintf("upstreams:\n"+
+		"  - {name: tarpit, url: \"smtp://%s\", tls: none, timeout: 4s, max_connections: 2}\n"+
+		"  - {name: good, url: \"smtp://%s\", tls: none, timeout: 5s}\n"+
+		"routes:\n  - {match: {recipient_domains: [slow.example]}, upstreams: [tarpit]}\n  - {upstreams: [good]}\n", tp.addr, up.Addr)})
+	p := e.start(t)
+	for i := 0; i < 20; i++ {
+		if s := submit(e.implicit, fmt.Sprintf("r%d@slow.example", i), bodyOf(i, "tarpit")); s.err != nil {
+			t.Fatal(s.err)
+		}
+	}
+	start := time.Now()
+	for i := 0; i < 40; i++ {
+		if s := submit(e.implicit, "bob@example.org", bodyOf(i, "good")); s.err != nil {
+			t.Fatal(s.err)
+		}
+	}
+	eventually(t, "the other route's 40 messages", 30*time.Second, func() bool { return len(up.Messages()) == 40 })
+	took := time.Since(start)
+	eventually(t, "deferred attempts at the tarpit", 20*time.Second, func() bool {
+		return strings.Count(p.logText(), "delivery deferred") >= 20
+	})
+	if n := tp.peakOpen(); n > 2 {
+		t.Errorf("%d connections to the tarpit at once; max_connections is 2", n)
+	}
+	log := p.logText()
+	if !strings.Contains(log, "i/o timeout") && !strings.Contains(log, "busy") {
+		t.Errorf("the deferrals do not say why")
+	}
+	t.Logf("tarpit: the other route's 40 messages delivered in %s; peak %d connections to the tarpit", took.Round(time.Millisecond), tp.peakOpen())
+}
+
+// failoverBudget: what a failover may add to a user's budget. Redis
+// replicates asynchronously: the charges the old master took in its last
+// moments (before the replica had them) are lost with it, so a user may
+// send that many more messages. At one charge per message and a
+// replication lag well under a second, 20 is generous.
+const failoverBudget = 20
+
+// failoverRun sends from 20 sessions as alice (budget 150/h) and kills the
+// Redis master once 60 messages are acknowledged. It returns the replies
+// by kind and how long the limiter was unavailable (from the kill to the
+// last 451 4.4.3).
+func failoverRun(t *testing.T, ratelimitYAML string, kill func()) (map[string]int, time.Duration) {
+	up := sink(t, freePort(t))
+	e := newRelayEnv(t, envOpts{upstream: "smtp://" + up.Addr, extra: ratelimitYAML})
+	e.start(t)
+	var mu sync.Mutex
+	counts := map[string]int{}
+	var killedAt, lastDown time.Time
+	limited := 0
+	var wg sync.WaitGroup
+	for s := 0; s < 20; s++ {
+		wg.Add(1)
+		go func(s int) {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				r := submit(e.implicit, "bob@example.org", bodyOf(i, "failover"))
+				kind := "250"
+				if r.err != nil {
+					kind = reply(r.err)
+					if kind == "" {
+						kind = "error: " + r.err.Error()
+					}
+				}
+				mu.Lock()
+				counts[kind]++
+				if kind == "450 4.7.1" {
+					limited++
+				}
+				if kind == "451 4.4.3" {
+					lastDown = time.Now()
+				}
+				if killedAt.IsZero() && counts["250"] >= 60 {
+					killedAt = time.Now()
+					kill()
+				}
+				enough := limited >= 50 || time.Since(killedAt) > 40*time.Second && !killedAt.IsZero()
+				mu.Unlock()
+				if enough {
+					return
+				}
+			}
+		}(s)
+	}
+	wg.Wait()
+	if lastDown.Before(killedAt) {
+		return counts, 0
+	}
+	return counts, lastDown.Sub(killedAt)
+}
+
+func checkFailover(t *testing.T, kind string, counts map[string]int, recovery time.Duration) {
+	for k, n := range counts {
+		if k != "250" && k != "450 4.7.1" && k != "451 4.4.3" {
+			t.Errorf("%d replies %q: want only 250, 450 4.7.1 (limited) and 451 4.4.3 (limiter unavailable)", n, k)
+		}
+	}
+	if counts["250"] > 150+failoverBudget {
+		t.Errorf("%d messages accepted on a budget of 150 (+%d for the failover)", counts["250"], failoverBudget)
+	}
+	if recovery > 15*time.Second {
+		t.Errorf("the limiter was unavailable for %s after the master died", recovery)
+	}
+	if counts["450 4.7.1"] == 0 {
+		t.Errorf("the limit was never reached after the failover: %v", counts)
+	}
+	t.Logf("%s failover: %v; limiter unavailable for %s", kind, counts, recovery.Round(time.Millisecond))
+}
+
+// A Sentinel group (master, replica, three Sentinels): the master is
+// killed mid-burst. No 5xx; the budget holds within failoverBudget.
+func TestRedisSentinelFailover(t *testing.T) {
+	g := relaytest.StartSentinelGroup(t)
+	yaml := fmt.Sprintf("ratelimit:\n  backend: redis\n  redis: {addrs: [%s], master_name: mymaster}\n  on_backend_error: tempfail\n"+
+		"  classes:\n    default: {messages: \"150/h\"}\n", strings.Join(g.SentinelAddrs(), ", "))
+	master := g.Master.Addr
+	counts, recovery := failoverRun(t, yaml, g.Master.Kill)
+	if now := g.MasterAddr(); now == master || now == "" {
+		t.Errorf("no failover: the master is %q", now)
+	}
+	checkFailover(t, "Sentinel", counts, recovery)
+}
+
+// A Redis Cluster (three masters with a replica each): the master holding
+// alice's keys is killed mid-burst and its replica promoted.
+func TestRedisClusterFailover(t *testing.T) {
+	c := relaytest.StartRedisCluster(t)
+	yaml := fmt.Sprintf("ratelimit:\n  backend: redis\n  redis: {addrs: [%s]}\n  on_backend_error: tempfail\n"+
+		"  classes:\n    default: {messages: \"150/h\"}\n", strings.Join(c.Addrs(), ", "))
+	victim := c.MasterOf(t, "{alice}")
+	counts, recovery := failoverRun(t, yaml, victim.Kill)
+	if now := c.MasterOf(t, "{alice}"); now == victim {
+		t.Errorf("no failover: %s still serves alice", now.Addr)
+	}
+	checkFailover(t, "Cluster", counts, recovery)
+}
+
+// procStatus reads the relay's VmRSS and VmHWM (KiB) and its open files.
+func procStatus(t *testing.T, pid int) (rss, hwm int64, fds int) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 2 && f[0] == "VmRSS:" {
+			fmt.Sscan(f[1], &rss)
+		}
+		if len(f) >= 2 && f[0] == "VmHWM:" {
+			fmt.Sscan(f[1], &hwm)
+		}
+	}
+	ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	return rss, hwm, len(ents)
+}
+
+// Hostile load on the memory: 2,000 sessions each in the middle of a
+// 25 MiB message that they send slowly (1,000 have sent 100 KiB, which
+// would fit the in-memory draft; 1,000 have sent 300 KiB, which does not),
+// then, on a fresh process, 10,000 idle sessions. The relay's RSS stays
+// under the bounds below; messages being received live on disk, not in
+// memory. What the memory is (a heap profile of the first case, about
+// 250 MB live): a 32 KiB read buffer per session in DATA, a 32 KiB write
+// buffer per draft on disk, at most 64 MiB of drafts in memory (their
+// buffers' capacity somewhat more), and the Go collector's headroom,
+// which about doubles the live heap in RSS.
+const (
+	slowSessionsRSSMax = 640 << 10 // KiB
+	idleSessionsRSSMax = 400 << 10 // KiB
+)
+
+func TestMemoryUnderHostileLoad(t *testing.T) {
+	if os.Geteuid() == 0 {
+		// 10,000 sessions need that many files on each side; root may
+		// raise the limit, which the relay inherits.
+		lim := syscall.Rlimit{Cur: 65536, Max: 65536}
+		syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+	}
+	var lim syscall.Rlimit
+	syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim)
+	if lim.Cur < 11000 {
+		msg := fmt.Sprintf("10,000 sessions need more open files than the limit of %d", lim.Cur)
+		if os.Getenv("CI") == "true" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	up := sink(t, freePort(t))
+	e := newRelayEnv(t, envOpts{upstream: "smtp://" + up.Addr, plain: true, maxSize: "25MiB",
+		policy: "  trusted_networks: [127.0.0.0/8]\n  trusted_senders: [alice@example.com]\n",
+		extra:  "ratelimit:\n  backend: memory\n  max_connections: 12000\n  connections_per_ip: 12000\n"})
+	e.bin = plainBinary(t)
+	p := e.start(t)
+	pid := p.cmd.Process.Pid
+
+	// 2,000 slow senders.
+	var wg sync.WaitGroup
+	var ready sync.WaitGroup
+	stop := make(chan struct{})
+	var failures atomic.Int32
+	for i := 0; i < 2000; i++ {
+		size := 100 << 10
+		if i%2 == 1 {
+			size = 300 << 10
+		}
+		wg.Add(1)
+		ready.Add(1)
+		go func() {
+			defer wg.Done()
+			sent := false
+			defer func() {
+				if !sent {
+					failures.Add(1)
+					ready.Done()
+				}
+			}()
+			c, err := net.Dial("tcp", e.plain)
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(5 * time.Minute))
+			r := bufio.NewReader(c)
+			expect := func(code string) bool {
+				for {
+					line, err := r.ReadString('\n')
+					if err != nil || !strings.HasPrefix(line, code) {
+						return false
+					}
+					if len(line) < 4 || line[3] == ' ' {
+						return true
+					}
+				}
+			}
+			if !expect("220") {
+				return
+			}
+			for _, step := range [][2]string{{"EHLO slow.test", "250"}, {"MAIL FROM:<alice@example.com> SIZE=26214400", "250"},
+				{"RCPT TO:<bob@example.org>", "250"}, {"DATA", "354"}} {
+				io.WriteString(c, step[0]+"\r\n")
+				if !expect(step[1]) {
+					return
+				}
+			}
+			io.WriteString(c, "From: alice@example.com\r\nSubject: slow\r\n\r\n")
+			line := strings.Repeat("x", 1022) + "\r\n"
+			chunk := strings.Repeat(line, 16) // 16 KiB
+			for n := 0; n < size; n += len(chunk) {
+				if _, err := io.WriteString(c, chunk); err != nil {
+					return
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			sent = true
+			ready.Done()
+			<-stop // and never finishes the message
+		}()
+	}
+	ready.Wait()
+	// Let the relay take in what is in flight.
+	time.Sleep(500 * time.Millisecond)
+	rss, hwm, fds := procStatus(t, pid)
+	drafts, _ := os.ReadDir(filepath.Join(e.dir, "queue", "tmp"))
+	t.Logf("2,000 slow senders (%d failed to start): RSS %d MiB (peak %d MiB), %d open files, %d drafts on disk",
+		failures.Load(), rss>>10, hwm>>10, fds, len(drafts))
+	if failures.Load() > 0 {
+		t.Errorf("%d slow senders were refused", failures.Load())
+	}
+	if hwm > slowSessionsRSSMax {
+		t.Errorf("peak RSS %d MiB with 2,000 slow senders, over the bound of %d MiB", hwm>>10, slowSessionsRSSMax>>10)
+	}
+	// Every 300 KiB message and all but MemoryMax (64 MiB) of the
+	// 100 KiB ones are on disk.
+	if len(drafts) < 1000+1000-(64<<20)/(100<<10)-10 {
+		t.Errorf("only %d drafts on disk: messages are held in memory", len(drafts))
+	}
+	close(stop)
+	wg.Wait()
+	eventually(t, "the aborted drafts removed", 30*time.Second, func() bool {
+		d, _ := os.ReadDir(filepath.Join(e.dir, "queue", "tmp"))
+		return len(d) == 0
+	})
+
+	// 10,000 idle sessions, on a fresh process.
+	p.signal(t, syscall.SIGKILL)
+	p.wait(t, 10*time.Second)
+	p = e.start(t)
+	pid = p.cmd.Process.Pid
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for i := 0; i < 10000; i++ {
+		c, err := net.Dial("tcp", e.plain)
+		if err != nil {
+			t.Fatalf("session %d: %v", i, err)
+		}
+		conns = append(conns, c)
+	}
+	for i, c := range conns {
+		c.SetReadDeadline(time.Now().Add(60 * time.Second))
+		if line, err := bufio.NewReader(c).ReadString('\n'); err != nil || !strings.HasPrefix(line, "220 ") {
+			t.Fatalf("session %d: %q %v", i, line, err)
+		}
+	}
+	rss, _, fds = procStatus(t, pid)
+	t.Logf("10,000 idle sessions: RSS %d MiB, %d open files", rss>>10, fds)
+	if rss > idleSessionsRSSMax {
+		t.Errorf("RSS %d MiB with 10,000 idle sessions, over the bound of %d MiB", rss>>10, idleSessionsRSSMax>>10)
+	}
+	if fds < 10000 || fds > 10100 {
+		t.Errorf("%d open files for 10,000 sessions", fds)
 	}
 }

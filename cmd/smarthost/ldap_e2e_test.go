@@ -13,11 +13,11 @@ func ldapEnv(t testing.TB, name string) string { return relaytest.Service(t, nam
 
 // ldapRelay is a relay whose users come from the test slapd (or, with url,
 // from somewhere else).
-func ldapRelay(t *testing.T, url string) *relayEnv {
+func ldapRelay(t *testing.T, url string, extra ...string) *relayEnv {
 	if url == "" {
 		url = ldapEnv(t, "SMARTHOST_TEST_LDAP_URL")
 	}
-	e := newRelayEnv(t, envOpts{})
+	e := newRelayEnv(t, envOpts{extra: strings.Join(extra, "")})
 	text, _ := os.ReadFile(e.config)
 	auth := fmt.Sprintf(`auth:
   backend: ldap

@@ -26,6 +26,9 @@ func (l redisLog) Printf(_ context.Context, format string, v ...any) {
 	l.log.Info("redis: " + fmt.Sprintf(format, v...))
 }
 
+// clusterReload is how often the Redis Cluster slot map is read again.
+const clusterReload = 2 * time.Second
+
 // newLimiter makes the configured limiter. It lives for the whole process:
 // a reload changes the classes, never the counters.
 func newLimiter(f *configs.File) (ratelimit.Limiter, func() error) {
@@ -41,7 +44,18 @@ func newLimiter(f *configs.File) (ratelimit.Limiter, func() error) {
 	if r.TLS {
 		o.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
 	}
-	c := redis.NewUniversalClient(o)
+	var c redis.UniversalClient
+	if len(r.Addrs) > 1 && r.MasterName == "" {
+		// go-redis reloads a cluster's slot map on MOVED answers, and
+		// otherwise only every minute: when a master dies, nothing
+		// answers MOVED, and its slots would stay unreachable for up to
+		// a minute after the replica took over.
+		co := o.Cluster()
+		co.ClusterStateReloadInterval = clusterReload
+		c = redis.NewClusterClient(co)
+	} else {
+		c = redis.NewUniversalClient(o)
+	}
 	return ratelimit.NewRedis(c), c.Close
 }
 

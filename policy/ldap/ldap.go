@@ -206,16 +206,26 @@ func (d *Directory) search(req *ldap.SearchRequest) (*ldap.SearchResult, error) 
 		if err != nil {
 			return nil, err
 		}
+		start := time.Now()
 		res, err := c.Search(req)
 		if err == nil || isResult(err) {
 			d.put(d.service, c)
 			return res, err
 		}
 		c.Close()
-		if !pooled || attempt > 0 {
+		if !d.retry(pooled, attempt, start) {
 			return nil, fmt.Errorf("ldap search: %w", err)
 		}
 	}
+}
+
+// retry says whether an operation that failed without an LDAP result is
+// tried again on a new connection: once, if it ran on a pooled connection
+// (which the server may have closed while it sat idle) and failed fast. One
+// that spent half the timeout met a server that hangs, and a second try
+// would make the client wait twice the timeout for its 454.
+func (d *Directory) retry(pooled bool, attempt int, start time.Time) bool {
+	return pooled && attempt == 0 && time.Since(start) < d.cfg.Timeout/2
 }
 
 func (d *Directory) bindUser(dn, password string) error {
@@ -224,6 +234,7 @@ func (d *Directory) bindUser(dn, password string) error {
 		if err != nil {
 			return err
 		}
+		start := time.Now()
 		err = c.Bind(dn, password)
 		switch {
 		case err == nil:
@@ -239,7 +250,7 @@ func (d *Directory) bindUser(dn, password string) error {
 			return fmt.Errorf("ldap bind as %s: %w", dn, err)
 		}
 		c.Close()
-		if !pooled || attempt > 0 {
+		if !d.retry(pooled, attempt, start) {
 			return fmt.Errorf("ldap bind: %w", err)
 		}
 	}

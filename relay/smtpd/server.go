@@ -38,6 +38,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -217,6 +218,10 @@ func (s *Server) isClosed() bool {
 	return s.closed
 }
 
+// refusalHandshake bounds the TLS handshake of a connection refused on an
+// implicit-TLS listener.
+const refusalHandshake = 5 * time.Second
+
 func (s *Server) handle(c *Conn) {
 	defer func() {
 		c.Close()
@@ -229,8 +234,20 @@ func (s *Server) handle(c *Conn) {
 	c.addr = remoteAddr(c.raw)
 	if r := s.admit(c.addr); r != nil {
 		s.cfg.Log.Warn("connection refused: too many connections", "remote", c.addr.String(), "listener", c.ln.l.Name)
+		var w io.Writer = c.raw
+		if c.ln.l.Implicit {
+			// Nothing but TLS on an implicit-TLS port (RFC 8314): the
+			// refusal goes inside a handshake, or a client reads it as a
+			// broken TLS record and does not know to come back later.
+			c.raw.SetDeadline(time.Now().Add(refusalHandshake))
+			tc := tls.Server(c.conn, c.ln.l.TLS)
+			if tc.Handshake() != nil {
+				return
+			}
+			w = tc
+		}
 		c.raw.SetWriteDeadline(time.Now().Add(time.Second))
-		c.raw.Write([]byte(formatReply(r)))
+		w.Write([]byte(formatReply(r)))
 		if s.cfg.Refused != nil {
 			s.cfg.Refused(c, "CONNECT", r, nil)
 		}
