@@ -3,13 +3,10 @@
 package dkim
 
 import (
-	"bytes"
 	"crypto"
 	"errors"
 	"fmt"
 	"strings"
-
-	msgdkim "github.com/emersion/go-msgauth/dkim"
 )
 
 // ErrNoKey means no key is configured for the message's domain; the caller
@@ -55,12 +52,6 @@ func New(cfg Config) *Signer {
 	return s
 }
 
-// Signing is one message being signed: write the whole message (header and
-// body, CRLF line endings) to it, then call Finish.
-type Signing struct {
-	signers []*msgdkim.Signer
-}
-
 // Begin starts signing a message whose From: domain is domain and whose
 // header has the given field names (in any case, one entry per occurrence).
 func (s *Signer) Begin(domain string, fields []string) (*Signing, error) {
@@ -73,9 +64,7 @@ func (s *Signer) Begin(domain string, fields []string) (*Signing, error) {
 		count[strings.ToLower(f)]++
 	}
 	// Each present field once per occurrence, and once more for the
-	// oversigned ones, so that nobody can add another after signing. Every
-	// key is listed once per needed slot only: go-msgauth panics on
-	// inconsistent lists.
+	// oversigned ones, so that nobody can add another after signing.
 	var hk []string
 	for _, f := range signed {
 		n := count[f]
@@ -89,58 +78,5 @@ func (s *Signer) Begin(domain string, fields []string) (*Signing, error) {
 	if count["from"] == 0 {
 		return nil, errors.New("dkim: message has no From field")
 	}
-	sg := &Signing{}
-	for _, k := range keys {
-		ms, err := msgdkim.NewSigner(&msgdkim.SignOptions{
-			Domain:                 strings.ToLower(domain),
-			Selector:               k.Selector,
-			Signer:                 k.Signer,
-			HeaderCanonicalization: msgdkim.CanonicalizationRelaxed,
-			BodyCanonicalization:   msgdkim.CanonicalizationRelaxed,
-			HeaderKeys:             hk,
-		})
-		if err != nil {
-			sg.abort()
-			return nil, fmt.Errorf("dkim: %s: %w", k.Selector, err)
-		}
-		sg.signers = append(sg.signers, ms)
-	}
-	return sg, nil
-}
-
-func (sg *Signing) Write(p []byte) (int, error) {
-	for _, s := range sg.signers {
-		if _, err := s.Write(p); err != nil {
-			return 0, fmt.Errorf("dkim: %w", err)
-		}
-	}
-	return len(p), nil
-}
-
-// Abort ends a signing that will not be finished (the message was
-// refused), so that it holds nothing.
-func (sg *Signing) Abort() {
-	sg.abort()
-}
-
-func (sg *Signing) abort() {
-	for _, s := range sg.signers {
-		s.Close()
-	}
-	sg.signers = nil
-}
-
-// Finish returns the DKIM-Signature fields to put on top of the message.
-func (sg *Signing) Finish() ([]byte, error) {
-	var b bytes.Buffer
-	for i, s := range sg.signers {
-		if err := s.Close(); err != nil {
-			sg.signers = sg.signers[i+1:]
-			sg.abort()
-			return nil, fmt.Errorf("dkim: %w", err)
-		}
-		b.WriteString(s.Signature())
-	}
-	sg.signers = nil
-	return b.Bytes(), nil
+	return newSigning(strings.ToLower(domain), keys, hk), nil
 }

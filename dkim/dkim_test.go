@@ -101,7 +101,7 @@ func TestSignRSAAndEd25519(t *testing.T) {
 			t.Errorf("signature %s: %v", v.Domain, v.Err)
 		}
 	}
-	if !strings.Contains(signed, "h=from:from:reply-to:subject:subject:date:date:to:to:cc:message-id:message-id") {
+	if !strings.Contains(strings.ReplaceAll(signed, "\r\n ", ""), "h=from:from:reply-to:subject:subject:date:date:to:to:cc:message-id:message-id") {
 		t.Errorf("unexpected signed field list:\n%s", signed)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"net/textproto"
 	"os"
 	"path/filepath"
 	"strings"
@@ -806,5 +807,49 @@ func TestShutdownDrainsIdleSessions(t *testing.T) {
 	}
 	if n := len(e.queued(t)); n != 1 {
 		t.Fatalf("%d messages queued, want the one finished during the drain", n)
+	}
+}
+
+// A client that keeps its TLS session resumes it on its next connection
+// (a session ticket), on both kinds of listener: a full handshake only
+// once, which is most of what a connection per message costs.
+func TestTLSSessionResumption(t *testing.T) {
+	e := newEnv(t, testOpts{})
+	cfg := &tls.Config{RootCAs: e.pool, ServerName: "127.0.0.1", ClientSessionCache: tls.NewLRUClientSessionCache(4)}
+	for i, want := range []bool{false, true, true} {
+		c, err := tls.Dial("tcp", e.implicit, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// TLS 1.3 tickets arrive after the handshake: read the greeting.
+		bufio.NewReader(c).ReadString('\n')
+		if got := c.ConnectionState().DidResume; got != want {
+			t.Errorf("implicit TLS, connection %d: resumed %v, want %v", i, got, want)
+		}
+		c.Close()
+	}
+	cfg.ClientSessionCache = tls.NewLRUClientSessionCache(4) // a client new to the server
+	for i, want := range []bool{false, true} {
+		nc, err := net.Dial("tcp", e.starttls)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tp := textproto.NewConn(nc)
+		tp.ReadResponse(220)
+		tp.PrintfLine("EHLO c.test")
+		tp.ReadResponse(250)
+		tp.PrintfLine("STARTTLS")
+		tp.ReadResponse(220)
+		tc := tls.Client(nc, cfg)
+		if err := tc.Handshake(); err != nil {
+			t.Fatal(err)
+		}
+		tp = textproto.NewConn(tc)
+		tp.PrintfLine("EHLO c.test")
+		tp.ReadResponse(250)
+		if got := tc.ConnectionState().DidResume; got != want {
+			t.Errorf("STARTTLS, connection %d: resumed %v, want %v", i, got, want)
+		}
+		tc.Close()
 	}
 }

@@ -26,7 +26,14 @@ type dialer struct {
 	hostname string
 }
 
-func (t *dialer) dial(ctx context.Context) (*smtp.Client, error) {
+// session is one connection to an upstream: go-smtp's client, and the
+// connection it writes to, which DATA writes to directly (dotStuffer).
+type session struct {
+	*smtp.Client
+	conn net.Conn
+}
+
+func (t *dialer) dial(ctx context.Context) (*session, error) {
 	c, err := t.connect(ctx, t.u.TLS != "none")
 	if err != nil && t.u.TLS == "opportunistic" && errors.Is(err, errStartTLS) {
 		c, err = t.connect(ctx, false)
@@ -34,7 +41,7 @@ func (t *dialer) dial(ctx context.Context) (*smtp.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := login(ctx, c, t.u); err != nil {
+	if err := login(ctx, c.Client, t.u); err != nil {
 		c.Close()
 		// A refused login is our configuration, not the message's
 		// fault: Send retries and fails over rather than bounce.
@@ -46,7 +53,7 @@ func (t *dialer) dial(ctx context.Context) (*smtp.Client, error) {
 var errStartTLS = errors.New("STARTTLS failed")
 
 // connect opens a session up to and including EHLO (after TLS, if any).
-func (t *dialer) connect(ctx context.Context, startTLS bool) (*smtp.Client, error) {
+func (t *dialer) connect(ctx context.Context, startTLS bool) (*session, error) {
 	d := net.Dialer{Timeout: t.u.Timeout}
 	raw, err := d.DialContext(ctx, "tcp", t.addr)
 	if err != nil {
@@ -54,7 +61,7 @@ func (t *dialer) connect(ctx context.Context, startTLS bool) (*smtp.Client, erro
 	}
 	var conn net.Conn = newBatched(raw)
 	conn.SetDeadline(time.Now().Add(t.u.Timeout))
-	var c *smtp.Client
+	var under net.Conn
 	switch {
 	case t.implicit:
 		tc := tls.Client(conn, t.tls)
@@ -62,17 +69,18 @@ func (t *dialer) connect(ctx context.Context, startTLS bool) (*smtp.Client, erro
 			conn.Close()
 			return nil, fmt.Errorf("TLS: %w", err)
 		}
-		c = smtp.NewClient(tc)
+		under = tc
 	case startTLS:
 		tc, err := t.startTLS(ctx, conn)
 		if err != nil {
 			conn.Close()
 			return nil, fmt.Errorf("%w: %w", errStartTLS, err)
 		}
-		c = smtp.NewClient(greeted{Conn: tc, r: io.MultiReader(strings.NewReader("220 TLS established\r\n"), tc)})
+		under = greeted{Conn: tc, r: io.MultiReader(strings.NewReader("220 TLS established\r\n"), tc)}
 	default:
-		c = smtp.NewClient(conn)
+		under = conn
 	}
+	c := smtp.NewClient(under)
 	conn.SetDeadline(time.Time{})
 	// RFC 5321 4.5.3.2: 5 minutes for commands, 10 for the reply to the
 	// final dot (the upstream may be delivering in the meantime).
@@ -85,7 +93,7 @@ func (t *dialer) connect(ctx context.Context, startTLS bool) (*smtp.Client, erro
 		}
 		return nil, err
 	}
-	return c, nil
+	return &session{Client: c, conn: under}, nil
 }
 
 // startTLS does the plain-text part of a STARTTLS session itself (go-smtp's

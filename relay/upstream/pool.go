@@ -1,14 +1,13 @@
 package upstream
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/emersion/go-smtp"
 )
 
 // idleCheck is how long a pooled connection may sit unused before it is
@@ -34,7 +33,7 @@ const (
 // do at once. errBusy is temporary: the route's next upstream gets the
 // recipients, and they are retried later.
 type pool struct {
-	dial        func(context.Context) (*smtp.Client, error)
+	dial        func(context.Context) (*session, error)
 	now         func() time.Time
 	slots       chan struct{} // one per open connection, idle or busy
 	idle        chan *pooled  // sessions ready for the next message
@@ -46,7 +45,7 @@ type pool struct {
 	dials int64 // connections opened, for tests
 }
 
-func newPool(max int, stallWindow time.Duration, dial func(context.Context) (*smtp.Client, error)) *pool {
+func newPool(max int, stallWindow time.Duration, dial func(context.Context) (*session, error)) *pool {
 	if stallWindow <= 0 {
 		stallWindow = maxStallWindow
 	}
@@ -71,11 +70,13 @@ func (t *pool) stalled(since time.Time) bool {
 var errBusy = errors.New("every connection to the upstream is busy")
 
 type pooled struct {
-	c        *smtp.Client
+	c        *session
 	lastUsed time.Time
 	// buf carries the message into the DATA writer, which io.Copy would
-	// otherwise allocate afresh for every message (32 KiB each).
+	// otherwise allocate afresh for every message (32 KiB each); bw
+	// gathers it into large writes to the connection.
 	buf []byte
+	bw  *bufio.Writer
 }
 
 // Dials is the number of connections opened so far.

@@ -254,7 +254,7 @@ func TestWeights(t *testing.T) {
 func TestStalledUpstreamReleasesWorkers(t *testing.T) {
 	release := make(chan struct{})
 	defer close(release)
-	p := newPool(1, 200*time.Millisecond, func(ctx context.Context) (*smtp.Client, error) {
+	p := newPool(1, 200*time.Millisecond, func(ctx context.Context) (*session, error) {
 		<-release
 		return nil, fmt.Errorf("closed")
 	})

@@ -1,6 +1,8 @@
 package upstream
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -104,7 +106,7 @@ func (t *smtpTransport) transaction(p *pooled, m *queue.Message, to []queue.Reci
 	if dsn {
 		mo.Return, mo.EnvelopeID = smtp.DSNReturn(m.Ret), m.EnvID
 	}
-	if out, err := mail(c, m.From, mo, len(to)); out != nil || err != nil {
+	if out, err := mail(c.Client, m.From, mo, len(to)); out != nil || err != nil {
 		return out, err
 	}
 	out := make([]error, len(to))
@@ -125,7 +127,7 @@ func (t *smtpTransport) transaction(p *pooled, m *queue.Message, to []queue.Reci
 		}
 		return out, nil
 	}
-	return out, t.data(c, p.buf, m, out)
+	return out, t.data(c, p, m, out)
 }
 
 // mail sends MAIL FROM. A refusal applies to all n recipients (out), and
@@ -177,7 +179,12 @@ func rcptOptions(r queue.Recipient, dsn bool) *smtp.RcptOptions {
 
 // data sends the message to the accepted recipients (those nil in out) and
 // records the upstream's answer to the final dot in out.
-func (t *smtpTransport) data(c *smtp.Client, buf []byte, m *queue.Message, out []error) error {
+//
+// The message goes to the connection through dotStuffer, not through
+// go-smtp's DATA writer, which escapes dots and line ends byte by byte
+// (about 5 % of the relay's CPU): only the final CRLF goes through
+// go-smtp's writer, so that its Close sends the dot without adding a line.
+func (t *smtpTransport) data(c *session, p *pooled, m *queue.Message, out []error) error {
 	w, err := c.Data()
 	if err != nil {
 		return err
@@ -188,7 +195,17 @@ func (t *smtpTransport) data(c *smtp.Client, buf []byte, m *queue.Message, out [
 		return fmt.Errorf("%w: %w", errSpoolRead, err)
 	}
 	defer src.Close()
-	if _, err := io.CopyBuffer(w, src, buf); err != nil {
+	if p.bw == nil {
+		p.bw = bufio.NewWriterSize(nil, 32<<10)
+	}
+	p.bw.Reset(c.conn)
+	ds := &dotStuffer{w: p.bw, bol: true}
+	_, err = io.CopyBuffer(ds, src, p.buf)
+	if err == nil {
+		err = ds.finish(w)
+	}
+	p.bw.Reset(nil)
+	if err != nil {
 		var pe *fs.PathError
 		if errors.As(err, &pe) {
 			err = fmt.Errorf("%w: %w", errSpoolRead, err)
@@ -207,6 +224,67 @@ func (t *smtpTransport) data(c *smtp.Client, buf []byte, m *queue.Message, out [
 		}
 	}
 	return nil
+}
+
+// dotStuffer writes a message as the content of DATA: a '.' that starts a
+// line gets another in front (RFC 5321 section 4.5.2), a run of lines at a
+// time. The last two bytes are held back for finish.
+type dotStuffer struct {
+	w    *bufio.Writer
+	bol  bool // at the beginning of a line
+	tail [2]byte
+	n    int // bytes in tail
+}
+
+func (d *dotStuffer) Write(p []byte) (int, error) {
+	written := len(p)
+	switch {
+	case d.n+len(p) <= 2:
+		d.n += copy(d.tail[d.n:], p)
+		return written, nil
+	case len(p) >= 2:
+		d.stuff(d.tail[:d.n])
+		d.stuff(p[:len(p)-2])
+		d.n = copy(d.tail[:], p[len(p)-2:])
+	default: // one byte, two held
+		d.stuff(d.tail[:1])
+		d.tail[0], d.tail[1] = d.tail[1], p[0]
+	}
+	return written, nil
+}
+
+func (d *dotStuffer) stuff(p []byte) {
+	for len(p) > 0 {
+		if d.bol && p[0] == '.' {
+			d.w.WriteByte('.')
+		}
+		i := bytes.IndexByte(p, '\n')
+		if i < 0 {
+			d.w.Write(p)
+			d.bol = false
+			return
+		}
+		d.w.Write(p[:i+1])
+		d.bol = true
+		p = p[i+1:]
+	}
+}
+
+// finish sends what is buffered, then the message's last line end
+// through dw (go-smtp's DATA writer), which then ends DATA with just the
+// dot. A message that does not end in CRLF gets one, as go-smtp would add.
+func (d *dotStuffer) finish(dw io.Writer) error {
+	if d.n == 2 && d.tail == [2]byte{'\r', '\n'} {
+		d.n = 0
+	} else {
+		d.stuff(d.tail[:d.n])
+		d.n = 0
+	}
+	if err := d.w.Flush(); err != nil {
+		return err
+	}
+	_, err := io.WriteString(dw, "\r\n")
+	return err
 }
 
 // needsUTF8 reports whether a message can only go with SMTPUTF8: it says
