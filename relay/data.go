@@ -115,6 +115,16 @@ func (s *session) receive(d *queue.Draft, r io.Reader) (string, error) {
 			return "", err
 		}
 	}
+	id, err := d.Commit(s.envelope(header, added, peer), prepend)
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", errSpool, err)
+	}
+	return id, nil
+}
+
+// envelope is what the message is queued with: the transaction's sender,
+// recipients and DSN parameters, and the archive copies it gets.
+func (s *session) envelope(header, added []byte, peer bool) queue.Envelope {
 	env := queue.Envelope{From: s.from, To: s.rcpts, Ret: s.dsnRet, EnvID: s.dsnEnvID, Notify: s.dsnNotify,
 		SMTPUTF8: s.utf8, UTF8Required: s.utf8 && needsUTF8(s.from, s.rcpts, header, added)}
 	for _, o := range s.dsnORcpt {
@@ -129,11 +139,7 @@ func (s *session) receive(d *queue.Draft, r io.Reader) (string, error) {
 			env.Archive = append(env.Archive, queue.ArchiveCopy{Addr: a.Address, Upstreams: a.Upstreams})
 		}
 	}
-	id, err := d.Commit(env, prepend)
-	if err != nil {
-		return "", fmt.Errorf("%w: %w", errSpool, err)
-	}
-	return id, nil
+	return env
 }
 
 // editHeader applies the header privacy rules and the sender rewrite to

@@ -3,8 +3,20 @@
 # forwards, a counting sink receives; the figure is N / (first connection to
 # last message received upstream). One line per run.
 #
-#   scripts/bench.sh [--vs-postfix] [--openssl] [--runs 3] [--total 5000] [--sessions 20] [--size 10240]
+#   scripts/bench.sh [--vs-postfix | --vs-peers] [--openssl] [--runs 3] [--total 5000] [--sessions 20] [--size 10240]
 #                    [--latency "150 400"] [--latency-total 3000]
+#
+# --vs-peers puts the peers in the same sitting: both smarthost builds
+# (pure Go and the OpenSSL variant), Postfix (+ 2 OpenDKIM) and maddy
+# v0.8.1 (built once per machine from the Go module proxy, with the
+# replace lines of its own go.mod), each without DKIM and with RSA-2048 +
+# Ed25519, interleaved run by run; then M=1 for smarthost and Postfix. It
+# prints medians, ratios and a chart. maddy runs with STARTTLS and AUTH
+# PLAIN like smarthost, one bcrypt user allowed to send only as its
+# address, two modify.dkim blocks, target.smtp to the sink, and no limits
+# block. What makes its row unfair, in its favour or not: it fsyncs three
+# files per message, opens a new upstream connection per message, and its
+# queue delivers at most 16 at a time.
 #
 # --latency RATES adds a latency profile per rate: the same sessions, M=0,
 # both DKIM signatures, but an open load (smtpload --rate) that offers RATE
@@ -31,10 +43,11 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH=$PATH:/usr/local/go/bin
 
-VS=0 RUNS=3 TOTAL=5000 SESSIONS=20 SIZE=10240 BUILD=pure-go RATES= LTOTAL=3000
+VS=0 PEERS=0 RUNS=3 TOTAL=5000 SESSIONS=20 SIZE=10240 BUILD=pure-go RATES= LTOTAL=3000
 while [ $# -gt 0 ]; do
   case $1 in
     --vs-postfix) VS=1 ;;
+    --vs-peers) VS=1 PEERS=1 ;;
     --pure-go) BUILD=pure-go ;; # the default; kept for older notes
     --openssl) BUILD=openssl ;;
     --runs) RUNS=$2; shift ;;
@@ -49,7 +62,7 @@ while [ $# -gt 0 ]; do
 done
 
 W=${BENCH_DIR:-/var/lib/smarthost-bench}
-SINK_PORT=3525 RELAY_PORT=3587 PF_PORT=4587
+SINK_PORT=3525 RELAY_PORT=3587 PF_PORT=4587 MADDY_PORT=5587
 rm -rf "$W"; mkdir -p "$W/bin" "$W/dkim"
 if [ $BUILD = openssl ] && [ ! -e /usr/include/openssl/evp.h ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libssl-dev libc6-dev gcc >/dev/null
@@ -57,6 +70,29 @@ fi
 scripts/build.sh -o "$W/bin/smarthost" $([ $BUILD = openssl ] && echo --openssl) >/dev/null
 go build -o "$W/bin/smtpload" ./cmd/smtpload
 SH=$W/bin/smarthost LOAD=$W/bin/smtpload
+if [ $PEERS = 1 ]; then
+  [ -e /usr/include/openssl/evp.h ] ||
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libssl-dev libc6-dev gcc >/dev/null
+  scripts/build.sh --openssl -o "$W/bin/smarthost-openssl" >/dev/null
+  # maddy v0.8.1: the proxy serves it but lists no versions, so neither
+  # `go install …@v0.8.1` nor `go get …@latest` works, and its go.mod
+  # replaces go-smtp, go-imap and libdns-gandi with forks, which only a
+  # module of our own can repeat. Built once per machine.
+  MADDY_DIR=${XDG_CACHE_HOME:-$HOME/.cache}/smarthost-bench/maddy-v0.8.1
+  if [ ! -x "$MADDY_DIR/maddy" ]; then
+    echo "bench.sh: building maddy v0.8.1 (once)" >&2
+    m=$(mktemp -d)
+    ( cd "$m" && export GOFLAGS=-mod=mod && go mod init maddybuild >/dev/null 2>&1 &&
+      go get -tool github.com/foxcpp/maddy/cmd/maddy@v0.8.1 >/dev/null 2>&1 &&
+      go mod edit -replace github.com/emersion/go-imap=github.com/foxcpp/go-imap@v1.0.0-beta.1.0.20220623182312-df940c324887 \
+        -replace github.com/emersion/go-smtp=github.com/foxcpp/go-smtp@v1.21.4-0.20250124171104-c8519ae4fb23 \
+        -replace github.com/libdns/gandi=github.com/foxcpp/libdns-gandi@v1.0.4-0.20240127130558-4782f9d5ce3e &&
+      go mod tidy >/dev/null 2>&1 &&
+      GOBIN="$MADDY_DIR" go install github.com/foxcpp/maddy/cmd/maddy )
+    rm -rf "$m"
+  fi
+  MADDY=$MADDY_DIR/maddy
+fi
 
 if [ $VS = 1 ]; then
   need=()
@@ -155,10 +191,10 @@ measure_latency() {
   printf '%-34s p50 %7s ms  p99 %7s ms | %s\n' "$name" "$p50" "$p99" "$out"
 }
 
-run_smarthost() { # name dkim perSession [rate]
+run_smarthost() { # name dkim perSession [rate]; SHBIN picks another build
   relay_config "$2"
   rm -rf "$W/queue"
-  $SH serve --config "$W/relay.yaml" 2> "$W/relay.log" &
+  ${SHBIN:-$SH} serve --config "$W/relay.yaml" 2> "$W/relay.log" &
   local pid=$!
   wait_port $RELAY_PORT
   if [ -n "${4:-}" ]; then
@@ -176,6 +212,64 @@ run_smarthost() { # name dkim perSession [rate]
 }
 
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
+maddy_setup() { # dkim: none|both
+  local D=$W/maddy
+  rm -rf "$D"; mkdir -p "$D/state" "$D/run" "$D/keys"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=127.0.0.1 \
+    -keyout "$D/key.pem" -out "$D/cert.pem" 2>/dev/null
+  cp "$W/dkim/example.com.rsa.key" "$D/keys/example.com-rsa.key"
+  cp "$W/dkim/example.com.ed.key" "$D/keys/example.com-ed.key"
+  echo "load@example.com: $($MADDY hash --password bench-pw | tail -1)" > "$D/passwd"
+  local modify=""
+  if [ "$1" = both ]; then
+    modify="modify {
+                dkim example.com rsa { key_path $D/keys/{domain}-{selector}.key; newkey_algo rsa2048 }
+                dkim example.com ed { key_path $D/keys/{domain}-{selector}.key; newkey_algo ed25519 }
+            }"
+  fi
+  cat > "$D/maddy.conf" <<CONF
+state_dir $D/state
+runtime_dir $D/run
+hostname maddy-bench.test
+tls file $D/cert.pem $D/key.pem
+log off
+auth.pass_table local_authdb { table file $D/passwd }
+target.smtp sink_out {
+    targets tcp://127.0.0.1:$SINK_PORT
+    attempt_starttls no
+}
+target.queue outbound {
+    target &sink_out
+}
+submission tcp://127.0.0.1:$MADDY_PORT {
+    auth &local_authdb
+    source example.com {
+        check {
+            authorize_sender {
+                user_to_email identity
+            }
+        }
+        default_destination {
+            $modify
+            deliver_to &outbound
+        }
+    }
+    default_source {
+        reject 501 5.1.8 "Non-local sender domain"
+    }
+}
+CONF
+}
+
+run_maddy() { # name dkim
+  maddy_setup "$2"
+  $MADDY -config "$W/maddy/maddy.conf" run 2> "$W/maddy/maddy.log" &
+  local pid=$!
+  wait_port $MADDY_PORT
+  measure "$1" $MADDY_PORT --starttls --user load@example.com --pass bench-pw --per-session 0
+  kill $pid; wait $pid 2>/dev/null || true
+}
 
 postfix_setup() { # milters: none|rsa|both ; tls: yes|no
   local P=$W/pf
@@ -275,6 +369,19 @@ echo "# $(date -u +%F) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | c
 : > "$W/results"
 for r in $(seq 1 "$RUNS"); do
   run_ceiling
+  if [ $PEERS = 1 ]; then
+    run_smarthost smarthost_M0 none 0
+    SHBIN=$W/bin/smarthost-openssl run_smarthost smarthost_openssl_M0 none 0
+    run_postfix postfix_M0 none 0 no
+    run_maddy maddy_M0 none
+    run_smarthost smarthost_M0_dkim2 both 0
+    SHBIN=$W/bin/smarthost-openssl run_smarthost smarthost_openssl_M0_dkim2 both 0
+    run_postfix postfix_M0_opendkim2 both 0 no
+    run_maddy maddy_M0_dkim2 both
+    run_smarthost smarthost_M1 none 1
+    run_postfix postfix_M1_starttls none 1 yes
+    continue
+  fi
   run_smarthost smarthost_M0 none 0
   [ $VS = 1 ] && run_postfix postfix_M0 none 0 no
   run_smarthost smarthost_M0_rsa rsa 0
@@ -297,7 +404,8 @@ histogram() {
 }
 median() { { grep "^$1 " "$W/results" || true; } | awk '{print $2}' | sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print 0}'; }
 echo "# medians of $RUNS runs (msg/s)"
-for n in ceiling smarthost_M0 smarthost_M0_rsa smarthost_M0_dkim2 smarthost_M1 postfix_M0 postfix_M0_opendkim_rsa postfix_M0_opendkim2 postfix_M1_starttls; do
+for n in ceiling smarthost_M0 smarthost_openssl_M0 smarthost_M0_rsa smarthost_M0_dkim2 smarthost_openssl_M0_dkim2 smarthost_M1 \
+         postfix_M0 postfix_M0_opendkim_rsa postfix_M0_opendkim2 postfix_M1_starttls maddy_M0 maddy_M0_dkim2; do
   m=$(median $n); [ "$m" = 0 ] || printf '%-24s %8s\n' $n "$m" | tee -a "$W/medians"
 done
 if [ -n "$RATES" ]; then
@@ -338,7 +446,7 @@ if [ $VS = 1 ]; then
   echo "smarthost / postfix + OpenDKIM milter, RSA-2048:        $(ratio smarthost_M0_rsa postfix_M0_opendkim_rsa)"
   echo "smarthost / postfix + 2 OpenDKIM milters, 2 signatures: $(ratio smarthost_M0_dkim2 postfix_M0_opendkim2)"
   echo "smarthost / postfix with STARTTLS, new connection each:  $(ratio smarthost_M1 postfix_M1_starttls)"
-  if command -v gnuplot >/dev/null; then
+  if [ $PEERS = 0 ] && command -v gnuplot >/dev/null; then
     # One group per profile, smarthost beside Postfix, the ratio on top.
     {
       echo '"M=0, no DKIM"' "$(median smarthost_M0) $(median postfix_M0)"
@@ -357,6 +465,36 @@ set grid ytics
 plot "$W/chart.dat" using 2:xtic(1) title "smarthost", \
      "" using 3 title "Postfix", \
      "" using (\$0 - 0.17):2:(sprintf("%.2fx", \$2 / \$3)) with labels offset 0,1 notitle
+PLOT
+  fi
+fi
+if [ $PEERS = 1 ]; then
+  echo "# peers (same run)"
+  echo "pure Go, 2 signatures / postfix + 2 OpenDKIM:    $(ratio smarthost_M0_dkim2 postfix_M0_opendkim2)"
+  echo "pure Go, 2 signatures / maddy, 2 signatures:      $(ratio smarthost_M0_dkim2 maddy_M0_dkim2)"
+  echo "OpenSSL, 2 signatures / postfix + 2 OpenDKIM:    $(ratio smarthost_openssl_M0_dkim2 postfix_M0_opendkim2)"
+  echo "OpenSSL, 2 signatures / maddy, 2 signatures:      $(ratio smarthost_openssl_M0_dkim2 maddy_M0_dkim2)"
+  echo "pure Go, no DKIM / maddy, no DKIM:                $(ratio smarthost_M0 maddy_M0)"
+  echo "pure Go, no DKIM / ceiling (load into the sink):  $(ratio smarthost_M0 ceiling)"
+  echo "pure Go, M=1 / postfix M=1 with STARTTLS:         $(ratio smarthost_M1 postfix_M1_starttls)"
+  if command -v gnuplot >/dev/null; then
+    {
+      echo '"no DKIM"' "$(median smarthost_M0) $(median smarthost_openssl_M0) $(median postfix_M0) $(median maddy_M0)"
+      echo '"RSA-2048 + Ed25519"' "$(median smarthost_M0_dkim2) $(median smarthost_openssl_M0_dkim2) $(median postfix_M0_opendkim2) $(median maddy_M0_dkim2)"
+    } > "$W/peers.dat"
+    histogram "$W/peers.png" <<PLOT && echo "# peers chart: $W/peers.png"
+set ylabel "messages/s, end to end"
+set title "smarthost (STARTTLS + AUTH) vs Postfix 3.7 (+ 2 OpenDKIM, plain) vs maddy 0.8.1 (STARTTLS + AUTH)\n$TOTAL x $SIZE B, $SESSIONS sessions, median of $RUNS"
+set key top right
+set yrange [0:*]
+set xrange [-0.6:1.6]
+set grid ytics
+plot "$W/peers.dat" using 2:xtic(1) title "smarthost, pure Go (default)", \
+     "" using 3 title "smarthost, OpenSSL variant", \
+     "" using 4 title "Postfix", \
+     "" using 5 title "maddy", \
+     "" using (\$0 - 0.3):2:(sprintf("%.0f", \$2)) with labels offset 0,1 notitle, \
+     "" using (\$0 + 0.3):5:(sprintf("%.0f", \$5)) with labels offset 0,1 notitle
 PLOT
   fi
 fi
