@@ -4,7 +4,7 @@
 # last message received upstream). One line per run.
 #
 #   scripts/bench.sh [--vs-postfix | --vs-peers] [--openssl] [--runs 3] [--total 5000] [--sessions 20] [--size 10240]
-#                    [--latency "150 400"] [--latency-total 3000]
+#                    [--latency "150 400"] [--latency-total 3000] [--large] [--many 10000]
 #
 # --vs-peers puts the peers in the same sitting: both smarthost builds
 # (pure Go and the OpenSSL variant), Postfix (+ 2 OpenDKIM) and maddy
@@ -17,6 +17,14 @@
 # block. What makes its row unfair, in its favour or not: it fsyncs three
 # files per message, opens a new upstream connection per message, and its
 # queue delivers at most 16 at a time.
+#
+# --large adds, per run, 1 MiB (200 messages) and 10 MiB (30 messages)
+# bodies with both signatures, smarthost against Postfix + 2 OpenDKIM, in
+# MB/s, with smarthost's peak RSS (VmHWM).
+#
+# --many N adds, per run, N concurrent sessions submitting two messages
+# each with both signatures (smarthost only: Postfix's process limit is
+# 100 here); it prints msg/s, the p99 of a message and the peak RSS.
 #
 # --latency RATES adds a latency profile per rate: the same sessions, M=0,
 # both DKIM signatures, but an open load (smtpload --rate) that offers RATE
@@ -43,7 +51,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH=$PATH:/usr/local/go/bin
 
-VS=0 PEERS=0 RUNS=3 TOTAL=5000 SESSIONS=20 SIZE=10240 BUILD=pure-go RATES= LTOTAL=3000
+VS=0 PEERS=0 RUNS=3 TOTAL=5000 SESSIONS=20 SIZE=10240 BUILD=pure-go RATES= LTOTAL=3000 LARGE=0 MANY=0
 while [ $# -gt 0 ]; do
   case $1 in
     --vs-postfix) VS=1 ;;
@@ -56,6 +64,8 @@ while [ $# -gt 0 ]; do
     --size) SIZE=$2; shift ;;
     --latency) RATES=$2; shift ;;
     --latency-total) LTOTAL=$2; shift ;;
+    --large) LARGE=1 ;;
+    --many) MANY=$2; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -128,7 +138,7 @@ listeners: [{address: "127.0.0.1:$RELAY_PORT", mode: starttls}]
 tls: {self_signed: true}
 auth: {backend: static, static: {users_file: $W/users.yaml}}
 policy: {max_recipients: 100, max_message_size: 25MiB}
-ratelimit: {backend: memory, connections_per_ip: 10000, max_connections: 10000}
+ratelimit: {backend: memory, connections_per_ip: 15000, max_connections: 15000}
 $dkim
 upstreams: [{name: sink, url: "smtp://127.0.0.1:$SINK_PORT", tls: none, max_connections: 20}]
 queue: {dir: $W/queue, workers: 20}
@@ -158,6 +168,7 @@ measure() {
   local rate
   rate=$(awk -v n="$TOTAL" -v s="$start" -v e="$end" 'BEGIN { printf "%.1f", n / (e - s) }')
   echo "$name $rate" >> "$W/results"
+  echo "${name}_p99 $(ms "$(sed -n 's/.*; message p50 [^ ]* p99 \([^ ]*\).*/\1/p' <<< "$out")")" >> "$W/results"
   printf '%-34s %8s msg/s end to end | %s\n' "$name" "$rate" "$out"
 }
 
@@ -203,7 +214,8 @@ run_smarthost() { # name dkim perSession [rate]; SHBIN picks another build
     return
   fi
   local t0; t0=$(ticks $pid)
-  measure "$1" $RELAY_PORT --starttls --user bench --pass bench-pw --per-session "$3"
+  measure "$1" $RELAY_PORT --starttls --user bench --pass bench-pw --per-session "$3" ${LOADX:-}
+  echo "${1}_rss $(awk '/^VmHWM:/ { print $2 }' /proc/$pid/status)" >> "$W/results"
   # CPU the relay itself spent per message (user + system), for the budget
   # in docs/benchmarks.md.
   awk -v t="$(( $(ticks $pid) - t0 ))" -v hz="$(getconf CLK_TCK)" -v n="$TOTAL" \
@@ -223,9 +235,16 @@ maddy_setup() { # dkim: none|both
   echo "load@example.com: $($MADDY hash --password bench-pw | tail -1)" > "$D/passwd"
   local modify=""
   if [ "$1" = both ]; then
+    # maddy's config has no statement separator: one directive per line.
     modify="modify {
-                dkim example.com rsa { key_path $D/keys/{domain}-{selector}.key; newkey_algo rsa2048 }
-                dkim example.com ed { key_path $D/keys/{domain}-{selector}.key; newkey_algo ed25519 }
+                dkim example.com rsa {
+                    key_path $D/keys/{domain}-{selector}.key
+                    newkey_algo rsa2048
+                }
+                dkim example.com ed {
+                    key_path $D/keys/{domain}-{selector}.key
+                    newkey_algo ed25519
+                }
             }"
   fi
   cat > "$D/maddy.conf" <<CONF
@@ -327,6 +346,7 @@ maillog_file = $P/maillog
 smtp_tls_security_level = none
 $tls
 smtp_destination_concurrency_limit = 20
+message_size_limit = 52428800
 default_process_limit = 100
 smtpd_milters =$milters
 milter_default_action = tempfail
@@ -365,6 +385,20 @@ run_ceiling() {
   printf '%-34s %8s msg/s | %s\n' "ceiling (load straight into sink)" "$rate" "$out"
 }
 
+# extras: the --large and --many profiles of one run.
+extras() {
+  if [ $LARGE = 1 ]; then
+    local sz
+    for sz in 1048576:200 10485760:30; do
+      SIZE=${sz%:*} TOTAL=${sz#*:} run_smarthost "smarthost_dkim2_${sz%:*}B" both 0
+      SIZE=${sz%:*} TOTAL=${sz#*:} run_postfix "postfix_opendkim2_${sz%:*}B" both 0 no
+    done
+  fi
+  if [ "$MANY" -gt 0 ]; then
+    SESSIONS=$MANY TOTAL=$((2 * MANY)) run_smarthost smarthost_many_dkim2 both 0
+  fi
+}
+
 echo "# $(date -u +%F) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $TOTAL messages of $SIZE bytes, $SESSIONS sessions; $($SH version | tail -1)"
 : > "$W/results"
 for r in $(seq 1 "$RUNS"); do
@@ -379,7 +413,9 @@ for r in $(seq 1 "$RUNS"); do
     run_postfix postfix_M0_opendkim2 both 0 no
     run_maddy maddy_M0_dkim2 both
     run_smarthost smarthost_M1 none 1
+    LOADX=--resume=false run_smarthost smarthost_M1_noresume none 1
     run_postfix postfix_M1_starttls none 1 yes
+    extras
     continue
   fi
   run_smarthost smarthost_M0 none 0
@@ -390,6 +426,7 @@ for r in $(seq 1 "$RUNS"); do
   [ $VS = 1 ] && run_postfix postfix_M0_opendkim2 both 0 no
   run_smarthost smarthost_M1 none 1
   [ $VS = 1 ] && run_postfix postfix_M1_starttls none 1 yes
+  extras
   for rate in $RATES; do
     run_smarthost "smarthost_dkim2_at_$rate" both 0 "$rate"
     [ $VS = 1 ] && run_postfix "postfix_opendkim2_at_$rate" both 0 no "$rate"
@@ -405,9 +442,24 @@ histogram() {
 median() { { grep "^$1 " "$W/results" || true; } | awk '{print $2}' | sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print 0}'; }
 echo "# medians of $RUNS runs (msg/s)"
 for n in ceiling smarthost_M0 smarthost_openssl_M0 smarthost_M0_rsa smarthost_M0_dkim2 smarthost_openssl_M0_dkim2 smarthost_M1 \
-         postfix_M0 postfix_M0_opendkim_rsa postfix_M0_opendkim2 postfix_M1_starttls maddy_M0 maddy_M0_dkim2; do
+         smarthost_M1_noresume postfix_M0 postfix_M0_opendkim_rsa postfix_M0_opendkim2 postfix_M1_starttls maddy_M0 maddy_M0_dkim2; do
   m=$(median $n); [ "$m" = 0 ] || printf '%-24s %8s\n' $n "$m" | tee -a "$W/medians"
 done
+if [ $LARGE = 1 ]; then
+  echo "# large messages, both signatures: medians of $RUNS runs"
+  for b in 1048576 10485760; do
+    for n in smarthost_dkim2_${b}B postfix_opendkim2_${b}B; do
+      printf '%-30s %8s MB/s  p99 %8s ms' $n "$(awk -v r="$(median $n)" -v b=$b 'BEGIN { printf "%.1f", r * b / 1e6 }')" "$(median ${n}_p99)"
+      case $n in smarthost*) printf '  peak RSS %s MiB' "$(( $(median ${n}_rss) / 1024 ))" ;; esac
+      echo
+    done | tee -a "$W/medians"
+  done
+fi
+if [ "$MANY" -gt 0 ]; then
+  printf '# %s concurrent sessions, both signatures: %s msg/s, p99 %s ms, peak RSS %s MiB (medians of %s runs)\n' \
+    "$MANY" "$(median smarthost_many_dkim2)" "$(median smarthost_many_dkim2_p99)" "$(( $(median smarthost_many_dkim2_rss) / 1024 ))" "$RUNS" |
+    tee -a "$W/medians"
+fi
 if [ -n "$RATES" ]; then
   echo "# latency from when due, $SESSIONS sessions, M=0, both signatures: medians of $RUNS runs (ms)"
   for rate in $RATES; do
@@ -443,7 +495,7 @@ if [ $VS = 1 ]; then
   ratio() { awk -v a="$(median "$1")" -v b="$(median "$2")" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
   echo "# ratios (same run)"
   echo "smarthost / postfix, no DKIM, M=0:                       $(ratio smarthost_M0 postfix_M0)"
-  echo "smarthost / postfix + OpenDKIM milter, RSA-2048:        $(ratio smarthost_M0_rsa postfix_M0_opendkim_rsa)"
+  [ $PEERS = 1 ] || echo "smarthost / postfix + OpenDKIM milter, RSA-2048:        $(ratio smarthost_M0_rsa postfix_M0_opendkim_rsa)"
   echo "smarthost / postfix + 2 OpenDKIM milters, 2 signatures: $(ratio smarthost_M0_dkim2 postfix_M0_opendkim2)"
   echo "smarthost / postfix with STARTTLS, new connection each:  $(ratio smarthost_M1 postfix_M1_starttls)"
   if [ $PEERS = 0 ] && command -v gnuplot >/dev/null; then
@@ -477,6 +529,7 @@ if [ $PEERS = 1 ]; then
   echo "pure Go, no DKIM / maddy, no DKIM:                $(ratio smarthost_M0 maddy_M0)"
   echo "pure Go, no DKIM / ceiling (load into the sink):  $(ratio smarthost_M0 ceiling)"
   echo "pure Go, M=1 / postfix M=1 with STARTTLS:         $(ratio smarthost_M1 postfix_M1_starttls)"
+  echo "pure Go, M=1 not resuming / postfix M=1:          $(ratio smarthost_M1_noresume postfix_M1_starttls)"
   if command -v gnuplot >/dev/null; then
     {
       echo '"no DKIM"' "$(median smarthost_M0) $(median smarthost_openssl_M0) $(median postfix_M0) $(median maddy_M0)"
