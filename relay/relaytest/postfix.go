@@ -3,8 +3,12 @@ package relaytest
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
+	"net/smtp"
+	"net/textproto"
 	"os"
 	"os/exec"
 	"os/user"
@@ -173,8 +177,39 @@ func StartPostfix(t testing.TB, o PostfixOptions) *Postfix {
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
+		p.warmUp(o.TLS)
 	}
 	return p
+}
+
+// warmUp holds a first session with the smtpd (greeting, EHLO, STARTTLS
+// if it has TLS): the master accepts connections before it has started
+// an smtpd, and the first STARTTLS also starts tlsmgr. On a loaded
+// machine that took longer than a relay's command timeout, so the test's
+// first delivery was deferred; later sessions reuse both processes.
+func (p *Postfix) warmUp(withTLS bool) {
+	p.t.Helper()
+	conn, err := net.DialTimeout("tcp", p.Addr, 10*time.Second)
+	if err == nil {
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(60 * time.Second))
+		var c *smtp.Client
+		if c, err = smtp.NewClient(conn, "127.0.0.1"); err == nil {
+			err = c.Hello("warmup.test")
+			if err == nil && withTLS {
+				err = c.StartTLS(&tls.Config{InsecureSkipVerify: true})
+			}
+			if err == nil {
+				err = c.Quit()
+			}
+		}
+	}
+	// A refusal is an answer (an instance that wants a client certificate
+	// refuses this one); only silence is a failure.
+	var refused *textproto.Error
+	if err != nil && !errors.As(err, &refused) {
+		p.t.Fatalf("postfix on %s did not answer a first session: %v\n%s", p.Addr, err, p.Log())
+	}
 }
 
 // Log is the instance's maillog so far.
