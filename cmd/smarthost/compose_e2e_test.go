@@ -198,6 +198,18 @@ func (s *stack) arrived() map[string]int {
 	return ids
 }
 
+// logsOf logs a service's last 150 lines, leaving out the load balancer's
+// health checks.
+func (s *stack) logsOf(service string) {
+	var keep []string
+	for _, line := range strings.Split(s.docker("logs", s.container(service)), "\n") {
+		if !strings.Contains(line, `"connection ended"`) {
+			keep = append(keep, line)
+		}
+	}
+	s.t.Logf("%s's log:\n%s", service, strings.Join(keep[max(0, len(keep)-150):], "\n"))
+}
+
 var queueID = regexp.MustCompile(`^[0-9A-F]{20}$`)
 
 // retryAll asks a relay to try every message in its queue now, with
@@ -393,6 +405,12 @@ func TestComposeStack(t *testing.T) {
 
 	t.Run("drain hands the queue to the other relay", func(t *testing.T) {
 		s.t = t
+		t.Cleanup(func() {
+			if t.Failed() {
+				s.logsOf("relay2")
+				s.logsOf("mailpit")
+			}
+		})
 		if out, err := s.compose("stop", "mailpit"); err != nil {
 			t.Fatalf("stop mailpit: %v\n%s", err, out)
 		}
