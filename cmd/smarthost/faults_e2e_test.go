@@ -415,7 +415,7 @@ func TestSlowLDAP(t *testing.T) {
 
 // tarpit is an SMTP server that answers nothing for 30 s, greeting
 // included, as a tarpitting or overloaded server does; it counts the
-// connections it holds.
+// connections it holds (those held at least 300 ms).
 type tarpit struct {
 	addr       string
 	mu         sync.Mutex
@@ -436,21 +436,34 @@ func startTarpit(t *testing.T) *tarpit {
 			if err != nil {
 				return
 			}
-			tp.mu.Lock()
-			tp.open++
-			tp.peak = max(tp.peak, tp.open)
-			tp.mu.Unlock()
 			go func() {
+				settled := false
 				defer func() {
 					c.Close()
-					tp.mu.Lock()
-					tp.open--
-					tp.mu.Unlock()
+					if settled {
+						tp.mu.Lock()
+						tp.open--
+						tp.mu.Unlock()
+					}
 				}()
 				// The client hanging up ends the connection at once; only
 				// the ones it still holds count.
 				gone := make(chan struct{})
 				go func() { io.Copy(io.Discard, c); close(gone) }()
+				// A connection counts once it has been held 300 ms: a client
+				// that closes one connection and dials the next at once would
+				// otherwise be counted holding both while this side has yet
+				// to see the first one's end (it happened under -race in CI).
+				select {
+				case <-gone:
+					return
+				case <-time.After(300 * time.Millisecond):
+					settled = true
+					tp.mu.Lock()
+					tp.open++
+					tp.peak = max(tp.peak, tp.open)
+					tp.mu.Unlock()
+				}
 				select {
 				case <-stop:
 				case <-gone:
