@@ -189,6 +189,9 @@ type Upstream struct {
 	ClientKeyFile  string   `yaml:"client_key_file"`
 	MaxConnections int      `yaml:"max_connections"`
 	Timeout        Duration `yaml:"timeout"`
+	// ConnectTimeout bounds the name lookup and TCP connect alone, much
+	// shorter than Timeout (Postfix's smtp_connect_timeout is 30s).
+	ConnectTimeout Duration `yaml:"connect_timeout"`
 	Weight         int      `yaml:"weight"`
 }
 

@@ -45,6 +45,12 @@ func TestContractExample(t *testing.T) {
 	if f.Policy.MaxMessageSize != 25<<20 || time.Duration(f.Queue.MaxAge) != 120*time.Hour || len(f.Queue.Retry) != 4 {
 		t.Errorf("policy %+v queue %+v", f.Policy, f.Queue)
 	}
+	if u := f.Upstreams[0]; time.Duration(u.ConnectTimeout) != 30*time.Second || time.Duration(u.Timeout) != 5*time.Minute {
+		t.Errorf("upstream timeouts %v, connect %v", u.Timeout, u.ConnectTimeout)
+	}
+	if u := f.Upstreams[1]; time.Duration(u.ConnectTimeout) != 30*time.Second {
+		t.Errorf("connect_timeout defaults to %v, want Postfix's 30s", u.ConnectTimeout)
+	}
 	if len(f.DKIM.Domains["example.com"]) != 2 || !f.DKIM.Domains["quickstart.test"][0].CreateIfMissing {
 		t.Errorf("dkim %+v", f.DKIM)
 	}

@@ -113,6 +113,9 @@ func defaultDelivery(f *File) {
 		if u.Timeout == 0 {
 			u.Timeout = Duration(5 * time.Minute)
 		}
+		if u.ConnectTimeout == 0 {
+			u.ConnectTimeout = min(Duration(30*time.Second), u.Timeout)
+		}
 	}
 	q := &f.Queue
 	if q.Dir == "" {

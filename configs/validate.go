@@ -8,6 +8,7 @@ import (
 	"os"
 	"regexp"
 	"strings"
+	"time"
 )
 
 // checker reports problems with the file's lines.
@@ -189,6 +190,12 @@ func (c checker) upstreams() {
 		oneOf(p+".tls", u.TLS, "required", "opportunistic", "none")
 		if u.Weight < 0 {
 			bad(p+".weight", "must be positive")
+		}
+		if u.Timeout < 0 {
+			bad(p+".timeout", "must be positive")
+		}
+		if u.ConnectTimeout < 0 || u.ConnectTimeout > u.Timeout {
+			bad(p+".connect_timeout", "must be positive and at most timeout (%s)", time.Duration(u.Timeout))
 		}
 		c.upstreamAuth(p, u)
 	}

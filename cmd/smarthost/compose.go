@@ -318,7 +318,8 @@ func composeUpstream(u configs.Upstream, path string, bad func(path, format stri
 	up := upstream.Upstream{
 		Name: u.Name, URL: u.URL, TLS: u.TLS, TLSVerify: u.TLSVerify == nil || *u.TLSVerify,
 		Username: u.Username, Password: u.Password, AuthMechanism: u.AuthMechanism,
-		MaxConnections: u.MaxConnections, Timeout: time.Duration(u.Timeout), Weight: u.Weight,
+		MaxConnections: u.MaxConnections, Timeout: time.Duration(u.Timeout),
+		ConnectTimeout: time.Duration(u.ConnectTimeout), Weight: u.Weight,
 	}
 	if u.CAFile != "" {
 		pool, err := loadCA(u.CAFile)

@@ -52,9 +52,12 @@ func (t *dialer) dial(ctx context.Context) (*session, error) {
 
 var errStartTLS = errors.New("STARTTLS failed")
 
+// defaultConnectTimeout is Postfix's smtp_connect_timeout.
+const defaultConnectTimeout = 30 * time.Second
+
 // connect opens a session up to and including EHLO (after TLS, if any).
 func (t *dialer) connect(ctx context.Context, startTLS bool) (*session, error) {
-	d := net.Dialer{Timeout: t.u.Timeout}
+	d := net.Dialer{Timeout: t.u.ConnectTimeout}
 	raw, err := d.DialContext(ctx, "tcp", t.addr)
 	if err != nil {
 		return nil, err

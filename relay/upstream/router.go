@@ -45,6 +45,10 @@ type Upstream struct {
 	ClientCert     *tls.Certificate
 	MaxConnections int
 	Timeout        time.Duration // per connection and per command
+	// ConnectTimeout bounds the name lookup and the TCP connect: an
+	// upstream whose address drops packets (a firewall, a host that is
+	// gone) would otherwise hold a pool slot for all of Timeout.
+	ConnectTimeout time.Duration
 	// Weight > 0 puts the upstream in its routes' load-balancing set: each
 	// delivery tries those first, in an order drawn by weight, then the
 	// others in the route's order.

@@ -32,6 +32,9 @@ func newSMTPTransport(u Upstream, pu *url.URL, hostname string) (*smtpTransport,
 	if u.MaxConnections <= 0 {
 		u.MaxConnections = 1
 	}
+	if u.ConnectTimeout <= 0 || u.ConnectTimeout > u.Timeout {
+		u.ConnectTimeout = min(defaultConnectTimeout, u.Timeout)
+	}
 	d := &dialer{
 		u:        u,
 		addr:     pu.Host,

@@ -4,12 +4,14 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -245,5 +247,55 @@ func TestProbe(t *testing.T) {
 	var ne *net.OpError
 	if !errors.As(res[1].Err, &ne) {
 		t.Errorf("down: %v, want a network error", res[1].Err)
+	}
+}
+
+// blackhole is a loopback address whose listener never accepts and whose
+// accept queue is full: the kernel drops every further SYN, as a firewall
+// or a host that is gone does, so a connect hangs until someone gives up.
+func blackhole(t *testing.T) string {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
+	// Fill the accept queue (backlog 0 holds one connection, some kernels
+	// two); the connections that fill it are never accepted.
+	for range 3 {
+		c, err := net.DialTimeout("tcp", addr, 300*time.Millisecond)
+		if err != nil {
+			return addr
+		}
+		t.Cleanup(func() { c.Close() })
+	}
+	t.Skip("the kernel did not drop SYNs to a full accept queue")
+	return ""
+}
+
+// An upstream that drops packets gives up after connect_timeout, not after
+// the 5 minutes of timeout: each waiting dial holds one of the upstream's
+// connection slots.
+func TestConnectTimeout(t *testing.T) {
+	addr := blackhole(t)
+	r := router(t, Upstream{Name: "gone", URL: "smtp://" + addr, TLS: "none", Timeout: time.Hour, ConnectTimeout: 200 * time.Millisecond})
+	// If connect_timeout were not applied, the dial would wait for the
+	// hour; the cancel ends it first, and says so in the error.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer time.AfterFunc(20*time.Second, cancel).Stop()
+	errs := r.Deliver(ctx, message(t, "a@x.org", "b@y.org"))
+	if errs[0] == nil || queue.IsPermanent(errs[0]) || !strings.Contains(errs[0].Error(), "i/o timeout") {
+		t.Fatalf("got %v, want a temporary connect timeout", errs[0])
 	}
 }
