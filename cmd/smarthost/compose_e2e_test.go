@@ -14,11 +14,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"os/exec"
-	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -218,10 +216,8 @@ func (s *stack) logsOf(service string) {
 	s.t.Logf("%s's log:\n%s", service, strings.Join(keep[max(0, len(keep)-150):], "\n"))
 }
 
-var queueID = regexp.MustCompile(`^[0-9A-F]{20}$`)
-
 // retryAll asks a relay to try every message in its queue now, with
-// `smarthost queue retry`, and logs the queue as it was.
+// `smarthost queue retry --all`, and logs the queue as it was.
 func (s *stack) retryAll(service string) {
 	s.t.Helper()
 	const config = "/etc/smarthost/smarthost.yaml"
@@ -230,16 +226,8 @@ func (s *stack) retryAll(service string) {
 		s.t.Fatalf("queue list on %s: %v\n%s", service, err, list)
 	}
 	s.t.Logf("%s's queue:\n%s", service, list)
-	for _, line := range strings.Split(list, "\n")[1:] {
-		f := strings.Fields(line)
-		if len(f) == 0 || !queueID.MatchString(f[0]) {
-			continue
-		}
-		// A message delivered since the list is no longer there to retry.
-		if out, err := s.compose("exec", "-T", service, "/smarthost", "queue", "retry", f[0], "--config", config); err != nil &&
-			!strings.Contains(out, "no message") {
-			s.t.Fatalf("queue retry %s on %s: %v\n%s", f[0], service, err, out)
-		}
+	if out, err := s.compose("exec", "-T", service, "/smarthost", "queue", "retry", "--all", "--config", config); err != nil {
+		s.t.Fatalf("queue retry --all on %s: %v\n%s", service, err, out)
 	}
 }
 
@@ -461,19 +449,8 @@ func TestComposeStack(t *testing.T) {
 // "{}" turns them off.
 func (s *stack) chaos(t *testing.T, triggers string) {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodPut, s.mailpit+"/api/v1/chaos", strings.NewReader(triggers))
-	if err != nil {
+	if err := (&relaytest.Mailpit{API: s.mailpit}).Chaos(triggers); err != nil {
 		t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("Mailpit's chaos %s: %s %s", triggers, resp.Status, body)
 	}
 }
 

@@ -14,8 +14,16 @@ var queueVerbs = map[string]verb{
 	"handoff": {handoffUsage[:strings.Index(handoffUsage, "\n")], "hand every message of a stopped relay's spool to its peers (queue.handoff)", queueHandoff},
 	"list":    queueVerb("list", 0, "every queued message: ID, age, size, attempts, next attempt, sender, each recipient's state, last reply", queueList),
 	"show":    queueVerb("show", 1, "one message's state and its content as it will be sent", queueShow),
-	"retry": queueVerb("retry", 1, "ask the running relay to try a message now (it notices within 10 s)",
+	"retry": queueVerb("retry", idOrAll, "ask the running relay to try a message, or with --all every message, now (it notices within 10 s)",
 		func(sp *queue.Spool, id string, w io.Writer) error {
+			if id == "" {
+				n, err := sp.RetryAll()
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(w, "retry requested for %d message(s)\n", n)
+				return nil
+			}
 			if err := sp.Retry(id); err != nil {
 				return err
 			}
@@ -32,21 +40,34 @@ var queueVerbs = map[string]verb{
 		}),
 }
 
-// queueVerb makes a queue verb that takes n arguments (none, or an ID) and
-// works on the spool of --config's queue.dir, whether or not a relay runs.
+// idOrAll, as a queue verb's number of arguments: an ID, or --all (act
+// gets the ID "").
+const idOrAll = -1
+
+// queueVerb makes a queue verb that takes n arguments (none, an ID, or
+// idOrAll) and works on the spool of --config's queue.dir, whether or not a
+// relay runs.
 func queueVerb(name string, n int, about string, act func(sp *queue.Spool, id string, w io.Writer) error) verb {
-	usage := "--config FILE"
-	if n == 1 {
-		usage = "ID --config FILE"
-	}
+	usage := map[int]string{0: "--config FILE", 1: "ID --config FILE", idOrAll: "ID|--all --config FILE"}[n]
 	return verb{usage: usage, about: about, run: func(c cmdIO, args []string) int {
 		fs := c.flags("queue "+name, usage+"\n\n"+about)
 		path := fs.String("config", "", "configuration file")
+		all := new(bool)
+		if n == idOrAll {
+			all = fs.Bool("all", false, "every message in the queue")
+		}
 		pos, code, done := fs.parse(args)
 		if done {
 			return code
 		}
-		if len(pos) != n {
+		want := n
+		if n == idOrAll {
+			want = 1
+			if *all {
+				want = 0
+			}
+		}
+		if len(pos) != want {
 			fs.Usage()
 			return exitBadConfig
 		}
@@ -60,7 +81,7 @@ func queueVerb(name string, n int, about string, act func(sp *queue.Spool, id st
 			return exitRuntime
 		}
 		id := ""
-		if n == 1 {
+		if want == 1 {
 			id = pos[0]
 		}
 		if err := act(sp, id, c.stdout); err != nil {

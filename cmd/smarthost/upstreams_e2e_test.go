@@ -5,6 +5,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"os/exec"
 	"regexp"
 	"strings"
@@ -149,4 +150,42 @@ func TestMailpitUpstream(t *testing.T) {
 		t.Errorf("%d DKIM-Signature fields, want 2:\n%s", n, raw)
 	}
 	dkimVerify(t, e.records, raw)
+}
+
+// An operator who has fixed the upstream asks for every deferred message
+// now (`queue retry --all`, Postfix's `postqueue -f`) instead of waiting out
+// the retry schedule: Mailpit refuses with 451 until then.
+func TestQueueRetryAll(t *testing.T) {
+	mp := relaytest.StartMailpit(t)
+	if err := mp.Chaos(`{"Sender": {"ErrorCode": 451, "Probability": 100}}`); err != nil {
+		t.Fatal(err)
+	}
+	e := newRelayEnv(t, envOpts{upstream: "smtp://" + mp.SMTP})
+	text, _ := os.ReadFile(e.config)
+	os.WriteFile(e.config, []byte(strings.Replace(string(text), "retry: [200ms]", "retry: [1h]", 1)), 0o600)
+	e.start(t)
+	for i := range 3 {
+		if s := submit(e.implicit, "bob@example.org", bodyOf(i, "retry-all")); s.err != nil {
+			t.Fatalf("message %d: %v", i, s.err)
+		}
+	}
+	eventually(t, "three messages deferred", 30*time.Second, func() bool {
+		out, _ := runCLI("queue", "list", "--config", e.config)
+		return strings.Count(out, "Chaos sender error") == 3
+	})
+	if err := mp.Chaos(`{}`); err != nil {
+		t.Fatal(err)
+	}
+	out, err := runCLI("queue", "retry", "--all", "--config", e.config)
+	if err != nil || !strings.Contains(out, "retry requested for 3 message(s)") {
+		t.Fatalf("queue retry --all: %v\n%s", err, out)
+	}
+	// The next attempt is an hour away: only the request brings them.
+	eventually(t, "the three in Mailpit", 30*time.Second, func() bool {
+		msgs, _ := mp.Messages()
+		return len(msgs) == 3
+	})
+	if out, err := runCLI("queue", "retry", "--all", "extra", "--config", e.config); exitCode(err) != 2 {
+		t.Errorf("queue retry --all with an ID: exit %d\n%s", exitCode(err), out)
+	}
 }

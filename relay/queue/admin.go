@@ -109,7 +109,42 @@ func (s *Spool) Retry(id string) error {
 	if err != nil || m.jseg != nil {
 		return err
 	}
-	return writeFileSync(filepath.Join(s.dir, "msg", id+".retry"), nil, os.O_TRUNC)
+	_, err = s.askRetry(id)
+	return err
+}
+
+// askRetry leaves the request for a running server's next scan, unless the
+// message was delivered meanwhile (no request is left behind then).
+func (s *Spool) askRetry(id string) (asked bool, err error) {
+	marker := s.f.msgPath(id + ".retry")
+	if err := writeFileSync(marker, nil, os.O_TRUNC); err != nil {
+		return false, err
+	}
+	if !s.f.has(id) {
+		os.Remove(marker)
+		return false, nil
+	}
+	return true, nil
+}
+
+// RetryAll asks for an attempt now at every message that waits for a
+// retry (as Postfix's `postqueue -f`), and returns how many it asked for.
+func (s *Spool) RetryAll() (int, error) {
+	ids, _, err := s.f.scan()
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, id := range ids {
+		asked, err := s.askRetry(id)
+		if err != nil {
+			return n, err
+		}
+		if asked {
+			n++
+		}
+	}
+	return n, nil
 }
 
 // Delete removes a message without a bounce. One in the journal, which

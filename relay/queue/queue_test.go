@@ -323,10 +323,26 @@ func TestSpoolAdmin(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, "retry on request", func() bool { return attempts() == 3 })
+	// retry --all: both, and no request is left behind.
+	if n, err := sp.RetryAll(); err != nil || n != 2 {
+		t.Fatalf("RetryAll: %d, %v; want 2", n, err)
+	}
+	eventually(t, "retry of all on request", func() bool { return attempts() == 5 })
+	if left, _ := filepath.Glob(filepath.Join(dir, "msg", "*.retry")); len(left) != 0 {
+		t.Fatalf("requests left behind: %v", left)
+	}
 	if err := sp.Delete(id2); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "forgotten after delete", func() bool { return q.Len() == 1 })
+	// A request for a message delivered (here: deleted) between the scan
+	// and the request is taken back.
+	if asked, err := sp.askRetry(id2); asked || err != nil {
+		t.Fatalf("askRetry of a message gone: %v, %v", asked, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "msg", id2+".retry")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("request left for a message gone: %v", err)
+	}
 	if _, _, err := sp.Show(id2); err == nil {
 		t.Fatal("deleted message still shown")
 	}

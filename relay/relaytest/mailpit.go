@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -31,7 +32,7 @@ func StartMailpit(t testing.TB) *Mailpit {
 	web := freeAddr(t)
 	m.API = "http://" + web
 	cmd := exec.Command(bin, "--smtp", m.SMTP, "--listen", web, "--database", filepath.Join(t.TempDir(), "mailpit.db"),
-		"--smtp-disable-rdns", "--disable-version-check")
+		"--smtp-disable-rdns", "--disable-version-check", "--enable-chaos")
 	startLogged(t, "mailpit", cmd)
 	deadline := time.Now().Add(20 * time.Second)
 	for {
@@ -91,6 +92,27 @@ func (m *Mailpit) get(path string, v any) error {
 		return fmt.Errorf("mailpit %s: %s", path, resp.Status)
 	}
 	return json.NewDecoder(resp.Body).Decode(v)
+}
+
+// Chaos sets Mailpit's chaos triggers, a JSON object such as
+// {"Sender": {"ErrorCode": 451, "Probability": 100}} (a 451 to every MAIL
+// FROM); "{}" turns them all off. Mailpit must run with --enable-chaos.
+func (m *Mailpit) Chaos(triggers string) error {
+	req, err := http.NewRequest(http.MethodPut, m.API+"/api/v1/chaos", strings.NewReader(triggers))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(resp.Body)
+		return fmt.Errorf("mailpit chaos %s: %s %s", triggers, resp.Status, body)
+	}
+	return nil
 }
 
 // startLogged starts a server for the test with its output in a file,
