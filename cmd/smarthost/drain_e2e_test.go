@@ -151,3 +151,46 @@ s.quit()
 		return strings.Contains(o, "10 message(s)")
 	})
 }
+
+// A node that must leave while its upstream tarpits: each attempt in
+// flight would wait out the upstream's timeout (5 minutes, the default
+// here). The drain cuts them short and hands their messages over with the
+// rest, so it ends well within its --timeout, and the peer delivers every
+// one.
+func TestDrainCutsShortATarpit(t *testing.T) {
+	sink, err := relaytest.NewSink(relaytest.SinkOptions{Addr: freePort(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	b := newRelayEnv(t, envOpts{upstream: "smtp://" + sink.Addr, users: peerUser(t)})
+	b.start(t)
+	tp := startTarpit(t)
+	metricsA := freePort(t)
+	a := newRelayEnv(t, envOpts{
+		upstreams: fmt.Sprintf("upstreams:\n  - {name: up, url: \"smtp://%s\", tls: none}\n"+
+			"  - {name: relay-b, url: \"smtp://%s\", tls: required, tls_verify: false, username: peer, password: peer-pw, timeout: 5s}\n"+
+			"routes:\n  - {upstreams: [up]}\n", tp.addr, b.starttls),
+		queue:   "  handoff: {upstreams: [relay-b]}",
+		extra:   fmt.Sprintf("metrics: {listen: %q}\n", metricsA),
+		workers: 8, // one for each message, and more
+	})
+	ap := a.start(t)
+	const n = 5
+	for i := range n {
+		if s := submit(a.implicit, "bob@example.org", bodyOf(i, "tarpit-drain")); s.err != nil {
+			t.Fatalf("message %d: %v", i, s.err)
+		}
+	}
+	eventually(t, "deliveries held by the tarpit", 20*time.Second, func() bool { return tp.holding() == n })
+	out, err := runCLI("drain", "--config", a.config, "--timeout", "20s")
+	if err != nil || !strings.Contains(out, "drained") {
+		t.Fatalf("drain with deliveries stuck at a tarpit: %v\n%s", err, out)
+	}
+	if code := ap.wait(t, 20*time.Second); code != 0 {
+		t.Fatalf("A exited %d after the drain, want 0", code)
+	}
+	if got := sink.Wait(n, 30*time.Second); len(got) != n {
+		t.Fatalf("the peer delivered %d of %d", len(got), n)
+	}
+}

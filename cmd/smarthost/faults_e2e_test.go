@@ -477,6 +477,13 @@ func startTarpit(t *testing.T) *tarpit {
 	return tp
 }
 
+// holding is how many connections it holds now.
+func (tp *tarpit) holding() int {
+	tp.mu.Lock()
+	defer tp.mu.Unlock()
+	return tp.open
+}
+
 func (tp *tarpit) peakOpen() int {
 	tp.mu.Lock()
 	defer tp.mu.Unlock()

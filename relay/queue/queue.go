@@ -92,8 +92,13 @@ type Queue struct {
 	journal *journal
 	sched   *scheduler
 	// handoff, once set, replaces the deliverer and the retry schedule:
-	// the node is leaving and hands every message to its peers.
+	// the node is leaving and hands every message to its peers. leaving
+	// ends when it is set, which cuts short the attempts then in flight
+	// through the routes (an upstream that tarpits would hold them for its
+	// whole timeout).
 	handoff atomic.Pointer[handoff]
+	leaving context.Context
+	leave   context.CancelCauseFunc
 	// writers recycles the drafts' 32 KiB write buffers: at hundreds of
 	// messages a second, that much garbage each is felt in the collector.
 	writers sync.Pool
@@ -137,6 +142,7 @@ func Open(cfg Config, d Deliverer, log *slog.Logger) (*Queue, error) {
 		return nil, fmt.Errorf("queue: %s is in use by another process: %w", cfg.Dir, err)
 	}
 	q := &Queue{cfg: cfg, d: d, log: log, lock: lock, folder: newFolder(cfg.Dir)}
+	q.leaving, q.leave = context.WithCancelCause(context.Background())
 	q.sched = newScheduler(q)
 	q.folder.clean(log.Info)
 	j, ms, err := openJournal(filepath.Join(cfg.Dir, "journal"), journalFileMax, q.folder.has, log.Warn)
@@ -181,20 +187,28 @@ type handoff struct {
 
 // Handoff sends every message from now on through d (the peers of
 // queue.handoff) instead of the routes, retrying every retry, and makes
-// them all due at once. It is for a node that leaves: once Len is 0 it has
-// nothing left.
+// them all due at once. Attempts in flight through the routes are cut
+// short (the deliverer sees their context end with ErrLeaving), so that
+// their messages go to the peers too: one the upstream had taken whole
+// before the cut may arrive twice. It is for a node that leaves: once Len
+// is 0 it has nothing left.
 func (q *Queue) Handoff(d Deliverer, retry time.Duration) {
 	q.handoff.Store(&handoff{d: d, retry: retry})
+	q.leave(ErrLeaving)
 	q.sched.retryAll()
 }
 
+// ErrLeaving is why a delivery through the routes was cut short: the node
+// hands its queue to its peers (Handoff).
+var ErrLeaving = errors.New("interrupted: the node is handing its queue to its peers")
+
 // deliverer and retryAfter are the routes' and the schedule's, or the
-// handoff's.
-func (q *Queue) deliverer() Deliverer {
+// handoff's; routes says which.
+func (q *Queue) deliverer() (d Deliverer, routes bool) {
 	if h := q.handoff.Load(); h != nil {
-		return h.d
+		return h.d, false
 	}
-	return q.d
+	return q.d, true
 }
 
 func (q *Queue) retryAfter(attempts int) time.Duration {

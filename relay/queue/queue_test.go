@@ -618,3 +618,51 @@ func FuzzReadTrailer(f *testing.F) {
 		}
 	})
 }
+
+// stalled is a deliverer whose every delivery waits until its context
+// ends (an upstream that tarpits), and reports why it ended.
+type stalled struct {
+	started chan string
+	causes  chan error
+}
+
+func (s *stalled) Deliver(ctx context.Context, m *Message) []error {
+	s.started <- m.ID
+	<-ctx.Done()
+	s.causes <- context.Cause(ctx)
+	errs := make([]error, len(m.Pending()))
+	for i := range errs {
+		errs[i] = context.Cause(ctx)
+	}
+	return errs
+}
+
+// A node that leaves does not wait for the deliveries in flight through
+// the routes: Handoff ends them (ErrLeaving), and their messages go to the
+// peers with the rest.
+func TestHandoffCutsShortDeliveriesInFlight(t *testing.T) {
+	routes := &stalled{started: make(chan string, 8), causes: make(chan error, 8)}
+	q := openQ(t, t.TempDir(), routes, time.Hour)
+	run(t, q)
+	id := enqueue(t, q, "a@x.org", []string{"b@y.org"}, "", "Subject: s\r\n\r\nx\r\n")
+	select {
+	case got := <-routes.started:
+		if got != id {
+			t.Fatalf("attempt at %s, want %s", got, id)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no delivery attempt")
+	}
+	peers := newScripted()
+	q.Handoff(peers, 10*time.Millisecond)
+	select {
+	case cause := <-routes.causes:
+		if !errors.Is(cause, ErrLeaving) {
+			t.Fatalf("the delivery in flight ended with %v, want ErrLeaving", cause)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the delivery in flight was not cut short")
+	}
+	eventually(t, "the message handed to the peers", func() bool { return len(peers.delivered()) == 1 })
+	eventually(t, "an empty queue", func() bool { return q.Len() == 0 })
+}

@@ -279,13 +279,21 @@ func (s *scheduler) attempt(ctx context.Context, m *Message) {
 }
 
 // deliver hands m's pending recipients to the deliverer and returns one
-// outcome for each.
+// outcome for each. A delivery through the routes ends when the node
+// starts to leave (Handoff): the message goes to the peers instead.
 func (s *scheduler) deliver(ctx context.Context, m *Message) []error {
 	pending := m.Pending()
 	if len(pending) == 0 {
 		return nil
 	}
-	errs := s.q.deliverer().Deliver(ctx, m)
+	d, routes := s.q.deliverer()
+	if routes {
+		var cancel context.CancelCauseFunc
+		ctx, cancel = context.WithCancelCause(ctx)
+		defer cancel(nil)
+		defer context.AfterFunc(s.q.leaving, func() { cancel(context.Cause(s.q.leaving)) })()
+	}
+	errs := d.Deliver(ctx, m)
 	if len(errs) != len(pending) {
 		err := fmt.Errorf("queue: deliverer gave %d outcomes for %d recipients", len(errs), len(pending))
 		errs = make([]error, len(pending))

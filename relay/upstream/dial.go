@@ -39,9 +39,18 @@ func (t *dialer) dial(ctx context.Context) (*session, error) {
 		c, err = t.connect(ctx, false)
 	}
 	if err != nil {
+		if ctx.Err() != nil {
+			err = fmt.Errorf("%w (%w)", context.Cause(ctx), err)
+		}
 		return nil, err
 	}
-	if err := login(ctx, c.Client, t.u); err != nil {
+	stop := context.AfterFunc(ctx, func() { c.conn.SetDeadline(time.Now()) })
+	err = login(ctx, c.Client, t.u)
+	if !stop() {
+		c.Close()
+		return nil, fmt.Errorf("%w (%v)", context.Cause(ctx), err)
+	}
+	if err != nil {
 		c.Close()
 		// A refused login is our configuration, not the message's
 		// fault: Send retries and fails over rather than bounce.
@@ -63,6 +72,10 @@ func (t *dialer) connect(ctx context.Context, startTLS bool) (*session, error) {
 		return nil, err
 	}
 	var conn net.Conn = newBatched(raw)
+	// Until EHLO is answered, ctx ending (the node leaving) ends the
+	// wait; TLS handshakes follow ctx themselves.
+	stop := context.AfterFunc(ctx, func() { raw.SetDeadline(time.Now()) })
+	defer stop()
 	conn.SetDeadline(time.Now().Add(t.u.Timeout))
 	var under net.Conn
 	switch {

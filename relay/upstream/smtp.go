@@ -12,6 +12,7 @@ import (
 	"net/textproto"
 	"net/url"
 	"strconv"
+	"time"
 
 	"github.com/emersion/go-smtp"
 
@@ -57,14 +58,17 @@ func newSMTPTransport(u Upstream, pu *url.URL, hostname string) (*smtpTransport,
 func (t *smtpTransport) Close() { t.pool.close() }
 
 func (t *smtpTransport) Send(ctx context.Context, m *queue.Message, to []queue.Recipient) []error {
+	if ctx.Err() != nil {
+		return all(len(to), fmt.Errorf("%w: %w", errConnect, context.Cause(ctx)))
+	}
 	p, fresh, err := t.pool.get(ctx)
 	if err != nil {
 		// Whatever refused us before MAIL FROM refused the connection, not
 		// the message: temporary, so the next upstream gets a turn.
 		return all(len(to), fmt.Errorf("%w: %w", errConnect, err))
 	}
-	out, err := t.transaction(p, m, to)
-	if err != nil && !fresh && errors.Is(err, errIdleDied) {
+	out, err, cut := t.transact(ctx, p, m, to)
+	if err != nil && !cut && !fresh && errors.Is(err, errIdleDied) {
 		// A pooled session that died while idle (the upstream restarted,
 		// or dropped us) says nothing about the upstream now: dial it
 		// again, once, before the route fails over.
@@ -72,14 +76,31 @@ func (t *smtpTransport) Send(ctx context.Context, m *queue.Message, to []queue.R
 		if p, err = t.pool.fresh(ctx); err != nil {
 			return all(len(to), fmt.Errorf("%w: %w", errConnect, err))
 		}
-		out, err = t.transaction(p, m, to)
+		out, err, cut = t.transact(ctx, p, m, to)
+	}
+	if err != nil || cut {
+		t.pool.discard(p)
+	} else {
+		t.pool.release(p)
 	}
 	if err != nil {
-		t.pool.discard(p)
 		return all(len(to), outcome(err))
 	}
-	t.pool.release(p)
 	return out
+}
+
+// transact is transaction, cut short if ctx ends first (the node is
+// leaving, and hands the message to its peers): moving the session's
+// deadline to now ends whatever read or write it waits on, which go-smtp's
+// client would not do for a context. cut says the session is spoilt,
+// whatever the outcome.
+func (t *smtpTransport) transact(ctx context.Context, p *pooled, m *queue.Message, to []queue.Recipient) (out []error, err error, cut bool) {
+	stop := context.AfterFunc(ctx, func() { p.c.conn.SetDeadline(time.Now()) })
+	out, err = t.transaction(p, m, to)
+	if cut = !stop(); cut && err != nil {
+		err = fmt.Errorf("%w (%w)", context.Cause(ctx), err)
+	}
+	return out, err, cut
 }
 
 // errIdleDied marks a session that failed at its first command, MAIL FROM,

@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"bufio"
 	"context"
 	"crypto/x509"
 	"errors"
@@ -297,5 +298,67 @@ func TestConnectTimeout(t *testing.T) {
 	errs := r.Deliver(ctx, message(t, "a@x.org", "b@y.org"))
 	if errs[0] == nil || queue.IsPermanent(errs[0]) || !strings.Contains(errs[0].Error(), "i/o timeout") {
 		t.Fatalf("got %v, want a temporary connect timeout", errs[0])
+	}
+}
+
+// stallingServer greets (if greet) and answers EHLO, then answers nothing
+// more: an upstream that tarpits. It drops every connection after 20 s,
+// which ends a delivery that nothing else would end.
+func stallingServer(t *testing.T, greet bool) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(20 * time.Second))
+				if !greet {
+					io.Copy(io.Discard, c)
+					return
+				}
+				io.WriteString(c, "220 tarpit.test ESMTP\r\n")
+				r := bufio.NewReader(c)
+				for {
+					line, err := r.ReadString('\n')
+					if err != nil {
+						return
+					}
+					if strings.HasPrefix(strings.ToUpper(line), "EHLO") {
+						io.WriteString(c, "250-tarpit.test\r\n250 8BITMIME\r\n")
+					}
+				}
+			}()
+		}
+	}()
+	return l.Addr().String()
+}
+
+// A node that leaves cuts short the deliveries in flight to an upstream
+// that stalls, at MAIL FROM or before its greeting: the context's end
+// ends the wait, with a temporary error that says why, well before the
+// upstream's timeout (an hour here) or the server's 20 s.
+func TestDeliveryCutShortByContext(t *testing.T) {
+	for _, greet := range []bool{true, false} {
+		t.Run(fmt.Sprintf("greeting %v", greet), func(t *testing.T) {
+			r := router(t, Upstream{Name: "tarpit", URL: "smtp://" + stallingServer(t, greet), TLS: "none", Timeout: time.Hour})
+			leaving := errors.New("node leaving")
+			ctx, cancel := context.WithCancelCause(context.Background())
+			time.AfterFunc(300*time.Millisecond, func() { cancel(leaving) })
+			errs := r.Deliver(ctx, message(t, "a@x.org", "b@y.org"))
+			// The wait ended by our deadline (an i/o timeout), not by the
+			// server dropping us (EOF).
+			if errs[0] == nil || queue.IsPermanent(errs[0]) || !strings.Contains(errs[0].Error(), "node leaving") ||
+				!strings.Contains(errs[0].Error(), "i/o timeout") {
+				t.Fatalf("got %v, want a temporary error naming the cause, ended by our deadline", errs[0])
+			}
+		})
 	}
 }
