@@ -666,3 +666,66 @@ func TestHandoffCutsShortDeliveriesInFlight(t *testing.T) {
 	eventually(t, "the message handed to the peers", func() bool { return len(peers.delivered()) == 1 })
 	eventually(t, "an empty queue", func() bool { return q.Len() == 0 })
 }
+
+// At a stop, an attempt in flight gets stopGrace to finish; one that
+// stalls longer is cut short, and its message stays queued.
+func TestStopCutsShortStalledAttempts(t *testing.T) {
+	dir := t.TempDir()
+	routes := &stalled{started: make(chan string, 8), causes: make(chan error, 8)}
+	q := openQ(t, dir, routes, time.Hour)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { q.Run(ctx); close(done) }()
+	enqueue(t, q, "a@x.org", []string{"b@y.org"}, "", "Subject: s\r\n\r\nx\r\n")
+	<-routes.started
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(3 * stopGrace):
+		t.Fatal("Run waits for a stalled attempt")
+	}
+	if cause := <-routes.causes; !errors.Is(cause, errStopping) {
+		t.Fatalf("the stalled attempt ended with %v, want errStopping", cause)
+	}
+	q.Close()
+	q = openQ(t, dir, newScripted(), time.Hour)
+	defer q.Close()
+	if q.Len() != 1 {
+		t.Fatalf("%d messages queued after the stop, want the one cut short", q.Len())
+	}
+}
+
+// slow takes a moment over every delivery, and succeeds unless its
+// context ended first.
+type slow struct{ started chan struct{} }
+
+func (s *slow) Deliver(ctx context.Context, m *Message) []error {
+	s.started <- struct{}{}
+	time.Sleep(300 * time.Millisecond)
+	errs := make([]error, len(m.Pending()))
+	for i := range errs {
+		errs[i] = context.Cause(ctx)
+	}
+	return errs
+}
+
+// An attempt that ends within stopGrace is not cut short by a stop: its
+// message is delivered, not sent again after the restart.
+func TestStopLetsAttemptsFinish(t *testing.T) {
+	dir := t.TempDir()
+	d := &slow{started: make(chan struct{}, 8)}
+	q := openQ(t, dir, d, time.Hour)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { q.Run(ctx); close(done) }()
+	enqueue(t, q, "a@x.org", []string{"b@y.org"}, "", "Subject: s\r\n\r\nx\r\n")
+	<-d.started
+	cancel()
+	<-done
+	q.Close()
+	q = openQ(t, dir, newScripted(), time.Hour)
+	defer q.Close()
+	if q.Len() != 0 {
+		t.Fatalf("%d messages queued after the stop, want the one delivered during it gone", q.Len())
+	}
+}

@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"sync"
@@ -175,23 +176,44 @@ func (s *scheduler) due() ([]*Message, time.Time) {
 	return due, next
 }
 
-// run delivers until ctx is done, then waits for the attempts in flight.
+// stopGrace is how long the attempts in flight may go on once Run's
+// context ends: most take milliseconds, and cutting one short after the
+// upstream has taken the message whole would send it twice. One that
+// waits on an upstream that tarpits is cut short after it, and its
+// message stays queued.
+const stopGrace = 5 * time.Second
+
+var errStopping = errors.New("interrupted: the relay is stopping")
+
+// run delivers until ctx is done, then waits for the attempts in flight,
+// for stopGrace at most.
 func (s *scheduler) run(ctx context.Context) {
 	q := s.q
 	work := make(chan *Message)
+	attempts, cut := context.WithCancelCause(context.Background())
+	defer cut(nil)
 	var wg sync.WaitGroup
 	for i := 0; i < q.cfg.Workers; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for m := range work {
-				s.attempt(ctx, m)
+				s.attempt(attempts, m)
 			}
 		}()
 	}
 	defer func() {
 		close(work)
-		wg.Wait()
+		done := make(chan struct{})
+		go func() { wg.Wait(); close(done) }()
+		grace := time.NewTimer(stopGrace)
+		defer grace.Stop()
+		select {
+		case <-done:
+		case <-grace.C:
+			cut(errStopping)
+			<-done
+		}
 	}()
 
 	lastScan := q.now()
