@@ -5,12 +5,15 @@
 #   eval "$(scripts/test-services.sh start)"   # prints export lines
 #   scripts/test-services.sh stop
 #
-# State lives in $SMARTHOST_TESTSVC_DIR (default ${TMPDIR:-/tmp}/smarthost-testsvc);
-# nothing under /etc is touched and no system service is used.
+# State lives in $SMARTHOST_TESTSVC_DIR: by default a new folder under
+# ${TMPDIR:-/tmp} for each start, which start exports with the rest, so that
+# two suites on one machine (two checkouts, a CI job beside a developer)
+# never stop each other's services. Nothing under /etc is touched and no
+# system service is used.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-D=${SMARTHOST_TESTSVC_DIR:-${TMPDIR:-/tmp}/smarthost-testsvc}
+D=${SMARTHOST_TESTSVC_DIR:-}
 LDIF=$ROOT/testdata/ldap/test-users.ldif
 
 say() { echo "test-services: $*" >&2; }
@@ -60,8 +63,12 @@ start() {
   for b in /usr/sbin/slapd /usr/sbin/slapadd /usr/sbin/slaptest /usr/bin/ldapsearch /usr/bin/redis-server /usr/bin/redis-cli /usr/bin/openssl; do
     [ -x "$b" ] || { say "missing $b; scripts/test.sh installs it"; exit 1; }
   done
-  [ -d "$D" ] && stop
-  rm -rf "$D"
+  if [ -z "$D" ]; then
+    D=$(mktemp -d "${TMPDIR:-/tmp}/smarthost-testsvc.XXXXXX")
+  else
+    [ -d "$D" ] && stop
+    rm -rf "$D"
+  fi
   mkdir -p "$D/ldap-db"
   local ldap_port ldaps_port redis_port cluster_ports=()
   ldap_port=$(free_port); ldaps_port=$(free_port); redis_port=$(free_port)
@@ -166,6 +173,7 @@ CONF
   cluster_addrs=$(IFS=,; echo "${nodes[*]}")
 
   cat <<ENV
+export SMARTHOST_TESTSVC_DIR=$D
 export SMARTHOST_TEST_LDAP_URL=ldap://127.0.0.1:$ldap_port
 export SMARTHOST_TEST_LDAPS_URL=ldaps://127.0.0.1:$ldaps_port
 export SMARTHOST_TEST_LDAP_CA=$D/ldap.crt
@@ -183,6 +191,8 @@ ENV
 
 case ${1:-} in
   start) start ;;
-  stop) stop; rm -rf "$D" ;;
+  stop)
+    [ -n "$D" ] || { say "SMARTHOST_TESTSVC_DIR is not set: nothing to stop (start exports it)"; exit 0; }
+    stop; rm -rf "$D" ;;
   *) echo "usage: $0 start|stop" >&2; exit 2 ;;
 esac
