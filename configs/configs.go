@@ -46,6 +46,10 @@ type TLS struct {
 	KeyFile    string `yaml:"key_file"`
 	SelfSigned bool   `yaml:"self_signed"`
 	MinVersion string `yaml:"min_version"`
+	// SessionTicketKeyFile holds a secret that every node behind one load
+	// balancer shares, so that a client resumes its TLS session on any of
+	// them; empty: each process keeps its own keys.
+	SessionTicketKeyFile string `yaml:"session_ticket_key_file"`
 }
 
 type Auth struct {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -16,6 +17,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -37,6 +39,7 @@ type parts struct {
 	queue    queue.Config
 	upstream upstream.Config
 	cert     *tls.Certificate
+	tickets  []byte          // tls.session_ticket_key_file's secret; nil: none
 	ldap     *ldap.Directory // nil unless auth.backend is ldap
 	lookup   lookupFunc      // finds a user by name, for the limits view
 	warnings []string        // worth saying, not worth refusing the configuration for
@@ -68,6 +71,17 @@ func compose(f *configs.File, create bool, log *slog.Logger, bm *backendMetrics)
 			bad("tls", "%v", err)
 		}
 		p.cert = cert
+		if f.TLS.SessionTicketKeyFile != "" {
+			b, err := os.ReadFile(f.TLS.SessionTicketKeyFile)
+			b = bytes.TrimSpace(b)
+			switch {
+			case err != nil:
+				bad("tls.session_ticket_key_file", "%v", err)
+			case len(b) < minTicketSecret:
+				bad("tls.session_ticket_key_file", "holds %d bytes; at least %d random ones are needed (openssl rand -base64 48)", len(b), minTicketSecret)
+			}
+			p.tickets = b
+		}
 	}
 
 	dir := composeDirectory(f, p, bad, log, bm)
@@ -245,9 +259,16 @@ func selfSigned(hostname string) (*tls.Certificate, error) {
 	return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
 }
 
-// certHolder serves the current certificate; SIGHUP swaps it.
+// certHolder serves the current certificate, and the session ticket keys
+// shared with the other nodes (tickets.go); SIGHUP swaps both.
 type certHolder struct {
 	c atomic.Pointer[tls.Certificate]
+
+	mu     sync.Mutex
+	secret []byte
+	keyed  *tls.Config // sealing with the keys of period, made at its first use
+	period int64
+	own    *tls.Config // sealing with Go's own keys, without a secret
 }
 
 func (h *certHolder) tlsConfig(minVersion string) *tls.Config {
@@ -262,6 +283,14 @@ func (h *certHolder) tlsConfig(minVersion string) *tls.Config {
 				return c, nil
 			}
 			return nil, errors.New("no certificate")
+		},
+		// Session tickets are sealed and opened with the keys of the
+		// moment (tickets.go), which a reload may change.
+		WrapSession: func(cs tls.ConnectionState, ss *tls.SessionState) ([]byte, error) {
+			return h.sealer().EncryptTicket(cs, ss)
+		},
+		UnwrapSession: func(ticket []byte, cs tls.ConnectionState) (*tls.SessionState, error) {
+			return h.sealer().DecryptTicket(ticket, cs)
 		},
 	}
 }

@@ -9,6 +9,7 @@ package main
 // Mailpit from the Go module proxy). The test says which were used.
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -35,6 +36,7 @@ type stack struct {
 	project string
 	env     []string
 	smtp    string // the load balancer
+	smtps   string // its implicit-TLS port
 	mailpit string // http://...
 }
 
@@ -46,11 +48,11 @@ func startStack(t *testing.T) *stack {
 	} else {
 		s.cmd = []string{"docker-compose"}
 	}
-	s.smtp = freePort(t)
+	s.smtp, s.smtps = freePort(t), freePort(t)
 	web := freePort(t)
 	s.mailpit = "http://" + web
 	s.env = append(os.Environ(),
-		"SMTP_PORT="+port(s.smtp), "SMTPS_PORT="+port(freePort(t)), "MAILPIT_PORT="+port(web),
+		"SMTP_PORT="+port(s.smtp), "SMTPS_PORT="+port(s.smtps), "MAILPIT_PORT="+port(web),
 		"SMARTHOST_BACK_SUBNET=172.29.54.0/24", "SMARTHOST_HAPROXY_IP=172.29.54.10",
 		"SMARTHOST_DEFAULT_MESSAGES=20/h")
 	for _, img := range []string{"redis:7.0", "haproxy:2.6", "axllent/mailpit:v1.33.1", "debian:bookworm-slim"} {
@@ -288,6 +290,38 @@ func TestComposeStack(t *testing.T) {
 		// Our Received: names the client, not HAProxy: PROXY v2 works.
 		if !strings.Contains(string(raw), "(using TLSv1.3 with cipher") || strings.Contains(string(raw), "[172.29.54.10]") {
 			t.Errorf("Received: does not show the client through PROXY v2:\n%s", raw)
+		}
+	})
+
+	t.Run("TLS sessions resume on either relay", func(t *testing.T) {
+		s.t = t
+		// The relays share their session ticket keys
+		// (tls.session_ticket_key_file): a client that HAProxy sends to
+		// the other relay resumes all the same.
+		cache := tls.NewLRUClientSessionCache(4)
+		seen := map[string]int{}
+		for i := range 6 {
+			conn, err := tls.Dial("tcp", s.smtps, &tls.Config{ServerName: "relay.example.com", InsecureSkipVerify: true, ClientSessionCache: cache})
+			if err != nil {
+				t.Fatal(err)
+			}
+			greeting, err := bufio.NewReader(conn).ReadString('\n')
+			resumed := conn.ConnectionState().DidResume
+			conn.Close()
+			if err != nil {
+				t.Fatalf("connection %d: %v", i, err)
+			}
+			f := strings.Fields(greeting)
+			if len(f) < 2 {
+				t.Fatalf("greeting %q", greeting)
+			}
+			seen[f[1]]++
+			if i > 0 && !resumed {
+				t.Errorf("connection %d, to %s: a full handshake, not a resumption", i, f[1])
+			}
+		}
+		if len(seen) != 2 {
+			t.Fatalf("HAProxy sent every connection to the same relay (%v): nothing shown", seen)
 		}
 	})
 

@@ -1,7 +1,10 @@
 package main
 
 import (
+	"bufio"
+	"crypto/rand"
 	"crypto/tls"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"net"
@@ -314,5 +317,61 @@ func TestAdminPortGuards(t *testing.T) {
 	e3.start(t)
 	if code, _ := httpGet(t, "http://127.0.0.1:"+port3+"/v1/limits/alice"); code != 403 {
 		t.Errorf("/v1/limits off loopback without a token: %d, want 403", code)
+	}
+}
+
+// Behind a load balancer a client meets another node each time. With the
+// nodes sharing tls.session_ticket_key_file it resumes its TLS session on
+// any of them; a node with another secret makes it do a full handshake.
+func TestSharedSessionTickets(t *testing.T) {
+	dir := t.TempDir()
+	secret := func(name string) string {
+		b := make([]byte, 48)
+		rand.Read(b)
+		path := filepath.Join(dir, name)
+		os.WriteFile(path, []byte(base64.StdEncoding.EncodeToString(b)+"\n"), 0o600)
+		return path
+	}
+	shared, other := secret("shared"), secret("other")
+	relay := func(file string) *relayEnv {
+		e := newRelayEnv(t, envOpts{})
+		text, _ := os.ReadFile(e.config)
+		os.WriteFile(e.config, []byte(strings.Replace(string(text), "tls: {self_signed: true}",
+			fmt.Sprintf("tls: {self_signed: true, session_ticket_key_file: %q}", file), 1)), 0o600)
+		return e
+	}
+	a, b, c := relay(shared), relay(shared), relay(other)
+	for _, e := range []*relayEnv{a, b, c} {
+		e.start(t)
+	}
+	cache := tls.NewLRUClientSessionCache(8)
+	resumed := func(addr string) bool {
+		conn, err := tls.Dial("tcp", addr, &tls.Config{ServerName: "relay.test", InsecureSkipVerify: true, ClientSessionCache: cache})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		// Reading the greeting takes in the ticket the server sent after
+		// the handshake (TLS 1.3).
+		if line, err := bufio.NewReader(conn).ReadString('\n'); err != nil || !strings.HasPrefix(line, "220 ") {
+			t.Fatalf("greeting from %s: %q %v", addr, line, err)
+		}
+		return conn.ConnectionState().DidResume
+	}
+	if resumed(a.implicit) {
+		t.Fatal("the first connection resumed a session")
+	}
+	if !resumed(b.implicit) {
+		t.Error("B did not resume the session A began, though they share the secret")
+	}
+	if resumed(c.implicit) {
+		t.Error("C resumed a session sealed with another secret")
+	}
+
+	// A secret too short to be one is refused.
+	os.WriteFile(shared, []byte("short\n"), 0o600)
+	out, err := runCLI("check-config", "--config", a.config)
+	if exitCode(err) != 2 || !strings.Contains(out, "tls.session_ticket_key_file") {
+		t.Errorf("check-config with a 5-byte secret: exit %d\n%s", exitCode(err), out)
 	}
 }

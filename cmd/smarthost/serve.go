@@ -122,6 +122,7 @@ func (d *daemon) start(f *configs.File, stderr io.Writer) int {
 	d.finish(f, p)
 	if p.cert != nil {
 		d.certs.c.Store(p.cert)
+		d.certs.setTicketSecret(p.tickets)
 		p.relay.TLS = d.certs.tlsConfig(f.TLS.MinVersion)
 	}
 	p.relay.Metrics = relay.NewMetrics(d.reg)
@@ -282,6 +283,7 @@ func (d *daemon) reload() {
 	d.finish(f, p)
 	if p.cert != nil {
 		d.certs.c.Store(p.cert)
+		d.certs.setTicketSecret(p.tickets)
 	}
 	d.srv.Reload(p.deps)
 	if old.ldap != nil {
