@@ -1,24 +1,15 @@
 package main
 
 import (
-	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/big"
-	"net"
 	"os"
 	"regexp"
 	"sort"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/smarthost/smarthost/configs"
@@ -71,16 +62,8 @@ func compose(f *configs.File, create bool, log *slog.Logger, bm *backendMetrics)
 			bad("tls", "%v", err)
 		}
 		p.cert = cert
-		if f.TLS.SessionTicketKeyFile != "" {
-			b, err := os.ReadFile(f.TLS.SessionTicketKeyFile)
-			b = bytes.TrimSpace(b)
-			switch {
-			case err != nil:
-				bad("tls.session_ticket_key_file", "%v", err)
-			case len(b) < minTicketSecret:
-				bad("tls.session_ticket_key_file", "holds %d bytes; at least %d random ones are needed (openssl rand -base64 48)", len(b), minTicketSecret)
-			}
-			p.tickets = b
+		if p.tickets, err = loadTicketSecret(f.TLS.SessionTicketKeyFile); err != nil {
+			bad("tls.session_ticket_key_file", "%v", err)
 		}
 	}
 
@@ -222,77 +205,6 @@ func loadCA(path string) (*x509.CertPool, error) {
 		return nil, fmt.Errorf("%s holds no PEM certificate", path)
 	}
 	return pool, nil
-}
-
-func loadCert(f *configs.File) (*tls.Certificate, error) {
-	if f.TLS.SelfSigned {
-		return selfSigned(f.Hostname)
-	}
-	c, err := tls.LoadX509KeyPair(f.TLS.CertFile, f.TLS.KeyFile)
-	if err != nil {
-		return nil, fmt.Errorf("cannot load certificate: %w", err)
-	}
-	return &c, nil
-}
-
-// selfSigned makes an in-memory certificate for development.
-func selfSigned(hostname string) (*tls.Certificate, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
-	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: hostname, Organization: []string{"smarthost self-signed"}},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(365 * 24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		DNSNames:     []string{hostname, "localhost"},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		return nil, err
-	}
-	return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
-}
-
-// certHolder serves the current certificate, and the session ticket keys
-// shared with the other nodes (tickets.go); SIGHUP swaps both.
-type certHolder struct {
-	c atomic.Pointer[tls.Certificate]
-
-	mu     sync.Mutex
-	secret []byte
-	keyed  *tls.Config // sealing with the keys of period, made at its first use
-	period int64
-	own    *tls.Config // sealing with Go's own keys, without a secret
-}
-
-func (h *certHolder) tlsConfig(minVersion string) *tls.Config {
-	v := uint16(tls.VersionTLS12)
-	if minVersion == "1.3" {
-		v = tls.VersionTLS13
-	}
-	return &tls.Config{
-		MinVersion: v,
-		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-			if c := h.c.Load(); c != nil {
-				return c, nil
-			}
-			return nil, errors.New("no certificate")
-		},
-		// Session tickets are sealed and opened with the keys of the
-		// moment (tickets.go), which a reload may change.
-		WrapSession: func(cs tls.ConnectionState, ss *tls.SessionState) ([]byte, error) {
-			return h.sealer().EncryptTicket(cs, ss)
-		},
-		UnwrapSession: func(ticket []byte, cs tls.ConnectionState) (*tls.SessionState, error) {
-			return h.sealer().DecryptTicket(ticket, cs)
-		},
-	}
 }
 
 // loadDKIM loads every configured key, making missing ones where allowed.

@@ -192,13 +192,19 @@ func (s *scheduler) run(ctx context.Context) {
 	work := make(chan *Message)
 	attempts, cut := context.WithCancelCause(context.Background())
 	defer cut(nil)
+	// Deliveries through the routes also end when the node starts to
+	// leave (Handoff): their messages go to the peers instead.
+	viaRoutes, leave := context.WithCancelCause(attempts)
+	defer leave(nil)
+	defer context.AfterFunc(q.leaving, func() { leave(context.Cause(q.leaving)) })()
+	ctxs := attemptContexts{all: attempts, routes: viaRoutes}
 	var wg sync.WaitGroup
 	for i := 0; i < q.cfg.Workers; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for m := range work {
-				s.attempt(attempts, m)
+				s.attempt(ctxs, m)
 			}
 		}()
 	}
@@ -255,14 +261,14 @@ func (s *scheduler) run(ctx context.Context) {
 // attempt makes one delivery attempt and records its outcome durably:
 // deliver, record each recipient's fate, tell the sender what is final,
 // then remove the message, or save its state.
-func (s *scheduler) attempt(ctx context.Context, m *Message) {
+func (s *scheduler) attempt(ctxs attemptContexts, m *Message) {
 	q := s.q
 	defer s.release(m.ID)
 	if m.jseg == nil && !q.folder.has(m.ID) {
 		s.forget(m.ID) // deleted by an administrator since it was due
 		return
 	}
-	errs := s.deliver(ctx, m)
+	errs := s.deliver(ctxs, m)
 	now := q.now()
 	s.mu.Lock()
 	failed := m.record(errs, now, q.cfg.MaxAge, q.retryAfter(m.Attempts+1), q.log)
@@ -300,20 +306,22 @@ func (s *scheduler) attempt(ctx context.Context, m *Message) {
 	}
 }
 
+// attemptContexts are what delivery attempts run under: all of them end a
+// while after a stop (run), and those through the routes also when the node
+// starts to leave.
+type attemptContexts struct{ all, routes context.Context }
+
 // deliver hands m's pending recipients to the deliverer and returns one
-// outcome for each. A delivery through the routes ends when the node
-// starts to leave (Handoff): the message goes to the peers instead.
-func (s *scheduler) deliver(ctx context.Context, m *Message) []error {
+// outcome for each.
+func (s *scheduler) deliver(ctxs attemptContexts, m *Message) []error {
 	pending := m.Pending()
 	if len(pending) == 0 {
 		return nil
 	}
 	d, routes := s.q.deliverer()
+	ctx := ctxs.all
 	if routes {
-		var cancel context.CancelCauseFunc
-		ctx, cancel = context.WithCancelCause(ctx)
-		defer cancel(nil)
-		defer context.AfterFunc(s.q.leaving, func() { cancel(context.Cause(s.q.leaving)) })()
+		ctx = ctxs.routes
 	}
 	errs := d.Deliver(ctx, m)
 	if len(errs) != len(pending) {

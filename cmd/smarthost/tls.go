@@ -1,0 +1,166 @@
+package main
+
+// The relay's TLS: its certificate (from files, or made for development),
+// swapped by SIGHUP, and the session ticket keys it may share with the
+// other nodes.
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/smarthost/smarthost/configs"
+)
+
+func loadCert(f *configs.File) (*tls.Certificate, error) {
+	if f.TLS.SelfSigned {
+		return selfSigned(f.Hostname)
+	}
+	c, err := tls.LoadX509KeyPair(f.TLS.CertFile, f.TLS.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("cannot load certificate: %w", err)
+	}
+	return &c, nil
+}
+
+// selfSigned makes an in-memory certificate for development.
+func selfSigned(hostname string) (*tls.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject:      pkix.Name{CommonName: hostname, Organization: []string{"smarthost self-signed"}},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(365 * 24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		DNSNames:     []string{hostname, "localhost"},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
+}
+
+// certHolder serves the current certificate, and the session ticket keys
+// shared with the other nodes (below); SIGHUP swaps both.
+type certHolder struct {
+	c atomic.Pointer[tls.Certificate]
+
+	mu     sync.Mutex
+	secret []byte
+	keyed  *tls.Config // sealing with the keys of period, made at its first use
+	period int64
+	own    *tls.Config // sealing with Go's own keys, without a secret
+}
+
+func (h *certHolder) tlsConfig(minVersion string) *tls.Config {
+	v := uint16(tls.VersionTLS12)
+	if minVersion == "1.3" {
+		v = tls.VersionTLS13
+	}
+	return &tls.Config{
+		MinVersion: v,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			if c := h.c.Load(); c != nil {
+				return c, nil
+			}
+			return nil, errors.New("no certificate")
+		},
+		// Session tickets are sealed and opened with the keys of the
+		// moment (sealer), which a reload may change.
+		WrapSession: func(cs tls.ConnectionState, ss *tls.SessionState) ([]byte, error) {
+			return h.sealer().EncryptTicket(cs, ss)
+		},
+		UnwrapSession: func(ticket []byte, cs tls.ConnectionState) (*tls.SessionState, error) {
+			return h.sealer().DecryptTicket(ticket, cs)
+		},
+	}
+}
+
+// minTicketSecret is the least tls.session_ticket_key_file may hold.
+const minTicketSecret = 32
+
+// ticketPeriod is how long one session ticket key seals new tickets; the
+// key of the period before still opens them, so a ticket lives one to two
+// periods, as with Go's own keys (which it rotates daily).
+const ticketPeriod = 24 * time.Hour
+
+// ticketKeys derives the session ticket keys of period n, and of the one
+// before, from the secret that every node behind the load balancer shares:
+// each node computes the same keys, without talking to the others, and a
+// client resumes its session on whichever node it lands. Each key is
+// HMAC-SHA256(secret, label and period), so the secret itself never seals a
+// ticket, and a key found out opens two periods' tickets at most.
+func ticketKeys(secret []byte, n int64) [][32]byte {
+	keys := make([][32]byte, 2)
+	for i := range keys {
+		m := hmac.New(sha256.New, secret)
+		fmt.Fprintf(m, "smarthost TLS session ticket key, period %d", n-int64(i))
+		copy(keys[i][:], m.Sum(nil))
+	}
+	return keys
+}
+
+// loadTicketSecret reads tls.session_ticket_key_file (none: nil).
+func loadTicketSecret(path string) ([]byte, error) {
+	if path == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if b = bytes.TrimSpace(b); len(b) < minTicketSecret {
+		return nil, fmt.Errorf("holds %d bytes; at least %d random ones are needed (openssl rand -base64 48)", len(b), minTicketSecret)
+	}
+	return b, nil
+}
+
+// setTicketSecret takes tls.session_ticket_key_file's secret (nil: each
+// process keeps Go's own keys); SIGHUP sets it again.
+func (h *certHolder) setTicketSecret(secret []byte) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.secret, h.keyed = secret, nil
+}
+
+// sealer is the configuration whose keys seal and open session tickets:
+// the keys of the current period derived from the shared secret, or
+// without one this process's own (Go's, made at random and rotated).
+func (h *certHolder) sealer() *tls.Config {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.secret == nil {
+		if h.own == nil {
+			h.own = &tls.Config{}
+		}
+		return h.own
+	}
+	n := time.Now().Unix() / int64(ticketPeriod/time.Second)
+	if h.keyed == nil || n != h.period {
+		c := &tls.Config{}
+		c.SetSessionTicketKeys(ticketKeys(h.secret, n))
+		h.keyed, h.period = c, n
+	}
+	return h.keyed
+}
