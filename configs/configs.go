@@ -9,7 +9,7 @@ import (
 	"strings"
 )
 
-// File mirrors the contract's YAML section by section.
+// File mirrors the configuration file section by section.
 type File struct {
 	Hostname  string     `yaml:"hostname"`
 	Listeners []Listener `yaml:"listeners"`

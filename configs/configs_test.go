@@ -22,9 +22,9 @@ func TestQuickstartIsValid(t *testing.T) {
 	}
 }
 
-// The contract's full example, with its ${ENV} secrets set, decodes without
+// configs/example.yaml, with its ${ENV} secrets set, decodes without
 // a problem and every value lands where it should.
-func TestContractExample(t *testing.T) {
+func TestExampleDecodes(t *testing.T) {
 	t.Setenv("LDAP_BIND_PASSWORD", "ldap-pw")
 	t.Setenv("REDIS_PASSWORD", "redis-pw")
 	t.Setenv("UPSTREAM_PASSWORD", "up-pw")

@@ -11,7 +11,7 @@ import (
 )
 
 // example.yaml is the reference operators copy from: it must hold every key
-// the parser accepts (and, as TestContractExample shows, nothing it does
+// the parser accepts (and, as TestExampleDecodes shows, nothing it does
 // not). Map keys that operators choose (class names, domains) are "*".
 func TestExampleHoldsEveryKey(t *testing.T) {
 	want := map[string]bool{}

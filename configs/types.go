@@ -9,7 +9,7 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
-// The contract's scalar syntaxes. Each UnmarshalYAML reports a bad value as a
+// The configuration's scalar syntaxes. Each UnmarshalYAML reports a bad value as a
 // *yaml.TypeError carrying the node's line, so that decoding goes on and every
 // problem in a file is reported at once.
 
@@ -87,7 +87,7 @@ func (r *Rate) UnmarshalYAML(n *yaml.Node) error {
 	return nil
 }
 
-// ParseRate parses the contract's rate syntax.
+// ParseRate parses the configuration's rate syntax.
 func ParseRate(s string) (Rate, error) {
 	num, unit, ok := strings.Cut(strings.TrimSpace(s), "/")
 	if !ok {

@@ -11,7 +11,7 @@ import (
 	"time"
 )
 
-// Exit codes of the contract.
+// Exit codes, as docs/cli.md lists them.
 const (
 	exitOK        = 0
 	exitRuntime   = 1

@@ -22,7 +22,7 @@ type Reply struct {
 	// are logged and counted (Config.Refused).
 	Refusal bool
 	// When says in which situation the row is sent, and Args are example
-	// arguments, for the README's table (README.md, TestREADMEReplies).
+	// arguments, for the table in docs/replies.md (TestReplyTableDoc).
 	When string
 	Args []any
 
@@ -137,7 +137,7 @@ var (
 	ReplyInternal       = row(451, 4, 3, 0, "Internal error, try again later", "anything unexpected (the cause goes to the log only)")
 )
 
-// Table is every row, in the order the README lists them.
+// Table is every row, in the order docs/replies.md lists them.
 var Table = []*Reply{
 	ReplyGreeting, ReplyHello, ReplyOK, ReplySenderOK, ReplyRecipientOK, ReplyStartData, ReplyQueued,
 	ReplyCannotVRFY, ReplyBye, ReplyReadyTLS, ReplyAuthOK, ReplyAuthContinue,

@@ -8,10 +8,10 @@ import (
 	"testing"
 )
 
-var update = flag.Bool("update", false, "rewrite the README's reply table from Table")
+var update = flag.Bool("update", false, "rewrite docs/replies.md's table from Table")
 
-// readmeTable renders Table as the README shows it.
-func readmeTable() string {
+// docTable renders Table as docs/replies.md shows it.
+func docTable() string {
 	var b strings.Builder
 	b.WriteString("| situation | reply |\n|---|---|\n")
 	for _, r := range Table {
@@ -22,31 +22,31 @@ func readmeTable() string {
 }
 
 const (
-	tableBegin = "<!-- replies: generated from relay/smtpd/replies.go by go test ./relay/smtpd -run TestREADMEReplies -update -->\n"
+	tableBegin = "<!-- replies: generated from relay/smtpd/replies.go by go test ./relay/smtpd -run TestReplyTableDoc -update -->\n"
 	tableEnd   = "<!-- replies: end -->\n"
 )
 
-// The README's reply table is the table in replies.go, row for row.
-func TestREADMEReplies(t *testing.T) {
-	const path = "../../README.md"
+// docs/replies.md's table is the table in replies.go, row for row.
+func TestReplyTableDoc(t *testing.T) {
+	const path = "../../docs/replies.md"
 	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	readme := string(b)
-	i, j := strings.Index(readme, tableBegin), strings.Index(readme, tableEnd)
+	doc := string(b)
+	i, j := strings.Index(doc, tableBegin), strings.Index(doc, tableEnd)
 	if i < 0 || j < i {
-		t.Fatalf("README.md has no generated reply table between %q and %q", tableBegin, tableEnd)
+		t.Fatalf("docs/replies.md has no generated reply table between %q and %q", tableBegin, tableEnd)
 	}
-	want := readmeTable()
-	if got := readme[i+len(tableBegin) : j]; got != want {
+	want := docTable()
+	if got := doc[i+len(tableBegin) : j]; got != want {
 		if *update {
-			if err := os.WriteFile(path, []byte(readme[:i+len(tableBegin)]+want+readme[j:]), 0o644); err != nil {
+			if err := os.WriteFile(path, []byte(doc[:i+len(tableBegin)]+want+doc[j:]), 0o644); err != nil {
 				t.Fatal(err)
 			}
 			return
 		}
-		t.Errorf("README.md's reply table is out of date; run go test ./relay/smtpd -run TestREADMEReplies -update")
+		t.Errorf("docs/replies.md's reply table is out of date; run go test ./relay/smtpd -run TestReplyTableDoc -update")
 	}
 }
 
