@@ -22,7 +22,7 @@ func OpenSpool(dir string) (*Spool, error) {
 	if _, err := os.Stat(filepath.Join(dir, "msg")); err != nil {
 		return nil, fmt.Errorf("queue: %s is not a spool: %w", dir, err)
 	}
-	return &Spool{dir: dir, f: newFolder(dir)}, nil
+	return &Spool{dir: dir, f: newFolder(dir, osDisk{})}, nil
 }
 
 // journal reads the messages waiting in the journal, but for those in
@@ -117,7 +117,7 @@ func (s *Spool) Retry(id string) error {
 // message was delivered meanwhile (no request is left behind then).
 func (s *Spool) askRetry(id string) (asked bool, err error) {
 	marker := s.f.msgPath(id + ".retry")
-	if err := writeFileSync(marker, nil, os.O_TRUNC); err != nil {
+	if err := writeFileSync(osDisk{}, marker, nil, os.O_TRUNC); err != nil {
 		return false, err
 	}
 	if !s.f.has(id) {
@@ -163,12 +163,12 @@ func (s *Spool) Delete(id string) error {
 		if m.jseg == nil {
 			return fmt.Errorf("queue: no message %s: %w", id, err)
 		}
-		if err := writeFileSync(filepath.Join(msg, id+".delete"), nil, os.O_TRUNC); err != nil {
+		if err := writeFileSync(osDisk{}, filepath.Join(msg, id+".delete"), nil, os.O_TRUNC); err != nil {
 			return fmt.Errorf("queue: mark %s deleted: %w", id, err)
 		}
-		return syncDir(msg)
+		return osDisk{}.syncDir(msg)
 	}
 	os.Remove(filepath.Join(msg, id+".env"))
 	os.Remove(filepath.Join(msg, id+".retry"))
-	return syncDir(msg)
+	return osDisk{}.syncDir(msg)
 }

@@ -36,7 +36,7 @@ type Draft struct {
 
 // toFile moves the draft to a file in tmp/ and writes through it from now.
 func (d *Draft) toFile() error {
-	f, err := os.OpenFile(d.q.folder.tmpPath(d.id+".data"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	f, err := d.q.disk.create(d.q.folder.tmpPath(d.id+".data"), os.O_WRONLY)
 	if err != nil {
 		return fmt.Errorf("queue: create draft: %w", err)
 	}
@@ -188,7 +188,7 @@ func (d *Draft) commitFile(m *Message) error {
 		d.Abort()
 		return fmt.Errorf("queue: write draft: %w", err)
 	}
-	if err := d.f.Sync(); err != nil {
+	if err := d.q.disk.fsync(d.f); err != nil {
 		d.Abort()
 		return fmt.Errorf("queue: fsync draft: %w", err)
 	}

@@ -16,11 +16,12 @@ import (
 // for what the files hold and why they are safe to crash in.
 type folder struct {
 	dir  string     // the spool's
+	disk disk       // creates, renames and syncs
 	sync *groupSync // makes renames in msg/ durable, many at a time
 }
 
-func newFolder(dir string) *folder {
-	return &folder{dir: dir, sync: newGroupSync(filepath.Join(dir, "msg"))}
+func newFolder(dir string, dsk disk) *folder {
+	return &folder{dir: dir, disk: dsk, sync: newGroupSync(filepath.Join(dir, "msg"), dsk)}
 }
 
 func (f *folder) msgPath(name string) string { return filepath.Join(f.dir, "msg", name) }
@@ -50,7 +51,7 @@ func (f *folder) clean(log func(string, ...any)) {
 // commit moves a complete, fsynced draft file into msg/ as m's data and
 // waits for a sync of the folder that began after the rename.
 func (f *folder) commit(tmp string, m *Message) error {
-	if err := os.Rename(tmp, m.dataPath()); err != nil {
+	if err := f.disk.rename(tmp, m.dataPath()); err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("queue: commit: %w", err)
 	}
@@ -69,10 +70,10 @@ func (f *folder) writeEnv(m *Message) error {
 	}
 	tmp := f.tmpPath(m.ID + ".env")
 	m.saved = true
-	if err := writeFileSync(tmp, b, os.O_TRUNC); err != nil {
+	if err := writeFileSync(f.disk, tmp, b, os.O_TRUNC); err != nil {
 		return fmt.Errorf("queue: write envelope: %w", err)
 	}
-	if err := os.Rename(tmp, m.envPath()); err != nil {
+	if err := f.disk.rename(tmp, m.envPath()); err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("queue: commit envelope: %w", err)
 	}
@@ -167,16 +168,18 @@ func (f *folder) marked(id string) bool {
 // This is group commit: under load one fsync makes many renames durable.
 type groupSync struct {
 	dir       string
+	disk      disk
 	mu        sync.Mutex
 	cond      *sync.Cond
 	running   bool
 	started   uint64 // syncs begun
 	completed uint64 // the last sync finished
 	err       error  // of that sync
+	waiting   int    // callers waiting for a sync under way (a test reads it)
 }
 
-func newGroupSync(dir string) *groupSync {
-	g := &groupSync{dir: dir}
+func newGroupSync(dir string, dsk disk) *groupSync {
+	g := &groupSync{dir: dir, disk: dsk}
 	g.cond = sync.NewCond(&g.mu)
 	return g
 }
@@ -187,14 +190,16 @@ func (g *groupSync) sync() error {
 	target := g.started + 1 // the first sync that can begin after now
 	for g.completed < target {
 		if g.running {
+			g.waiting++
 			g.cond.Wait()
+			g.waiting--
 			continue
 		}
 		g.running = true
 		g.started++
 		gen := g.started
 		g.mu.Unlock()
-		err := syncDir(g.dir)
+		err := g.disk.syncDir(g.dir)
 		g.mu.Lock()
 		g.running, g.completed, g.err = false, gen, err
 		g.cond.Broadcast()

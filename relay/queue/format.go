@@ -74,7 +74,8 @@ func readTrailer(f io.ReaderAt, size int64, id string) (*Message, error) {
 	return m, nil
 }
 
-func writeFileSync(path string, b []byte, flag int) error {
+// writeFileSync writes a small file whole and syncs it.
+func writeFileSync(dsk disk, path string, b []byte, flag int) error {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|flag, 0o600)
 	if err != nil {
 		return err
@@ -84,19 +85,10 @@ func writeFileSync(path string, b []byte, flag int) error {
 		os.Remove(path)
 		return err
 	}
-	if err := f.Sync(); err != nil {
+	if err := dsk.fsync(f); err != nil {
 		f.Close()
 		os.Remove(path)
 		return err
 	}
 	return f.Close()
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }

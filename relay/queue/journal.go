@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"syscall"
 )
 
 // jrec is a record waiting to be written.
@@ -26,6 +25,7 @@ type jrec struct {
 type journal struct {
 	dir     string
 	maxSize int64 // a file is not appended to beyond this
+	disk    disk
 
 	mu       sync.Mutex
 	cond     *sync.Cond
@@ -41,11 +41,11 @@ type journal struct {
 // openJournal reads the journal at dir, cuts records left incomplete by a
 // crash, and starts a new file for what comes. It returns the messages
 // still waiting in it, but for those skip says are in msg/ already.
-func openJournal(dir string, maxSize int64, skip func(id string) bool, warn func(string, ...any)) (*journal, []*Message, error) {
+func openJournal(dir string, maxSize int64, dsk disk, skip func(id string) bool, warn func(string, ...any)) (*journal, []*Message, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, nil, fmt.Errorf("queue: %w", err)
 	}
-	j := &journal{dir: dir, maxSize: maxSize, nextSeq: 1}
+	j := &journal{dir: dir, maxSize: maxSize, disk: dsk, nextSeq: 1}
 	j.cond = sync.NewCond(&j.mu)
 	segs, ms, err := loadSegments(dir, os.O_RDWR, skip)
 	if err != nil {
@@ -59,7 +59,7 @@ func openJournal(dir string, maxSize int64, skip func(id string) bool, warn func
 			if err := s.f.Truncate(s.size); err != nil {
 				return nil, nil, fmt.Errorf("queue: cut journal %s: %w", s.path, err)
 			}
-			if err := s.f.Sync(); err != nil {
+			if err := j.disk.fsync(s.f); err != nil {
 				return nil, nil, fmt.Errorf("queue: sync journal %s: %w", s.path, err)
 			}
 		}
@@ -162,7 +162,7 @@ func (j *journal) writeLocked() {
 		clear(iov) // the payloads are the callers'
 		j.iov = iov[:0]
 		if err == nil && durable {
-			err = syscall.Fdatasync(int(seg.f.Fd()))
+			err = j.disk.fdatasync(seg.f)
 		}
 		if err != nil {
 			err = fmt.Errorf("queue: write journal: %w", err)
@@ -202,11 +202,11 @@ func (j *journal) rotate() error {
 func (j *journal) rotateLocked() error {
 	s := &segment{seq: j.nextSeq}
 	s.path = filepath.Join(j.dir, segName(s.seq))
-	f, err := os.OpenFile(s.path, os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o600)
+	f, err := j.disk.create(s.path, os.O_RDWR)
 	if err != nil {
 		return fmt.Errorf("queue: new journal file: %w", err)
 	}
-	if err := syncDir(j.dir); err != nil {
+	if err := j.disk.syncDir(j.dir); err != nil {
 		f.Close()
 		os.Remove(s.path)
 		return fmt.Errorf("queue: new journal file: fsync: %w", err)

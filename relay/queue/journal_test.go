@@ -83,11 +83,11 @@ func TestLargeMessageToFile(t *testing.T) {
 	defer q.Close()
 	small := enqueue(t, q, "a@x.org", []string{"b@y.org"}, "", "Subject: s\r\n\r\nbody\r\n")
 	big := enqueue(t, q, "a@x.org", []string{"b@y.org"}, "", "Subject: s\r\n\r\n"+strings.Repeat("x", 200)+"\r\n")
-	if newFolder(dir).has(small) || !newFolder(dir).has(big) {
+	if newFolder(dir, osDisk{}).has(small) || !newFolder(dir, osDisk{}).has(big) {
 		t.Fatalf("in msg/: %v; want only %s", files(t, filepath.Join(dir, "msg")), big)
 	}
 	for _, id := range []string{small, big} {
-		_, b, err := (&Spool{dir: dir, f: newFolder(dir)}).Show(id)
+		_, b, err := (&Spool{dir: dir, f: newFolder(dir, osDisk{})}).Show(id)
 		if err != nil || !strings.HasPrefix(string(b), "Subject: s\r\n\r\n") {
 			t.Fatalf("Show %s: %v %q", id, err, b)
 		}
@@ -107,7 +107,7 @@ func TestDeferredMessageLeavesJournal(t *testing.T) {
 	}
 	stop := runUntil(q)
 	id := enqueue(t, q, "a@x.org", []string{"b@y.org", "c@y.org"}, "", "Subject: s\r\n\r\nbody\r\n")
-	eventually(t, "the move to msg/", func() bool { return newFolder(dir).has(id) })
+	eventually(t, "the move to msg/", func() bool { return newFolder(dir, osDisk{}).has(id) })
 	stop()
 	q.Close()
 
@@ -218,7 +218,7 @@ func payload(id string) []byte {
 func TestJournalFilesRemovedInOrder(t *testing.T) {
 	dir := t.TempDir()
 	open := func() (*journal, []*Message) {
-		j, ms, err := openJournal(dir, 1000, func(string) bool { return false }, func(string, ...any) {})
+		j, ms, err := openJournal(dir, 1000, osDisk{}, func(string) bool { return false }, func(string, ...any) {})
 		if err != nil {
 			t.Fatal(err)
 		}

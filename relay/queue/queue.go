@@ -88,6 +88,7 @@ type Queue struct {
 	d       Deliverer
 	log     *slog.Logger
 	lock    *os.File
+	disk    disk
 	folder  *folder
 	journal *journal
 	sched   *scheduler
@@ -110,6 +111,10 @@ type Queue struct {
 // Open opens (creating if needed) the spool at cfg.Dir, takes its lock so
 // that no second process delivers from it, and loads what is there.
 func Open(cfg Config, d Deliverer, log *slog.Logger) (*Queue, error) {
+	return open(cfg, d, log, realDisk)
+}
+
+func open(cfg Config, d Deliverer, log *slog.Logger, od ondisk) (*Queue, error) {
 	if cfg.Workers <= 0 {
 		cfg.Workers = 1
 	}
@@ -141,11 +146,11 @@ func Open(cfg Config, d Deliverer, log *slog.Logger) (*Queue, error) {
 		lock.Close()
 		return nil, fmt.Errorf("queue: %s is in use by another process: %w", cfg.Dir, err)
 	}
-	q := &Queue{cfg: cfg, d: d, log: log, lock: lock, folder: newFolder(cfg.Dir)}
+	q := &Queue{cfg: cfg, d: d, log: log, lock: lock, disk: od.disk, folder: newFolder(cfg.Dir, od.disk)}
 	q.leaving, q.leave = context.WithCancelCause(context.Background())
 	q.sched = newScheduler(q)
 	q.folder.clean(log.Info)
-	j, ms, err := openJournal(filepath.Join(cfg.Dir, "journal"), journalFileMax, q.folder.has, log.Warn)
+	j, ms, err := openJournal(filepath.Join(cfg.Dir, "journal"), od.journalMax, od.disk, q.folder.has, log.Warn)
 	if err != nil {
 		lock.Close()
 		return nil, err

@@ -16,6 +16,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/smarthost/smarthost/relay/relaytest"
 )
 
 // scripted is a Deliverer whose outcomes the test sets per recipient.
@@ -96,16 +98,11 @@ func enqueue(t *testing.T, q *Queue, from string, to []string, prepend, data str
 	return id
 }
 
-// eventually polls cond; the queue works in the background.
+// eventually waits for cond, for 10 s at most; the queue works in the
+// background.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	relaytest.Eventually(t, what, 10*time.Second, cond)
 }
 
 func TestCommitIsDurableAndDelivered(t *testing.T) {
@@ -348,37 +345,6 @@ func TestSpoolAdmin(t *testing.T) {
 	}
 	if err := sp.Delete("../../etc/passwd"); err == nil {
 		t.Fatal("Delete accepted a path")
-	}
-}
-
-// Group commit: many concurrent commits share folder syncs, and every one
-// of them returns only after a sync that began after it was called.
-func TestGroupSyncShares(t *testing.T) {
-	g := newGroupSync(t.TempDir())
-	var wg sync.WaitGroup
-	for i := 0; i < 64; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			g.mu.Lock()
-			need := g.started + 1
-			g.mu.Unlock()
-			if err := g.sync(); err != nil {
-				t.Error(err)
-			}
-			g.mu.Lock()
-			if g.completed < need {
-				t.Errorf("returned before a covering sync: completed %d, needed %d", g.completed, need)
-			}
-			g.mu.Unlock()
-		}()
-	}
-	wg.Wait()
-	if g.started >= 64 {
-		t.Logf("no sharing happened this time (%d syncs for 64 callers)", g.started)
-	}
-	if g.started == 0 {
-		t.Fatal("no sync at all")
 	}
 }
 

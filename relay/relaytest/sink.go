@@ -56,6 +56,7 @@ type Sink struct {
 	dataErr error
 	users   map[string]string
 	arrived chan struct{}
+	last    time.Time // when the last message arrived
 	conns   int
 	hellos  []string
 	srv     *smtp.Server
@@ -152,7 +153,8 @@ func (s *Sink) Messages() []Message {
 }
 
 // Wait waits until n messages arrived in all, or the timeout passes; it
-// returns what arrived.
+// returns what arrived. It returns at the n-th message: a test that
+// counts duplicates waits with Settled instead.
 func (s *Sink) Wait(n int, timeout time.Duration) []Message {
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
@@ -250,6 +252,7 @@ func (ss *sinkSession) Data(r io.Reader) error {
 	}
 	ss.msg.Data = b.Bytes()
 	ss.s.msgs = append(ss.s.msgs, ss.msg)
+	ss.s.last = time.Now()
 	select {
 	case ss.s.arrived <- struct{}{}:
 	default:

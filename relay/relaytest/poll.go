@@ -1,0 +1,35 @@
+package relaytest
+
+import (
+	"testing"
+	"time"
+)
+
+// PollInterval is how often Eventually asks again.
+const PollInterval = 20 * time.Millisecond
+
+// Eventually asks cond every PollInterval until it holds, and fails the
+// test if it does not within d. It is the one way the tests wait for
+// something to happen in the background: every wait has a deadline, and
+// no test sleeps to let something happen. Call it from the test's own
+// goroutine (it calls t.Fatalf).
+func Eventually(t testing.TB, what string, d time.Duration, cond func() bool) {
+	t.Helper()
+	if !Within(d, cond) {
+		t.Fatalf("timed out after %s waiting for %s", d, what)
+	}
+}
+
+// Within asks cond every PollInterval until it holds or d passes, and
+// reports whether it held: for a goroutine other than the test's, or a
+// wait whose end is not a failure.
+func Within(d time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(PollInterval)
+	}
+	return true
+}
