@@ -209,3 +209,23 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// The admin listener answers at 127.0.0.1:9587 unless the file says where,
+// and is off only when set to "".
+func TestMetricsListenDefault(t *testing.T) {
+	base := "listeners: [{address: \"127.0.0.1:587\"}]\ntls: {self_signed: true}\nauth: {backend: static, static: {users_file: u}}\nupstreams: [{name: a, url: \"file:///o\"}]\n"
+	for _, c := range []struct{ extra, want string }{
+		{"", "127.0.0.1:9587"},
+		{"metrics: {pprof: false}\n", "127.0.0.1:9587"},
+		{"metrics: {listen: \"\"}\n", ""},
+		{"metrics: {listen: \"[::1]:9000\"}\n", "[::1]:9000"},
+	} {
+		f, err := Parse([]byte(base + c.extra))
+		if err != nil {
+			t.Fatalf("%q: %v", c.extra, err)
+		}
+		if f.Metrics.Listen != c.want {
+			t.Errorf("%q: metrics.listen %q, want %q", c.extra, f.Metrics.Listen, c.want)
+		}
+	}
+}

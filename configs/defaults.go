@@ -5,6 +5,10 @@ import (
 	"time"
 )
 
+// DefaultMetricsListen is where the admin listener (/metrics, /healthz,
+// /readyz) answers when the file does not say.
+const DefaultMetricsListen = "127.0.0.1:9587"
+
 // applyDefaults fills what the file leaves out, section by section.
 func applyDefaults(f *File) {
 	if f.Hostname == "" {
@@ -22,6 +26,12 @@ func applyDefaults(f *File) {
 	defaultPolicy(f)
 	defaultRateLimit(f)
 	defaultDelivery(f)
+	// The admin listener is on unless switched off with listen: "", so that
+	// health checks (the image's HEALTHCHECK, Kubernetes probes) find
+	// /readyz without a setting.
+	if _, set := f.lines["metrics.listen"]; !set {
+		f.Metrics.Listen = DefaultMetricsListen
+	}
 	if f.Log.Format == "" {
 		f.Log.Format = "json"
 	}

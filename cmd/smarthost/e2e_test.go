@@ -198,6 +198,12 @@ func newRelayEnv(t *testing.T, o envOpts) *relayEnv {
 	if o.queueDir == "" {
 		o.queueDir = filepath.Join(e.dir, "queue")
 	}
+	// The admin listener is on by default, at one fixed port: off here
+	// unless a test asks, so that relays of this and other suites on the
+	// machine do not take it from each other.
+	if !strings.Contains(o.extra, "metrics:") {
+		o.extra += "metrics: {listen: \"\"}\n"
+	}
 	ups := o.upstreams
 	if ups == "" {
 		ups = fmt.Sprintf("upstreams:\n  - {name: up, url: %q, tls: none, timeout: 5s}", o.upstream)

@@ -131,10 +131,7 @@ func TestReadinessFollowsRedis(t *testing.T) {
 
 func TestReadinessFollowsLDAP(t *testing.T) {
 	web := freePort(t)
-	e := ldapRelay(t, "ldap://"+freePort(t)) // nothing listens there
-	f, _ := os.OpenFile(e.config, os.O_APPEND|os.O_WRONLY, 0)
-	fmt.Fprintf(f, "metrics: {listen: %q}\n", web)
-	f.Close()
+	e := ldapRelay(t, "ldap://"+freePort(t), fmt.Sprintf("metrics: {listen: %q}\n", web)) // nothing listens there
 	e.start(t)
 	code, body := httpGet(t, "http://"+web+"/readyz")
 	if code != 503 || !strings.Contains(body, "ldap:") {
