@@ -50,6 +50,9 @@ type TLS struct {
 	// balancer shares, so that a client resumes its TLS session on any of
 	// them; empty: each process keeps its own keys.
 	SessionTicketKeyFile string `yaml:"session_ticket_key_file"`
+	// CBCCiphers also offers TLS 1.2's ECDHE CBC-SHA suites, for clients
+	// too old for AES-GCM or ChaCha20-Poly1305; off, TLS 1.2 is AEAD only.
+	CBCCiphers bool `yaml:"cbc_ciphers"`
 }
 
 type Auth struct {

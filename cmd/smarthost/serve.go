@@ -123,7 +123,7 @@ func (d *daemon) start(f *configs.File, stderr io.Writer) int {
 	if p.cert != nil {
 		d.certs.c.Store(p.cert)
 		d.certs.setTicketSecret(p.tickets)
-		p.relay.TLS = d.certs.tlsConfig(f.TLS.MinVersion)
+		p.relay.TLS = d.certs.tlsConfig(f.TLS)
 	}
 	p.relay.Metrics = relay.NewMetrics(d.reg)
 	if d.srv, err = relay.NewServer(p.relay, p.deps, d.log); err != nil {

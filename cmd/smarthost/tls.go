@@ -73,13 +73,41 @@ type certHolder struct {
 	own    *tls.Config // sealing with Go's own keys, without a secret
 }
 
-func (h *certHolder) tlsConfig(minVersion string) *tls.Config {
+// aeadSuites are the TLS 1.2 suites offered by default: forward secret
+// and AEAD only, as Mozilla's "intermediate" profile has them. TLS 1.3's
+// suites are all AEAD and not configurable.
+var aeadSuites = []uint16{
+	tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+	tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+	tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+	tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+	tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+	tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+}
+
+// cbcSuites are what tls.cbc_ciphers adds back for old clients: the
+// ECDHE CBC-SHA suites Go offered before. CBC with HMAC-SHA1 is what
+// LUCKY13 attacks (Go's implementation is constant-time against it, but
+// scanners rightly flag the suites).
+var cbcSuites = []uint16{
+	tls.TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA,
+	tls.TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA,
+	tls.TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA,
+	tls.TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA,
+}
+
+func (h *certHolder) tlsConfig(t configs.TLS) *tls.Config {
 	v := uint16(tls.VersionTLS12)
-	if minVersion == "1.3" {
+	if t.MinVersion == "1.3" {
 		v = tls.VersionTLS13
 	}
+	suites := aeadSuites
+	if t.CBCCiphers {
+		suites = append(append([]uint16{}, aeadSuites...), cbcSuites...)
+	}
 	return &tls.Config{
-		MinVersion: v,
+		MinVersion:   v,
+		CipherSuites: suites,
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 			if c := h.c.Load(); c != nil {
 				return c, nil
