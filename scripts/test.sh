@@ -18,7 +18,7 @@ for f in /usr/sbin/slapd:slapd /usr/bin/ldapsearch:ldap-utils /usr/bin/redis-ser
          /usr/share/perl5/Mail/DKIM/Verifier.pm:libmail-dkim-perl /usr/sbin/smtp-sink:postfix \
          /usr/bin/docker-compose:docker-compose /usr/sbin/haproxy:haproxy \
          /etc/ssl/certs/ca-certificates.crt:ca-certificates /usr/include/openssl/evp.h:libssl-dev /usr/bin/gcc:gcc \
-         /usr/include/stdlib.h:libc6-dev /usr/bin/readelf:binutils \
+         /usr/include/stdlib.h:libc6-dev /usr/bin/readelf:binutils /usr/bin/strace:strace \
          /usr/bin/curl:curl /usr/bin/msmtp:msmtp /usr/bin/s-nail:s-nail /usr/share/nodejs/nodemailer/package.json:node-nodemailer \
          /usr/sbin/saslpasswd2:sasl2-bin /usr/lib/x86_64-linux-gnu/sasl2/libplain.so:libsasl2-modules \
          /usr/sbin/debootstrap:debootstrap /usr/lib/dovecot/submission:dovecot-submissiond; do

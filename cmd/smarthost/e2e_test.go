@@ -139,10 +139,11 @@ type relayEnv struct {
 	starttls string
 	implicit string
 	outbox   string
-	records  string // DKIM DNS records, "name value" lines
-	chroot   bool   // serve from a copy of the binary with dir as its root
-	bin      string // serve with this binary instead (plainBinary)
-	plain    string // the plain listener's address, with envOpts.plain
+	records  string   // DKIM DNS records, "name value" lines
+	chroot   bool     // serve from a copy of the binary with dir as its root
+	bin      string   // serve with this binary instead (plainBinary)
+	wrap     []string // run serve under this command (strace and its options)
+	plain    string   // the plain listener's address, with envOpts.plain
 }
 
 type envOpts struct {
@@ -284,6 +285,9 @@ func (e *relayEnv) start(t *testing.T) *proc {
 	p.cmd = exec.Command(bin, "serve", "--config", e.config)
 	if e.chroot {
 		p.cmd = e.chrootCommand(t)
+	}
+	if len(e.wrap) > 0 {
+		p.cmd = exec.Command(e.wrap[0], append(e.wrap[1:], p.cmd.Args...)...)
 	}
 	p.cmd.Stderr = lockedBuffer{p.mu, p.log}
 	p.cmd.Stdout = p.cmd.Stderr
