@@ -68,6 +68,9 @@ type Static struct {
 }
 
 type LDAP struct {
+	// Preset "ad": Active Directory's defaults for user_filter and
+	// address_attributes, and AD's ways without asking the server.
+	Preset            string   `yaml:"preset"`
 	URLs              []string `yaml:"urls"`
 	StartTLS          *bool    `yaml:"start_tls"`
 	TLSVerify         *bool    `yaml:"tls_verify"`

@@ -40,6 +40,11 @@ func applyDefaults(f *File) {
 	}
 }
 
+// ADUserFilter is the user_filter of the "ad" preset: people (not
+// computers or contacts) by sAMAccountName (also typed as DOMAIN\user) or
+// by userPrincipalName.
+const ADUserFilter = "(&(objectCategory=person)(objectClass=user)(|(sAMAccountName={user})(userPrincipalName={username})))"
+
 func defaultAuth(f *File) {
 	if f.Auth.Static.CacheTTL == 0 {
 		f.Auth.Static.CacheTTL = Duration(time.Minute)
@@ -47,9 +52,15 @@ func defaultAuth(f *File) {
 	l := &f.Auth.LDAP
 	if l.UserFilter == "" {
 		l.UserFilter = "(&(objectClass=inetOrgPerson)(uid={username}))"
+		if l.Preset == "ad" {
+			l.UserFilter = ADUserFilter
+		}
 	}
 	if len(l.AddressAttributes) == 0 {
 		l.AddressAttributes = []string{"mail"}
+		if l.Preset == "ad" {
+			l.AddressAttributes = []string{"proxyAddresses", "mail"}
+		}
 	}
 	if l.Timeout == 0 {
 		l.Timeout = Duration(5 * time.Second)

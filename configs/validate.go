@@ -88,8 +88,9 @@ func (c checker) auth() {
 		if l.BaseDN == "" {
 			bad("auth.ldap.base_dn", "is required with auth.backend: ldap")
 		}
-		if !strings.Contains(l.UserFilter, "{username}") {
-			bad("auth.ldap.user_filter", "must contain {username}")
+		oneOf("auth.ldap.preset", l.Preset, "", "ad")
+		if !strings.Contains(l.UserFilter, "{username}") && !strings.Contains(l.UserFilter, "{user}") {
+			bad("auth.ldap.user_filter", "must contain {username} (the login as typed) or {user} (without a DOMAIN\\ prefix)")
 		}
 	}
 

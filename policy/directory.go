@@ -16,6 +16,32 @@ import (
 // not submit mail. Any other error from a Directory means it could not decide.
 var ErrBadCredentials = errors.New("policy: bad credentials")
 
+// AccountError refuses a login for the state of the account rather than
+// for a wrong name or password: disabled, expired, locked out, or its
+// password expired or to be changed. The client learns no more than from a
+// wrong password (it is ErrBadCredentials to errors.Is); the log and the
+// metrics name the Reason, so that an admin sees why at once.
+type AccountError struct {
+	Reason string // disabled, expired, locked, password_expired, password_must_change, restricted
+	Detail string // what the directory said
+}
+
+func (e *AccountError) Error() string {
+	return "policy: account refused (" + e.Reason + "): " + e.Detail
+}
+
+// Is makes an AccountError a bad credential.
+func (e *AccountError) Is(target error) bool { return target == ErrBadCredentials }
+
+// RefusalReason is the reason an AccountError in err gives, or "".
+func RefusalReason(err error) string {
+	var ae *AccountError
+	if errors.As(err, &ae) {
+		return ae.Reason
+	}
+	return ""
+}
+
 // ErrNoSuchUser is what a Lookup (by name, without a password) returns for
 // a name the directory does not know.
 var ErrNoSuchUser = errors.New("policy: no such user")

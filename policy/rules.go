@@ -45,17 +45,27 @@ func matchRule(patterns []string, local, domain string) bool {
 }
 
 // ParseRecipientRules reads rules kept as "allow:PATTERN" and
-// "deny:PATTERN" values (an LDAP attribute's).
+// "deny:PATTERN" values (an LDAP attribute's). One value may hold several
+// rules apart by spaces, commas or semicolons ("allow:*@example.org
+// deny:ceo@example.org"), for the single-valued attributes Active
+// Directory has to spare (msDS-cloudExtensionAttribute1, ...).
 func ParseRecipientRules(values []string) *RecipientRules {
 	r := &RecipientRules{}
 	for _, v := range values {
-		kind, pat, ok := strings.Cut(strings.TrimSpace(v), ":")
-		switch {
-		case !ok:
-		case strings.EqualFold(kind, "allow"):
-			r.Allow = append(r.Allow, strings.TrimSpace(pat))
-		case strings.EqualFold(kind, "deny"):
-			r.Deny = append(r.Deny, strings.TrimSpace(pat))
+		words := strings.FieldsFunc(v, func(c rune) bool { return c == ' ' || c == '\t' || c == ',' || c == ';' })
+		for i := 0; i < len(words); i++ {
+			kind, pat, ok := strings.Cut(words[i], ":")
+			if ok && pat == "" && i+1 < len(words) { // "allow: PATTERN"
+				i++
+				pat = words[i]
+			}
+			switch {
+			case !ok || pat == "":
+			case strings.EqualFold(kind, "allow"):
+				r.Allow = append(r.Allow, pat)
+			case strings.EqualFold(kind, "deny"):
+				r.Deny = append(r.Deny, pat)
+			}
 		}
 	}
 	if r.Empty() {

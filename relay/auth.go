@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -107,7 +108,8 @@ func (s *session) authenticate(username, password string) error {
 	if err != nil {
 		result := "tempfail"
 		if errors.Is(err, policy.ErrBadCredentials) {
-			result = "failure"
+			// "locked", "disabled", ... where the directory said why.
+			result = cmp.Or(policy.RefusalReason(err), "failure")
 		}
 		m.auth.WithLabelValues(result).Inc()
 		return err

@@ -34,7 +34,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		tls: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "smarthost_tls_handshakes_total",
 			Help: "TLS handshakes begun (result=started) and completed (result=ok); the difference failed."}, []string{"result"}),
 		auth: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "smarthost_auth_total",
-			Help: "AUTH attempts by result: success, failure, tempfail, throttled."}, []string{"result"}),
+			Help: "AUTH attempts by result: success, failure (wrong name or password), tempfail, throttled, or why the directory refused a right password: disabled, expired, locked, password_expired, password_must_change, restricted."}, []string{"result"}),
 		replies: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "smarthost_smtp_refusals_total",
 			Help: "Refusals sent to clients, by command, reply code and enhanced code."}, []string{"cmd", "code", "enhanced"}),
 		accepted: prometheus.NewCounter(prometheus.CounterOpts{Name: "smarthost_messages_accepted_total",

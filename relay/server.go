@@ -363,5 +363,8 @@ func (s *Server) refused(c *smtpd.Conn, cmd string, r *smtpd.Reply, cause error)
 	if cause != nil {
 		args = append(args, "err", cause)
 	}
+	if reason := policy.RefusalReason(cause); reason != "" {
+		args = append(args, "reason", reason) // disabled, locked, ...: the account's state
+	}
 	log.Log(context.Background(), lvl, "rejected", args...)
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine or a developer's:
 # installs what is missing (apt-get), starts slapd and redis-server on free
-# loopback ports, builds the image and the compose stack's images where a
+# loopback ports and a Samba AD domain controller in a network namespace
+# of its own, builds the image and the compose stack's images where a
 # Docker engine answers (none answering under CI=true is a failure), runs
 # gofmt/vet/staticcheck, `go test -race ./...`, the end-to-end tests again
 # against the static release binary and the OpenSSL variant, and the Helm
@@ -21,7 +22,9 @@ for f in /usr/sbin/slapd:slapd /usr/bin/ldapsearch:ldap-utils /usr/bin/redis-ser
          /usr/include/stdlib.h:libc6-dev /usr/bin/readelf:binutils /usr/bin/strace:strace \
          /usr/bin/curl:curl /usr/bin/msmtp:msmtp /usr/bin/s-nail:s-nail /usr/share/nodejs/nodemailer/package.json:node-nodemailer \
          /usr/sbin/saslpasswd2:sasl2-bin /usr/lib/x86_64-linux-gnu/sasl2/libplain.so:libsasl2-modules \
-         /usr/sbin/debootstrap:debootstrap /usr/lib/dovecot/submission:dovecot-submissiond; do
+         /usr/sbin/debootstrap:debootstrap /usr/lib/dovecot/submission:dovecot-submissiond \
+         /usr/sbin/samba:samba /usr/share/doc/samba-ad-dc/copyright:samba-ad-dc \
+         /usr/share/samba/setup/ad-schema:samba-ad-provision /usr/bin/wbinfo:winbind /bin/ip:iproute2; do
   [ -e "${f%%:*}" ] || need+=("${f##*:}")
 done
 perl -MNet::SSLeay -e1 2>/dev/null || need+=(libnet-ssleay-perl)
@@ -38,6 +41,23 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
+
+# The Samba AD domain controller (scripts/samba-ad.sh), in a network
+# namespace of its own: provisioning takes up to a minute on a cold
+# machine, so it starts now, in the background, while the tools and images
+# below are built. It needs root; elsewhere its tests skip (fail under CI).
+ad_pid= ad_env=$(mktemp) ad_log=$(mktemp)
+stop_ad() {
+  [ -n "$ad_pid" ] && kill "$ad_pid" 2>/dev/null && wait "$ad_pid" 2>/dev/null
+  if [ -s "$ad_env" ]; then (. "$ad_env" && scripts/samba-ad.sh stop); fi
+  rm -f "$ad_env" "$ad_log"
+}
+if [ "$(id -u)" = 0 ] || [ "${CI:-}" = true ]; then
+  echo "test.sh: starting the Samba AD domain controller in the background" >&2
+  scripts/samba-ad.sh start >"$ad_env" 2>"$ad_log" </dev/null &
+  ad_pid=$!
+fi
+trap stop_ad EXIT
 
 # Mailpit, an upstream many teams develop against, from the Go module
 # proxy (it is not packaged for Debian); once per machine.
@@ -81,7 +101,18 @@ elif [ "${CI:-}" = true ]; then
 fi
 
 eval "$(scripts/test-services.sh start)"
-trap 'scripts/test-services.sh stop' EXIT
+trap 'scripts/test-services.sh stop; stop_ad' EXIT
+if [ -n "$ad_pid" ]; then
+  if wait "$ad_pid"; then
+    ad_pid=
+    . "$ad_env"
+    cat "$ad_log" >&2
+  else
+    ad_pid=
+    echo "test.sh: the Samba AD domain controller did not start:" >&2; cat "$ad_log" >&2
+    [ "${CI:-}" != true ] || exit 1
+  fi
+fi
 
 echo "test.sh: gofmt, go vet, staticcheck" >&2
 unformatted=$(gofmt -l .)
@@ -104,7 +135,7 @@ go test -race -count=1 -p 1 "$@" ./...
 # tests against its binary.
 echo "test.sh: the release binary: SMARTHOST_BIN=... go test ./cmd/smarthost/" >&2
 release=$(mktemp -d)
-trap 'rm -rf "$release"; scripts/test-services.sh stop' EXIT
+trap 'rm -rf "$release"; scripts/test-services.sh stop; stop_ad' EXIT
 scripts/build.sh -o "$release/smarthost" >/dev/null
 SMARTHOST_BIN=$release/smarthost go test -race -count=1 -p 1 -skip TestComposeStack "$@" ./cmd/smarthost/
 echo "test.sh: the OpenSSL variant: go test -race -tags openssl ./dkim/; its binary's release tests" >&2

@@ -50,7 +50,7 @@ func checkConfigCmd(c cmdIO, args []string) int {
 				fmt.Fprintf(stdout, "ldap %s: FAILED: %v\n", r.URL, r.Err)
 				code = exitRuntime
 			} else {
-				fmt.Fprintf(stdout, "ldap %s: ok (service bind)\n", r.URL)
+				fmt.Fprintf(stdout, "ldap %s: ok (service bind): %s\n", r.URL, strings.Join(r.Notes, ", "))
 			}
 		}
 	}

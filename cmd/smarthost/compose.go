@@ -139,8 +139,8 @@ func composeDirectory(f *configs.File, p *parts, bad func(path, format string, a
 			URLs: l.URLs, StartTLS: l.StartTLS == nil || *l.StartTLS, TLSVerify: l.TLSVerify == nil || *l.TLSVerify,
 			BindDN: l.BindDN, BindPassword: l.BindPassword, BaseDN: l.BaseDN, UserFilter: l.UserFilter,
 			AddressAttributes: l.AddressAttributes, ClassAttribute: l.ClassAttribute, RequiredGroup: l.RequiredGroup,
-			RecipientRulesAttribute: l.RecipientRulesAttribute,
-			Timeout:                 time.Duration(l.Timeout),
+			RecipientRulesAttribute: l.RecipientRulesAttribute, ActiveDirectory: l.Preset == "ad",
+			Timeout: time.Duration(l.Timeout),
 		}
 		if l.CAFile != "" {
 			pool, err := loadCA(l.CAFile)
