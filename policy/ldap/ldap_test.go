@@ -210,17 +210,10 @@ func stopAndResume(t *testing.T, d *Directory, pidfileVar, user, pass string) {
 		t.Errorf("the timeout took %s", time.Since(start))
 	}
 	resume()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		_, err := d.Authenticate(context.Background(), user, pass)
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no recovery after SIGCONT: %v", err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	relaytest.Eventually(t, "a login after SIGCONT", 20*time.Second, func() bool {
+		_, err = d.Authenticate(context.Background(), user, pass)
+		return err == nil
+	})
 }
 
 // A password changed in the directory takes effect once the cached login

@@ -48,13 +48,7 @@ func Freeze(t testing.TB, pidfileVar string) (resume func()) {
 	}
 	// kill returns before the signal has stopped every thread, which may
 	// still answer a request meanwhile.
-	deadline := time.Now().Add(5 * time.Second)
-	for !stopped(pid) {
-		if time.Now().After(deadline) {
-			t.Fatalf("pid %d did not stop", pid)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	Eventually(t, fmt.Sprintf("pid %d to stop", pid), 5*time.Second, func() bool { return stopped(pid) })
 	var once sync.Once
 	resume = func() { once.Do(func() { syscall.Kill(pid, syscall.SIGCONT) }) }
 	t.Cleanup(resume)
