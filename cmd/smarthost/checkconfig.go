@@ -14,9 +14,10 @@ import (
 )
 
 func checkConfigCmd(c cmdIO, args []string) int {
-	fs := c.flags("check-config", "--config FILE [--probe]\n\nChecks everything that can be checked offline and prints every problem with its\nYAML path and line (exit 2); --probe also connects to LDAP, Redis and each upstream\n(exit 1 if one fails).")
+	fs := c.flags("check-config", "--config FILE [--probe [--resolver HOST[:PORT]]]\n\nChecks everything that can be checked offline and prints every problem with its\nYAML path and line (exit 2); --probe also connects to LDAP, Redis and each upstream,\nand checks each DKIM key's published record as smarthost dkim check does\n(exit 1 if one fails).")
 	path := fs.String("config", "", "configuration file")
-	probe := fs.Bool("probe", false, "also connect to LDAP, Redis and each upstream and report")
+	probe := fs.Bool("probe", false, "also connect to LDAP, Redis and each upstream, check the DKIM records, and report")
+	resolver := resolverFlag(fs)
 	if _, code, done := fs.parse(args); done {
 		return code
 	}
@@ -65,6 +66,9 @@ func checkConfigCmd(c cmdIO, args []string) int {
 		}
 		cancel()
 		closeLimiter()
+	}
+	if checkPublished(stdout, stdout, f, *resolver) != exitOK {
+		code = exitRuntime
 	}
 	router, err := upstream.NewRouter(p.upstream, log)
 	if err != nil {

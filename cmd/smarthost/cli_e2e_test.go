@@ -67,13 +67,14 @@ func TestCheckConfig(t *testing.T) {
 	if exitCode(err) != 2 {
 		t.Fatalf("missing file: exit %d\n%s", exitCode(err), out)
 	}
-	// --probe: the file:// outbox is fine, a closed port is not.
-	out, err = runCLI("check-config", "--probe", "--config", e.config)
+	// --probe: the file:// outbox is fine, a closed port is not (with keys:
+	// this relay's were removed above).
+	out, err = probe(t, newRelayEnv(t, envOpts{}).config)
 	if exitCode(err) != 0 || !strings.Contains(out, "upstream up: ok") {
 		t.Fatalf("probe ok: exit %d\n%s", exitCode(err), out)
 	}
 	down := newRelayEnv(t, envOpts{upstream: "smtp://" + freePort(t)})
-	out, err = runCLI("check-config", "--config", down.config, "--probe")
+	out, err = probe(t, down.config)
 	if exitCode(err) != 1 || !strings.Contains(out, "upstream up: FAILED") {
 		t.Fatalf("probe down: exit %d\n%s", exitCode(err), out)
 	}
@@ -199,7 +200,7 @@ func TestHelpEverywhere(t *testing.T) {
 	for _, args := range [][]string{
 		{"--help"}, {"-h"}, {"help"},
 		{"serve", "--help"}, {"check-config", "--help"}, {"passwd", "--help"}, {"probe-ready", "-h"}, {"version", "--help"},
-		{"dkim", "--help"}, {"dkim", "keygen", "--help"}, {"dkim", "dns", "--help"},
+		{"dkim", "--help"}, {"dkim", "keygen", "--help"}, {"dkim", "dns", "--help"}, {"dkim", "check", "--help"},
 		{"queue", "--help"}, {"queue", "list", "--help"}, {"queue", "show", "--help"}, {"queue", "retry", "--help"}, {"queue", "delete", "--help"},
 		{"limits", "--help"}, {"limits", "show", "--help"},
 	} {
@@ -211,7 +212,7 @@ func TestHelpEverywhere(t *testing.T) {
 			t.Errorf("smarthost %s: exit %d, stdout %q, stderr %q", strings.Join(args, " "), exitCode(err), stdout.String(), stderr.String())
 		}
 	}
-	for cmd, verbs := range map[string][]string{"dkim": {"keygen", "dns"}, "queue": {"list", "show", "retry", "delete"}, "limits": {"show"}} {
+	for cmd, verbs := range map[string][]string{"dkim": {"keygen", "dns", "check"}, "queue": {"list", "show", "retry", "delete"}, "limits": {"show"}} {
 		out, _ := runCLI(cmd, "--help")
 		for _, v := range verbs {
 			if !strings.Contains(out, "  "+v+" ") {

@@ -244,10 +244,17 @@ func loadDKIM(f *configs.File, create bool, log *slog.Logger) (map[string][]dkim
 				probs = append(probs, f.Problem(path, "%v", err))
 				continue
 			}
+			key := dkim.Key{Selector: k.Selector, Signer: signer}
+			// A key whose signatures do not verify would have every message
+			// it signs fail at the receivers: refuse it before it signs any.
+			if err := dkim.SelfCheck(d, key); err != nil {
+				probs = append(probs, f.Problem(path, "%v; the key is refused", err))
+				continue
+			}
 			if w := dkim.KeyWarning(signer); w != "" {
 				warnings = append(warnings, f.Problem(path, "%s", w).String())
 			}
-			out[d] = append(out[d], dkim.Key{Selector: k.Selector, Signer: signer})
+			out[d] = append(out[d], key)
 		}
 	}
 	return out, probs, warnings

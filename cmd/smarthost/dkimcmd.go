@@ -1,24 +1,115 @@
 package main
 
 import (
+	"context"
 	"crypto"
+	"errors"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
+	"github.com/smarthost/smarthost/configs"
 	"github.com/smarthost/smarthost/dkim"
 )
 
 const (
 	keygenUsage = "--domain D --selector S [--algo rsa2048|rsa4096|ed25519] [--out DIR] [--if-missing]"
 	dnsUsage    = "--config FILE"
+	checkUsage  = "--config FILE [--resolver HOST[:PORT]]"
 )
 
 var dkimVerbs = map[string]verb{
 	"keygen": {keygenUsage, "write a private key (PKCS#8 PEM, mode 0600, never overwriting) and print its DNS TXT record", dkimKeygen},
 	"dns":    {dnsUsage, "print the DNS TXT record of every configured key", dkimDNS},
+	"check":  {checkUsage, "look up every configured key's published record and check that it verifies the key's signatures", dkimCheck},
+}
+
+const checkHelp = checkUsage + `
+
+For each configured key, looks up its TXT record (selector._domainkey.domain),
+checks that it matches the private key (k=, p=, and the h=, s= and t= tags),
+then signs a test message with the key and verifies it against that record,
+as a receiver would. One line per key says:
+  ok          receivers can verify the key's signatures
+  missing     no TXT record is published at the name
+  mismatched  a record, but one that does not verify this key's signatures
+  revoked     the record's p= is empty: the key was withdrawn
+  unanswered  DNS gave no answer (timeout, SERVFAIL): try again
+  broken      the key's own signatures do not verify: replace the key
+Exit 0 when every key is ok, 1 when one is not, 2 for a bad configuration.`
+
+// resolverFlag is --resolver, which dkim check and check-config take.
+func resolverFlag(fs flags) *string {
+	return fs.String("resolver", "", "DNS server to ask, HOST or HOST:PORT (default: the system's resolver)")
+}
+
+func dkimCheck(c cmdIO, args []string) int {
+	fs := c.flags("dkim check", checkHelp)
+	path := fs.String("config", "", "configuration file")
+	resolver := resolverFlag(fs)
+	if _, code, done := fs.parse(args); done {
+		return code
+	}
+	f, code := fs.config(*path)
+	if f == nil {
+		return code
+	}
+	code = checkPublished(c.stdout, c.stderr, f, *resolver)
+	if code == exitRuntime {
+		fmt.Fprintf(c.stdout, "smarthost dkim dns --config %s prints the records to publish.\n", *path)
+	}
+	return code
+}
+
+// checkPublished checks every configured key's published record and
+// prints a line for each (dkim check, check-config --probe). It returns
+// exitOK, exitRuntime when a key is not ok, or exitBadConfig when a key
+// file cannot be read.
+func checkPublished(stdout, stderr io.Writer, f *configs.File, resolver string) int {
+	lookup := dkim.Resolver(resolver, 10*time.Second)
+	code := exitOK
+	for _, d := range sortedKeys(f.DKIM.Domains) {
+		for _, k := range f.DKIM.Domains[d] {
+			name := k.Selector + "._domainkey." + strings.ToLower(d)
+			signer, err := dkim.LoadKey(k.KeyFile)
+			if err != nil {
+				if errors.Is(err, os.ErrNotExist) && k.CreateIfMissing {
+					fmt.Fprintf(stdout, "dkim %s: no key yet: serve makes it at its first start and logs its record\n", name)
+					code = max(code, exitRuntime)
+					continue
+				}
+				errorf(stderr, "%s: %v", name, err)
+				code = exitBadConfig
+				continue
+			}
+			r := dkim.CheckPublished(context.Background(), d, dkim.Key{Selector: k.Selector, Signer: signer}, lookup)
+			line := fmt.Sprintf("dkim %s (%s): %s", r.Name, r.Key, r.Verdict)
+			if r.Reason != "" {
+				line += ": " + r.Reason
+			}
+			for _, n := range r.Notes {
+				line += " (" + n + ")"
+			}
+			fmt.Fprintln(stdout, line)
+			if r.Verdict != dkim.OK {
+				code = max(code, exitRuntime)
+			}
+		}
+	}
+	return code
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
 }
 
 func dkimKeygen(c cmdIO, args []string) int {
@@ -77,13 +168,8 @@ func dkimDNS(c cmdIO, args []string) int {
 		return code
 	}
 	stdout, stderr := c.stdout, c.stderr
-	domains := make([]string, 0, len(f.DKIM.Domains))
-	for d := range f.DKIM.Domains {
-		domains = append(domains, d)
-	}
-	sort.Strings(domains)
 	code = exitOK
-	for _, d := range domains {
+	for _, d := range sortedKeys(f.DKIM.Domains) {
 		for _, k := range f.DKIM.Domains[d] {
 			signer, err := dkim.LoadKey(k.KeyFile)
 			if err != nil {

@@ -126,7 +126,7 @@ func TestOAuth2Upstream(t *testing.T) {
 		t.Run(mech, func(t *testing.T) {
 			o := startOAuthUpstream(t, time.Hour)
 			e := newRelayEnv(t, envOpts{upstreams: o.yaml(mech, o.clientCredentials())})
-			if out, err := runCLI("check-config", "--probe", "--config", e.config); err != nil || !strings.Contains(out, "upstream dovecot: ok") {
+			if out, err := probe(t, e.config); err != nil || !strings.Contains(out, "upstream dovecot: ok") {
 				t.Fatalf("check-config --probe: %v\n%s", err, out)
 			}
 			e.start(t)
@@ -154,7 +154,7 @@ func TestOAuth2Upstream(t *testing.T) {
 		o := startOAuthUpstream(t, time.Hour)
 		os.WriteFile(o.secret, []byte("wrong"), 0o600)
 		e := newRelayEnv(t, envOpts{upstreams: o.yaml("xoauth2", o.clientCredentials())})
-		out, err := runCLI("check-config", "--probe", "--config", e.config)
+		out, err := probe(t, e.config)
 		if exitCode(err) == 0 || !strings.Contains(out, "dovecot") || !strings.Contains(out, "invalid_client") {
 			t.Fatalf("check-config --probe with a wrong secret: %v\n%s", err, out)
 		}

@@ -51,7 +51,7 @@ func swaksAs(t *testing.T, e *relayEnv, user, pass, from string) string {
 
 func TestLDAPUsersEndToEnd(t *testing.T) {
 	e := ldapRelay(t, "")
-	out, err := runCLI("check-config", "--probe", "--config", e.config)
+	out, err := probe(t, e.config)
 	if exitCode(err) != 0 || !strings.Contains(out, "ok (service bind)") {
 		t.Fatalf("probe: exit %d\n%s", exitCode(err), out)
 	}

@@ -123,13 +123,13 @@ func TestMemoryLimitsAndView(t *testing.T) {
 
 func TestProbeRedis(t *testing.T) {
 	e, _ := redisRelay(t, "100/h")
-	out, err := runCLI("check-config", "--probe", "--config", e.config)
+	out, err := probe(t, e.config)
 	if err != nil || !strings.Contains(out, "redis "+os.Getenv("SMARTHOST_TEST_REDIS_ADDR")+": ok") {
 		t.Fatalf("probe with redis up: %v\n%s", err, out)
 	}
 	text, _ := os.ReadFile(e.config)
 	os.WriteFile(e.config, []byte(strings.Replace(string(text), os.Getenv("SMARTHOST_TEST_REDIS_ADDR"), freePort(t), 1)), 0o600)
-	out, err = runCLI("check-config", "--probe", "--config", e.config)
+	out, err = probe(t, e.config)
 	if exitCode(err) != 1 || !strings.Contains(out, "FAILED") {
 		t.Fatalf("probe with redis down: exit %d\n%s", exitCode(err), out)
 	}

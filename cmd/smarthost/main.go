@@ -27,7 +27,8 @@ commands:
   check-config --config FILE [--probe]
                                     validate a configuration; --probe also connects to backends
   passwd                            read a password, print a bcrypt hash for the users file
-  dkim keygen|dns                   make a key and print its DNS record; print every configured key's
+  dkim keygen|dns|check             make a key and print its DNS record; print every configured key's;
+                                    check that each key's published record verifies its signatures
   queue list|show|retry|delete|handoff
                                     inspect and act on the spool; hand a stopped node's spool to its peers
   drain --config FILE               ask the running relay to hand its queue to its peers and exit
