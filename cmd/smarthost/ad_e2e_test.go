@@ -62,7 +62,7 @@ func swaksTo(t *testing.T, e *relayEnv, user, pass, from, to string) string {
 func TestActiveDirectory(t *testing.T) {
 	web := freePort(t)
 	e := adRelay(t, fmt.Sprintf("metrics: {listen: %q}\n", web))
-	out, err := runCLI("check-config", "--probe", "--config", e.config)
+	out, err := probe(t, e.config)
 	if exitCode(err) != 0 || strings.Contains(out, "warning") ||
 		!strings.Contains(out, "ok (service bind): Active Directory, base_dn found, required_group found") {
 		t.Fatalf("check-config --probe: exit %d\n%s", exitCode(err), out)
