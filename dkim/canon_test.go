@@ -11,7 +11,8 @@ import (
 )
 
 // bodyHash signs header+body with go-msgauth and with ours, writing ours
-// in the given chunk size, and returns both bh= values.
+// in the given chunk size, and returns both bh= values. go-msgauth's
+// verifier must accept our whole signature too.
 func bodyHashes(t testing.TB, body string, chunk int) (theirs, ours string) {
 	_, priv, _ := ed25519.GenerateKey(nil)
 	header := "From: a@example.com\r\nSubject: s\r\n\r\n"
@@ -33,6 +34,13 @@ func bodyHashes(t testing.TB, body string, chunk int) (theirs, ours string) {
 	sig, err := sg.Finish()
 	if err != nil {
 		t.Fatal(err)
+	}
+	_, record, _ := DNSRecord("example.com", "s", priv.Public())
+	vs, err := msgdkim.VerifyWithOptions(strings.NewReader(string(sig)+header+body), &msgdkim.VerifyOptions{
+		LookupTXT: func(string) ([]string, error) { return []string{record}, nil },
+	})
+	if err != nil || len(vs) != 1 || vs[0].Err != nil {
+		t.Fatalf("body %q in chunks of %d: go-msgauth does not verify our signature: %v %+v", body, chunk, err, vs)
 	}
 	re := regexp.MustCompile(`bh=([^;]+);`)
 	return re.FindStringSubmatch(ms.Signature())[1], re.FindStringSubmatch(string(sig))[1]
