@@ -17,7 +17,7 @@ import (
 // AuthMechanisms is what EHLO advertises: nothing before TLS, so that
 // clients that look before they leap never offer a password in the clear.
 func (s *session) AuthMechanisms() []string {
-	if !s.tls && !s.srv.cfg.AllowInsecureAuth {
+	if !s.tls && !s.be.cfg.AllowInsecureAuth {
 		return nil
 	}
 	return []string{sasl.Plain, sasl.Login}
@@ -28,7 +28,7 @@ func (s *session) AuthMechanisms() []string {
 // login like a wrong password: it counts towards the lockout and is
 // logged, and gets 501 5.5.2 (RFC 4954 4).
 func (s *session) Auth(mech string, initial []byte, next func([]byte) ([]byte, error)) error {
-	if !s.tls && !s.srv.cfg.AllowInsecureAuth {
+	if !s.tls && !s.be.cfg.AllowInsecureAuth {
 		return errTLSRequired
 	}
 	verified := false // the mechanism handed over credentials
@@ -76,21 +76,21 @@ func (s *session) Auth(mech string, initial []byte, next func([]byte) ([]byte, e
 // failedLogin counts a login refused before the directory was asked (a
 // malformed response, a foreign identity) like a wrong password.
 func (s *session) failedLogin(err error) error {
-	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.AuthTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), s.be.cfg.AuthTimeout)
 	defer cancel()
 	if q := s.deps.Quotas; q != nil {
 		q.LoginFailed(ctx, s.client.Addr.String())
 	}
-	s.srv.cfg.Metrics.auth.WithLabelValues("failure").Inc()
+	s.be.cfg.Metrics.auth.WithLabelValues("failure").Inc()
 	return err
 }
 
 func (s *session) authenticate(username, password string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.AuthTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), s.be.cfg.AuthTimeout)
 	defer cancel()
 	ip := s.client.Addr.String()
 	q := s.deps.Quotas
-	m := s.srv.cfg.Metrics
+	m := s.be.cfg.Metrics
 	if q != nil {
 		if err := q.LoginAllowed(ctx, ip); err != nil {
 			result := "tempfail"

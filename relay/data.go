@@ -35,7 +35,7 @@ func (s *session) Data(r io.Reader) (string, error) {
 		return "", err
 	}
 	s.log.Info("queued", "msg_id", id, "from", s.from, "rcpts", len(s.rcpts), "size", d.Size())
-	m := s.srv.cfg.Metrics
+	m := s.be.cfg.Metrics
 	m.accepted.Inc()
 	m.recipients.Add(float64(len(s.rcpts)))
 	m.bytes.Add(float64(d.Size()))
@@ -43,16 +43,16 @@ func (s *session) Data(r io.Reader) (string, error) {
 }
 
 func (s *session) receive(d *queue.Draft, r io.Reader) (string, error) {
-	br, _ := s.srv.readers.Get().(*bufio.Reader)
+	br, _ := s.be.readers.Get().(*bufio.Reader)
 	if br == nil {
 		br = bufio.NewReaderSize(r, 32<<10)
 	}
 	br.Reset(r)
 	defer func() {
 		br.Reset(nil)
-		s.srv.readers.Put(br)
+		s.be.readers.Put(br)
 	}()
-	header, err := readHeaderBlock(br, s.srv.cfg.MaxHeaderSize)
+	header, err := readHeaderBlock(br, s.be.cfg.MaxHeaderSize)
 	if err != nil {
 		return "", err
 	}
@@ -103,11 +103,11 @@ func (s *session) receive(d *queue.Draft, r io.Reader) (string, error) {
 	if sign != nil {
 		sigs, err := sign.Finish()
 		if err != nil {
-			s.srv.cfg.Metrics.signFailures.Inc()
+			s.be.cfg.Metrics.signFailures.Inc()
 			return "", err
 		}
 		prepend = append(sigs, added...)
-		s.srv.cfg.Metrics.signatures.WithLabelValues(s.signDomain).Inc()
+		s.be.cfg.Metrics.signatures.WithLabelValues(s.signDomain).Inc()
 	}
 	if q := s.deps.Quotas; q != nil {
 		user, class := s.quotaKey()
@@ -190,7 +190,7 @@ func (s *session) beginSigning(h mail.Header, added []string) (*dkim.Signing, er
 	sign, err := s.deps.Signer.Begin(domain, fields)
 	if err != nil {
 		if !errors.Is(err, dkim.ErrNoKey) {
-			s.srv.cfg.Metrics.signFailures.Inc()
+			s.be.cfg.Metrics.signFailures.Inc()
 		}
 		return nil, s.noKey(err)
 	}
@@ -220,7 +220,7 @@ func (s *session) addedFields(id string, h mail.Header, peer bool) ([]byte, []st
 		return b.Bytes(), names
 	}
 	if h.Get("Message-Id") == "" {
-		fmt.Fprintf(&b, "Message-ID: <%s@%s>\r\n", id, s.srv.cfg.Hostname)
+		fmt.Fprintf(&b, "Message-ID: <%s@%s>\r\n", id, s.conn.ServerDomain())
 		names = append(names, "Message-ID")
 	}
 	if h.Get("Date") == "" {
@@ -231,7 +231,7 @@ func (s *session) addedFields(id string, h mail.Header, peer bool) ([]byte, []st
 }
 
 // received is our Received: field, as Postfix writes it: who the client
-// said it was and its address (unless Limits.Received is anonymous, for a
+// said it was and its address (unless Deps.Received is anonymous, for a
 // gateway whose internal host names must not leak), the TLS version and
 // cipher, and the protocol by the names of RFC 3848 and RFC 6531 (ESMTPSA:
 // ESMTP with TLS and AUTH; UTF8SMTPSA, the same with SMTPUTF8).
@@ -242,7 +242,7 @@ func (s *session) received(id string, now time.Time) string {
 	if s.tls {
 		tlsNote = fmt.Sprintf("(using %s with cipher %s)", tlsVersionName(s.tlsVersion), tls.CipherSuiteName(s.tlsCipher))
 	}
-	if s.deps.Limits.Received != ReceivedAnonymous {
+	if s.deps.Received != ReceivedAnonymous {
 		fmt.Fprintf(&b, " from %s ([%s])\r\n\t", sanitizeHelo(s.helo), s.client.Addr)
 		if tlsNote != "" {
 			b.WriteString(tlsNote + "\r\n\t")
@@ -251,7 +251,7 @@ func (s *session) received(id string, now time.Time) string {
 	} else {
 		b.WriteString(" ")
 	}
-	fmt.Fprintf(&b, "by %s (smarthost) with %s id %s", s.srv.cfg.Hostname, s.protocol(), id)
+	fmt.Fprintf(&b, "by %s (smarthost) with %s id %s", s.conn.ServerDomain(), s.protocol(), id)
 	if tlsNote != "" {
 		b.WriteString("\r\n\t" + tlsNote)
 	}

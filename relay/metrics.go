@@ -22,7 +22,7 @@ type Metrics struct {
 	signFailures   prometheus.Counter
 }
 
-// NewMetrics registers the series on reg. A Server made without Metrics
+// NewMetrics registers the series on reg. A Backend made without Metrics
 // makes its own on a private registry, so the counting code needs no nil
 // checks.
 func NewMetrics(reg prometheus.Registerer) *Metrics {

@@ -15,6 +15,7 @@ import (
 	"github.com/smarthost/smarthost/policy"
 	"github.com/smarthost/smarthost/relay/queue"
 	"github.com/smarthost/smarthost/relay/relaytest"
+	"github.com/smarthost/smarthost/relay/smtpd"
 )
 
 // proxyEnv is a relay with one plain listener that reads PROXY headers from
@@ -28,22 +29,14 @@ func proxyEnv(t *testing.T, networks []string) (addr string, dir string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { q.Close() })
-	srv, err := NewServer(Config{
-		Hostname:          "relay.test",
-		Listeners:         []Listener{{Address: "127.0.0.1:0", Mode: ModePlain, ProxyProtocol: true}},
-		TLS:               &tls.Config{Certificates: []tls.Certificate{*cert}},
-		AllowInsecureAuth: true,
-		ProxyNetworks:     networks,
-	}, Deps{Policy: policy.New(policy.Config{EnforceHeaderFrom: true}, usersFile(t)), Queue: q,
-		Limits: Limits{MaxRecipients: 5, MaxMessageSize: 1 << 20}}, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve()
-	t.Cleanup(func() { srv.closeListeners() })
+	srv := serve(t, smtpd.Config{
+		Domain:        "relay.test",
+		Listeners:     []smtpd.Listener{{Address: "127.0.0.1:0", Mode: smtpd.ModePlain, ProxyProtocol: true}},
+		TLS:           &tls.Config{Certificates: []tls.Certificate{*cert}},
+		ProxyNetworks: networks,
+		Limits:        smtpd.Limits{MaxRecipients: 5, MaxMessageBytes: 1 << 20},
+	}, BackendConfig{AllowInsecureAuth: true, Log: log},
+		Deps{Policy: policy.New(policy.Config{EnforceHeaderFrom: true}, usersFile(t)), Queue: q})
 	return srv.Addrs()[0].String(), dir
 }
 

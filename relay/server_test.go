@@ -28,10 +28,30 @@ import (
 	"github.com/smarthost/smarthost/ratelimit"
 	"github.com/smarthost/smarthost/relay/queue"
 	"github.com/smarthost/smarthost/relay/relaytest"
+	"github.com/smarthost/smarthost/relay/smtpd"
 )
 
+// serve assembles the relay as smarthost does (smtpd.New with NewBackend),
+// binds cfg's listeners and serves them until the test ends.
+func serve(t testing.TB, cfg smtpd.Config, bc BackendConfig, deps Deps) *smtpd.Server {
+	t.Helper()
+	be := NewBackend(bc, deps)
+	cfg.Hooks = be.Hooks()
+	srv := smtpd.New(cfg, be)
+	if err := srv.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	})
+	return srv
+}
+
 type testEnv struct {
-	srv      *Server
+	srv      *smtpd.Server
 	q        *queue.Queue
 	dir      string // queue dir
 	starttls string
@@ -54,9 +74,10 @@ type testOpts struct {
 	inlineMax   int64 // queue.Config.InlineMax
 	// rejectBareLF: policy.bare_newline: reject (default normalize).
 	rejectBareLF bool
-	received     string // Limits.Received
+	received     string // Deps.Received
 	maxConns     int    // in all
 	queueDir     string // default a temporary folder
+	metrics      *Metrics
 }
 
 func usersFile(t testing.TB) *policy.Static {
@@ -101,33 +122,20 @@ func newEnv(t testing.TB, o testOpts) *testEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { q.Close() })
-	srv, err := NewServer(Config{
-		Hostname: "relay.test",
-		Listeners: []Listener{
-			{Address: "127.0.0.1:0", Mode: ModeStartTLS},
-			{Address: "127.0.0.1:0", Mode: ModeImplicit},
-			{Address: "127.0.0.1:0", Mode: ModePlain},
+	srv := serve(t, smtpd.Config{
+		Domain: "relay.test",
+		Listeners: []smtpd.Listener{
+			{Address: "127.0.0.1:0", Mode: smtpd.ModeStartTLS},
+			{Address: "127.0.0.1:0", Mode: smtpd.ModeImplicit},
+			{Address: "127.0.0.1:0", Mode: smtpd.ModePlain},
 		},
-		TLS:               &tls.Config{Certificates: []tls.Certificate{*cert}, MinVersion: tls.VersionTLS12},
-		AllowInsecureAuth: o.insecure,
-		ConnectionsPerIP:  o.perIP,
-		MaxConnections:    o.maxConns,
-		MaxHeaderSize:     16 << 10,
-		IdleTimeout:       o.idle,
-	}, Deps{Policy: policy.New(o.policy, o.dir), Queue: q, Signer: o.signer, RejectNoKey: o.rejectNoKey, Quotas: o.quotas,
-		Limits: Limits{MaxRecipients: o.maxRcpts, MaxMessageSize: o.maxSize, NormalizeBareLF: !o.rejectBareLF, Received: o.received}}, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-	})
+		TLS:              &tls.Config{Certificates: []tls.Certificate{*cert}, MinVersion: tls.VersionTLS12},
+		ConnectionsPerIP: o.perIP,
+		MaxConnections:   o.maxConns,
+		IdleTimeout:      o.idle,
+		Limits:           smtpd.Limits{MaxRecipients: o.maxRcpts, MaxMessageBytes: o.maxSize, NormalizeBareLF: !o.rejectBareLF},
+	}, BackendConfig{AllowInsecureAuth: o.insecure, MaxHeaderSize: 16 << 10, Metrics: o.metrics, Log: log},
+		Deps{Policy: policy.New(o.policy, o.dir), Queue: q, Signer: o.signer, RejectNoKey: o.rejectNoKey, Quotas: o.quotas, Received: o.received})
 	a := srv.Addrs()
 	return &testEnv{srv: srv, q: q, dir: dir, starttls: a[0].String(), implicit: a[1].String(), plain: a[2].String(), pool: pool}
 }
@@ -717,7 +725,7 @@ func TestSetListeners(t *testing.T) {
 	port := free.Addr().String()
 	free.Close()
 	// The kept listeners are named as configured (port 0 here).
-	ls := []Listener{{Address: "127.0.0.1:0", Mode: ModeStartTLS}, {Address: "127.0.0.1:0", Mode: ModeImplicit}, {Address: port, Mode: ModePlain}}
+	ls := []smtpd.Listener{{Address: "127.0.0.1:0", Mode: smtpd.ModeStartTLS}, {Address: "127.0.0.1:0", Mode: smtpd.ModeImplicit}, {Address: port, Mode: smtpd.ModePlain}}
 	if err := e.srv.SetListeners(ls, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -741,7 +749,7 @@ func TestSetListeners(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A listener that cannot be bound changes nothing.
-	bad := append(ls, Listener{Address: "256.0.0.1:25", Mode: ModePlain})
+	bad := append(ls, smtpd.Listener{Address: "256.0.0.1:25", Mode: smtpd.ModePlain})
 	if err := e.srv.SetListeners(bad, time.Second); err == nil {
 		t.Fatal("bound an impossible address")
 	}

@@ -2,8 +2,6 @@ package relay
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"log/slog"
 
 	"github.com/smarthost/smarthost/policy"
@@ -12,10 +10,10 @@ import (
 
 // session is one SMTP session: from EHLO (or STARTTLS, which starts a new
 // one) to QUIT. smtpd calls it from one goroutine; its errors become replies
-// in reply.go, and its refusals are logged and counted by Server.refused.
+// in reply.go, and its refusals are logged and counted by Backend.refused.
 type session struct {
 	id         string // in every log line of the session
-	srv        *Server
+	be         *Backend
 	deps       *Deps
 	conn       *smtpd.Conn
 	log        *slog.Logger
@@ -117,28 +115,3 @@ func (s *session) Reset() {
 }
 
 func (s *session) Close() {}
-
-// backend starts the relay's sessions.
-type backend Server
-
-func (b *backend) NewSession(c *smtpd.Conn) (smtpd.Session, error) {
-	s := (*Server)(b)
-	state, isTLS := c.TLSConnectionState()
-	var id [6]byte
-	rand.Read(id[:])
-	sess := &session{
-		id:   hex.EncodeToString(id[:]),
-		srv:  s,
-		deps: s.deps.Load(),
-		conn: c,
-		tls:  isTLS,
-		helo: c.Hostname(),
-	}
-	if isTLS {
-		sess.tlsVersion, sess.tlsCipher = state.Version, state.CipherSuite
-	}
-	sess.client.Addr = c.RemoteAddr()
-	sess.log = s.log.With("session", sess.id, "remote", sess.client.Addr.String(), "tls", isTLS)
-	sess.log.Info("session", "helo", sanitizeHelo(c.Hostname()), "listener", c.Listener())
-	return sess, nil
-}

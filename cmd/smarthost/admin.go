@@ -17,7 +17,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/smarthost/smarthost/ratelimit"
-	"github.com/smarthost/smarthost/relay"
 	"github.com/smarthost/smarthost/relay/queue"
 )
 
@@ -27,7 +26,6 @@ import (
 // it is still ready). Results are kept for a second so that probes cannot
 // hammer the backends.
 type readiness struct {
-	srv    *relay.Server
 	q      *queue.Queue
 	ping   func(context.Context) []string // backend problems
 	mu     sync.Mutex

@@ -19,14 +19,16 @@ import (
 	"github.com/smarthost/smarthost/relay"
 	"github.com/smarthost/smarthost/relay/headers"
 	"github.com/smarthost/smarthost/relay/queue"
+	"github.com/smarthost/smarthost/relay/smtpd"
 	"github.com/smarthost/smarthost/relay/upstream"
 )
 
 // parts is a configuration translated into the Config structs of each
 // package, with files (certificates, users, keys) loaded.
 type parts struct {
-	relay    relay.Config
-	deps     relay.Deps // without Queue
+	smtp     smtpd.Config        // the SMTP listeners, without TLS and Hooks
+	backend  relay.BackendConfig // without Metrics and Log
+	deps     relay.Deps          // without Queue
 	queue    queue.Config
 	upstream upstream.Config
 	cert     *tls.Certificate
@@ -52,10 +54,10 @@ func compose(f *configs.File, create bool, log *slog.Logger, bm *backendMetrics)
 
 	needTLS := false
 	for _, l := range f.Listeners {
-		p.relay.Listeners = append(p.relay.Listeners, relay.Listener{Address: l.Address, Mode: l.Mode, ProxyProtocol: l.ProxyProtocol})
-		needTLS = needTLS || l.Mode != relay.ModePlain
+		p.smtp.Listeners = append(p.smtp.Listeners, smtpd.Listener{Address: l.Address, Mode: l.Mode, ProxyProtocol: l.ProxyProtocol})
+		needTLS = needTLS || l.Mode != smtpd.ModePlain
 	}
-	p.relay.ProxyNetworks = f.Policy.ProxyNetworks
+	p.smtp.ProxyNetworks = f.Policy.ProxyNetworks
 	if needTLS {
 		cert, err := loadCert(f)
 		if err != nil {
@@ -92,17 +94,17 @@ func compose(f *configs.File, create bool, log *slog.Logger, bm *backendMetrics)
 	p.deps.Signer = dkim.New(dkim.Config{Domains: keys, Oversign: f.DKIM.Oversign})
 	p.deps.RejectNoKey = f.DKIM.OnMissingKey == "reject"
 
-	p.relay.Hostname = f.Hostname
-	p.relay.AllowInsecureAuth = f.Auth.AllowInsecureAuth
-	p.deps.Limits = relay.Limits{
+	p.smtp.Domain = f.Hostname
+	p.backend.AllowInsecureAuth = f.Auth.AllowInsecureAuth
+	p.smtp.Limits = smtpd.Limits{
 		MaxRecipients:   f.Policy.MaxRecipients,
-		MaxMessageSize:  int64(f.Policy.MaxMessageSize),
+		MaxMessageBytes: int64(f.Policy.MaxMessageSize),
 		NormalizeBareLF: f.Policy.BareNewline == "normalize",
-		Received:        f.Headers.Received,
 	}
+	p.deps.Received = f.Headers.Received
 	p.deps.Headers = composeHeaders(f.Headers)
-	p.relay.ConnectionsPerIP = f.RateLimit.ConnectionsPerIP
-	p.relay.MaxConnections = f.RateLimit.MaxConnections
+	p.smtp.ConnectionsPerIP = f.RateLimit.ConnectionsPerIP
+	p.smtp.MaxConnections = f.RateLimit.MaxConnections
 
 	composeDelivery(f, p, bad)
 	p.pprof = f.Metrics.PProf

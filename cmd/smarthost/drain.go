@@ -14,8 +14,8 @@ import (
 	"time"
 
 	"github.com/smarthost/smarthost/configs"
-	"github.com/smarthost/smarthost/relay"
 	"github.com/smarthost/smarthost/relay/queue"
+	"github.com/smarthost/smarthost/relay/smtpd"
 	"github.com/smarthost/smarthost/relay/upstream"
 )
 
@@ -28,7 +28,7 @@ const handoffRetry = 2 * time.Second
 // the peers instead of the routes; once the queue is empty the node exits.
 // Postfix, maddy and chasquid leave such mail on the departed node's disk.
 type drainer struct {
-	srv   *relay.Server
+	srv   *smtpd.Server
 	q     *queue.Queue
 	peers queue.Deliverer // nil: no queue.handoff configured
 	ready *readiness
@@ -38,7 +38,7 @@ type drainer struct {
 	empty chan struct{} // closed once the queue is empty after begin
 }
 
-func newDrainer(srv *relay.Server, q *queue.Queue, peers queue.Deliverer, ready *readiness, log *slog.Logger) *drainer {
+func newDrainer(srv *smtpd.Server, q *queue.Queue, peers queue.Deliverer, ready *readiness, log *slog.Logger) *drainer {
 	return &drainer{srv: srv, q: q, peers: peers, ready: ready, log: log, begun: make(chan struct{}), empty: make(chan struct{})}
 }
 

@@ -23,6 +23,7 @@ import (
 	"github.com/smarthost/smarthost/ratelimit"
 	"github.com/smarthost/smarthost/relay"
 	"github.com/smarthost/smarthost/relay/queue"
+	"github.com/smarthost/smarthost/relay/smtpd"
 	"github.com/smarthost/smarthost/relay/upstream"
 )
 
@@ -38,7 +39,8 @@ type daemon struct {
 	limiter ratelimit.Limiter
 	certs   certHolder
 	q       *queue.Queue
-	srv     *relay.Server
+	srv     *smtpd.Server
+	be      *relay.Backend
 	ready   *readiness
 	drain   *drainer
 	current atomic.Pointer[parts] // for the HTTP views and readiness
@@ -123,18 +125,17 @@ func (d *daemon) start(f *configs.File, stderr io.Writer) int {
 	if p.cert != nil {
 		d.certs.c.Store(p.cert)
 		d.certs.setTicketSecret(p.tickets)
-		p.relay.TLS = d.certs.tlsConfig(f.TLS)
+		p.smtp.TLS = d.certs.tlsConfig(f.TLS)
 	}
-	p.relay.Metrics = relay.NewMetrics(d.reg)
-	if d.srv, err = relay.NewServer(p.relay, p.deps, d.log); err != nil {
-		errorf(stderr, "%v", err)
-		return exitRuntime
-	}
+	p.backend.Metrics, p.backend.Log = relay.NewMetrics(d.reg), d.log
+	d.be = relay.NewBackend(p.backend, p.deps)
+	p.smtp.Hooks, p.smtp.Log = d.be.Hooks(), d.log
+	d.srv = smtpd.New(p.smtp, d.be)
 	if err := d.srv.Listen(); err != nil {
 		errorf(stderr, "%v", err)
 		return exitRuntime
 	}
-	d.ready = &readiness{srv: d.srv, q: d.q, ping: d.pingBackends(limiter, f.RateLimit.OnBackendError == "tempfail")}
+	d.ready = &readiness{q: d.q, ping: d.pingBackends(limiter, f.RateLimit.OnBackendError == "tempfail")}
 	var peers queue.Deliverer
 	if p.handoff != nil {
 		hr, err := upstream.NewRouter(*p.handoff, d.log)
@@ -209,7 +210,7 @@ func (d *daemon) run() int {
 	d.ready.serves.Store(true)
 	p := d.current.Load()
 	for i, a := range d.srv.Addrs() {
-		d.log.Info("listening", "address", a.String(), "mode", p.relay.Listeners[i].Mode)
+		d.log.Info("listening", "address", a.String(), "mode", p.smtp.Listeners[i].Mode)
 	}
 	d.log.Info("smarthost started", "version", version, "queued", d.q.Len())
 
@@ -274,8 +275,8 @@ func (d *daemon) reload() {
 		d.log.Warn(w)
 	}
 	old := d.current.Load()
-	if !slices.Equal(old.relay.Listeners, p.relay.Listeners) {
-		if err := d.srv.SetListeners(p.relay.Listeners, shutdownGrace); err != nil {
+	if !slices.Equal(old.smtp.Listeners, p.smtp.Listeners) {
+		if err := d.srv.SetListeners(p.smtp.Listeners, shutdownGrace); err != nil {
 			d.log.Error("reload refused: cannot change the listeners; keeping the running configuration", "err", err)
 			return
 		}
@@ -285,7 +286,8 @@ func (d *daemon) reload() {
 		d.certs.c.Store(p.cert)
 		d.certs.setTicketSecret(p.tickets)
 	}
-	d.srv.Reload(p.deps)
+	d.be.Reload(p.deps)
+	d.srv.SetLimits(p.smtp.Limits)
 	if old.ldap != nil {
 		// Sessions that started before the reload may use the old
 		// directory a while longer.

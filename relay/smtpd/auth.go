@@ -80,7 +80,7 @@ func (c *Conn) handleStartTLS(arg string) {
 		c.protocolError("STARTTLS", ReplyTLSActive)
 		return
 	}
-	if c.ln.l.TLS == nil {
+	if c.ep.tls == nil {
 		c.send("STARTTLS", ReplyTLSUnavailable, nil)
 		return
 	}
@@ -89,7 +89,7 @@ func (c *Conn) handleStartTLS(arg string) {
 		return
 	}
 	c.reply(ReplyReadyTLS)
-	tc := tls.Server(c.conn, c.ln.l.TLS)
+	tc := tls.Server(c.conn, c.ep.tls)
 	c.conn = tc
 	if err := c.handshake(tc); err != nil {
 		// Nothing sensible can be said: the stream is neither TLS nor SMTP.

@@ -20,9 +20,9 @@ import (
 // Conn is one client connection.
 type Conn struct {
 	srv  *Server
-	ln   *listening
-	raw  net.Conn // as accepted (a PROXY protocol connection, maybe)
-	conn net.Conn // what is read and written: raw with idle deadlines, then TLS
+	ep   *endpoint // the listener it came through
+	raw  net.Conn  // as accepted (a PROXY protocol connection, maybe)
+	conn net.Conn  // what is read and written: raw with idle deadlines, then TLS
 	br   *bufio.Reader
 	bw   *bufio.Writer
 	addr netip.Addr // the client's, after a PROXY header
@@ -48,8 +48,8 @@ type Conn struct {
 	waiting atomic.Bool
 }
 
-func newConn(raw net.Conn, s *Server, ln *listening) *Conn {
-	c := &Conn{srv: s, ln: ln, raw: raw}
+func newConn(raw net.Conn, s *Server, ep *endpoint) *Conn {
+	c := &Conn{srv: s, ep: ep, raw: raw}
 	c.idle.Store(int64(s.cfg.IdleTimeout))
 	c.conn = &deadlineConn{Conn: raw, idle: &c.idle}
 	c.init()
@@ -86,8 +86,12 @@ func (c *Conn) ESMTP() bool { return c.ehlo }
 // RemoteAddr is the client's address (from the PROXY header, if any).
 func (c *Conn) RemoteAddr() netip.Addr { return c.addr }
 
-// Listener is the name of the listener the client came through.
-func (c *Conn) Listener() string { return c.ln.l.Name }
+// Listener is the configured address of the listener the client came
+// through.
+func (c *Conn) Listener() string { return c.ep.l.Address }
+
+// ServerDomain is our host name (Config.Domain), as the greeting gives it.
+func (c *Conn) ServerDomain() string { return c.srv.cfg.Domain }
 
 // TLSConnectionState reports the TLS state; ok is false without TLS.
 func (c *Conn) TLSConnectionState() (state tls.ConnectionState, ok bool) {
@@ -134,8 +138,8 @@ func (c *Conn) drain() {
 
 func (c *Conn) serve() error {
 	defer c.flush() // replies held for a pipelined command that never came
-	if c.ln.l.Implicit {
-		tc := tls.Server(c.conn, c.ln.l.TLS)
+	if c.ep.implicit() {
+		tc := tls.Server(c.conn, c.ep.tls)
 		c.conn = tc
 		if err := c.handshake(tc); err != nil {
 			return err
@@ -275,15 +279,15 @@ func (c *Conn) protocolError(cmd string, r *Reply) {
 
 // fail answers a session's error for cmd and returns the reply sent.
 func (c *Conn) fail(cmd string, err error) *Reply {
-	r := c.srv.cfg.ReplyFor(cmd, err)
+	r := c.srv.cfg.Hooks.ReplyFor(cmd, err)
 	c.send(cmd, r, err)
 	return r
 }
 
-// send writes a reply, telling Config.Refused of a refusal.
+// send writes a reply, telling Hooks.Refused of a refusal.
 func (c *Conn) send(cmd string, r *Reply, cause error) {
-	if r.Refusal && c.srv.cfg.Refused != nil {
-		c.srv.cfg.Refused(c, cmd, r, cause)
+	if h := c.srv.cfg.Hooks.Refused; r.Refusal && h != nil {
+		h(c, cmd, r, cause)
 	}
 	c.reply(r)
 }

@@ -32,7 +32,7 @@ func (c *Conn) handleGreet(cmd, arg string) {
 		return
 	}
 	caps := []string{"PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES"}
-	if _, isTLS := c.TLSConnectionState(); c.ln.l.TLS != nil && !isTLS {
+	if _, isTLS := c.TLSConnectionState(); c.ep.tls != nil && !isTLS {
 		caps = append(caps, "STARTTLS")
 	}
 	if mechs := c.Session().AuthMechanisms(); len(mechs) > 0 {
@@ -75,7 +75,7 @@ func (c *Conn) handleMail(arg string) {
 		return
 	}
 	if err := c.Session().Mail(from, opts); err != nil {
-		r := c.srv.cfg.ReplyFor("MAIL", err)
+		r := c.srv.cfg.Hooks.ReplyFor("MAIL", err)
 		// A client that keeps trying a MAIL refused for good (no AUTH, a
 		// sender it does not own) is told to go like one that keeps
 		// sending bad commands. A temporary refusal (a rate limit) may be

@@ -11,7 +11,7 @@ type EnhancedCode [3]int
 // Reply is one row of the reply table: every reply the server sends is one
 // of the rows below, protocol and policy alike, so that each condition has
 // exactly one text and every text can be found with grep. A session refuses
-// with a row (or an error that Config.ReplyFor maps to one); the server
+// with a row (or an error that Hooks.ReplyFor maps to one); the server
 // itself uses the protocol rows.
 type Reply struct {
 	Code     int
@@ -19,7 +19,7 @@ type Reply struct {
 	// Text is a fmt format when the row takes arguments (With).
 	Text string
 	// Refusal marks the answers that refuse what the client asked: they
-	// are logged and counted (Config.Refused).
+	// are logged and counted (Hooks.Refused).
 	Refusal bool
 	// When says in which situation the row is sent, and Args are example
 	// arguments, for the table in docs/replies.md (TestReplyTableDoc).
@@ -158,7 +158,7 @@ var Table = []*Reply{
 }
 
 // DefaultReplyFor maps the errors of this package, and a *Reply as it is;
-// anything else is ReplyInternal. A Config.ReplyFor of one's own can end
+// anything else is ReplyInternal. A Hooks.ReplyFor of one's own can end
 // with it.
 func DefaultReplyFor(_ string, err error) *Reply {
 	var r *Reply

@@ -13,7 +13,7 @@
 //   - In DATA, only CRLF "." CRLF ends the message. A bare CR or a NUL
 //     anywhere fails the message and closes the connection: the client and
 //     we no longer agree where the message ends. A bare LF is made a CRLF
-//     (Config.NormalizeBareLF, as Postfix 3.9's smtpd_forbid_bare_newline
+//     (Limits.NormalizeBareLF, as Postfix 3.9's smtpd_forbid_bare_newline
 //     = normalize does) or refused likewise; "." after a bare LF is a line
 //     of the message, never its end.
 //   - Unknown or malformed commands are counted: after MaxErrors the client
@@ -28,35 +28,38 @@
 //     session ends. The library writes every reply on its own.
 //   - Every reply is a row of one table (replies.go), with enhanced codes
 //     and plain texts; the EHLO reply names our host (RFC 5321 4.1.1.1).
-//   - The server keeps the connection registry: caps per client address
-//     and in all, an idle timeout per read (a long DATA upload is fine, a
-//     silent client is not), listeners retired one at a time, and a drain
-//     that lets idle sessions go at once and busy ones finish.
+//   - The server owns the listeners' whole life, as net/http's Server
+//     does: it binds them, reads PROXY headers (v1 and v2) from trusted
+//     networks only, counts and caps connections per client address and
+//     in all, does implicit TLS, retires a listener a reload removes while
+//     its sessions finish, and drains at shutdown (idle sessions go at
+//     once, busy ones finish). Every read has an idle timeout (a long DATA
+//     upload is fine, a silent client is not).
 package smtpd
 
 import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"io"
 	"log/slog"
 	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 )
 
 // maxLineDefault is the default Config.MaxLineLength.
 const maxLineDefault = 2000
 
-// ErrServerClosed is returned by Shutdown after the first call.
-var ErrServerClosed = errors.New("smtpd: server already closed")
-
 // Config is the server's behaviour. Zero values take the defaults named.
 type Config struct {
-	Domain string // our host name: in the greeting and the EHLO reply
+	Domain    string      // our host name: in the greeting and the EHLO reply
+	Listeners []Listener  // bound by Listen; SetListeners changes them
+	TLS       *tls.Config // for STARTTLS and implicit TLS; required unless every listener is plain
+	// ProxyNetworks may send PROXY headers on listeners with
+	// ProxyProtocol (CIDR prefixes or addresses).
+	ProxyNetworks []string
 
 	Limits Limits // SetLimits changes them while serving
 	// MaxLineLength counts the CRLF; RFC 5321 allows 1000 for a text line
@@ -75,17 +78,8 @@ type Config struct {
 	MaxConnections        int // in all; default 1000
 	ConnectionsPerIP      int // 0: no limit
 
-	// ReplyFor maps an error a Session returned for cmd to its reply.
-	// Default: a *Reply as it is, anything else ReplyInternal.
-	ReplyFor func(cmd string, err error) *Reply
-	// Refused, when set, is told of every reply marked Refusal, with the
-	// error behind it (nil for the server's own), to log and count it.
-	Refused func(c *Conn, cmd string, r *Reply, cause error)
-	// ConnState, when set, is told when a connection is admitted
-	// (open) and when it closes, with its listener's name.
-	ConnState func(listener string, open bool)
-
-	Log *slog.Logger // admission, panics and connection errors
+	Hooks Hooks
+	Log   *slog.Logger // listeners, admission, panics and connection errors
 }
 
 // Limits are what a message may be; they can change while serving.
@@ -97,37 +91,49 @@ type Limits struct {
 	NormalizeBareLF bool
 }
 
-// Listener says how one listening socket is served.
-type Listener struct {
-	Name     string      // in logs and ConnState: the configured address
-	TLS      *tls.Config // STARTTLS is offered with it; nil: none
-	Implicit bool        // TLS from the first byte (TLS must be set)
+// Hooks join the server to the code that gives the protocol its meaning:
+// how that code's errors read, and what the server did, to log and count.
+// Any may be nil. They run on a connection's goroutine; they must not block.
+type Hooks struct {
+	// ReplyFor maps an error a Session returned for cmd to its reply.
+	// Default: DefaultReplyFor.
+	ReplyFor func(cmd string, err error) *Reply
+	// Refused is told of every reply marked Refusal, with the error behind
+	// it (nil for the server's own).
+	Refused func(c *Conn, cmd string, r *Reply, cause error)
+	// Accepted is told of every connection a listener accepts, before the
+	// caps, with the listener's configured address.
+	Accepted func(listener string)
+	// ConnState is told when a connection is admitted (open) and when it
+	// closes.
+	ConnState func(listener string, open bool)
+	// TLSHandshake is told when a TLS handshake begins (done false) and
+	// when it completes (done true); the difference failed.
+	TLSHandshake func(done bool)
 }
 
-// Server serves SMTP on the listeners given to Serve.
+// Server serves SMTP on its listeners.
 type Server struct {
-	cfg Config
-	be  Backend
+	cfg    Config
+	be     Backend
+	limits atomic.Pointer[Limits]
 
-	wg       sync.WaitGroup
-	shutting atomic.Bool // Shutdown was called: no new transactions
-	limits   atomic.Pointer[Limits]
+	shutting atomic.Bool    // Shutdown or Close was called: no new transactions
+	done     chan struct{}  // closed when shutting is set: Serve returns
+	failed   chan error     // a listener that stopped by itself
+	loops    sync.WaitGroup // accept loops: once they end, wg gains no more
+	wg       sync.WaitGroup // connections
 
-	mu     sync.Mutex
-	lns    map[net.Listener]*listening
-	conns  map[*Conn]struct{}
-	perIP  map[netip.Addr]int
-	total  int
-	closed bool
+	mu      sync.Mutex
+	eps     []*endpoint // in the configured order
+	serving bool
+	conns   map[*Conn]struct{}
+	perIP   map[netip.Addr]int
+	total   int
 }
 
-type listening struct {
-	l       Listener
-	retired atomic.Bool
-	wg      sync.WaitGroup // its connections
-}
-
-// New makes a server answering with be's sessions.
+// New makes a server answering with be's sessions. Listen binds its
+// listeners, Serve serves them.
 func New(cfg Config, be Backend) *Server {
 	if cfg.MaxLineLength <= 0 {
 		cfg.MaxLineLength = maxLineDefault
@@ -147,149 +153,77 @@ func New(cfg Config, be Backend) *Server {
 	if cfg.MaxConnections <= 0 {
 		cfg.MaxConnections = 1000
 	}
-	if cfg.ReplyFor == nil {
-		cfg.ReplyFor = DefaultReplyFor
+	if cfg.Hooks.ReplyFor == nil {
+		cfg.Hooks.ReplyFor = DefaultReplyFor
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cfg: cfg, be: be, lns: map[net.Listener]*listening{},
+	cfg.TLS = tlsCounted(cfg.TLS, cfg.Hooks.TLSHandshake)
+	s := &Server{cfg: cfg, be: be, done: make(chan struct{}), failed: make(chan error, 1),
 		conns: map[*Conn]struct{}{}, perIP: map[netip.Addr]int{}}
 	s.SetLimits(cfg.Limits)
 	return s
 }
 
+// tlsCounted is c with the handshakes told to hook.
+func tlsCounted(c *tls.Config, hook func(done bool)) *tls.Config {
+	if c == nil || hook == nil {
+		return c
+	}
+	c = c.Clone()
+	getConfig, verify := c.GetConfigForClient, c.VerifyConnection
+	c.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+		hook(false)
+		if getConfig != nil {
+			return getConfig(hello)
+		}
+		return nil, nil
+	}
+	c.VerifyConnection = func(cs tls.ConnectionState) error {
+		if verify != nil {
+			if err := verify(cs); err != nil {
+				return err
+			}
+		}
+		hook(true)
+		return nil
+	}
+	return c
+}
+
 // SetLimits changes the limits for the commands that follow.
 func (s *Server) SetLimits(l Limits) { s.limits.Store(&l) }
 
-// Serve accepts connections on ln until it is retired or the server shut
-// down (then it returns nil), or until ln fails.
-func (s *Server) Serve(ln net.Listener, l Listener) error {
-	if l.Implicit && l.TLS == nil {
-		return errors.New("smtpd: an implicit TLS listener needs a TLS config")
-	}
-	lg := &listening{l: l}
+// Serve serves the listeners bound by Listen (and those SetListeners adds)
+// until Shutdown or Close (then it returns nil), or until one fails: then
+// it closes the listeners and returns that error; Shutdown lets the open
+// sessions finish.
+func (s *Server) Serve() error {
 	s.mu.Lock()
-	if s.closed {
+	s.serving = true
+	for _, ep := range s.eps {
+		s.start(ep)
+	}
+	s.mu.Unlock()
+	select {
+	case err := <-s.failed:
+		s.mu.Lock()
+		for _, ep := range s.eps {
+			ep.ln.Close()
+		}
 		s.mu.Unlock()
-		ln.Close()
+		return err
+	case <-s.done:
 		return nil
 	}
-	s.lns[ln] = lg
-	s.mu.Unlock()
-
-	var delay time.Duration // after a temporary accept failure
-	for {
-		raw, err := ln.Accept()
-		if err != nil {
-			if lg.retired.Load() || s.shutting.Load() || s.isClosed() {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
-				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				s.cfg.Log.Warn("accept failed, retrying", "listener", l.Name, "err", err, "in", delay)
-				time.Sleep(delay)
-				continue
-			}
-			return err
-		}
-		delay = 0
-		c := newConn(raw, s, lg)
-		s.mu.Lock()
-		s.conns[c] = struct{}{}
-		if s.shutting.Load() {
-			c.idle.Store(int64(drainIdle))
-		}
-		s.mu.Unlock()
-		s.wg.Add(1)
-		lg.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			defer lg.wg.Done()
-			s.handle(c)
-		}()
-	}
 }
 
-func (s *Server) isClosed() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.closed
-}
-
-// refusalHandshake bounds the TLS handshake of a connection refused on an
-// implicit-TLS listener.
-const refusalHandshake = 5 * time.Second
-
-func (s *Server) handle(c *Conn) {
-	defer func() {
-		c.Close()
-		s.mu.Lock()
-		delete(s.conns, c)
-		s.mu.Unlock()
-	}()
-	// The client's address may come from a PROXY header, which this reads:
-	// here in the connection's goroutine, so that it never holds up Accept.
-	c.addr = remoteAddr(c.raw)
-	if r := s.admit(c.addr); r != nil {
-		s.cfg.Log.Warn("connection refused: too many connections", "remote", c.addr.String(), "listener", c.ln.l.Name)
-		var w io.Writer = c.raw
-		if c.ln.l.Implicit {
-			// Nothing but TLS on an implicit-TLS port (RFC 8314): the
-			// refusal goes inside a handshake, or a client reads it as a
-			// broken TLS record and does not know to come back later.
-			c.raw.SetDeadline(time.Now().Add(refusalHandshake))
-			tc := tls.Server(c.conn, c.ln.l.TLS)
-			if tc.Handshake() != nil {
-				return
-			}
-			w = tc
-		}
-		c.raw.SetWriteDeadline(time.Now().Add(time.Second))
-		w.Write([]byte(formatReply(r)))
-		if s.cfg.Refused != nil {
-			s.cfg.Refused(c, "CONNECT", r, nil)
-		}
-		return
+// stop marks the server as shutting down; s.mu is held.
+func (s *Server) stop() {
+	if !s.shutting.Swap(true) {
+		close(s.done)
 	}
-	if s.cfg.ConnState != nil {
-		s.cfg.ConnState(c.ln.l.Name, true)
-	}
-	defer func() {
-		s.release(c.addr)
-		if s.cfg.ConnState != nil {
-			s.cfg.ConnState(c.ln.l.Name, false)
-		}
-	}()
-	if err := c.serve(); err != nil {
-		s.cfg.Log.Info("connection ended", "remote", c.addr.String(), "err", err)
-	}
-}
-
-// admit counts a connection against its address and the total, or says
-// which reply refuses it.
-func (s *Server) admit(ip netip.Addr) *Reply {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	switch {
-	case s.cfg.ConnectionsPerIP > 0 && s.perIP[ip] >= s.cfg.ConnectionsPerIP:
-		return ReplyTooManyConnsIP
-	case s.total >= s.cfg.MaxConnections:
-		return ReplyTooManyConns
-	}
-	s.perIP[ip]++
-	s.total++
-	return nil
-}
-
-func (s *Server) release(ip netip.Addr) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.perIP[ip]--; s.perIP[ip] <= 0 {
-		delete(s.perIP, ip)
-	}
-	s.total--
 }
 
 // drainIdle is the silence allowed once the server is shutting down: a
@@ -300,64 +234,37 @@ const drainIdle = 2 * time.Second
 // Shutdown closes the listeners and waits, until ctx is done, for the open
 // sessions to end; then it closes what is left. A session waiting for a
 // command outside a transaction is told ReplyShuttingDown at once; one in a
-// transaction finishes it first, and then hears the same.
+// transaction finishes it first, and then hears the same. Nothing
+// unacknowledged is lost: a client cut off mid-DATA tries again.
 func (s *Server) Shutdown(ctx context.Context) error {
-	if s.shutting.Swap(true) {
-		return ErrServerClosed
-	}
 	s.mu.Lock()
-	for ln := range s.lns {
-		ln.Close()
+	s.stop()
+	for _, ep := range s.eps {
+		ep.ln.Close()
 	}
 	for c := range s.conns {
 		c.drain()
 	}
 	s.mu.Unlock()
-	if err := s.wait(ctx, s.wg.Wait); err != nil {
+	// Once the accept loops have ended no connection can be added.
+	err := wait(ctx, func() {
+		s.loops.Wait()
+		s.wg.Wait()
+	})
+	if err != nil {
 		s.Close()
-		return err
 	}
-	return nil
-}
-
-// Retire stops accepting on ln, which Serve was given, and lets the
-// sessions that came through it go on, as long as their clients like,
-// for up to grace; then it closes them. It is for a listener that a
-// reload removes while the server keeps running.
-func (s *Server) Retire(ln net.Listener, grace time.Duration) {
-	s.mu.Lock()
-	lg := s.lns[ln]
-	delete(s.lns, ln)
-	s.mu.Unlock()
-	if lg == nil {
-		return
-	}
-	lg.retired.Store(true)
-	ln.Close()
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), grace)
-		defer cancel()
-		if s.wait(ctx, lg.wg.Wait) != nil {
-			s.mu.Lock()
-			for c := range s.conns {
-				if c.ln == lg {
-					c.Close()
-				}
-			}
-			s.mu.Unlock()
-		}
-	}()
+	return err
 }
 
 // Close closes the listeners and every connection at once.
 func (s *Server) Close() error {
-	s.shutting.Store(true)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.closed = true
+	s.stop()
 	var err error
-	for ln := range s.lns {
-		if e := ln.Close(); e != nil && err == nil && !errors.Is(e, net.ErrClosed) {
+	for _, ep := range s.eps {
+		if e := ep.ln.Close(); e != nil && err == nil && !errors.Is(e, net.ErrClosed) {
 			err = e
 		}
 	}
@@ -369,7 +276,7 @@ func (s *Server) Close() error {
 
 // wait runs done, which returns when the awaited thing happened, and
 // returns nil then, or ctx's error first.
-func (s *Server) wait(ctx context.Context, done func()) error {
+func wait(ctx context.Context, done func()) error {
 	ch := make(chan struct{})
 	go func() {
 		done()

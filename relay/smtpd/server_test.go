@@ -93,22 +93,31 @@ func serve(t *testing.T, rec *recorder) string {
 	return addr
 }
 
-// serveWith serves rec with cfg, whose zero limits become 2 recipients and
-// 1000 bytes, with bare LF normalized.
+// serveWith serves rec with cfg on one plain listener, with cfg's zero
+// limits made 2 recipients and 1000 bytes, with bare LF normalized.
 func serveWith(t *testing.T, rec *recorder, cfg Config) (*Server, string) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := listen(t, rec, cfg)
+	go s.Serve()
+	return s, s.Addrs()[0].String()
+}
+
+// listen binds, but does not serve, what serveWith serves.
+func listen(t *testing.T, rec *recorder, cfg Config) *Server {
+	t.Helper()
 	cfg.Domain = "mx.test"
 	if cfg.Limits == (Limits{}) {
 		cfg.Limits = Limits{MaxRecipients: 2, MaxMessageBytes: 1000, NormalizeBareLF: true}
 	}
+	if cfg.Listeners == nil {
+		cfg.Listeners = []Listener{{Address: "127.0.0.1:0", Mode: ModePlain}}
+	}
 	s := New(cfg, recBackend{rec})
-	go s.Serve(ln, Listener{Name: "test"})
+	if err := s.Listen(); err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() { s.Close() })
-	return s, ln.Addr().String()
+	return s
 }
 
 type dialog struct {
@@ -286,41 +295,6 @@ func TestShutdown(t *testing.T) {
 	}
 }
 
-// Retire keeps the open sessions of a listener working until its grace
-// period ends, and closes them then.
-func TestRetire(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := New(Config{Domain: "mx.test"}, recBackend{&recorder{}})
-	served := make(chan error, 1)
-	go func() { served <- s.Serve(ln, Listener{Name: "old"}) }()
-	t.Cleanup(func() { s.Close() })
-	d := dial(t, ln.Addr().String())
-	s.Retire(ln, time.Hour)
-	if err := <-served; err != nil {
-		t.Fatalf("Serve after Retire: %v", err)
-	}
-	if _, err := net.Dial("tcp", ln.Addr().String()); err == nil {
-		t.Fatal("a retired listener still accepts")
-	}
-	d.send("EHLO c.test\r\n")
-	d.want("250 ")
-	d.send("NOOP\r\n")
-	d.want("250 2.0.0")
-
-	// With no grace left, the session is closed.
-	ln2, _ := net.Listen("tcp", "127.0.0.1:0")
-	go s.Serve(ln2, Listener{Name: "other"})
-	d2 := dial(t, ln2.Addr().String())
-	s.Retire(ln2, 0)
-	d2.c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := d2.r.ReadString('\n'); err == nil {
-		t.Fatal("session still open after the grace period")
-	}
-}
-
 // countingListener counts the writes made on the connections it accepts.
 type countingListener struct {
 	net.Listener
@@ -346,16 +320,12 @@ func (c countingConn) Write(b []byte) (int, error) {
 // client that waits for each reply still gets each one at once.
 func TestPipelinedRepliesInOneWrite(t *testing.T) {
 	rec := &recorder{}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	var writes atomic.Int64
-	s := New(Config{Domain: "mx.test", Limits: Limits{MaxRecipients: 2, MaxMessageBytes: 1000}}, recBackend{rec})
-	go s.Serve(countingListener{ln, &writes}, Listener{Name: "test"})
-	t.Cleanup(func() { s.Close() })
+	s := listen(t, rec, Config{Limits: Limits{MaxRecipients: 2, MaxMessageBytes: 1000}})
+	s.eps[0].ln = countingListener{s.eps[0].ln, &writes}
+	go s.Serve()
 
-	d := dial(t, ln.Addr().String())
+	d := dial(t, s.Addrs()[0].String())
 	d.send("EHLO c.test\r\n")
 	d.want("250 ")
 	// exchange sends input in one write and counts the writes that carry

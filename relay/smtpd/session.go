@@ -13,7 +13,7 @@ type Backend interface {
 
 // Session is what one SMTP session means; the server owns the protocol.
 // The server calls it from one goroutine. Every error a method returns
-// becomes a reply through Config.ReplyFor: a *Reply as it is, anything else
+// becomes a reply through Hooks.ReplyFor: a *Reply as it is, anything else
 // as that function maps it, so no error text ever reaches the client
 // unchecked.
 type Session interface {
@@ -62,7 +62,7 @@ var (
 	ErrBareLineEnding = errors.New("smtpd: bare CR or LF")
 	ErrNUL            = errors.New("smtpd: NUL character")
 	ErrLineTooLong    = errors.New("smtpd: line too long")
-	// From the message reader in Data, past Config.MaxMessageBytes; the
+	// From the message reader in Data, past Limits.MaxMessageBytes; the
 	// rest of the message is read and dropped by the server.
 	ErrDataTooLarge = errors.New("smtpd: message too large")
 	// From next in Auth.
