@@ -44,6 +44,12 @@ func checkConfigCmd(c cmdIO, args []string) int {
 	if !*probe {
 		return exitOK
 	}
+	return probeAll(stdout, f, p, log, *resolver)
+}
+
+// probeAll connects to LDAP, Redis and each upstream and checks the DKIM
+// records, a line for each; exitRuntime when one fails.
+func probeAll(stdout io.Writer, f *configs.File, p *parts, log *slog.Logger, resolver string) int {
 	code := exitOK
 	if p.ldap != nil {
 		for _, r := range p.ldap.Probe() {
@@ -67,7 +73,7 @@ func checkConfigCmd(c cmdIO, args []string) int {
 		cancel()
 		closeLimiter()
 	}
-	if checkPublished(stdout, stdout, f, *resolver) != exitOK {
+	if checkPublished(stdout, stdout, f, resolver) != exitOK {
 		code = exitRuntime
 	}
 	router, err := upstream.NewRouter(p.upstream, log)

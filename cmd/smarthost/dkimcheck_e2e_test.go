@@ -112,6 +112,12 @@ func TestDKIMCheck(t *testing.T) {
 			}
 		}
 	}
+	// A create_if_missing key that serve has not made yet has no record
+	// to check.
+	os.Remove(filepath.Join(e.dir, "dkim", "e2e.key"))
+	if out, code := check("dkim", "check"); code != 1 || !strings.Contains(out, "dkim "+edName+": no key yet: serve makes it at its first start") {
+		t.Errorf("a key not made yet: exit %d\n%s", code, out)
+	}
 	if out, err := runCLI("dkim", "check", "--config", filepath.Join(e.dir, "missing.yaml")); exitCode(err) != 2 {
 		t.Errorf("no configuration: exit %d\n%s", exitCode(err), out)
 	}
