@@ -65,6 +65,9 @@ type Auth struct {
 type Static struct {
 	UsersFile string   `yaml:"users_file"`
 	CacheTTL  Duration `yaml:"cache_ttl"`
+	// UsersText, when set by the program (the embedded quickstart), is
+	// the users file's text, read instead of UsersFile.
+	UsersText []byte `yaml:"-"`
 }
 
 type LDAP struct {

@@ -14,33 +14,33 @@ import (
 )
 
 func checkConfigCmd(c cmdIO, args []string) int {
-	fs := c.flags("check-config", "--config FILE [--probe [--resolver HOST[:PORT]]]\n\nChecks everything that can be checked offline and prints every problem with its\nYAML path and line (exit 2); --probe also connects to LDAP, Redis and each upstream,\nand checks each DKIM key's published record as smarthost dkim check does\n(exit 1 if one fails).")
+	fs := c.flags("check-config", "[--config FILE] [--probe [--resolver HOST[:PORT]]]\n\nChecks everything that can be checked offline and prints every problem with its\nYAML path and line (exit 2); --probe also connects to LDAP, Redis and each upstream,\nand checks each DKIM key's published record as smarthost dkim check does\n(exit 1 if one fails).")
 	path := fs.String("config", "", "configuration file")
 	probe := fs.Bool("probe", false, "also connect to LDAP, Redis and each upstream, check the DKIM records, and report")
 	resolver := resolverFlag(fs)
 	if _, code, done := fs.parse(args); done {
 		return code
 	}
-	stdout, stderr := c.stdout, c.stderr
-	if *path == "" {
-		errorf(stderr, "check-config needs --config FILE")
-		return exitBadConfig
+	stdout := c.stdout
+	source := c.configSource(*path)
+	if source == "" {
+		fmt.Fprintf(c.stderr, "smarthost check-config: %s\n", quickstartNote)
 	}
-	f, err := configs.Load(*path)
+	f, err := loadConfig(source)
 	if err != nil {
-		printProblems(stdout, *path, err)
+		printProblems(stdout, source, err)
 		return exitBadConfig
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	p, probs := compose(f, false, log, nil)
 	if len(probs) > 0 {
-		printProblems(stdout, *path, probs)
+		printProblems(stdout, source, probs)
 		return exitBadConfig
 	}
 	for _, w := range p.warnings {
 		fmt.Fprintf(stdout, "warning: %s\n", w)
 	}
-	fmt.Fprintf(stdout, "%s: configuration is valid\n", *path)
+	fmt.Fprintf(stdout, "%s: configuration is valid\n", sourceName(source))
 	if !*probe {
 		return exitOK
 	}

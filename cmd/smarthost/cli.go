@@ -5,8 +5,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"sort"
-	"strings"
 
 	"github.com/smarthost/smarthost/configs"
 )
@@ -64,19 +64,42 @@ func (f flags) parse(args []string) (pos []string, code int, done bool) {
 	}
 }
 
-// config loads the file --config named, which the command needs; on a
+// defaultConfig is where every command looks for its configuration when
+// neither --config nor $SMARTHOST_CONFIG names one.
+const defaultConfig = "/etc/smarthost/smarthost.yaml"
+
+// configSource is the one way every command finds its configuration: the
+// --config flag, then $SMARTHOST_CONFIG, then defaultConfig if it exists.
+// "" means none was found: the embedded quickstart.
+func (c cmdIO) configSource(flagValue string) string {
+	if flagValue != "" {
+		return flagValue
+	}
+	if env := c.getenv("SMARTHOST_CONFIG"); env != "" {
+		return env
+	}
+	if _, err := os.Stat(defaultConfig); err == nil {
+		return defaultConfig
+	}
+	return ""
+}
+
+// quickstartNote says why a command runs on the embedded quickstart.
+const quickstartNote = "no --config, no $SMARTHOST_CONFIG and no " + defaultConfig + ": using the embedded quickstart (configs/quickstart.yaml), with its state under ./var"
+
+// config finds and loads the command's configuration (configSource); on a
 // problem it says so and returns the exit code.
-func (f flags) config(path string) (*configs.File, int) {
-	if path == "" {
-		errorf(f.io.stderr, "%s needs --config FILE", strings.TrimPrefix(f.Name(), "smarthost "))
-		return nil, exitBadConfig
+func (f flags) config(flagValue string) (*configs.File, string, int) {
+	source := f.io.configSource(flagValue)
+	if source == "" {
+		fmt.Fprintf(f.io.stderr, "%s: %s\n", f.Name(), quickstartNote)
 	}
-	file, err := configs.Load(path)
+	file, err := loadConfig(source)
 	if err != nil {
-		printProblems(f.io.stderr, path, err)
-		return nil, exitBadConfig
+		printProblems(f.io.stderr, source, err)
+		return nil, source, exitBadConfig
 	}
-	return file, exitOK
+	return file, source, exitOK
 }
 
 // verb is one of the subcommands of dkim, queue or limits.

@@ -59,7 +59,7 @@ func compose(f *configs.File, create bool, log *slog.Logger, bm *backendMetrics)
 	}
 	p.smtp.ProxyNetworks = f.Policy.ProxyNetworks
 	if needTLS {
-		cert, err := loadCert(f)
+		cert, err := loadCert(f, create, log)
 		if err != nil {
 			bad("tls", "%v", err)
 		}
@@ -118,13 +118,21 @@ func compose(f *configs.File, create bool, log *slog.Logger, bm *backendMetrics)
 	return p, probs
 }
 
+// loadUsers reads the users file, or the text the program carries instead.
+func loadUsers(s configs.Static) (*policy.Static, error) {
+	if s.UsersText != nil {
+		return policy.ParseStatic(s.UsersText)
+	}
+	return policy.LoadStatic(s.UsersFile)
+}
+
 // composeDirectory makes the user directory auth.backend names, behind
 // the login cache; bm, when not nil, times its calls.
 func composeDirectory(f *configs.File, p *parts, bad func(path, format string, args ...any), log *slog.Logger, bm *backendMetrics) policy.Directory {
 	var dir policy.Directory
 	switch f.Auth.Backend {
 	case "static":
-		s, err := policy.LoadStatic(f.Auth.Static.UsersFile)
+		s, err := loadUsers(f.Auth.Static)
 		if err != nil {
 			bad("auth.static.users_file", "%v", err)
 		} else {

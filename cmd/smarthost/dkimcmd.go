@@ -18,8 +18,8 @@ import (
 
 const (
 	keygenUsage = "--domain D --selector S [--algo rsa2048|rsa4096|ed25519] [--out DIR] [--if-missing]"
-	dnsUsage    = "--config FILE"
-	checkUsage  = "--config FILE [--resolver HOST[:PORT]]"
+	dnsUsage    = "[--config FILE]"
+	checkUsage  = "[--config FILE] [--resolver HOST[:PORT]]"
 )
 
 var dkimVerbs = map[string]verb{
@@ -54,13 +54,17 @@ func dkimCheck(c cmdIO, args []string) int {
 	if _, code, done := fs.parse(args); done {
 		return code
 	}
-	f, code := fs.config(*path)
+	f, source, code := fs.config(*path)
 	if f == nil {
 		return code
 	}
 	code = checkPublished(c.stdout, c.stderr, f, *resolver)
 	if code == exitRuntime {
-		fmt.Fprintf(c.stdout, "smarthost dkim dns --config %s prints the records to publish.\n", *path)
+		dns := "smarthost dkim dns"
+		if source != "" {
+			dns += " --config " + source
+		}
+		fmt.Fprintf(c.stdout, "%s prints the records to publish.\n", dns)
 	}
 	return code
 }
@@ -163,7 +167,7 @@ func dkimDNS(c cmdIO, args []string) int {
 	if _, code, done := fs.parse(args); done {
 		return code
 	}
-	f, code := fs.config(*path)
+	f, _, code := fs.config(*path)
 	if f == nil {
 		return code
 	}

@@ -88,7 +88,7 @@ func (dr *drainer) wait(ctx context.Context) error {
 // done is closed once a drain has emptied the queue.
 func (dr *drainer) done() <-chan struct{} { return dr.empty }
 
-const drainUsage = "--config FILE [--timeout 10m]\n\n" +
+const drainUsage = "[--config FILE] [--timeout 10m]\n\n" +
 	"Asks the running relay (on its metrics.listen) to stop accepting and hand every queued\n" +
 	"message to the peers of queue.handoff.upstreams; returns 0 once its queue is empty\n" +
 	"(the relay then exits 0), 1 if that does not happen within --timeout."
@@ -100,7 +100,7 @@ func drainCmd(c cmdIO, args []string) int {
 	if _, code, done := fs.parse(args); done {
 		return code
 	}
-	f, code := fs.config(*path)
+	f, _, code := fs.config(*path)
 	if f == nil {
 		return code
 	}
@@ -146,7 +146,7 @@ func dialable(addr string) string {
 	return net.JoinHostPort(host, port)
 }
 
-const handoffUsage = "--config FILE [--to NAME] [--timeout 5m]\n\n" +
+const handoffUsage = "[--config FILE] [--to NAME] [--timeout 5m]\n\n" +
 	"Hands every message in the spool of a stopped relay (queue.dir) to the peers of\n" +
 	"queue.handoff.upstreams, or to the upstream --to names; 0 when all are handed off,\n" +
 	"1 when some are left (they stay in the spool)."
@@ -162,14 +162,14 @@ func queueHandoff(c cmdIO, args []string) int {
 	if _, code, done := fs.parse(args); done {
 		return code
 	}
-	f, code := fs.config(*path)
+	f, source, code := fs.config(*path)
 	if f == nil {
 		return code
 	}
 	log := newLogger(configs.Log{Format: "text", Level: "info"}, c.stderr)
 	p, probs := compose(f, false, log, nil)
 	if len(probs) > 0 {
-		printProblems(c.stderr, *path, probs)
+		printProblems(c.stderr, source, probs)
 		return exitBadConfig
 	}
 	peers, err := handoffConfig(p, *to)

@@ -147,7 +147,7 @@ func limitsHandler(current func() (*ratelimit.Quotas, lookupFunc), log *slog.Log
 	})
 }
 
-const limitsShowUsage = "USER --config FILE"
+const limitsShowUsage = "USER [--config FILE]"
 
 var limitsVerbs = map[string]verb{
 	"show": {limitsShowUsage, "the user's class, each limit, what is left and when it is full again", limitsShow},
@@ -165,7 +165,7 @@ func limitsShow(c cmdIO, args []string) int {
 		fs.Usage()
 		return exitBadConfig
 	}
-	f, code := fs.config(*path)
+	f, source, code := fs.config(*path)
 	if f == nil {
 		return code
 	}
@@ -193,7 +193,7 @@ func limitsShow(c cmdIO, args []string) int {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	p, probs := compose(f, false, log, nil)
 	if len(probs) > 0 {
-		printProblems(stderr, *path, probs)
+		printProblems(stderr, source, probs)
 		return exitBadConfig
 	}
 	limiter, closeLimiter := newLimiter(f)

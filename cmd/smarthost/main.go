@@ -21,20 +21,21 @@ const (
 const usage = `usage: smarthost COMMAND [flags]
 
 commands:
-  serve [--config FILE]             run the relay (no --config: $SMARTHOST_CONFIG, else
-                                    /etc/smarthost/smarthost.yaml if it exists, else the
-                                    embedded quickstart)
-  check-config --config FILE [--probe]
-                                    validate a configuration; --probe also connects to backends
+  serve                             run the relay
+  check-config [--probe]            validate a configuration; --probe also connects to backends
   passwd                            read a password, print a bcrypt hash for the users file
   dkim keygen|dns|check             make a key and print its DNS record; print every configured key's;
                                     check that each key's published record verifies its signatures
   queue list|show|retry|delete|handoff
                                     inspect and act on the spool; hand a stopped node's spool to its peers
-  drain --config FILE               ask the running relay to hand its queue to its peers and exit
-  limits show USER --config FILE    a user's class, limits, what is left and when it refills
+  drain                             ask the running relay to hand its queue to its peers and exit
+  limits show USER                  a user's class, limits, what is left and when it refills
   probe-ready URL                   exit 0 when URL (a /readyz) answers 200: a container healthcheck
   version                           print version, commit and Go version
+
+Every command that reads a configuration takes --config FILE; without it,
+$SMARTHOST_CONFIG, else /etc/smarthost/smarthost.yaml if it exists, else
+the embedded quickstart (configs/quickstart.yaml).
 
 smarthost COMMAND --help tells more.
 `

@@ -48,7 +48,7 @@ const idOrAll = -1
 // idOrAll) and works on the spool of --config's queue.dir, whether or not a
 // relay runs.
 func queueVerb(name string, n int, about string, act func(sp *queue.Spool, id string, w io.Writer) error) verb {
-	usage := map[int]string{0: "--config FILE", 1: "ID --config FILE", idOrAll: "ID|--all --config FILE"}[n]
+	usage := map[int]string{0: "[--config FILE]", 1: "ID [--config FILE]", idOrAll: "ID|--all [--config FILE]"}[n]
 	return verb{usage: usage, about: about, run: func(c cmdIO, args []string) int {
 		fs := c.flags("queue "+name, usage+"\n\n"+about)
 		path := fs.String("config", "", "configuration file")
@@ -71,7 +71,7 @@ func queueVerb(name string, n int, about string, act func(sp *queue.Spool, id st
 			fs.Usage()
 			return exitBadConfig
 		}
-		f, code := fs.config(*path)
+		f, _, code := fs.config(*path)
 		if f == nil {
 			return code
 		}

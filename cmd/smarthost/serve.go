@@ -47,10 +47,6 @@ type daemon struct {
 	closers []func()              // at stop, in reverse
 }
 
-// defaultConfig is read by serve without --config when it exists (and
-// SMARTHOST_CONFIG does not name another file).
-const defaultConfig = "/etc/smarthost/smarthost.yaml"
-
 func serveCmd(c cmdIO, args []string) int {
 	fs := c.flags("serve", "[--config FILE]\n\nRuns the relay until SIGTERM or SIGINT (graceful); SIGHUP reloads. Without --config it\nreads $SMARTHOST_CONFIG, else "+defaultConfig+" if it exists, else runs\nthe embedded quickstart (configs/quickstart.yaml), and logs which.")
 	path := fs.String("config", "", "configuration file")
@@ -58,15 +54,7 @@ func serveCmd(c cmdIO, args []string) int {
 		return code
 	}
 	stderr := c.stderr
-	source := *path
-	if source == "" {
-		source = c.getenv("SMARTHOST_CONFIG")
-	}
-	if source == "" {
-		if _, err := os.Stat(defaultConfig); err == nil {
-			source = defaultConfig
-		}
-	}
+	source := c.configSource(*path)
 	f, err := loadConfig(source)
 	if err != nil {
 		printProblems(stderr, source, err)
@@ -75,7 +63,7 @@ func serveCmd(c cmdIO, args []string) int {
 	d := &daemon{path: source, log: newLogger(f.Log, stderr), reg: newRegistry()}
 	defer d.close()
 	if source == "" {
-		d.log.Info("no configuration file given and none at " + defaultConfig + ": running the embedded quickstart (configs/quickstart.yaml)")
+		d.log.Info(quickstartNote)
 	} else {
 		d.log.Info("configuration", "file", source)
 	}
@@ -298,15 +286,21 @@ func (d *daemon) reload() {
 
 func loadConfig(path string) (*configs.File, error) {
 	if path == "" {
-		return configs.Parse(configs.Quickstart)
+		return configs.LoadQuickstart()
 	}
 	return configs.Load(path)
 }
 
-func printProblems(w io.Writer, path string, err error) {
+// sourceName names a configuration source for messages.
+func sourceName(path string) string {
 	if path == "" {
-		path = "embedded quickstart"
+		return "embedded quickstart"
 	}
+	return path
+}
+
+func printProblems(w io.Writer, path string, err error) {
+	path = sourceName(path)
 	var probs configs.Problems
 	if errors.As(err, &probs) {
 		fmt.Fprintf(w, "%s: %d problem(s):\n", path, len(probs))

@@ -14,8 +14,10 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/big"
 	"net"
 	"os"
@@ -24,17 +26,75 @@ import (
 	"time"
 
 	"github.com/smarthost/smarthost/configs"
+	"github.com/smarthost/smarthost/dkim"
 )
 
-func loadCert(f *configs.File) (*tls.Certificate, error) {
-	if f.TLS.SelfSigned {
+// loadCert loads the relay's certificate. With tls.self_signed it makes
+// one: in memory, or, when cert_file and key_file are named, into those
+// files the first time (with create; check-config writes nothing) and from
+// them after, so that an application can trust the same certificate
+// across restarts.
+func loadCert(f *configs.File, create bool, log *slog.Logger) (*tls.Certificate, error) {
+	t := f.TLS
+	if t.SelfSigned && t.CertFile == "" {
 		return selfSigned(f.Hostname)
 	}
-	c, err := tls.LoadX509KeyPair(f.TLS.CertFile, f.TLS.KeyFile)
+	c, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+	if err != nil && t.SelfSigned && missing(t.CertFile) {
+		if !create {
+			return nil, nil // serve will make it
+		}
+		if err = writeSelfSigned(f.Hostname, t.CertFile, t.KeyFile); err == nil {
+			c, err = tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+			log.Warn("created a self-signed certificate; applications can trust this file", "file", t.CertFile, "names", []string{f.Hostname, "localhost", "127.0.0.1", "::1"})
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("cannot load certificate: %w", err)
 	}
 	return &c, nil
+}
+
+func missing(path string) bool {
+	_, err := os.Stat(path)
+	return errors.Is(err, os.ErrNotExist)
+}
+
+// writeSelfSigned writes a self-signed certificate for the key in keyFile,
+// making that key first (owner-only, whole or not at all) unless a start
+// cut short left one. The certificate appears whole or not at all too.
+func writeSelfSigned(hostname, certFile, keyFile string) error {
+	var key *ecdsa.PrivateKey
+	if b, err := os.ReadFile(keyFile); err == nil {
+		block, _ := pem.Decode(b)
+		if block == nil {
+			return fmt.Errorf("%s holds no PEM key", keyFile)
+		}
+		k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+		if key, _ = k.(*ecdsa.PrivateKey); err != nil || key == nil {
+			return fmt.Errorf("%s: not the ECDSA key of a self-signed certificate", keyFile)
+		}
+	} else {
+		if key, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader); err != nil {
+			return err
+		}
+		der, err := x509.MarshalPKCS8PrivateKey(key)
+		if err != nil {
+			return err
+		}
+		if err := dkim.WriteKey(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})); err != nil {
+			return err
+		}
+	}
+	der, err := selfSignedDER(hostname, key)
+	if err != nil {
+		return err
+	}
+	tmp := certFile + ".tmp"
+	if err := os.WriteFile(tmp, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, certFile)
 }
 
 // selfSigned makes an in-memory certificate for development.
@@ -43,22 +103,25 @@ func selfSigned(hostname string) (*tls.Certificate, error) {
 	if err != nil {
 		return nil, err
 	}
+	der, err := selfSignedDER(hostname, key)
+	return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, err
+}
+
+// selfSignedDER makes a certificate for key, signed by itself, naming
+// hostname, localhost and the loopback addresses.
+func selfSignedDER(hostname string, key *ecdsa.PrivateKey) ([]byte, error) {
 	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
 		Subject:      pkix.Name{CommonName: hostname, Organization: []string{"smarthost self-signed"}},
 		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(365 * 24 * time.Hour),
+		NotAfter:     time.Now().Add(10 * 365 * 24 * time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		DNSNames:     []string{hostname, "localhost"},
 		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		return nil, err
-	}
-	return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
+	return x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
 }
 
 // certHolder serves the current certificate, and the session ticket keys
