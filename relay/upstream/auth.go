@@ -9,7 +9,8 @@ import (
 	"strings"
 
 	"github.com/emersion/go-sasl"
-	"github.com/emersion/go-smtp"
+
+	"github.com/smarthost/smarthost/relay/upstream/smtpclient"
 )
 
 // TokenSource gives the bearer tokens an upstream's XOAUTH2 or OAUTHBEARER
@@ -62,7 +63,7 @@ func mechanism(u Upstream, offered []string) (string, error) {
 // tried once more; whatever still fails is the caller's to retry later:
 // logging in is about the upstream and our configuration, never about a
 // message, so it never bounces one.
-func login(ctx context.Context, c *smtp.Client, u Upstream) error {
+func login(ctx context.Context, c *smtpclient.Conn, u Upstream) error {
 	ok, list := c.Extension("AUTH")
 	if !ok {
 		if u.Username == "" && u.Tokens == nil {
@@ -76,9 +77,9 @@ func login(ctx context.Context, c *smtp.Client, u Upstream) error {
 	}
 	switch mech {
 	case MechPlain:
-		return c.Auth(sasl.NewPlainClient("", u.Username, u.Password))
+		return c.Auth(ctx, sasl.NewPlainClient("", u.Username, u.Password))
 	case MechLogin:
-		return c.Auth(sasl.NewLoginClient(u.Username, u.Password))
+		return c.Auth(ctx, sasl.NewLoginClient(u.Username, u.Password))
 	}
 	for try := 0; ; try++ {
 		token, err := u.Tokens.Token(ctx)
@@ -91,7 +92,7 @@ func login(ctx context.Context, c *smtp.Client, u Upstream) error {
 		} else {
 			client = sasl.NewOAuthBearerClient(&sasl.OAuthBearerOptions{Username: u.Username, Token: token})
 		}
-		err = c.Auth(client)
+		err = c.Auth(ctx, client)
 		if err == nil || !tokenRefused(err) || try == 1 {
 			return err
 		}
@@ -102,7 +103,7 @@ func login(ctx context.Context, c *smtp.Client, u Upstream) error {
 // tokenRefused reports whether a login failed on the token: a 5xx (535)
 // answer, or the error a 334 challenge carries (RFC 7628, XOAUTH2).
 func tokenRefused(err error) bool {
-	var se *smtp.SMTPError
+	var se *smtpclient.Error
 	var bearer *sasl.OAuthBearerError
 	var xo *xoauth2Error
 	return errors.As(err, &se) && se.Code/100 == 5 || errors.As(err, &bearer) || errors.As(err, &xo)

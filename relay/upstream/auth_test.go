@@ -14,7 +14,8 @@ import (
 	"time"
 
 	"github.com/emersion/go-sasl"
-	"github.com/emersion/go-smtp"
+
+	"github.com/smarthost/smarthost/relay/upstream/smtpclient"
 )
 
 func TestMechanismChoice(t *testing.T) {
@@ -59,10 +60,10 @@ func TestXOAuth2Client(t *testing.T) {
 
 func TestTokenRefused(t *testing.T) {
 	for err, want := range map[error]bool{
-		&smtp.SMTPError{Code: 535, Message: "5.7.3 Authentication unsuccessful"}: true,
-		&smtp.SMTPError{Code: 454, Message: "4.7.0 try later"}:                   false,
-		&sasl.OAuthBearerError{Status: "invalid_token"}:                          true,
-		errors.New("connection reset"):                                           false,
+		&smtpclient.Error{Code: 535, Enhanced: smtpclient.EnhancedCode{5, 7, 3}, Text: "Authentication unsuccessful"}: true,
+		&smtpclient.Error{Code: 454, Enhanced: smtpclient.EnhancedCode{4, 7, 0}, Text: "try later"}:                   false,
+		&sasl.OAuthBearerError{Status: "invalid_token"}:                                                               true,
+		errors.New("connection reset"): false,
 	} {
 		if got := tokenRefused(fmt.Errorf("AUTH: %w", err)); got != want {
 			t.Errorf("%v: %v", err, got)

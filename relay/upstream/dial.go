@@ -1,18 +1,14 @@
 package upstream
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"net"
-	"net/textproto"
-	"strings"
 	"time"
 
-	"github.com/emersion/go-smtp"
+	"github.com/smarthost/smarthost/relay/upstream/smtpclient"
 )
 
 // dialer opens authenticated sessions to one upstream: smtp:// with
@@ -23,34 +19,25 @@ type dialer struct {
 	addr     string
 	implicit bool
 	tls      *tls.Config
-	hostname string
+	client   smtpclient.Config
 }
 
-// session is one connection to an upstream: go-smtp's client, and the
-// connection it writes to, which DATA writes to directly (dotStuffer).
-type session struct {
-	*smtp.Client
-	conn net.Conn
-}
+// defaultConnectTimeout is Postfix's smtp_connect_timeout.
+const defaultConnectTimeout = 30 * time.Second
 
-func (t *dialer) dial(ctx context.Context) (*session, error) {
-	c, err := t.connect(ctx, t.u.TLS != "none")
+// errStartTLS marks a STARTTLS that was refused or failed: with tls:
+// opportunistic, the upstream is dialed again without it.
+var errStartTLS = errors.New("STARTTLS failed")
+
+func (t *dialer) dial(ctx context.Context) (*smtpclient.Conn, error) {
+	c, err := t.connect(ctx, !t.implicit && t.u.TLS != "none")
 	if err != nil && t.u.TLS == "opportunistic" && errors.Is(err, errStartTLS) {
 		c, err = t.connect(ctx, false)
 	}
 	if err != nil {
-		if ctx.Err() != nil {
-			err = fmt.Errorf("%w (%w)", context.Cause(ctx), err)
-		}
 		return nil, err
 	}
-	stop := context.AfterFunc(ctx, func() { c.conn.SetDeadline(time.Now()) })
-	err = login(ctx, c.Client, t.u)
-	if !stop() {
-		c.Close()
-		return nil, fmt.Errorf("%w (%v)", context.Cause(ctx), err)
-	}
-	if err != nil {
+	if err := login(ctx, c, t.u); err != nil {
 		c.Close()
 		// A refused login is our configuration, not the message's
 		// fault: Send retries and fails over rather than bounce.
@@ -59,133 +46,39 @@ func (t *dialer) dial(ctx context.Context) (*session, error) {
 	return c, nil
 }
 
-var errStartTLS = errors.New("STARTTLS failed")
-
-// defaultConnectTimeout is Postfix's smtp_connect_timeout.
-const defaultConnectTimeout = 30 * time.Second
-
-// connect opens a session up to and including EHLO (after TLS, if any).
-func (t *dialer) connect(ctx context.Context, startTLS bool) (*session, error) {
+// connect opens a session up to and including EHLO, after TLS if any.
+func (t *dialer) connect(ctx context.Context, startTLS bool) (*smtpclient.Conn, error) {
 	d := net.Dialer{Timeout: t.u.ConnectTimeout}
 	raw, err := d.DialContext(ctx, "tcp", t.addr)
 	if err != nil {
+		if ctx.Err() != nil {
+			err = fmt.Errorf("%w (%w)", context.Cause(ctx), err)
+		}
 		return nil, err
 	}
-	var conn net.Conn = newBatched(raw)
-	// Until EHLO is answered, ctx ending (the node leaving) ends the
-	// wait; TLS handshakes follow ctx themselves.
-	stop := context.AfterFunc(ctx, func() { raw.SetDeadline(time.Now()) })
-	defer stop()
-	conn.SetDeadline(time.Now().Add(t.u.Timeout))
-	var under net.Conn
-	switch {
-	case t.implicit:
-		tc := tls.Client(conn, t.tls)
-		if err := tc.HandshakeContext(ctx); err != nil {
-			conn.Close()
+	conn := raw
+	if t.implicit {
+		tc := tls.Client(raw, t.tls)
+		hctx, cancel := context.WithTimeout(ctx, t.u.Timeout)
+		err := tc.HandshakeContext(hctx)
+		cancel()
+		if err != nil {
+			raw.Close()
 			return nil, fmt.Errorf("TLS: %w", err)
 		}
-		under = tc
-	case startTLS:
-		tc, err := t.startTLS(ctx, conn)
-		if err != nil {
-			conn.Close()
-			return nil, fmt.Errorf("%w: %w", errStartTLS, err)
-		}
-		under = greeted{Conn: tc, r: io.MultiReader(strings.NewReader("220 TLS established\r\n"), tc)}
-	default:
-		under = conn
+		conn = tc
 	}
-	c := smtp.NewClient(under)
-	conn.SetDeadline(time.Time{})
-	// RFC 5321 4.5.3.2: 5 minutes for commands, 10 for the reply to the
-	// final dot (the upstream may be delivering in the meantime).
-	c.CommandTimeout = t.u.Timeout
-	c.SubmissionTimeout = 2 * t.u.Timeout
-	if err := c.Hello(t.hostname); err != nil {
-		c.Close()
-		if startTLS {
-			err = fmt.Errorf("%w: %w", errStartTLS, err)
-		}
-		return nil, err
+	c, err := smtpclient.New(ctx, conn, t.client)
+	if err != nil || !startTLS {
+		return c, err
 	}
-	return &session{Client: c, conn: under}, nil
-}
-
-// startTLS does the plain-text part of a STARTTLS session itself (go-smtp's
-// client would say EHLO localhost there): greeting, EHLO with our name,
-// STARTTLS, handshake.
-func (t *dialer) startTLS(ctx context.Context, conn net.Conn) (*tls.Conn, error) {
-	tp := textproto.NewConn(conn)
-	if _, _, err := tp.ReadResponse(220); err != nil {
-		return nil, err
+	err = c.StartTLS(ctx, t.tls)
+	if errors.Is(err, smtpclient.ErrNoStartTLS) && t.u.TLS == "opportunistic" {
+		return c, nil // not offered: plain text, on the same connection
 	}
-	if err := tp.PrintfLine("EHLO %s", t.hostname); err != nil {
-		return nil, err
-	}
-	_, ext, err := tp.ReadResponse(250)
 	if err != nil {
-		return nil, err
+		c.Close()
+		return nil, fmt.Errorf("%w: %w", errStartTLS, err)
 	}
-	offered := false
-	for _, line := range strings.Split(ext, "\n") {
-		offered = offered || strings.EqualFold(strings.TrimSpace(line), "STARTTLS")
-	}
-	if !offered {
-		return nil, errors.New("upstream does not offer STARTTLS")
-	}
-	if err := tp.PrintfLine("STARTTLS"); err != nil {
-		return nil, err
-	}
-	if _, _, err := tp.ReadResponse(220); err != nil {
-		return nil, err
-	}
-	tc := tls.Client(conn, t.tls)
-	if err := tc.HandshakeContext(ctx); err != nil {
-		return nil, fmt.Errorf("TLS: %w", err)
-	}
-	return tc, nil
+	return c, nil
 }
-
-// batched holds what is written to the upstream until the next read.
-// go-smtp's client flushes after every command and every 4 KiB of DATA,
-// but the upstream only has to see it all by the time we wait for its reply:
-// one write per reply instead of one per chunk (a 10 KB message goes out,
-// final dot included, in one write instead of four), under TLS too, as it
-// sits below it. Every command is followed by a read of its reply, so
-// nothing waits in the buffer while we wait for the upstream.
-type batched struct {
-	net.Conn
-	w *bufio.Writer
-}
-
-func newBatched(c net.Conn) *batched { return &batched{Conn: c, w: bufio.NewWriterSize(c, 16<<10)} }
-
-func (b *batched) Write(p []byte) (int, error) { return b.w.Write(p) }
-
-func (b *batched) Read(p []byte) (int, error) {
-	if b.w.Buffered() > 0 {
-		if err := b.w.Flush(); err != nil {
-			return 0, err
-		}
-	}
-	return b.Conn.Read(p)
-}
-
-// Close sends what is left (a TLS close_notify), if it can at once.
-func (b *batched) Close() error {
-	if b.w.Buffered() > 0 {
-		b.Conn.SetWriteDeadline(time.Now().Add(time.Second))
-		b.w.Flush()
-	}
-	return b.Conn.Close()
-}
-
-// greeted hands go-smtp's client a session already past STARTTLS: it reads
-// a greeting first, so one is supplied, and then the TLS stream.
-type greeted struct {
-	net.Conn
-	r io.Reader
-}
-
-func (g greeted) Read(b []byte) (int, error) { return g.r.Read(b) }

@@ -5,17 +5,14 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
-	"fmt"
 	"io"
 	"io/fs"
 	"net"
 	"net/textproto"
-	"strings"
 	"syscall"
 
-	"github.com/emersion/go-smtp"
-
 	"github.com/smarthost/smarthost/relay/queue"
+	"github.com/smarthost/smarthost/relay/upstream/smtpclient"
 )
 
 // class is what a delivery error means for a recipient.
@@ -54,9 +51,10 @@ var (
 // classes is the one table that decides what a delivery error means. The
 // first row that matches wins. What is plainly transient (no answer, a
 // broken connection, a timeout, TLS, a 4xx) is retried; an upstream's 5xx
-// and every error raised on our side about the message itself (an address
-// or parameter the client library will not send) fail the recipient at
-// once, rather than retrying something that cannot change until max_age.
+// and an address or parameter our client cannot send (smtpclient.ErrParam)
+// fail the recipient at once, rather than retrying something that cannot
+// change until max_age. Whatever else is unknown is retried: a backend
+// outage is never a bounce.
 var classes = []struct {
 	name  string
 	match func(error) bool
@@ -72,7 +70,8 @@ var classes = []struct {
 	{"the connection broke or timed out", isNetwork, temporary},
 	{"TLS failed", isTLS, temporary},
 	{"the upstream's reply was malformed", isAs[textproto.ProtocolError], temporary},
-	{"raised locally about the message (the client library refused it)", func(error) bool { return true }, permanent},
+	{"our client cannot send the address or a parameter", isAny(smtpclient.ErrParam), permanent},
+	{"anything else", func(error) bool { return true }, temporary},
 }
 
 // classify returns the class of err and the name of the row that decided.
@@ -91,32 +90,11 @@ func outcome(err error) error {
 	if err == nil {
 		return nil
 	}
-	err = withReply(err)
 	if c, _ := classify(err); c == permanent {
 		return queue.Permanent(err)
 	}
 	return err
 }
-
-// withReply shows an upstream's reply in err's text as it came, with its
-// enhanced status code ("550 5.1.1 no such user"): go-smtp's text leaves
-// the code out, and a bounce's Status: field is taken from this text.
-func withReply(err error) error {
-	var se *smtp.SMTPError
-	if !errors.As(err, &se) || se.EnhancedCode == (smtp.EnhancedCode{}) || se.EnhancedCode == smtp.NoEnhancedCode {
-		return err
-	}
-	text := fmt.Sprintf("%d %d.%d.%d %s", se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2], se.Message)
-	return &replyText{text: strings.Replace(err.Error(), se.Error(), text, 1), err: err}
-}
-
-type replyText struct {
-	text string
-	err  error
-}
-
-func (r *replyText) Error() string { return r.text }
-func (r *replyText) Unwrap() error { return r.err }
 
 func isAny(targets ...error) func(error) bool {
 	return func(err error) bool {
@@ -131,7 +109,7 @@ func isAny(targets ...error) func(error) bool {
 
 func isReply(class int) func(error) bool {
 	return func(err error) bool {
-		var se *smtp.SMTPError
+		var se *smtpclient.Error
 		return errors.As(err, &se) && se.Code/100 == class
 	}
 }

@@ -16,16 +16,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/emersion/go-smtp"
-
 	"github.com/smarthost/smarthost/relay/queue"
 	"github.com/smarthost/smarthost/relay/relaytest"
+	"github.com/smarthost/smarthost/relay/upstream/smtpclient"
 )
 
 // Every row of the class table, with an error it must decide and how.
 func TestErrorClasses(t *testing.T) {
 	reply := func(code int) error {
-		return &smtp.SMTPError{Code: code, EnhancedCode: smtp.EnhancedCode{code / 100, 0, 0}, Message: "x"}
+		return &smtpclient.Error{Code: code, Enhanced: smtpclient.EnhancedCode{code / 100, 0, 0}, Text: "x"}
 	}
 	for _, tc := range []struct {
 		err   error
@@ -49,8 +48,8 @@ func TestErrorClasses(t *testing.T) {
 		{x509.UnknownAuthorityError{}, temporary, "TLS failed"},
 		{textproto.ProtocolError("short response: 2"), temporary, "the upstream's reply was malformed"},
 		{&fs.PathError{Op: "read", Path: "/q/x", Err: syscall.EIO}, temporary, "a local file error"},
-		{errors.New("smtp: Illegal address"), permanent, "raised locally about the message (the client library refused it)"},
-		{errors.New("smtp: A line must not contain CR or LF"), permanent, "raised locally about the message (the client library refused it)"},
+		{fmt.Errorf("%w: address %q", smtpclient.ErrParam, "a\r\n@x.org"), permanent, "our client cannot send the address or a parameter"},
+		{errors.New("something nobody foresaw"), temporary, "anything else"},
 	} {
 		c, row := classify(tc.err)
 		if c != tc.class || row != tc.row {

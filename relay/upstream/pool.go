@@ -1,13 +1,14 @@
 package upstream
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/smarthost/smarthost/relay/upstream/smtpclient"
 )
 
 // idleCheck is how long a pooled connection may sit unused before it is
@@ -20,6 +21,7 @@ const (
 	idleCheck      = 15 * time.Second
 	maxIdle        = 2 * time.Minute
 	maxStallWindow = 10 * time.Second
+	quitWait       = 2 * time.Second
 )
 
 // pool keeps up to MaxConnections sessions to one upstream open,
@@ -33,7 +35,7 @@ const (
 // do at once. errBusy is temporary: the route's next upstream gets the
 // recipients, and they are retried later.
 type pool struct {
-	dial        func(context.Context) (*session, error)
+	dial        func(context.Context) (*smtpclient.Conn, error)
 	now         func() time.Time
 	slots       chan struct{} // one per open connection, idle or busy
 	idle        chan *pooled  // sessions ready for the next message
@@ -45,7 +47,7 @@ type pool struct {
 	dials int64 // connections opened, for tests
 }
 
-func newPool(max int, stallWindow time.Duration, dial func(context.Context) (*session, error)) *pool {
+func newPool(max int, stallWindow time.Duration, dial func(context.Context) (*smtpclient.Conn, error)) *pool {
 	if stallWindow <= 0 {
 		stallWindow = maxStallWindow
 	}
@@ -70,13 +72,8 @@ func (t *pool) stalled(since time.Time) bool {
 var errBusy = errors.New("every connection to the upstream is busy")
 
 type pooled struct {
-	c        *session
+	c        *smtpclient.Conn
 	lastUsed time.Time
-	// buf carries the message into the DATA writer, which io.Copy would
-	// otherwise allocate afresh for every message (32 KiB each); bw
-	// gathers it into large writes to the connection.
-	buf []byte
-	bw  *bufio.Writer
 }
 
 // Dials is the number of connections opened so far.
@@ -102,7 +99,7 @@ func (t *pool) get(ctx context.Context) (p *pooled, fresh bool, err error) {
 			}
 		}
 		age := t.now().Sub(p.lastUsed)
-		if age > maxIdle || (age > idleCheck && p.c.Noop() != nil) {
+		if age > maxIdle || (age > idleCheck && p.c.Noop(ctx) != nil) {
 			t.discard(p)
 			continue
 		}
@@ -161,7 +158,7 @@ func (t *pool) dialSlot(ctx context.Context) (*pooled, error) {
 	t.dials++
 	t.mu.Unlock()
 	t.alive()
-	return &pooled{c: c, buf: make([]byte, 16<<10)}, nil
+	return &pooled{c: c}, nil
 }
 
 // release puts a session that ended a transaction cleanly back in the
@@ -179,12 +176,14 @@ func (t *pool) discard(p *pooled) {
 	<-t.slots
 }
 
-// close closes the idle sessions.
+// close says QUIT to the idle sessions, giving each a moment to answer.
 func (t *pool) close() {
 	for {
 		select {
 		case p := <-t.idle:
-			p.c.Quit()
+			ctx, cancel := context.WithTimeout(context.Background(), quitWait)
+			p.c.Quit(ctx)
+			cancel()
 			<-t.slots
 		default:
 			return

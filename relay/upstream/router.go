@@ -49,6 +49,10 @@ type Upstream struct {
 	// upstream whose address drops packets (a firewall, a host that is
 	// gone) would otherwise hold a pool slot for all of Timeout.
 	ConnectTimeout time.Duration
+	// DisableExtensions are EHLO keywords to act as if the upstream did
+	// not offer (such as PIPELINING or CHUNKING, for an upstream whose
+	// support for them is broken), as Postfix's smtp_discard_ehlo_keywords.
+	DisableExtensions []string
 	// Weight > 0 puts the upstream in its routes' load-balancing set: each
 	// delivery tries those first, in an order drawn by weight, then the
 	// others in the route's order.

@@ -1,4 +1,4 @@
-package upstream
+package smtpclient
 
 import (
 	"bufio"
@@ -9,14 +9,13 @@ import (
 	"testing"
 )
 
-// What dotStuffer and the final CRLF through go-smtp's writer send is what
-// textproto's DotWriter sends for the whole message, for any message and
-// any chunking.
+// What dotStuffer sends, end of data included, is what textproto's
+// DotWriter sends for the whole message, for any message and any chunking.
 func TestDotStufferMatchesDotWriter(t *testing.T) {
-	msgs := []string{"", "\r\n", ".\r\n", "..\r\n", "a\r\n.\r\n", ".a\r\n.b\r\n", "x", "x\r\n.", "a\r\n\r\n.\r\n\r\n",
+	msgs := []string{"", "\r\n", ".\r\n", "..\r\n", "a\r\n.\r\n", ".a\r\n.b\r\n", "x", "x\r\n.", "a\r\n\r\n.\r\n\r\n", "a\r", ".", "\r",
 		"From: a\r\n\r\n.hidden\r\n.\r\n"}
 	r := rand.New(rand.NewPCG(3, 4))
-	parts := []string{".", "..", "a", "\r\n", "\r\n.", "b c"}
+	parts := []string{".", "..", "a", "\r\n", "\r\n.", "b c", "\r\n..\r\n"}
 	for i := 0; i < 300; i++ {
 		var b strings.Builder
 		for j := r.IntN(40); j > 0; j-- {
@@ -34,19 +33,16 @@ func TestDotStufferMatchesDotWriter(t *testing.T) {
 		for _, chunk := range []int{1, 2, 3, 5, 1 << 20} {
 			var got bytes.Buffer
 			bw := bufio.NewWriter(&got)
-			ds := &dotStuffer{w: bw, bol: true}
+			ds := newDotStuffer(bw)
 			for rest := []byte(m); len(rest) > 0; {
 				n := min(chunk, len(rest))
-				ds.Write(rest[:n])
+				if _, err := ds.Write(rest[:n]); err != nil {
+					t.Fatal(err)
+				}
 				rest = rest[n:]
 			}
-			// go-smtp's writer, fresh, as after DATA.
-			gw := textproto.NewWriter(bufio.NewWriter(&got))
-			gdw := gw.DotWriter()
-			if err := ds.finish(gdw); err != nil {
-				t.Fatal(err)
-			}
-			gdw.Close()
+			ds.finish()
+			bw.Flush()
 			if got.String() != want.String() {
 				t.Fatalf("message %q in chunks of %d:\n got %q\nwant %q", m, chunk, got.String(), want.String())
 			}
