@@ -206,6 +206,10 @@ type Upstream struct {
 	// shorter than Timeout (Postfix's smtp_connect_timeout is 30s).
 	ConnectTimeout Duration `yaml:"connect_timeout"`
 	Weight         int      `yaml:"weight"`
+	// DisableExtensions are EHLO keywords to act as if the upstream did
+	// not offer, for one whose support is broken (Postfix's
+	// smtp_discard_ehlo_keywords).
+	DisableExtensions []string `yaml:"disable_extensions"`
 }
 
 // OAuth2 is where an upstream's bearer tokens come from: the client

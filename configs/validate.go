@@ -237,6 +237,9 @@ func (c checker) upstreams() {
 func (c checker) upstreamAuth(p string, u Upstream) {
 	bad := c.bad
 	c.oneOf(p+".auth_mechanism", u.AuthMechanism, "auto", "plain", "login", "xoauth2", "oauthbearer")
+	for i, e := range u.DisableExtensions {
+		c.oneOf(fmt.Sprintf("%s.disable_extensions[%d]", p, i), strings.ToLower(e), "pipelining", "chunking", "8bitmime", "dsn", "size", "smtputf8")
+	}
 	if o := u.OAuth2; o != nil {
 		switch {
 		case o.TokenFile != "" && (o.TokenURL != "" || o.ClientID != ""):

@@ -277,7 +277,7 @@ func composeUpstream(u configs.Upstream, path string, bad func(path, format stri
 		Name: u.Name, URL: u.URL, TLS: u.TLS, TLSVerify: u.TLSVerify == nil || *u.TLSVerify,
 		Username: u.Username, Password: u.Password, AuthMechanism: u.AuthMechanism,
 		MaxConnections: u.MaxConnections, Timeout: time.Duration(u.Timeout),
-		ConnectTimeout: time.Duration(u.ConnectTimeout), Weight: u.Weight,
+		ConnectTimeout: time.Duration(u.ConnectTimeout), Weight: u.Weight, DisableExtensions: u.DisableExtensions,
 	}
 	if u.CAFile != "" {
 		pool, err := loadCA(u.CAFile)

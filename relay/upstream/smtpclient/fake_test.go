@@ -238,15 +238,16 @@ func (r *recorder) count() int {
 	return len(r.writes)
 }
 
-// dial starts a session with the fake at addr, through a recorder.
-func dial(t *testing.T, addr string) (*Conn, *recorder) {
+// dial starts a session with the fake at addr, through a recorder;
+// discard is Config.Discard.
+func dial(t *testing.T, addr string, discard ...string) (*Conn, *recorder) {
 	t.Helper()
 	nc, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	rec := &recorder{Conn: nc}
-	c, err := New(context.Background(), rec, Config{Hostname: "relay.test", Timeout: time.Hour})
+	c, err := New(context.Background(), rec, Config{Hostname: "relay.test", Timeout: time.Hour, Discard: discard})
 	if err != nil {
 		t.Fatal(err)
 	}

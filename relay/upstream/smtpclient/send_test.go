@@ -54,11 +54,11 @@ func TestPipelinedInOneWrite(t *testing.T) {
 	}
 }
 
-// Without PIPELINING, one command per write, each after the reply to the
-// one before.
+// Without PIPELINING (or with it discarded), one command per write, each
+// after the reply to the one before.
 func TestOneCommandPerWriteWithoutPipelining(t *testing.T) {
-	f := &fake{answer: refuse}
-	c, rec := dial(t, f.start(t))
+	f := &fake{ext: []string{"PIPELINING", "CHUNKING"}, answer: refuse}
+	c, rec := dial(t, f.start(t), "pipelining")
 	n := rec.count()
 	out, err := c.Send(context.Background(), envelope(body, "b@y.org", "no@y.org"), strings.NewReader(body))
 	if err != nil || out[0] != nil || out[1] == nil {
