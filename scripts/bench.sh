@@ -5,6 +5,12 @@
 #
 #   scripts/bench.sh [--vs-postfix | --vs-peers] [--openssl] [--runs 3] [--total 5000] [--sessions 20] [--size 10240]
 #                    [--latency "150 400"] [--latency-total 3000] [--large] [--many 10000]
+#   scripts/bench.sh --wan [--wan-delay 10ms] [--baseline REF] [--runs 3]
+#
+# --wan measures the upstream leg across a 20 ms round trip instead, in a
+# network namespace of its own: smarthost with and without pipelining and
+# BDAT, the build of git REF (--baseline), and Postfix, with the upstream's
+# max_connections 1 and 8 (scripts/bench-wan.sh says how). Needs root.
 #
 # --vs-peers puts the peers in the same sitting: both smarthost builds
 # (pure Go and the OpenSSL variant), Postfix (+ 2 OpenDKIM) and maddy
@@ -52,6 +58,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH=$PATH:/usr/local/go/bin
 
 VS=0 PEERS=0 RUNS=3 TOTAL=5000 SESSIONS=20 SIZE=10240 BUILD=pure-go RATES= LTOTAL=3000 LARGE=0 MANY=0
+WAN=0 WAN_DELAY=10ms WAN_SESSIONS=64 BASELINE= WAN_PIDS=()
+ARGS=("$@")
 while [ $# -gt 0 ]; do
   case $1 in
     --vs-postfix) VS=1 ;;
@@ -66,6 +74,9 @@ while [ $# -gt 0 ]; do
     --latency-total) LTOTAL=$2; shift ;;
     --large) LARGE=1 ;;
     --many) MANY=$2; shift ;;
+    --wan) WAN=1 VS=1 ;;
+    --wan-delay) WAN_DELAY=$2; shift ;;
+    --baseline) BASELINE=$2; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -73,13 +84,19 @@ done
 
 W=${BENCH_DIR:-/var/lib/smarthost-bench}
 SINK_PORT=3525 RELAY_PORT=3587 PF_PORT=4587 MADDY_PORT=5587
+SH=$W/bin/smarthost LOAD=$W/bin/smtpload
+. scripts/bench-wan.sh
+if [ -z "${BENCH_NETNS:-}" ]; then # inside the WAN namespace, all is built
 rm -rf "$W"; mkdir -p "$W/bin" "$W/dkim"
 if [ $BUILD = openssl ] && [ ! -e /usr/include/openssl/evp.h ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libssl-dev libc6-dev gcc >/dev/null
 fi
 scripts/build.sh -o "$W/bin/smarthost" $([ $BUILD = openssl ] && echo --openssl) >/dev/null
 go build -o "$W/bin/smtpload" ./cmd/smtpload
-SH=$W/bin/smarthost LOAD=$W/bin/smtpload
+if [ -n "$BASELINE" ]; then
+  mkdir -p "$W/base-src" && git archive "$BASELINE" | tar -x -C "$W/base-src"
+  (cd "$W/base-src" && COMMIT=$(git -C "$OLDPWD" rev-parse "$BASELINE") scripts/build.sh -o "$W/bin/smarthost-base" >/dev/null)
+fi
 if [ $PEERS = 1 ]; then
   [ -e /usr/include/openssl/evp.h ] ||
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libssl-dev libc6-dev gcc >/dev/null
@@ -114,6 +131,8 @@ if [ $VS = 1 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   fi
 fi
+[ $WAN = 1 ] && wan_enter "${ARGS[@]}"
+fi
 
 echo "bench-pw" | $SH passwd > "$W/hash"
 printf 'users:\n  bench:\n    password_hash: "%s"\n    addresses: ["*@example.com"]\n' "$(cat "$W/hash")" > "$W/users.yaml"
@@ -140,7 +159,7 @@ auth: {backend: static, static: {users_file: $W/users.yaml}}
 policy: {max_recipients: 100, max_message_size: 25MiB}
 ratelimit: {backend: memory, connections_per_ip: 15000, max_connections: 15000}
 $dkim
-upstreams: [{name: sink, url: "smtp://127.0.0.1:$SINK_PORT", tls: none, max_connections: 20}]
+upstreams: [{name: sink, url: "smtp://127.0.0.1:${UP_PORT:-$SINK_PORT}", tls: none, max_connections: ${UP_CONNS:-20}${UP_EXTRA:-}}]
 queue: {dir: $W/queue, workers: 20}
 log: {format: text, level: warn}
 CONF
@@ -162,7 +181,7 @@ measure() {
   local start end
   start=$(date +%s.%N)
   local out
-  out=$($LOAD run --addr "127.0.0.1:$port" --sessions "$SESSIONS" --size "$SIZE" --total "$TOTAL" --from load@example.com "$@")
+  out=$($LOAD run --addr "127.0.0.1:$(wan_port "$port")" --sessions "$SESSIONS" --size "$SIZE" --total "$TOTAL" --from load@example.com "$@")
   if ! timeout 300 tail --pid=$sink -f /dev/null; then kill $sink; fi
   end=$(sink_end "$W/sink.out")
   local rate
@@ -339,13 +358,13 @@ inet_interfaces = 127.0.0.1
 inet_protocols = ipv4
 myhostname = postfix-bench.test
 mydestination =
-relayhost = [127.0.0.1]:$SINK_PORT
+relayhost = [127.0.0.1]:${UP_PORT:-$SINK_PORT}
 mynetworks = 127.0.0.0/8
 smtpd_relay_restrictions = permit_mynetworks, reject
 maillog_file = $P/maillog
 smtp_tls_security_level = none
 $tls
-smtp_destination_concurrency_limit = 20
+smtp_destination_concurrency_limit = ${UP_CONNS:-20}
 message_size_limit = 52428800
 default_process_limit = 100
 smtpd_milters =$milters
@@ -402,6 +421,7 @@ extras() {
 echo "# $(date -u +%F) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $TOTAL messages of $SIZE bytes, $SESSIONS sessions; $($SH version | tail -1)"
 : > "$W/results"
 for r in $(seq 1 "$RUNS"); do
+  if [ $WAN = 1 ]; then wan_run; continue; fi
   run_ceiling
   if [ $PEERS = 1 ]; then
     run_smarthost smarthost_M0 none 0
@@ -440,6 +460,8 @@ histogram() {
     cat; } | gnuplot 2>/dev/null
 }
 median() { { grep "^$1 " "$W/results" || true; } | awk '{print $2}' | sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print 0}'; }
+ratio() { awk -v a="$(median "$1")" -v b="$(median "$2")" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+if [ $WAN = 1 ]; then wan_report; exit 0; fi
 echo "# medians of $RUNS runs (msg/s)"
 for n in ceiling smarthost_M0 smarthost_openssl_M0 smarthost_M0_rsa smarthost_M0_dkim2 smarthost_openssl_M0_dkim2 smarthost_M1 \
          smarthost_M1_noresume postfix_M0 postfix_M0_opendkim_rsa postfix_M0_opendkim2 postfix_M1_starttls maddy_M0 maddy_M0_dkim2; do
@@ -492,7 +514,6 @@ PLOT
   fi
 fi
 if [ $VS = 1 ]; then
-  ratio() { awk -v a="$(median "$1")" -v b="$(median "$2")" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
   echo "# ratios (same run)"
   echo "smarthost / postfix, no DKIM, M=0:                       $(ratio smarthost_M0 postfix_M0)"
   [ $PEERS = 1 ] || echo "smarthost / postfix + OpenDKIM milter, RSA-2048:        $(ratio smarthost_M0_rsa postfix_M0_opendkim_rsa)"

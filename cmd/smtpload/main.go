@@ -5,6 +5,7 @@
 //
 //	smtpload sink --listen 127.0.0.1:2525 --expect 5000
 //	smtpload idle --addr 127.0.0.1:2587 --sessions 5000 --hold 30s
+//	smtpload delay --listen 127.0.0.1:2526 --to 127.0.0.1:2525 --delay 10ms
 //	smtpload run --addr 127.0.0.1:2587 --starttls --user u --pass p --from u@example.com \
 //	    --sessions 20 --per-session 0 --size 10240 --total 5000 [--rate 400]
 //
@@ -22,7 +23,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: smtpload run|sink|idle [flags]")
+		fmt.Fprintln(os.Stderr, "usage: smtpload run|sink|idle|delay [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -33,8 +34,10 @@ func main() {
 		err = runSink(os.Args[2:])
 	case "idle":
 		err = runIdle(os.Args[2:])
+	case "delay":
+		err = runDelay(os.Args[2:])
 	default:
-		err = fmt.Errorf("unknown command %q (run or sink)", os.Args[1])
+		err = fmt.Errorf("unknown command %q (run, sink, idle or delay)", os.Args[1])
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "smtpload:", err)
