@@ -7,6 +7,10 @@
 #                    [--latency "150 400"] [--latency-total 3000] [--large] [--many 10000]
 #   scripts/bench.sh --wan [--wan-delay 10ms] [--baseline REF] [--runs 3]
 #
+# --baseline REF also builds git REF (a branch, a tag, a commit) and runs it
+# beside this tree in the same sitting: M=0 without DKIM and with both
+# signatures, and in the WAN profile.
+#
 # --wan measures the upstream leg across a 20 ms round trip instead, in a
 # network namespace of its own: smarthost with and without pipelining and
 # BDAT, the build of git REF (--baseline), and Postfix, with the upstream's
@@ -439,10 +443,12 @@ for r in $(seq 1 "$RUNS"); do
     continue
   fi
   run_smarthost smarthost_M0 none 0
+  [ -n "$BASELINE" ] && SHBIN=$W/bin/smarthost-base run_smarthost baseline_M0 none 0
   [ $VS = 1 ] && run_postfix postfix_M0 none 0 no
   run_smarthost smarthost_M0_rsa rsa 0
   [ $VS = 1 ] && run_postfix postfix_M0_opendkim_rsa rsa 0 no
   run_smarthost smarthost_M0_dkim2 both 0
+  [ -n "$BASELINE" ] && SHBIN=$W/bin/smarthost-base run_smarthost baseline_M0_dkim2 both 0
   [ $VS = 1 ] && run_postfix postfix_M0_opendkim2 both 0 no
   run_smarthost smarthost_M1 none 1
   [ $VS = 1 ] && run_postfix postfix_M1_starttls none 1 yes
@@ -462,8 +468,12 @@ histogram() {
 median() { { grep "^$1 " "$W/results" || true; } | awk '{print $2}' | sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print 0}'; }
 ratio() { awk -v a="$(median "$1")" -v b="$(median "$2")" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 if [ $WAN = 1 ]; then wan_report; exit 0; fi
+if [ -n "$BASELINE" ]; then
+  echo "# this build / $BASELINE (same run): no DKIM $(ratio smarthost_M0 baseline_M0), 2 signatures $(ratio smarthost_M0_dkim2 baseline_M0_dkim2)" |
+    tee -a "$W/medians"
+fi
 echo "# medians of $RUNS runs (msg/s)"
-for n in ceiling smarthost_M0 smarthost_openssl_M0 smarthost_M0_rsa smarthost_M0_dkim2 smarthost_openssl_M0_dkim2 smarthost_M1 \
+for n in ceiling smarthost_M0 baseline_M0 smarthost_openssl_M0 smarthost_M0_rsa smarthost_M0_dkim2 baseline_M0_dkim2 smarthost_openssl_M0_dkim2 smarthost_M1 \
          smarthost_M1_noresume postfix_M0 postfix_M0_opendkim_rsa postfix_M0_opendkim2 postfix_M1_starttls maddy_M0 maddy_M0_dkim2; do
   m=$(median $n); [ "$m" = 0 ] || printf '%-24s %8s\n' $n "$m" | tee -a "$W/medians"
 done

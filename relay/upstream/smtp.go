@@ -71,14 +71,16 @@ func (t *smtpTransport) Send(ctx context.Context, m *queue.Message, to []queue.R
 		}
 		out, err = t.transaction(ctx, p.c, m, to)
 	}
-	if err != nil {
+	if err != nil || ctx.Err() != nil {
+		// A session whose context ended may have had its deadline moved
+		// to the past after the last reply: it goes, whatever the outcome.
 		t.pool.discard(p)
-		if out == nil {
-			return all(len(to), outcome(err))
-		}
-		return out
+	} else {
+		t.pool.release(p)
 	}
-	t.pool.release(p)
+	if out == nil {
+		return all(len(to), outcome(err))
+	}
 	return out
 }
 
