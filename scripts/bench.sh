@@ -422,6 +422,7 @@ extras() {
   fi
 }
 
+[ $WAN = 1 ] && TOTAL="250 per upstream connection" SIZE=$SIZE SESSIONS=$WAN_SESSIONS
 echo "# $(date -u +%F) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $TOTAL messages of $SIZE bytes, $SESSIONS sessions; $($SH version | tail -1)"
 : > "$W/results"
 for r in $(seq 1 "$RUNS"); do
@@ -468,15 +469,15 @@ histogram() {
 median() { { grep "^$1 " "$W/results" || true; } | awk '{print $2}' | sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print 0}'; }
 ratio() { awk -v a="$(median "$1")" -v b="$(median "$2")" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 if [ $WAN = 1 ]; then wan_report; exit 0; fi
-if [ -n "$BASELINE" ]; then
-  echo "# this build / $BASELINE (same run): no DKIM $(ratio smarthost_M0 baseline_M0), 2 signatures $(ratio smarthost_M0_dkim2 baseline_M0_dkim2)" |
-    tee -a "$W/medians"
-fi
 echo "# medians of $RUNS runs (msg/s)"
 for n in ceiling smarthost_M0 baseline_M0 smarthost_openssl_M0 smarthost_M0_rsa smarthost_M0_dkim2 baseline_M0_dkim2 smarthost_openssl_M0_dkim2 smarthost_M1 \
          smarthost_M1_noresume postfix_M0 postfix_M0_opendkim_rsa postfix_M0_opendkim2 postfix_M1_starttls maddy_M0 maddy_M0_dkim2; do
   m=$(median $n); [ "$m" = 0 ] || printf '%-24s %8s\n' $n "$m" | tee -a "$W/medians"
 done
+if [ -n "$BASELINE" ]; then
+  echo "# this build / $BASELINE (same run): no DKIM $(ratio smarthost_M0 baseline_M0), 2 signatures $(ratio smarthost_M0_dkim2 baseline_M0_dkim2)" |
+    tee -a "$W/medians"
+fi
 if [ $LARGE = 1 ]; then
   echo "# large messages, both signatures: medians of $RUNS runs"
   for b in 1048576 10485760; do
