@@ -23,7 +23,7 @@ var errLeaving = errors.New("node leaving")
 func TestContextEndsAStalledRead(t *testing.T) {
 	f := &fake{ext: []string{"PIPELINING"}, answer: func(cmd string) string {
 		if strings.HasPrefix(cmd, "MAIL") {
-			return "-" // never answers
+			return "stall"
 		}
 		return ""
 	}}
@@ -50,15 +50,16 @@ func TestContextEndsAStalledRead(t *testing.T) {
 func TestContextEndsAStalledWrite(t *testing.T) {
 	f := &fake{answer: func(cmd string) string {
 		if cmd == "DATA" {
-			return "!354 go ahead" // then reads nothing more
+			return "hold"
 		}
 		return ""
 	}}
 	c, _ := dial(t, f.start(t))
 	ctx, cancel := context.WithCancelCause(context.Background())
-	// 16 MiB is more than the socket buffers of both ends hold: by then
-	// the writes have stopped moving.
-	src := &endless{mark: 16 << 20, reached: make(chan struct{})}
+	// Once the message is on its way, the writes stop when the socket
+	// buffers are full (a few hundred KiB), and only the context can end
+	// the wait: the timeout is an hour.
+	src := &endless{mark: 128 << 10, reached: make(chan struct{})}
 	done := make(chan error, 1)
 	go func() {
 		_, err := c.Send(ctx, &Envelope{From: "a@x.org", Size: 1 << 40, Rcpts: []Rcpt{{Addr: "b@y.org"}}}, src)

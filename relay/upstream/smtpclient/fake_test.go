@@ -30,11 +30,14 @@ type fake struct {
 	messages [][]byte
 	tlsEHLO  []string // EHLO commands received over TLS
 	got      chan string
+	stop     chan struct{} // closed when the test ends
 }
 
 func (f *fake) start(t *testing.T) string {
 	t.Helper()
 	f.got = make(chan string, 1<<12)
+	f.stop = make(chan struct{})
+	t.Cleanup(func() { close(f.stop) })
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -54,6 +57,9 @@ func (f *fake) start(t *testing.T) string {
 
 func (f *fake) serve(c net.Conn) {
 	defer c.Close()
+	// Small buffers, so that a client whose writes nobody reads is held
+	// after a few hundred KiB (TestContextEndsAStalledWrite).
+	c.(*net.TCPConn).SetReadBuffer(64 << 10)
 	c.SetDeadline(time.Now().Add(time.Minute))
 	io.WriteString(c, "220 fake.test ESMTP\r\n")
 	s := &fakeSession{f: f, c: c, r: bufio.NewReader(c)}
@@ -117,6 +123,8 @@ func (s *fakeSession) command(cmd string) bool {
 		return s.bdat(cmd)
 	case verb == "RCPT" && !s.mail:
 		io.WriteString(c, "503 5.5.1 no MAIL\r\n")
+	case f.answer != nil && f.answer(cmd) == "stall":
+		// No answer, and read on: a tarpit.
 	default:
 		a := f.say(cmd, "250 2.0.0 ok")
 		s.mail = s.mail || verb == "MAIL" && strings.HasPrefix(a, "2")
@@ -150,6 +158,12 @@ func (s *fakeSession) data(cmd string) bool {
 		return true
 	}
 	a := s.f.say(cmd, "354 go ahead")
+	if a == "hold\r\n" {
+		// 354, then read nothing more: the client's writes stall.
+		io.WriteString(s.c, "354 go ahead\r\n")
+		<-s.f.stop
+		return false
+	}
 	if !strings.HasPrefix(a, "354") {
 		return s.write(a)
 	}
@@ -177,8 +191,10 @@ func (f *fake) take(msg []byte) {
 }
 
 // say is the scripted answer to cmd (def when the script says ""), with
-// its line end. A script's "-" is no answer, and "!" before one says to
-// hang up after it: then the answer ends in "!".
+// its line end. A script's "-" is no answer (the fake hangs up; "stall"
+// is none either, and it reads on), and "!" before one says to hang up
+// after it: then the answer ends in "!". To DATA, "hold" is a 354 after
+// which the fake reads nothing more.
 func (f *fake) say(cmd, def string) string {
 	a := def
 	if f.answer != nil && f.answer(cmd) != "" {
@@ -246,6 +262,7 @@ func dial(t *testing.T, addr string, discard ...string) (*Conn, *recorder) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	nc.(*net.TCPConn).SetWriteBuffer(64 << 10)
 	rec := &recorder{Conn: nc}
 	c, err := New(context.Background(), rec, Config{Hostname: "relay.test", Timeout: time.Hour, Discard: discard})
 	if err != nil {
