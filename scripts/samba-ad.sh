@@ -5,6 +5,8 @@
 #
 #   eval "$(scripts/samba-ad.sh start)"   # prints export SMARTHOST_TEST_AD_... lines
 #   scripts/samba-ad.sh stop
+#   scripts/samba-ad.sh image DNS:samba-ad # provisions into $SMARTHOST_AD_DIR for
+#                                          # the compose stack's image, to start there
 #
 # Needs root (Samba binds 389, 636, 3268 and 3269, which it cannot move)
 # and: apt-get install --no-install-recommends samba samba-ad-dc
@@ -20,6 +22,7 @@
 #   SMARTHOST_AD_MODE  netns | loopback | auto (default)
 #   SMARTHOST_AD_DIR   state folder, wiped at each start
 #                      (default /var/tmp/smarthost-samba-ad-$N)
+#   SMARTHOST_AD_MAIL_DOMAIN  the users' mail domain (default corp.example.test)
 # stop finds the instance by SMARTHOST_AD_DIR, else by SMARTHOST_TEST_AD_DIR
 # (which start exports), else by SMARTHOST_AD_NET.
 #
@@ -44,6 +47,7 @@ else
 fi
 [ -n "$N" ] || N=$(cat "$D/net" 2>/dev/null || echo 39)
 REALM=CORP.EXAMPLE.TEST DOMAIN=CORP DNSDOMAIN=corp.example.test
+MAIL_DOMAIN=${SMARTHOST_AD_MAIL_DOMAIN:-$DNSDOMAIN}
 BASE=DC=corp,DC=example,DC=test
 ADMIN_PW='Adm1n-Passw0rd!' SVC_PW='Svc-Relay-Passw0rd!'
 HOST_IF=adh$N NS_IF=adv$N
@@ -77,15 +81,16 @@ do_stop() {
 }
 
 # provision makes the domain in $D, offline: the DC's configuration, then
-# the users and groups of the tests (seed.py, below).
+# the users and groups of the tests (seed.py, below), with addresses in
+# $MAIL_DOMAIN. Arguments: more --option=... for samba-tool.
 provision() {
-  local ip=$1 ifaces=$2 t
+  local t
   t=$(now)
   # -s /dev/null: inherit nothing from the system's smb.conf. Every path is
   # set below $D, and only the LDAP server runs (389, 636, 3268, 3269).
   samba-tool domain provision -s /dev/null --targetdir="$D" --realm=$REALM --domain=$DOMAIN --host-name=dc1 \
     --server-role=dc --dns-backend=SAMBA_INTERNAL --use-rfc2307 --adminpass="$ADMIN_PW" \
-    --option="interfaces=$ifaces" --option="bind interfaces only=yes" --option="server services=ldap" \
+    "$@" --option="server services=ldap" \
     --option="tls enabled=yes" --option="tls keyfile=$D/tls/key.pem" \
     --option="tls certfile=$D/tls/cert.pem" --option="tls cafile=$D/tls/ca.pem" \
     --option="log file=$D/log/%m.log" --option="pid directory=$D/run" \
@@ -94,7 +99,7 @@ provision() {
     >"$D/log/provision.log" 2>&1 || { tail -20 "$D/log/provision.log" >&2; die "provision failed"; }
   say "provisioned in $(since "$t")"
   t=$(now)
-  /usr/bin/python3 - "$D/etc/smb.conf" >"$D/log/seed.log" 2>&1 <<'PY' || { tail -20 "$D/log/seed.log" >&2; die "seeding failed"; }
+  /usr/bin/python3 - "$D/etc/smb.conf" "$MAIL_DOMAIN" >"$D/log/seed.log" 2>&1 <<'PY' || { tail -20 "$D/log/seed.log" >&2; die "seeding failed"; }
 # One process for all of it: samba-tool would take ~0.45 s per call.
 import sys, ldb
 from samba.param import LoadParm
@@ -103,7 +108,7 @@ from samba.auth import system_session
 from samba.netcmd.pso import make_pso_ldb_msg
 lp = LoadParm(); lp.load(sys.argv[1])
 db = SamDB(url=lp.samdb_url(), session_info=system_session(), lp=lp)
-base = db.domain_dn(); dom = "corp.example.test"
+base = db.domain_dn(); dom = sys.argv[2]
 def dn(sam):
     return db.search(base, ldb.SCOPE_SUBTREE, "(sAMAccountName=%s)" % sam, ["dn"])[0].dn
 def put(sam, **attrs):
@@ -124,12 +129,12 @@ user("svc-relay", "Svc-Relay-Passw0rd!", description="relay search account")
 # alice: her CN is not her login; addresses in proxyAddresses among the
 # other kinds Exchange keeps there.
 user("alice", "Alice-Passw0rd!", cn=False, givenname="Alice", surname="Liddell")
-put("alice", proxyAddresses=["SIP:alice@corp.example.test", "smtp:alice.alias@corp.example.test",
-    "X500:/o=Corp/ou=Exchange Administrative Group/cn=Recipients/cn=alice", "SMTP:alice@corp.example.test"])
+put("alice", proxyAddresses=["SIP:alice@" + dom, "smtp:alice.alias@" + dom,
+    "X500:/o=Corp/ou=Exchange Administrative Group/cn=Recipients/cn=alice", "SMTP:alice@" + dom])
 # bob: reached only through a nested group; his UPN is not sAMAccountName@realm;
 # his class and recipient rules are in attributes of the base schema.
 user("bob", "Bob-Passw0rd!", cn=False, givenname="Bob", surname="Builder")
-put("bob", proxyAddresses=["smtp:b.builder@corp.example.test", "SMTP:bob@corp.example.test"],
+put("bob", proxyAddresses=["smtp:b.builder@" + dom, "SMTP:bob@" + dom],
     userPrincipalName="robert.builder@corp.example.test",
     msDS_cloudExtensionAttribute1="bulk",
     msDS_cloudExtensionAttribute2="allow:*@example.org allow:partner.example deny:ceo@example.org")
@@ -168,13 +173,13 @@ PY
 # tls makes the DC's certificate, signed by a CA of its own (as an
 # enterprise CA would), with the addresses the tests use.
 tls() {
-  local ip=$1
+  local san=$1
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 7 -subj "/CN=Corp Test Root CA" \
     -keyout "$D/tls/ca.key" -out "$D/tls/ca.pem" 2>/dev/null
   openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=dc1.$DNSDOMAIN" \
     -keyout "$D/tls/key.pem" -out "$D/tls/req.pem" 2>/dev/null
   openssl x509 -req -in "$D/tls/req.pem" -CA "$D/tls/ca.pem" -CAkey "$D/tls/ca.key" -CAcreateserial -days 7 \
-    -extfile <(echo "subjectAltName=IP:$ip,DNS:dc1.$DNSDOMAIN,DNS:$DNSDOMAIN") -out "$D/tls/cert.pem" 2>/dev/null
+    -extfile <(echo "subjectAltName=$san,DNS:dc1.$DNSDOMAIN,DNS:$DNSDOMAIN") -out "$D/tls/cert.pem" 2>/dev/null
   chmod 600 "$D/tls/key.pem" "$D/tls/ca.key"
 }
 
@@ -210,20 +215,20 @@ do_start() {
 
   # The provisioned, seeded domain from the cache, or a new one for it.
   local key cache
-  key=$( { samba --version; sha256sum "$SCRIPT"; echo "$mode $N $D"; } | sha256sum | cut -c1-16)
+  key=$( { samba --version; sha256sum "$SCRIPT"; echo "$mode $N $D $MAIL_DOMAIN"; } | sha256sum | cut -c1-16)
   cache=${XDG_CACHE_HOME:-$HOME/.cache}/smarthost-test/samba-ad-$N-$(samba --version | awk '{print $2}')-$key.tar
   if [ -s "$cache" ] && [ -n "$(find "$cache" -mtime -7)" ]; then
     tar -C "$D" -xf "$cache"
     say "domain from the cache $cache"
   else
     mkdir -p "$D/tls" "$D/log" "$D/run"
-    provision "$ip" "$ifaces"
+    provision --option="interfaces=$ifaces" --option="bind interfaces only=yes"
     mkdir -p "$(dirname "$cache")"
     rm -f "$(dirname "$cache")"/samba-ad-"$N"-*.tar # older versions
     tar -C "$D" --exclude=./tls --exclude=./log -cf "$cache.tmp" . && mv "$cache.tmp" "$cache"
   fi
   mkdir -p "$D/tls" "$D/log" "$D/run"
-  tls "$ip"
+  tls "IP:$ip"
   echo "$mode" > "$D/mode"; echo "$N" > "$D/net"
 
   # -F --debug-stdout, not -i: with -i samba exits at EOF on stdin.
@@ -291,8 +296,17 @@ export SMARTHOST_TEST_AD_ADMIN_PW='$ADMIN_PW'
 ENV
 }
 
+# do_image provisions into $D for a container image (deploy/compose/samba-ad):
+# listening on every interface, a certificate for the names given.
+do_image() {
+  mkdir -p "$D/tls" "$D/log" "$D/run"
+  tls "$1"
+  provision
+}
+
 case ${1:-} in
   start) do_start ;;
+  image) do_image "${2:?image needs the certificate names, e.g. DNS:samba-ad}" ;;
   stop) do_stop; rm -rf "$D" ;;
-  *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|image SAN" >&2; exit 2 ;;
 esac

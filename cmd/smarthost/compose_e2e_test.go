@@ -34,20 +34,28 @@ type stack struct {
 	t       *testing.T
 	cmd     []string // docker compose, or docker-compose
 	project string
+	flags   []string // before every compose command: --profile ad
 	env     []string
 	smtp    string // the load balancer
 	smtps   string // its implicit-TLS port
 	mailpit string // http://...
 }
 
-func startStack(t *testing.T) *stack {
+// newStack is a compose project of its own for this test binary, taken
+// down with its volumes at the end of the test.
+func newStack(t *testing.T, name string) *stack {
 	relaytest.Service(t, "SMARTHOST_TEST_COMPOSE")
-	s := &stack{t: t, project: fmt.Sprintf("smarthost-test-%d", os.Getpid())}
+	s := &stack{t: t, project: fmt.Sprintf("%s-%d", name, os.Getpid())}
 	if exec.Command("docker", "compose", "version").Run() == nil {
 		s.cmd = []string{"docker", "compose"}
 	} else {
 		s.cmd = []string{"docker-compose"}
 	}
+	return s
+}
+
+func startStack(t *testing.T) *stack {
+	s := newStack(t, "smarthost-test")
 	s.smtp, s.smtps = freePort(t), freePort(t)
 	web := freePort(t)
 	s.mailpit = "http://" + web
@@ -82,7 +90,7 @@ func startStack(t *testing.T) *stack {
 }
 
 func (s *stack) compose(args ...string) (string, error) {
-	cmd := exec.Command(s.cmd[0], append(append(s.cmd[1:], "-p", s.project), args...)...)
+	cmd := exec.Command(s.cmd[0], append(append(append(s.cmd[1:], "-p", s.project), s.flags...), args...)...)
 	cmd.Dir = "../.."
 	cmd.Env = s.env
 	out, err := cmd.CombinedOutput()
@@ -265,28 +273,7 @@ func TestComposeStack(t *testing.T) {
 		if code != 0 {
 			t.Fatalf("swaks: %d\n%s", code, out)
 		}
-		var raw []byte
-		mp := &relaytest.Mailpit{API: s.mailpit}
-		eventually(t, "the message in Mailpit", 30*time.Second, func() bool {
-			msgs, _ := mp.Messages()
-			for _, m := range msgs {
-				if m.Subject == "compose readme" {
-					raw, _ = mp.Raw(m.ID)
-				}
-			}
-			return raw != nil
-		})
-		logs, _ := s.compose("logs", "--no-color", "dkim-key")
-		var zone []string
-		for _, l := range strings.Split(logs, "\n") {
-			if _, rec, ok := strings.Cut(l, "| "); ok && strings.Contains(rec, " IN TXT ") {
-				zone = append(zone, rec)
-			}
-		}
-		if len(zone) == 0 {
-			t.Fatalf("no DNS record in the dkim-key logs:\n%s", logs)
-		}
-		dkimVerify(t, zoneToRecords(strings.Join(zone, "\n")), raw)
+		raw := s.signedArrives(t, "compose readme")
 		// Our Received: names the client, not HAProxy: PROXY v2 works.
 		if !strings.Contains(string(raw), "(using TLSv1.3 with cipher") || strings.Contains(string(raw), "[172.29.54.10]") {
 			t.Errorf("Received: does not show the client through PROXY v2:\n%s", raw)
@@ -477,6 +464,36 @@ func TestComposeStack(t *testing.T) {
 			}
 		}
 	})
+}
+
+// signedArrives waits for the message with this subject in Mailpit and
+// checks its DKIM signatures against the record the dkim-key service
+// logged; it returns the message.
+func (s *stack) signedArrives(t *testing.T, subject string) []byte {
+	t.Helper()
+	var raw []byte
+	mp := &relaytest.Mailpit{API: s.mailpit}
+	eventually(t, "the message in Mailpit", 30*time.Second, func() bool {
+		msgs, _ := mp.Messages()
+		for _, m := range msgs {
+			if m.Subject == subject {
+				raw, _ = mp.Raw(m.ID)
+			}
+		}
+		return raw != nil
+	})
+	logs, _ := s.compose("logs", "--no-color", "dkim-key")
+	var zone []string
+	for _, l := range strings.Split(logs, "\n") {
+		if _, rec, ok := strings.Cut(l, "| "); ok && strings.Contains(rec, " IN TXT ") {
+			zone = append(zone, rec)
+		}
+	}
+	if len(zone) == 0 {
+		t.Fatalf("no DNS record in the dkim-key logs:\n%s", logs)
+	}
+	dkimVerify(t, zoneToRecords(strings.Join(zone, "\n")), raw)
+	return raw
 }
 
 // chaos sets Mailpit's chaos triggers (docker-compose.yml enables them);
