@@ -301,7 +301,9 @@ ENV
 do_image() {
   mkdir -p "$D/tls" "$D/log" "$D/run"
   tls "$1"
-  provision
+  # A build has no CAP_SYS_ADMIN, which the sysvol's NT ACLs (security.*
+  # extended attributes) need: keep them in a tdb file instead.
+  provision --option="vfs objects=dfs_samba4 acl_xattr xattr_tdb" --option="xattr_tdb:file=$D/xattr.tdb"
 }
 
 case ${1:-} in

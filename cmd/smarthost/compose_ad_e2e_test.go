@@ -12,7 +12,7 @@ import (
 	"time"
 )
 
-func TestComposeADProfile(t *testing.T) {
+func TestComposeStackAD(t *testing.T) {
 	s := newStack(t, "smarthost-ad-test")
 	s.flags = []string{"--profile", "ad"}
 	s.smtp = freePort(t)
