@@ -14,6 +14,9 @@ type Memory struct {
 	mu    sync.Mutex
 	tat   map[string]time.Time // theoretical arrival time per key
 	calls int
+
+	once sync.Once
+	up   *memStore // holds, leases and nodes of upstream shaping
 }
 
 // NewMemory makes a Memory limiter; now may be nil (time.Now).
@@ -45,6 +48,8 @@ func (m *Memory) AllowN(_ context.Context, key string, l Limit, n int64) (Result
 	}
 	if newTAT.After(now) {
 		m.tat[key] = newTAT
+	} else if n < 0 {
+		delete(m.tat, key) // a refund down to a full budget
 	}
 	return Result{Allowed: true, Remaining: int64(diff / interval), ResetAfter: newTAT.Sub(now)}, nil
 }
