@@ -132,7 +132,7 @@ func (s *session) envelope(header, added []byte, peer bool) queue.Envelope {
 		env.ORcptType = append(env.ORcptType, o.typ)
 	}
 	if s.client.User != nil {
-		env.Class = s.client.User.Class
+		env.Class, env.User = s.client.User.Class, s.client.User.Name
 	}
 	if !peer {
 		for _, a := range s.deps.Policy.ArchivesFor(s.client, s.sentFrom) {

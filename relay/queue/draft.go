@@ -133,7 +133,7 @@ func (d *Draft) releaseBuf() {
 func (d *Draft) Commit(env Envelope, prepend []byte) (string, error) {
 	q := d.q
 	now := q.now()
-	m := &Message{ID: d.id, From: env.From, Class: env.Class, Ret: env.Ret, EnvID: env.EnvID,
+	m := &Message{ID: d.id, From: env.From, Class: env.Class, User: env.User, Ret: env.Ret, EnvID: env.EnvID,
 		SMTPUTF8: env.SMTPUTF8, UTF8: env.UTF8Required,
 		Prepend: string(prepend), Size: d.size, Created: now, NextAttempt: now, dir: q.cfg.Dir}
 	for i, r := range env.To {

@@ -50,6 +50,7 @@ type Envelope struct {
 	From   string
 	To     []string
 	Class  string     // the submitter's rate-limit class, for routes
+	User   string     // the submitter, for fairness among users
 	Ret    string     // DSN RET: FULL or HDRS
 	EnvID  string     // DSN ENVID
 	Notify [][]string // DSN NOTIFY per recipient of To (nil: none given)
@@ -70,6 +71,7 @@ type Message struct {
 	ID          string      `json:"id"`
 	From        string      `json:"from"` // "" for a bounce
 	Class       string      `json:"class,omitempty"`
+	User        string      `json:"user,omitempty"` // who sent it: fairness among users waiting for an upstream
 	Ret         string      `json:"ret,omitempty"`
 	EnvID       string      `json:"envid,omitempty"`
 	SMTPUTF8    bool        `json:"smtputf8,omitempty"`      // see Envelope
@@ -82,6 +84,9 @@ type Message struct {
 	NextAttempt time.Time   `json:"next_attempt"`
 	LastError   string      `json:"last_error,omitempty"`
 	Warned      bool        `json:"warned,omitempty"` // a delay warning was sent
+	// Waited is the time it spent waiting for an upstream's budget (a
+	// WaitError), which does not count towards max_age.
+	Waited time.Duration `json:"waited,omitempty"`
 
 	dir   string
 	saved bool // an ID.env may exist: remove() must look for one
@@ -152,11 +157,13 @@ func validID(id string) bool {
 
 // record applies the outcomes of one attempt (one per pending recipient,
 // in order) and schedules the next after retry: a recipient is sent, fails
-// for good (a permanent error, or any once maxAge has passed), or stays
-// pending. It returns those that failed and are the sender's to hear of;
-// an archive copy is not: it fails only at maxAge, and then only in the log.
+// for good (a permanent error, or any once maxAge has passed, not counting
+// the time it waited for an upstream's budget), or stays pending (one that
+// waited, a WaitError, as it was). It returns those that failed and are the
+// sender's to hear of; an archive copy is not: it fails only at maxAge, and
+// then only in the log.
 func (m *Message) record(errs []error, now time.Time, maxAge, retry time.Duration, log *slog.Logger) (failed []Recipient) {
-	expired := now.Sub(m.Created) >= maxAge
+	expired := now.Sub(m.Created)-m.Waited >= maxAge
 	m.Attempts++
 	i := 0
 	for j := range m.Recipients {
@@ -170,6 +177,8 @@ func (m *Message) record(errs []error, now time.Time, maxAge, retry time.Duratio
 		case err == nil:
 			r.Status, r.Error = StatusSent, ""
 			log.Info("delivered", "msg_id", m.ID, "rcpt", r.Addr, "attempt", m.Attempts, "archive", r.Archive)
+		case IsWait(err):
+			// Not tried: its upstream had no room for it.
 		case expired || IsPermanent(err) && !r.Archive:
 			r.Status, r.Error = StatusFailed, err.Error()
 			if expired {

@@ -48,6 +48,10 @@ type Config struct {
 	// files in tmp/, so that thousands of slow senders cost disk, not RAM.
 	MemoryMax int64
 	Now       func() time.Time // nil: time.Now
+	// Shaped, when set, hears of each message that waited in a lane for
+	// an upstream's budget (WaitError) and was then tried: which
+	// upstream, and how long it waited.
+	Shaped func(upstream string, waited time.Duration)
 }
 
 const (
@@ -200,6 +204,7 @@ type handoff struct {
 func (q *Queue) Handoff(d Deliverer, retry time.Duration) {
 	q.handoff.Store(&handoff{d: d, retry: retry})
 	q.leave(ErrLeaving)
+	q.sched.flushLanes()
 	q.sched.retryAll()
 }
 

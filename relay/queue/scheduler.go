@@ -22,12 +22,15 @@ type scheduler struct {
 	// creating: committed to msg/ a moment ago and not yet added; a rescan
 	// leaves it alone.
 	creatingIDs map[string]bool
-	wake        chan struct{}
+	// lanes: the messages waiting for an upstream's budget; not due by
+	// time, but when their lane lets them go (lanes.go).
+	lanes *lanes
+	wake  chan struct{}
 }
 
 func newScheduler(q *Queue) *scheduler {
 	return &scheduler{q: q, items: map[string]*Message{}, inflight: map[string]bool{},
-		creatingIDs: map[string]bool{}, wake: make(chan struct{}, 1)}
+		creatingIDs: map[string]bool{}, lanes: newLanes(), wake: make(chan struct{}, 1)}
 }
 
 // add schedules a new message (its NextAttempt says when).
@@ -109,6 +112,15 @@ func (s *scheduler) retryAll() {
 	s.kick()
 }
 
+// flushLanes makes every message waiting for an upstream's budget an
+// ordinary one again, due when its NextAttempt says (a node that hands
+// its queue over sends it to its peers).
+func (s *scheduler) flushLanes() {
+	s.mu.Lock()
+	s.lanes.flush()
+	s.mu.Unlock()
+}
+
 // ids lists the messages known now.
 func (s *scheduler) ids() map[string]bool {
 	s.mu.Lock()
@@ -151,25 +163,38 @@ func (s *scheduler) oldest() time.Time {
 	return t
 }
 
-// due claims and returns the messages whose time has come, oldest first,
-// and the time of the next one after them.
+// due claims and returns the messages whose time has come: those their
+// lanes let go, then the rest oldest first; and the time of the next one
+// after them. A message due for a lane whose messages wait joins them.
 func (s *scheduler) due() ([]*Message, time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.q.now()
+	laner := s.q.laner()
 	var due []*Message
 	var next time.Time
 	for id, m := range s.items {
-		if s.inflight[id] {
+		if s.inflight[id] || s.lanes.has(id) {
 			continue
 		}
 		if !m.NextAttempt.After(now) {
+			if laner != nil {
+				if key, p := laner.Lane(m); key != "" && s.lanes.waiting(key) {
+					s.lanes.join(m, key, p, now)
+					continue
+				}
+			}
 			due = append(due, m)
 		} else if next.IsZero() || m.NextAttempt.Before(next) {
 			next = m.NextAttempt
 		}
 	}
 	sort.Slice(due, func(i, j int) bool { return due[i].NextAttempt.Before(due[j].NextAttempt) })
+	let, ready := s.lanes.release(now, func(m *Message) bool { return s.items[m.ID] == m })
+	if !ready.IsZero() && (next.IsZero() || ready.Before(next)) {
+		next = ready
+	}
+	due = append(let, due...)
 	for _, m := range due {
 		s.inflight[m.ID] = true
 	}
@@ -220,10 +245,14 @@ func (s *scheduler) run(ctx context.Context) {
 			cut(errStopping)
 			<-done
 		}
+		s.keepWaited()
 	}()
 
 	lastScan := q.now()
+	var listed time.Time
 	for {
+		var unlisted bool
+		listed, unlisted = s.listWaiting(listed)
 		if q.now().Sub(lastScan) >= q.cfg.Rescan {
 			if err := q.rescan(false); err != nil {
 				q.log.Error("queue: rescan", "err", err)
@@ -246,6 +275,9 @@ func (s *scheduler) run(ctx context.Context) {
 		if !next.IsZero() {
 			wait = min(wait, next.Sub(q.now()))
 		}
+		if unlisted {
+			wait = min(wait, time.Second)
+		}
 		t := time.NewTimer(max(wait, 10*time.Millisecond))
 		select {
 		case <-ctx.Done():
@@ -263,14 +295,34 @@ func (s *scheduler) run(ctx context.Context) {
 // then remove the message, or save its state.
 func (s *scheduler) attempt(ctxs attemptContexts, m *Message) {
 	q := s.q
-	defer s.release(m.ID)
+	waits := false
+	defer func() {
+		if !waits {
+			s.release(m.ID)
+		}
+	}()
 	if m.jseg == nil && !q.folder.has(m.ID) {
+		s.mu.Lock()
+		s.lanes.back(m.ID)
+		s.mu.Unlock()
 		s.forget(m.ID) // deleted by an administrator since it was due
 		return
 	}
 	errs := s.deliver(ctxs, m)
+	if w := onlyWaits(errs); w != nil {
+		waits = true
+		s.wait(m, errs, w)
+		return
+	}
 	now := q.now()
 	s.mu.Lock()
+	if e := s.lanes.back(m.ID); e != nil {
+		waited := now.Sub(e.since)
+		m.Waited += waited
+		if q.cfg.Shaped != nil {
+			q.cfg.Shaped(e.upstream, waited)
+		}
+	}
 	failed := m.record(errs, now, q.cfg.MaxAge, q.retryAfter(m.Attempts+1), q.log)
 	done := len(m.Pending()) == 0
 	s.mu.Unlock()
