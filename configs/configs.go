@@ -173,9 +173,12 @@ type Class struct {
 }
 
 type DKIM struct {
-	Domains      map[string][]DKIMKey `yaml:"domains"`
-	Oversign     []string             `yaml:"oversign"`
-	OnMissingKey string               `yaml:"on_missing_key"`
+	Domains map[string][]DKIMKey `yaml:"domains"`
+	// SignSubdomains names domains of Domains whose keys also sign mail
+	// From: their subdomains, as OpenDKIM's SigningTable "*@*.example.com".
+	SignSubdomains []string `yaml:"sign_subdomains"`
+	Oversign       []string `yaml:"oversign"`
+	OnMissingKey   string   `yaml:"on_missing_key"`
 }
 
 type DKIMKey struct {

@@ -155,7 +155,11 @@ func (c checker) dkim() {
 			}
 		}
 	}
-
+	for i, d := range f.DKIM.SignSubdomains {
+		if _, ok := f.DKIM.Domains[d]; !ok {
+			bad(fmt.Sprintf("dkim.sign_subdomains[%d]", i), "%q has no keys under dkim.domains", d)
+		}
+	}
 }
 
 // upstreams checks upstreams and the routes that name them.
@@ -280,8 +284,12 @@ func (c checker) rewriteAndRules() {
 	f, bad := c.f, c.bad
 	for i, r := range f.Policy.Rewrite {
 		p := fmt.Sprintf("policy.rewrite[%d]", i)
-		if !strings.Contains(r.Sender, "@") || strings.HasPrefix(r.Sender, "*") {
-			bad(p+".sender", "%q is not an address", r.Sender)
+		if d, masq := strings.CutPrefix(r.Sender, "*@"); masq {
+			if d == "" || strings.ContainsAny(d, "*@ <>") {
+				bad(p+".sender", "%q: masquerading takes *@domain", r.Sender)
+			}
+		} else if !strings.Contains(r.Sender, "@") || strings.Contains(r.Sender, "*") {
+			bad(p+".sender", "%q is not an address, nor *@domain", r.Sender)
 		}
 	}
 	for class, r := range f.Policy.Recipients {

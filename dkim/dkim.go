@@ -23,12 +23,16 @@ type Key struct {
 type Config struct {
 	Domains  map[string][]Key // lower-case domain → keys; each signs
 	Oversign []string         // fields signed once more than they occur
+	// Subdomains are domains of Domains whose keys also sign for their
+	// subdomains (d= is then the parent: DMARC's relaxed alignment).
+	Subdomains []string
 }
 
 // Signer holds the keys. It is immutable and safe for concurrent use.
 type Signer struct {
-	domains  map[string][]Key
-	oversign map[string]bool
+	domains    map[string][]Key
+	subdomains map[string]bool
+	oversign   map[string]bool
 }
 
 // signed are the fields we sign when present (RFC 6376 section 5.4.1).
@@ -42,9 +46,12 @@ var signed = []string{
 }
 
 func New(cfg Config) *Signer {
-	s := &Signer{domains: map[string][]Key{}, oversign: map[string]bool{}}
+	s := &Signer{domains: map[string][]Key{}, subdomains: map[string]bool{}, oversign: map[string]bool{}}
 	for d, keys := range cfg.Domains {
 		s.domains[strings.ToLower(d)] = keys
+	}
+	for _, d := range cfg.Subdomains {
+		s.subdomains[strings.ToLower(d)] = true
 	}
 	for _, h := range cfg.Oversign {
 		s.oversign[strings.ToLower(h)] = true
@@ -55,7 +62,7 @@ func New(cfg Config) *Signer {
 // Begin starts signing a message whose From: domain is domain and whose
 // header has the given field names (in any case, one entry per occurrence).
 func (s *Signer) Begin(domain string, fields []string) (*Signing, error) {
-	keys := s.domains[strings.ToLower(domain)]
+	domain, keys := s.keysFor(strings.ToLower(domain))
 	if len(keys) == 0 {
 		return nil, fmt.Errorf("%w %q", ErrNoKey, domain)
 	}
@@ -78,5 +85,24 @@ func (s *Signer) Begin(domain string, fields []string) (*Signing, error) {
 	if count["from"] == 0 {
 		return nil, errors.New("dkim: message has no From field")
 	}
-	return newSigning(strings.ToLower(domain), keys, hk), nil
+	return newSigning(domain, keys, hk), nil
+}
+
+// keysFor finds the keys that sign for domain, and the domain they sign
+// as: its own, else those of the nearest parent whose keys sign its
+// subdomains.
+func (s *Signer) keysFor(domain string) (string, []Key) {
+	if keys := s.domains[domain]; len(keys) > 0 {
+		return domain, keys
+	}
+	for d := domain; ; {
+		_, parent, ok := strings.Cut(d, ".")
+		if !ok {
+			return domain, nil
+		}
+		if s.subdomains[parent] {
+			return parent, s.domains[parent]
+		}
+		d = parent
+	}
 }

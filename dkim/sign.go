@@ -38,6 +38,9 @@ type Signing struct {
 	bh     hash.Hash
 }
 
+// Domain is the domain the signatures are made for (d=).
+func (sg *Signing) Domain() string { return sg.domain }
+
 func newSigning(domain string, keys []Key, hk []string) *Signing {
 	sg := &Signing{domain: domain, keys: keys, hk: hk, now: time.Now(), bh: sha256.New()}
 	sg.body.w = sg.bh

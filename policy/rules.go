@@ -113,15 +113,43 @@ func (m Match) matches(c Client, from string) bool {
 }
 
 // Rewrite changes the sender of matching messages (Postfix's
-// sender_canonical_maps, masquerading): the envelope sender becomes
-// Sender, and with HeaderFrom the addresses of From: and Sender:, with
-// ReplyTo those of Reply-To:, as well. Ownership is checked on what the
-// client sent; the DKIM signing domain follows the rewritten From:.
+// sender_canonical_maps): the envelope sender becomes Sender, and with
+// HeaderFrom the addresses of From: and Sender:, with ReplyTo those of
+// Reply-To:, as well. A Sender of "*@domain" masquerades instead (Postfix's
+// masquerade_domains): each address keeps its local part and takes that
+// domain. Ownership is checked on what the client sent; the DKIM signing
+// domain follows the rewritten From:.
 type Rewrite struct {
 	Match      Match
 	Sender     string
 	HeaderFrom bool
 	ReplyTo    bool
+}
+
+// SenderFor is what addr becomes: Sender, or when masquerading, addr's
+// local part at Sender's domain.
+func (r *Rewrite) SenderFor(addr string) string {
+	domain, masquerade := strings.CutPrefix(r.Sender, "*@")
+	if !masquerade {
+		return r.Sender
+	}
+	local, _, ok := SplitAddress(addr)
+	if !ok {
+		return addr
+	}
+	return local + "@" + domain
+}
+
+// Covers reports whether a header address is one the rule rewrites: any
+// address for a fixed Sender; when masquerading, an address in one of the
+// rule's sender domains (any address, if it names none), so that the
+// other addresses a user owns are left as they are.
+func (r *Rewrite) Covers(addr string) bool {
+	if !strings.HasPrefix(r.Sender, "*@") || len(r.Match.SenderDomains) == 0 {
+		return true
+	}
+	_, d, ok := SplitAddress(addr)
+	return ok && slices.ContainsFunc(r.Match.SenderDomains, func(s string) bool { return NormalDomain(s) == d })
 }
 
 // Archive copies matching messages to Address through Upstreams (always_bcc).

@@ -78,7 +78,7 @@ func (s *session) receive(d *queue.Draft, r io.Reader) (string, error) {
 	added, addedNames := s.addedFields(d.ID(), msg.Header, peer)
 	var sign *dkim.Signing
 	if s.deps.Signer != nil && !peer {
-		sign, err = s.beginSigning(msg.Header, addedNames)
+		sign, err = s.beginSigning(d.ID(), msg.Header, addedNames)
 		if err != nil {
 			return "", err
 		}
@@ -152,7 +152,7 @@ func (s *session) editHeader(block []byte, h mail.Header) ([]byte, bool) {
 	}
 	if rw.HeaderFrom {
 		var c bool
-		out, c = headers.RewriteAddresses(out, []string{"From", "Sender"}, func(string) bool { return true }, rw.Sender)
+		out, c = headers.RewriteAddresses(out, []string{"From", "Sender"}, rw.Covers, rw.SenderFor)
 		changed = changed || c
 	}
 	if rw.ReplyTo {
@@ -167,18 +167,18 @@ func (s *session) editHeader(block []byte, h mail.Header) ([]byte, bool) {
 		var c bool
 		out, c = headers.RewriteAddresses(out, []string{"Reply-To"}, func(a string) bool {
 			return slices.ContainsFunc(old, func(o string) bool { return strings.EqualFold(o, a) })
-		}, rw.Sender)
+		}, rw.SenderFor)
 		changed = changed || c
 	}
 	return out, changed
 }
 
-// beginSigning starts the signatures over the message's fields and the
+// beginSigning starts the signatures over message id's fields and the
 // ones we add (named by added).
-func (s *session) beginSigning(h mail.Header, added []string) (*dkim.Signing, error) {
+func (s *session) beginSigning(id string, h mail.Header, added []string) (*dkim.Signing, error) {
 	from, err := h.AddressList("From")
 	if err != nil || len(from) == 0 {
-		return nil, s.noKey(fmt.Errorf("%w: no From address", dkim.ErrNoKey))
+		return nil, s.noKey(id, unsignedNoFrom, fmt.Errorf("%w: no From address", dkim.ErrNoKey))
 	}
 	_, domain, _ := policy.SplitAddress(from[0].Address)
 	fields := added
@@ -192,17 +192,27 @@ func (s *session) beginSigning(h mail.Header, added []string) (*dkim.Signing, er
 		if !errors.Is(err, dkim.ErrNoKey) {
 			s.be.cfg.Metrics.signFailures.Inc()
 		}
-		return nil, s.noKey(err)
+		return nil, s.noKey(id, unsignedNoKey, err)
 	}
-	s.signDomain = domain // a configured domain: a bounded label
+	s.signDomain = sign.Domain() // a configured domain: a bounded label
 	return sign, nil
 }
 
+// Why a message goes out unsigned: the reason label of
+// smarthost_dkim_unsigned_total.
+const (
+	unsignedNoKey  = "no_key"  // no key for the From: domain
+	unsignedNoFrom = "no_from" // no From: address to take a domain from
+)
+
 // noKey applies on_missing_key: with send_unsigned a missing key is not an
-// error (nil signing); any other signing failure always is.
-func (s *session) noKey(err error) error {
+// error (nil signing), but a warning and a count, since receivers that
+// check DMARC may refuse the message; any other signing failure always is
+// an error.
+func (s *session) noKey(id, reason string, err error) error {
 	if errors.Is(err, dkim.ErrNoKey) && !s.deps.RejectNoKey {
-		s.log.Info("sending unsigned", "reason", err)
+		s.log.Warn("sending unsigned", "msg_id", id, "reason", reason, "err", err)
+		s.be.cfg.Metrics.unsigned.WithLabelValues(reason).Inc()
 		return nil
 	}
 	return err

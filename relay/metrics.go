@@ -20,6 +20,7 @@ type Metrics struct {
 	rcptRules      *prometheus.CounterVec
 	signatures     *prometheus.CounterVec
 	signFailures   prometheus.Counter
+	unsigned       *prometheus.CounterVec
 }
 
 // NewMetrics registers the series on reg. A Backend made without Metrics
@@ -51,8 +52,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Messages DKIM-signed, by signing domain."}, []string{"domain"}),
 		signFailures: prometheus.NewCounter(prometheus.CounterOpts{Name: "smarthost_dkim_failures_total",
 			Help: "Messages refused because signing failed."}),
+		unsigned: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "smarthost_dkim_unsigned_total",
+			Help: "Messages sent unsigned under on_missing_key: send_unsigned, by reason: no_key (none for the From: domain), no_from (no From: address)."}, []string{"reason"}),
 	}
 	reg.MustRegister(m.connections, m.connectionsNow, m.tls, m.auth, m.replies, m.accepted, m.recipients,
-		m.bytes, m.limitHits, m.rcptRules, m.signatures, m.signFailures)
+		m.bytes, m.limitHits, m.rcptRules, m.signatures, m.signFailures, m.unsigned)
 	return m
 }

@@ -73,7 +73,7 @@ func (s *session) Mail(from string, opts smtpd.MailOptions) error {
 	// sender was rewritten, if at all, where it was submitted.
 	if from != "" && !s.deps.Policy.Peer(s.client) {
 		if rw := s.deps.Policy.RewriteFor(s.client, from); rw != nil {
-			s.rewrite, s.from = rw, rw.Sender
+			s.rewrite, s.from = rw, rw.SenderFor(from)
 		}
 	}
 	s.utf8 = opts.UTF8

@@ -91,7 +91,7 @@ func compose(f *configs.File, create bool, log *slog.Logger, bm *backendMetrics)
 	keys, kprobs, kwarn := loadDKIM(f, create, log)
 	probs = append(probs, kprobs...)
 	p.warnings = append(p.warnings, kwarn...)
-	p.deps.Signer = dkim.New(dkim.Config{Domains: keys, Oversign: f.DKIM.Oversign})
+	p.deps.Signer = dkim.New(dkim.Config{Domains: keys, Oversign: f.DKIM.Oversign, Subdomains: f.DKIM.SignSubdomains})
 	p.deps.RejectNoKey = f.DKIM.OnMissingKey == "reject"
 
 	p.smtp.Domain = f.Hostname

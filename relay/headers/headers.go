@@ -62,11 +62,11 @@ func (r *Rules) Apply(block []byte) ([]byte, bool) {
 }
 
 // RewriteAddresses gives the fields named names (From, Sender, Reply-To)
-// the address to in place of every address for which replace is true,
-// keeping display names, and reports whether anything changed. A field
-// that does not parse as an address list is left alone: the policy's
-// header check has already decided on From: and Sender:.
-func RewriteAddresses(block []byte, names []string, replace func(addr string) bool, to string) ([]byte, bool) {
+// the address to(addr) in place of every address addr for which replace
+// is true, keeping display names, and reports whether anything changed. A
+// field that does not parse as an address list is left alone: the
+// policy's header check has already decided on From: and Sender:.
+func RewriteAddresses(block []byte, names []string, replace func(addr string) bool, to func(addr string) string) ([]byte, bool) {
 	return edit(block, func(f field) ([]byte, bool) {
 		named := false
 		for _, n := range names {
@@ -82,8 +82,8 @@ func RewriteAddresses(block []byte, names []string, replace func(addr string) bo
 		changed := false
 		parts := make([]string, len(list))
 		for i, a := range list {
-			if replace(a.Address) && a.Address != to {
-				a.Address, changed = to, true
+			if n := to(a.Address); replace(a.Address) && n != a.Address {
+				a.Address, changed = n, true
 			}
 			parts[i] = a.String()
 		}

@@ -58,7 +58,7 @@ func TestReplaceWithoutMatching(t *testing.T) {
 func TestRewriteAddresses(t *testing.T) {
 	old := "app1@web-03.corp.internal"
 	out, changed := RewriteAddresses([]byte(block), []string{"From", "Sender", "Reply-To"},
-		func(a string) bool { return strings.EqualFold(a, old) }, "noreply@example.com")
+		func(a string) bool { return strings.EqualFold(a, old) }, func(string) string { return "noreply@example.com" })
 	s := string(out)
 	if !changed || strings.Contains(s, "corp.internal>") || strings.Contains(s, "Reply-To: app1") {
 		t.Fatalf("%q", s)
@@ -72,7 +72,7 @@ func TestRewriteAddresses(t *testing.T) {
 			t.Errorf("missing %q in\n%s", want, s)
 		}
 	}
-	if _, changed := RewriteAddresses([]byte(block), []string{"From"}, func(string) bool { return false }, "x@example.com"); changed {
+	if _, changed := RewriteAddresses([]byte(block), []string{"From"}, func(string) bool { return false }, func(string) string { return "x@example.com" }); changed {
 		t.Error("changed with nothing to replace")
 	}
 }
