@@ -111,8 +111,9 @@ func tokenRefused(err error) bool {
 
 // xoauth2Client is Google's and Microsoft's XOAUTH2 mechanism, which
 // go-sasl does not have: one initial response with the user and the bearer
-// token; on a refusal the server sends a 334 with a JSON error, which the
-// client answers with an empty response to get the final 535.
+// token; on a refusal the server sends a 334 with a JSON error. Next
+// returns it as the error, and smtpclient ends the exchange with "*"
+// (RFC 4954 4), which the server answers with its final refusal.
 type xoauth2Client struct {
 	user, token string
 }

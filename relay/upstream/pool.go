@@ -42,6 +42,7 @@ type pool struct {
 	stallWindow time.Duration
 	waiting     atomic.Int32
 	progress    atomic.Int64 // unix nanoseconds of the last sign of life
+	first       sync.Once
 
 	mu    sync.Mutex
 	dials int64 // connections opened, for tests
@@ -87,6 +88,9 @@ func (t *pool) Dials() int64 {
 // one (fresh) if fewer than MaxConnections are open; else it waits for
 // either, within the bounds above.
 func (t *pool) get(ctx context.Context) (p *pooled, fresh bool, err error) {
+	// The stall window starts with the first delivery, not when the pool
+	// was made (a router may be built long before its first message).
+	t.first.Do(t.alive)
 	for {
 		select {
 		case p = <-t.idle:

@@ -49,3 +49,34 @@ func TestDotStufferMatchesDotWriter(t *testing.T) {
 		}
 	}
 }
+
+// The same for any message of CRLF lines and any chunking. Bare CR and LF
+// inside the message are left out: the relay refuses or normalizes them
+// before a message is queued, and textproto's writer rewrites them (a bare
+// LF becomes CRLF), which ours does not.
+func FuzzDotStuffer(f *testing.F) {
+	f.Add([]byte("a\r\n.b\r\n..\r\n"), uint8(1))
+	f.Add([]byte(".\r\n"), uint8(3))
+	f.Add([]byte("x\r"), uint8(2))
+	f.Fuzz(func(t *testing.T, m []byte, chunk uint8) {
+		if bytes.ContainsAny(bytes.ReplaceAll(m, []byte("\r\n"), nil), "\r\n") {
+			t.Skip("a bare CR or LF")
+		}
+		var want bytes.Buffer
+		bw := bufio.NewWriter(&want)
+		dw := textproto.NewWriter(bw).DotWriter()
+		dw.Write(m)
+		dw.Close()
+		var got bytes.Buffer
+		gw := bufio.NewWriter(&got)
+		ds := newDotStuffer(gw)
+		for rest, n := m, int(chunk)+1; len(rest) > 0; rest = rest[min(n, len(rest)):] {
+			ds.Write(rest[:min(n, len(rest))])
+		}
+		ds.finish()
+		gw.Flush()
+		if got.String() != want.String() {
+			t.Fatalf("%q in chunks of %d:\n got %q\nwant %q", m, int(chunk)+1, got.String(), want.String())
+		}
+	})
+}
