@@ -122,6 +122,14 @@ func NewShaper(cfg ShaperConfig, store UpstreamStore, log *slog.Logger) *Shaper 
 	return &Shaper{cfg: cfg, store: store, shared: shared, local: NewMemory(nil), log: log, leases: map[*Lease]bool{}}
 }
 
+// withDefaults is a copy of b with its defaults filled in (b may be
+// shared by many deliveries at once).
+func (b *Budget) withDefaults() *Budget {
+	c := *b
+	c.defaults()
+	return &c
+}
+
 func (b *Budget) defaults() {
 	if b.Cooldown <= 0 {
 		b.Cooldown = time.Minute
@@ -227,7 +235,7 @@ func (s *Shaper) up(ok bool) {
 // Admit decides whether a transaction of rcpts recipients goes to b's
 // upstream now, and charges it to the budgets if so.
 func (s *Shaper) Admit(ctx context.Context, b *Budget, rcpts int) Admission {
-	b.defaults()
+	b = b.withDefaults()
 	var a Admission
 	err := s.with(ctx, func(ctx context.Context, st upstreamStore, lim func(UpstreamLimits) UpstreamLimits) error {
 		var err error
@@ -293,7 +301,7 @@ func notNow(ctx context.Context, st upstreamStore, b *Budget, a Admission, r Res
 // Refund gives back what Admit charged for a transaction that was not
 // sent after all (no session could be had).
 func (s *Shaper) Refund(ctx context.Context, b *Budget, rcpts int, a Admission) {
-	b.defaults()
+	b = b.withDefaults()
 	s.with(ctx, func(ctx context.Context, st upstreamStore, lim func(UpstreamLimits) UpstreamLimits) error {
 		l := lim(b.Limits)
 		if l.Messages != nil {
@@ -324,7 +332,7 @@ func (s *Shaper) Sent(ctx context.Context, b *Budget, a Admission) {
 // node's sends to it wait, or fail over), for a cool-down that grows
 // while throttle replies go on. It returns the hold in force.
 func (s *Shaper) Throttled(ctx context.Context, b *Budget) Admission {
-	b.defaults()
+	b = b.withDefaults()
 	var h hold
 	err := s.with(ctx, func(ctx context.Context, st upstreamStore, _ func(UpstreamLimits) UpstreamLimits) error {
 		var err error

@@ -166,7 +166,7 @@ type BudgetStatus struct {
 
 // Show reads b's state without charging anything.
 func (s *Shaper) Show(ctx context.Context, b *Budget) (BudgetStatus, error) {
-	b.defaults()
+	b = b.withDefaults()
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
 	defer cancel()
 	st := BudgetStatus{Connections: b.Limits.Connections, Nodes: s.Nodes()}

@@ -38,6 +38,7 @@ type Message struct {
 	ORcptType map[string]string // recipient → "rfc822" or "utf-8"
 	UTF8      bool              // MAIL ... SMTPUTF8
 	Size      int64             // MAIL ... SIZE=
+	At        time.Time         // when the sink took it
 }
 
 // Envelope is m without its data, for test failure messages.
@@ -54,6 +55,8 @@ type Sink struct {
 	msgs    []Message
 	rcptErr map[string]error // per recipient
 	dataErr error
+	gate    func() error // asked at each end of DATA; an error refuses the message
+	refused int          // messages the gate refused
 	users   map[string]string
 	arrived chan struct{}
 	last    time.Time // when the last message arrived
@@ -184,6 +187,21 @@ func (s *Sink) FailData(err error) {
 	s.dataErr = err
 }
 
+// Gate makes the sink ask f at each end of DATA, in turn: an error is the
+// answer (an upstream that throttles, say), nil takes the message.
+func (s *Sink) Gate(f func() error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.gate = f
+}
+
+// Refused is the number of messages the gate refused.
+func (s *Sink) Refused() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.refused
+}
+
 type sinkSession struct {
 	s    *Sink
 	tls  bool
@@ -250,7 +268,14 @@ func (ss *sinkSession) Data(r io.Reader) error {
 	if ss.s.dataErr != nil {
 		return ss.s.dataErr
 	}
+	if ss.s.gate != nil {
+		if err := ss.s.gate(); err != nil {
+			ss.s.refused++
+			return err
+		}
+	}
 	ss.msg.Data = b.Bytes()
+	ss.msg.At = time.Now()
 	ss.s.msgs = append(ss.s.msgs, ss.msg)
 	ss.s.last = time.Now()
 	select {

@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/smarthost/smarthost/ratelimit"
 	"github.com/smarthost/smarthost/relay/upstream/smtpclient"
 )
 
@@ -44,9 +45,21 @@ type pool struct {
 	progress    atomic.Int64 // unix nanoseconds of the last sign of life
 	first       sync.Once
 
+	// lease, when set, takes the place of each new session among its
+	// sending identity's connections, across nodes (ratelimit.Shaper);
+	// without one the session is not opened (errLeaseWait). Idle
+	// sessions then give their place back after leaseIdle.
+	lease func(context.Context) (*ratelimit.Lease, error)
+	stop  chan struct{}
+
 	mu    sync.Mutex
 	dials int64 // connections opened, for tests
 }
+
+// leaseIdle is how long a session holding a place among its identity's
+// connections may sit idle before it is closed: other nodes may be
+// waiting for the place.
+const leaseIdle = 5 * time.Second
 
 func newPool(max int, stallWindow time.Duration, dial func(context.Context) (*smtpclient.Conn, error)) *pool {
 	if stallWindow <= 0 {
@@ -75,6 +88,7 @@ var errBusy = errors.New("every connection to the upstream is busy")
 type pooled struct {
 	c        *smtpclient.Conn
 	lastUsed time.Time
+	lease    *ratelimit.Lease // nil without a connections limit
 }
 
 // Dials is the number of connections opened so far.
@@ -153,21 +167,36 @@ func (t *pool) fresh(ctx context.Context) (*pooled, error) {
 // dialSlot dials a session for a slot already taken, and gives the slot
 // back if that fails.
 func (t *pool) dialSlot(ctx context.Context) (*pooled, error) {
+	var l *ratelimit.Lease
+	if t.lease != nil {
+		var err error
+		if l, err = t.lease(ctx); err != nil {
+			<-t.slots
+			return nil, err
+		}
+	}
 	c, err := t.dial(ctx)
 	if err != nil {
 		<-t.slots
+		l.Release()
 		return nil, err
 	}
 	t.mu.Lock()
 	t.dials++
 	t.mu.Unlock()
 	t.alive()
-	return &pooled{c: c}, nil
+	return &pooled{c: c, lease: l}, nil
 }
 
 // release puts a session that ended a transaction cleanly back in the
 // pool. It never blocks: there are never more sessions than slots.
 func (t *pool) release(p *pooled) {
+	if p.lease.Lost() {
+		// Its place expired while the store was out of reach, and
+		// others have it now.
+		t.discard(p)
+		return
+	}
 	t.alive()
 	p.lastUsed = t.now()
 	t.idle <- p
@@ -177,18 +206,63 @@ func (t *pool) release(p *pooled) {
 func (t *pool) discard(p *pooled) {
 	t.alive()
 	p.c.Close()
+	p.lease.Release()
 	<-t.slots
 }
 
 // close says QUIT to the idle sessions, giving each a moment to answer.
 func (t *pool) close() {
+	if t.stop != nil {
+		close(t.stop)
+		t.stop = nil
+	}
 	for {
 		select {
 		case p := <-t.idle:
-			ctx, cancel := context.WithTimeout(context.Background(), quitWait)
-			p.c.Quit(ctx)
-			cancel()
-			<-t.slots
+			t.quit(p)
+		default:
+			return
+		}
+	}
+}
+
+func (t *pool) quit(p *pooled) {
+	ctx, cancel := context.WithTimeout(context.Background(), quitWait)
+	p.c.Quit(ctx)
+	cancel()
+	p.lease.Release()
+	<-t.slots
+}
+
+// withLeases makes every new session take a place among its identity's
+// connections, and closes sessions idle for leaseIdle, until close.
+func (t *pool) withLeases(lease func(context.Context) (*ratelimit.Lease, error)) {
+	t.lease, t.stop = lease, make(chan struct{})
+	go func(stop chan struct{}) {
+		tick := time.NewTicker(leaseIdle / 5)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				t.reap()
+			}
+		}
+	}(t.stop)
+}
+
+// reap closes the idle sessions unused for leaseIdle, giving their places
+// back.
+func (t *pool) reap() {
+	for n := len(t.idle); n > 0; n-- {
+		select {
+		case p := <-t.idle:
+			if t.now().Sub(p.lastUsed) >= leaseIdle {
+				t.quit(p)
+			} else {
+				t.idle <- p
+			}
 		default:
 			return
 		}

@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/net/idna"
 
+	"github.com/smarthost/smarthost/ratelimit"
 	"github.com/smarthost/smarthost/relay/queue"
 )
 
@@ -25,6 +26,7 @@ type Config struct {
 	Upstreams []Upstream
 	Routes    []Route  // first match wins; none: every message to all upstreams in order
 	Metrics   *Metrics // nil: none
+	Shaping   *Shaping // nil: no limits, no holds
 }
 
 // Upstream is one smart host.
@@ -53,6 +55,12 @@ type Upstream struct {
 	// not offer (such as PIPELINING or CHUNKING, for an upstream whose
 	// support for them is broken), as Postfix's smtp_discard_ehlo_keywords.
 	DisableExtensions []string
+	// Budget is the upstream's sending identity and its limits (with
+	// Shaping; nil: its Identity, no limits but holds).
+	Budget *ratelimit.Budget
+	// Throttle are the replies that put it on hold; nil: the
+	// DefaultThrottleRules.
+	Throttle []ThrottleRule
 	// Weight > 0 puts the upstream in its routes' load-balancing set: each
 	// delivery tries those first, in an order drawn by weight, then the
 	// others in the route's order.
@@ -66,6 +74,9 @@ type Route struct {
 	SenderDomains    []string
 	Classes          []string // the submitter's rate-limit class
 	Upstreams        []string
+	// Priority, when set (high, normal, bulk), is that of its messages
+	// waiting for an upstream's budget, whatever their class says.
+	Priority string
 }
 
 // Transport makes one attempt to hand a message to one upstream. It returns
@@ -83,12 +94,14 @@ type named struct {
 
 // Router implements queue.Deliverer.
 type Router struct {
-	cfg    Config
-	byName map[string]named
-	weight map[string]int
-	log    *slog.Logger
-	mu     sync.Mutex
-	rand   *rand.Rand // for weighted order
+	cfg     Config
+	byName  map[string]named
+	weight  map[string]int
+	routes  []queue.Priority // each route's priority, -1 where it sets none
+	shaping *shaping         // nil: none
+	log     *slog.Logger
+	mu      sync.Mutex
+	rand    *rand.Rand // for weighted order
 }
 
 var _ queue.Deliverer = (*Router)(nil)
@@ -97,9 +110,13 @@ var _ queue.Deliverer = (*Router)(nil)
 func NewRouter(cfg Config, log *slog.Logger) (*Router, error) {
 	r := &Router{cfg: cfg, byName: map[string]named{}, weight: map[string]int{}, log: log,
 		rand: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))}
+	if s := cfg.Shaping; s != nil && s.Shaper != nil {
+		r.shaping = &shaping{s: s.Shaper, classes: s.Classes, budgets: map[string]*ratelimit.Budget{},
+			rules: map[string][]ThrottleRule{}, width: map[string]int{}, held: map[string]time.Time{}}
+	}
 	for _, u := range cfg.Upstreams {
 		r.weight[u.Name] = u.Weight
-		t, err := newTransport(u, cfg.Hostname)
+		t, err := r.newTransport(u, cfg.Hostname)
 		if err != nil {
 			return nil, fmt.Errorf("upstream %s: %w", u.Name, err)
 		}
@@ -111,11 +128,19 @@ func NewRouter(cfg Config, log *slog.Logger) (*Router, error) {
 				return nil, fmt.Errorf("routes[%d]: no upstream is named %q", i, n)
 			}
 		}
+		p, err := queue.ParsePriority(rt.Priority)
+		if rt.Priority == "" {
+			p = -1
+		}
+		if err != nil {
+			return nil, fmt.Errorf("routes[%d]: %w", i, err)
+		}
+		r.routes = append(r.routes, p)
 	}
 	return r, nil
 }
 
-func newTransport(u Upstream, hostname string) (Transport, error) {
+func (r *Router) newTransport(u Upstream, hostname string) (Transport, error) {
 	pu, err := url.Parse(u.URL)
 	if err != nil {
 		return nil, err
@@ -124,7 +149,15 @@ func newTransport(u Upstream, hostname string) (Transport, error) {
 	case "file":
 		return newFileTransport(FilePath(pu))
 	case "smtp", "smtps":
-		return newSMTPTransport(u, pu, hostname)
+		if r.shaping == nil {
+			return newSMTPTransport(u, pu, hostname)
+		}
+		b := r.shaping.setUp(&u)
+		t, err := newSMTPTransport(u, pu, hostname)
+		if err == nil && b.Limits.Connections > 0 {
+			t.pool.withLeases(r.shaping.leases(b))
+		}
+		return t, err
 	}
 	return nil, fmt.Errorf("scheme of %q must be smtp, smtps or file", u.URL)
 }
@@ -141,23 +174,33 @@ func FilePath(u *url.URL) string {
 	return u.Path
 }
 
-// upstreamsFor returns the failover list for one recipient: its own (an
-// archive copy's), else its route's.
-func (r *Router) upstreamsFor(m *queue.Message, rcpt queue.Recipient) []string {
+// routeFor returns the failover list for one recipient, its own (an
+// archive copy's) or else its route's, and its priority there: the
+// route's, else its class's, else normal.
+func (r *Router) routeFor(m *queue.Message, rcpt queue.Recipient) ([]string, queue.Priority) {
+	p := queue.PriorityNormal
+	if r.shaping != nil {
+		if cp, ok := r.shaping.classes[m.Class]; ok {
+			p = cp
+		}
+	}
 	if len(rcpt.Upstreams) > 0 {
-		return rcpt.Upstreams
+		return rcpt.Upstreams, p
 	}
 	rd, sd := domainOf(rcpt.Addr), domainOf(m.From)
-	for _, rt := range r.cfg.Routes {
+	for i, rt := range r.cfg.Routes {
 		if matchDomain(rt.RecipientDomains, rd) && matchDomain(rt.SenderDomains, sd) && matchDomain(rt.Classes, m.Class) {
-			return rt.Upstreams
+			if r.routes[i] >= 0 {
+				p = r.routes[i]
+			}
+			return rt.Upstreams, p
 		}
 	}
 	all := make([]string, len(r.cfg.Upstreams))
 	for i, u := range r.cfg.Upstreams {
 		all[i] = u.Name
 	}
-	return all
+	return all, p
 }
 
 // domainOf is the domain of an address (the policy package checked its
@@ -188,83 +231,6 @@ func matchDomain(list []string, d string) bool {
 		}
 	}
 	return false
-}
-
-// Deliver sends m's pending recipients, grouped by route. Each group tries
-// its upstreams in order; a recipient moves on to the next upstream after a
-// temporary failure (connection refused, 4xx) or when the upstream cannot
-// take the message (no SMTPUTF8, too large), and stops at acceptance or a
-// permanent refusal. One that no upstream of its route could take fails at
-// once, unless one of them failed only for the moment.
-func (r *Router) Deliver(ctx context.Context, m *queue.Message) []error {
-	pending := m.PendingRecipients()
-	errs := make([]error, len(pending))
-	transient := make([]error, len(pending)) // the last temporary error, if any
-	groups := map[string][]int{}             // failover list → indexes into pending
-	var order []string
-	for i, rcpt := range pending {
-		key := strings.Join(r.upstreamsFor(m, rcpt), "\x00")
-		if _, ok := groups[key]; !ok {
-			order = append(order, key)
-		}
-		groups[key] = append(groups[key], i)
-	}
-	for _, key := range order {
-		left := groups[key]
-		for _, name := range r.order(strings.Split(key, "\x00")) {
-			if len(left) == 0 {
-				break
-			}
-			up := r.byName[name]
-			to := make([]queue.Recipient, len(left))
-			for j, i := range left {
-				to[j] = pending[i]
-			}
-			start := time.Now()
-			out := up.t.Send(ctx, m, to)
-			sent, failed := 0, 0
-			var retry []int
-			for j, i := range left {
-				err := out[j]
-				if err != nil {
-					err = fmt.Errorf("upstream %s: %w", name, err)
-				}
-				errs[i] = err
-				switch c, _ := classify(err); {
-				case err == nil:
-					sent++
-				case queue.IsPermanent(err):
-					failed++
-				case c == unsupported:
-					retry = append(retry, i)
-				default:
-					transient[i] = err
-					retry = append(retry, i)
-				}
-			}
-			r.cfg.Metrics.observe(name, time.Since(start), sent, len(retry), failed)
-			if len(retry) > 0 {
-				r.log.Info("upstream deferred", "msg_id", m.ID, "upstream", name, "recipients", len(retry), "err", errs[retry[0]])
-			}
-			left = retry
-		}
-		for _, i := range left {
-			if c, _ := classify(errs[i]); c != unsupported {
-				continue
-			}
-			if transient[i] != nil {
-				errs[i] = transient[i] // an upstream that was down may take it later
-			} else {
-				errs[i] = queue.Permanent(errs[i])
-			}
-		}
-	}
-	for i, rcpt := range pending {
-		if rcpt.Archive {
-			r.cfg.Metrics.archived(errs[i] == nil)
-		}
-	}
-	return errs
 }
 
 // order puts the weighted upstreams of a failover list first, in an order
