@@ -104,6 +104,9 @@ type Policy struct {
 	// BareNewline: a bare LF in message content is made CRLF
 	// ("normalize", as Postfix 3.9+ does) or refused ("reject").
 	BareNewline string `yaml:"bare_newline"`
+	// LongLines: a message line over 998 bytes is folded as Postfix's
+	// SMTP client folds it ("wrap") or, over 2,000, refused ("reject").
+	LongLines string `yaml:"long_lines"`
 	// Rewrite: the envelope sender (and From:) of matching messages
 	// becomes another address, as Postfix's sender_canonical_maps do.
 	Rewrite []Rewrite `yaml:"rewrite"`

@@ -82,6 +82,11 @@ func defaultPolicy(f *File) {
 	if p.MaxMessageSize == 0 {
 		p.MaxMessageSize = 25 << 20
 	}
+	if p.LongLines == "" {
+		// What Postfix users know: Postfix takes any line and folds it
+		// at 998 bytes when it relays.
+		p.LongLines = "wrap"
+	}
 	if p.BareNewline == "" {
 		p.BareNewline = "normalize"
 	}

@@ -119,6 +119,7 @@ func (c checker) policy() {
 		bad("policy.max_recipients", "must be positive")
 	}
 	oneOf("policy.bare_newline", f.Policy.BareNewline, "normalize", "reject")
+	oneOf("policy.long_lines", f.Policy.LongLines, "wrap", "reject")
 	oneOf("headers.received", f.Headers.Received, "full", "anonymous")
 
 }

@@ -100,6 +100,7 @@ func compose(f *configs.File, create bool, log *slog.Logger, bm *backendMetrics)
 		MaxRecipients:   f.Policy.MaxRecipients,
 		MaxMessageBytes: int64(f.Policy.MaxMessageSize),
 		NormalizeBareLF: f.Policy.BareNewline == "normalize",
+		WrapLongLines:   f.Policy.LongLines == "wrap",
 	}
 	p.deps.Received = f.Headers.Received
 	p.deps.Headers = composeHeaders(f.Headers)

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/bcrypt"
+
+	"github.com/smarthost/smarthost/relay/relaytest"
 )
 
 // Masquerading: a host's mail (cron@host.corp.internal) leaves as
@@ -141,4 +143,88 @@ func setConfig(t *testing.T, e *relayEnv, old, new string) {
 	if err := os.WriteFile(e.config, []byte(strings.Replace(string(b), old, new, 1)), 0o600); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// longLineMessage holds lines at, just over and far over 998 bytes, in the
+// header and the body, one starting with a dot.
+func longLineMessage(from string) string {
+	x := func(n int) string { return strings.Repeat("x", n) }
+	return "From: " + from + "\r\nTo: bob@example.org\r\nSubject: long lines\r\n" +
+		"X-Long: " + x(1500) + "\r\n\r\n" +
+		x(998) + "\r\n" + x(999) + "\r\n" + x(2500) + "\r\n" + "." + x(1200) + "\r\nend\r\n"
+}
+
+// policy.long_lines: wrap (the default) folds a message line over 998
+// bytes the way Postfix does when it relays: the same message through a
+// Postfix null client and through smarthost reaches the upstream with the
+// same lines. With reject, such a line is refused as before.
+func TestLongLinesFoldAsPostfix(t *testing.T) {
+	pfUp, ourUp := sink(t, freePort(t)), sink(t, freePort(t))
+	pf := relaytest.StartPostfix(t, relaytest.PostfixOptions{Main: []string{
+		"myhostname = nullclient.test", "relayhost = [127.0.0.1]:" + port(pfUp.Addr), "smtp_tls_security_level = none",
+	}})
+	if err := pf.Sendmail("alice@example.com", []string{"bob@example.org"}, strings.ReplaceAll(longLineMessage("alice@example.com"), "\r\n", "\n")); err != nil {
+		t.Fatal(err)
+	}
+	e := newRelayEnv(t, envOpts{upstream: "smtp://" + ourUp.Addr, maxSize: "1MiB"})
+	e.start(t)
+	out := pySMTP(t, e.starttls, `
+s = smtplib.SMTP(HOST, PORT)
+s.starttls(context=CTX)
+s.login("alice", "alice-pw")
+print(s.sendmail("alice@example.com", ["bob@example.org"], sys.argv[1].encode()))
+s.quit()
+`, longLineMessage("alice@example.com"))
+	if !strings.Contains(out, "{}") {
+		t.Fatalf("smtplib: %s", out)
+	}
+	theirs, ours := pfUp.Wait(1, 30*time.Second), ourUp.Wait(1, 20*time.Second)
+	if len(theirs) != 1 || len(ours) != 1 {
+		t.Fatalf("Postfix's upstream got %d messages, ours %d", len(theirs), len(ours))
+	}
+	// The X-Long: field and the body, as each upstream received them
+	// (each adds header fields of its own: Message-ID:, Date:).
+	tail := func(data []byte) string {
+		head, body, _ := strings.Cut(string(data), "\r\n\r\n")
+		_, field, _ := strings.Cut(head, "\r\nX-Long: ")
+		field = regexp.MustCompile(`\r\n[^ \t][\s\S]*$`).ReplaceAllString(field, "")
+		return field + "\r\n\r\n" + body
+	}
+	if got, want := tail(ours[0].Data), tail(theirs[0].Data); got != want || want == "" {
+		t.Errorf("smarthost folded the long lines otherwise than Postfix:\nsmarthost: %s\nPostfix:   %s", shape(got), shape(want))
+	}
+	for _, line := range strings.Split(string(ours[0].Data), "\r\n") {
+		if len(line) > 998 {
+			t.Errorf("a line of %d bytes reached the upstream", len(line))
+		}
+	}
+	dkimVerify(t, e.records, ours[0].Data)
+}
+
+// policy.long_lines: reject refuses a line over 2,000 bytes with 554 5.6.0
+// and ends the session, as before there was a choice.
+func TestLongLinesReject(t *testing.T) {
+	e := newRelayEnv(t, envOpts{policy: "  long_lines: reject\n", maxSize: "1MiB"})
+	e.start(t)
+	out := pySMTP(t, e.starttls, `
+s = smtplib.SMTP(HOST, PORT)
+s.starttls(context=CTX)
+s.login("alice", "alice-pw")
+try:
+    s.sendmail("alice@example.com", ["bob@example.org"], sys.argv[1].encode())
+except smtplib.SMTPDataError as e:
+    print("refused", e.smtp_code, e.smtp_error)
+`, longLineMessage("alice@example.com"))
+	if !strings.Contains(out, "refused 554 b'5.6.0 Message has a line that is too long'") {
+		t.Fatalf("a 2,500-byte line under long_lines: reject: %s", out)
+	}
+}
+
+// shape describes text line by line: each line's length and how it starts.
+func shape(text string) string {
+	var b strings.Builder
+	for _, l := range strings.Split(text, "\r\n") {
+		fmt.Fprintf(&b, "[%d %q] ", len(l), l[:min(len(l), 3)])
+	}
+	return b.String()
 }

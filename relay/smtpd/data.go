@@ -28,6 +28,7 @@ func (c *Conn) handleData(arg string) {
 
 	lim := c.srv.limits.Load()
 	r := newDataReader(c.br, c.srv.cfg.MaxLineLength, lim.MaxMessageBytes, lim.NormalizeBareLF)
+	r.wrap = lim.WrapLongLines
 	id, err := c.Session().Data(r)
 	if r.err == nil || errors.Is(r.err, ErrDataTooLarge) {
 		// The session may stop reading early (a refused header); the
@@ -62,19 +63,33 @@ func (c *Conn) handleData(arg string) {
 // on as CRLF; but a line after one never ends the message, even if it is
 // ".": only CRLF "." CRLF does, as in Postfix 3.9's "normalize". Such a
 // "." is a line of the message, dot-stuffed again on the way out.
+//
+// With wrap, a line may be of any length: past foldAt bytes it is broken
+// by CRLF and a space, as Postfix's SMTP client breaks lines longer than
+// smtp_line_length_limit. The break comes only before a byte of the line,
+// never inside a line end, and the new line starts with a space, so it
+// can neither end the message nor hide a CR or LF. Without wrap, a line
+// over maxLine is an error.
 type dataReader struct {
 	br       *bufio.Reader
 	state    int
 	lineLen  int // bytes of the current line read so far, CRLF included
 	maxLine  int
+	wrap     bool  // fold lines longer than foldAt instead of refusing them
+	col      int   // with wrap, bytes of the current line handed on
 	limit    int64 // bytes the message may still have; <0: no limit
 	lf       bool  // normalize bare LF to CRLF
 	afterLF  bool  // the line began after a bare LF
 	pend     []byte
-	pendBuf  [3]byte
+	pendBuf  [4]byte
 	err      error // sticky: io.EOF at the end
 	stepped1 [1]byte
+	folded   [4]byte
 }
+
+// foldAt is the longest line wrap leaves whole: RFC 5322's 998 bytes, the
+// default of Postfix's smtp_line_length_limit.
+const foldAt = 998
 
 const (
 	stBeginLine = iota // after CRLF, or at the start
@@ -186,12 +201,17 @@ func (r *dataReader) plainRun(p []byte, room int) []byte {
 			p = p[:k]
 		}
 	}
-	p = p[:min(len(p), room, max(r.maxLine-r.lineLen, 0))]
+	if r.wrap {
+		p = p[:min(len(p), room, max(foldAt-r.col, 0))]
+	} else {
+		p = p[:min(len(p), room, max(r.maxLine-r.lineLen, 0))]
+	}
 	if r.limit >= 0 {
 		p = p[:min(int64(len(p)), r.limit)]
 		r.limit -= int64(len(p))
 	}
 	r.lineLen += len(p)
+	r.col += len(p)
 	return p
 }
 
@@ -204,19 +224,33 @@ var (
 // message it makes: nothing, the byte itself, or a normalized line end.
 // io.EOF is the end of the message.
 func (r *dataReader) step(ch byte) ([]byte, error) {
-	if r.lineLen++; r.lineLen > r.maxLine {
+	if r.lineLen++; r.lineLen > r.maxLine && !r.wrap {
 		return nil, ErrLineTooLong
 	}
 	if ch == 0 {
 		return nil, ErrNUL
 	}
 	one := func() []byte { r.stepped1[0] = ch; return r.stepped1[:] }
+	// A byte of the line's text: with wrap, past foldAt it starts a new
+	// line that begins with a space.
+	text := func() []byte {
+		if !r.wrap {
+			return one()
+		}
+		if r.col >= foldAt {
+			r.col = 2
+			r.folded = [4]byte{'\r', '\n', ' ', ch}
+			return r.folded[:]
+		}
+		r.col++
+		return one()
+	}
 	// A bare LF ends the line (normalized) or the message's framing.
 	bareLF := func(out []byte) ([]byte, error) {
 		if !r.lf {
 			return nil, ErrBareLineEnding
 		}
-		r.state, r.lineLen, r.afterLF = stBeginLine, 0, true
+		r.state, r.lineLen, r.col, r.afterLF = stBeginLine, 0, 0, true
 		return out, nil
 	}
 	switch r.state {
@@ -231,6 +265,7 @@ func (r *dataReader) step(ch byte) ([]byte, error) {
 			return bareLF(crlf)
 		default:
 			r.state = stData
+			return text(), nil
 		}
 	case stDot:
 		switch ch {
@@ -241,6 +276,7 @@ func (r *dataReader) step(ch byte) ([]byte, error) {
 			return bareLF(dotCRLF)
 		default:
 			r.state = stData // the stuffed dot is dropped
+			return text(), nil
 		}
 	case stDotCR:
 		if ch != '\n' {
@@ -249,7 +285,7 @@ func (r *dataReader) step(ch byte) ([]byte, error) {
 		if r.afterLF {
 			// "." CRLF after a bare LF: a line of the message, not its
 			// end, or the two ends would disagree about where it is.
-			r.state, r.lineLen, r.afterLF = stBeginLine, 0, false
+			r.state, r.lineLen, r.col, r.afterLF = stBeginLine, 0, 0, false
 			return dotCRLF, nil
 		}
 		return nil, io.EOF
@@ -257,13 +293,15 @@ func (r *dataReader) step(ch byte) ([]byte, error) {
 		if ch != '\n' {
 			return nil, ErrBareLineEnding
 		}
-		r.state, r.lineLen, r.afterLF = stBeginLine, 0, false
+		r.state, r.lineLen, r.col, r.afterLF = stBeginLine, 0, 0, false
 	case stData:
 		switch ch {
 		case '\r':
 			r.state = stCR
 		case '\n':
 			return bareLF(crlf)
+		default:
+			return text(), nil
 		}
 	}
 	return one(), nil

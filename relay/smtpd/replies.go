@@ -95,7 +95,7 @@ var (
 	ReplyTooLarge         = row(552, 5, 3, 4, "Message size exceeds the limit", "message too large (SIZE= or actual)")
 	ReplyBareLineEnding   = row(554, 5, 6, 0, "Message contains a bare CR or LF; use CRLF line endings", "bare CR (or bare LF with policy.bare_newline: reject) in DATA; the connection closes and the message is refused whole, never split")
 	ReplyDataNUL          = row(554, 5, 6, 0, "Message contains a NUL character", "NUL in DATA; the connection closes")
-	ReplyDataLineTooLong  = row(554, 5, 6, 0, "Message has a line that is too long", "a message line over the limit; the connection closes")
+	ReplyDataLineTooLong  = row(554, 5, 6, 0, "Message has a line that is too long", "a message line over 2000 bytes with policy.long_lines: reject; the connection closes")
 	ReplyLineTooLong      = row(500, 5, 5, 2, "Line too long, closing connection", "a command line over 2000 bytes")
 	ReplyCmdBareLine      = row(500, 5, 5, 2, "Bare CR or LF in command line, closing connection", "bare CR or LF in a command line")
 	ReplyCmdNUL           = row(500, 5, 5, 2, "NUL character in command line, closing connection", "NUL in a command line")

@@ -89,6 +89,10 @@ type Limits struct {
 	// NormalizeBareLF turns a bare LF in message content into CRLF;
 	// without it a bare LF is refused like a bare CR.
 	NormalizeBareLF bool
+	// WrapLongLines breaks a message line longer than 998 bytes with
+	// CRLF and a space, as Postfix's SMTP client does; without it a line
+	// over MaxLineLength is refused and the connection closed.
+	WrapLongLines bool
 }
 
 // Hooks join the server to the code that gives the protocol its meaning:
