@@ -71,6 +71,15 @@ func (sg *Signing) Write(p []byte) (int, error) {
 // callers' sake.
 func (sg *Signing) Abort() {}
 
+// Names names the signatures Finish makes, as domain/selector.
+func (sg *Signing) Names() []string {
+	out := make([]string, len(sg.keys))
+	for i, k := range sg.keys {
+		out[i] = sg.domain + "/" + k.Selector
+	}
+	return out
+}
+
 // Finish returns the DKIM-Signature fields to put on top of the message.
 func (sg *Signing) Finish() ([]byte, error) {
 	sg.body.end()

@@ -116,8 +116,7 @@ func (s *session) authenticate(username, password string) error {
 	}
 	m.auth.WithLabelValues("success").Inc()
 	s.client.User = u
-	s.log = s.log.With("user", u.Name)
-	s.log.Info("authenticated")
+	s.log.Info("authenticated", "user", u.Name)
 	return nil
 }
 

@@ -147,7 +147,15 @@ func (b *Backend) refused(c *smtpd.Conn, cmd string, r *smtpd.Reply, cause error
 	log := b.cfg.Log.With("remote", c.RemoteAddr().String())
 	sess, _ := c.Session().(*session)
 	if sess != nil {
-		log = sess.log.With("user", sess.userName(), "from", sess.from)
+		// Each key once (a JSON decoder may refuse a line with two), and
+		// the addresses as the client gave them: a refused sender too.
+		log = sess.log.With("user", sess.userName(), "from", sess.givenFrom)
+		if cmd == "RCPT" && sess.givenRcpt != "" {
+			log = log.With("rcpt", sess.givenRcpt) // the one Rcpt refused
+		}
+		if sess.messageID != "" {
+			log = log.With("message_id", sess.messageID)
+		}
 		var ex *ratelimit.ExceededError
 		if errors.As(cause, &ex) {
 			_, class := sess.quotaKey()

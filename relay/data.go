@@ -34,7 +34,8 @@ func (s *session) Data(r io.Reader) (string, error) {
 		d.Abort()
 		return "", err
 	}
-	s.log.Info("queued", "msg_id", id, "from", s.from, "rcpts", len(s.rcpts), "size", d.Size())
+	s.log.Info("queued", "msg_id", id, "message_id", s.messageID, "from", s.from, "user", s.userName(),
+		"rcpts", len(s.rcpts), "size", d.Size())
 	m := s.be.cfg.Metrics
 	m.accepted.Inc()
 	m.recipients.Add(float64(len(s.rcpts)))
@@ -76,6 +77,13 @@ func (s *session) receive(d *queue.Draft, r io.Reader) (string, error) {
 		}
 	}
 	added, addedNames := s.addedFields(d.ID(), msg.Header, peer)
+	s.messageID = strings.TrimSpace(msg.Header.Get("Message-Id"))
+	if len(s.messageID) > maxLoggedMessageID {
+		s.messageID = s.messageID[:maxLoggedMessageID] // it goes in every line of its story
+	}
+	if s.messageID == "" && slices.Contains(addedNames, "Message-ID") {
+		s.messageID = fmt.Sprintf("<%s@%s>", d.ID(), s.conn.ServerDomain())
+	}
 	var sign *dkim.Signing
 	if s.deps.Signer != nil && !peer {
 		sign, err = s.beginSigning(d.ID(), msg.Header, addedNames)
@@ -100,6 +108,7 @@ func (s *session) receive(d *queue.Draft, r io.Reader) (string, error) {
 		return "", err
 	}
 	prepend := added
+	env := s.envelope(header, added, peer)
 	if sign != nil {
 		sigs, err := sign.Finish()
 		if err != nil {
@@ -107,6 +116,7 @@ func (s *session) receive(d *queue.Draft, r io.Reader) (string, error) {
 			return "", err
 		}
 		prepend = append(sigs, added...)
+		env.DKIM = sign.Names()
 		s.be.cfg.Metrics.signatures.WithLabelValues(s.signDomain).Inc()
 	}
 	if q := s.deps.Quotas; q != nil {
@@ -115,7 +125,7 @@ func (s *session) receive(d *queue.Draft, r io.Reader) (string, error) {
 			return "", err
 		}
 	}
-	id, err := d.Commit(s.envelope(header, added, peer), prepend)
+	id, err := d.Commit(env, prepend)
 	if err != nil {
 		return "", fmt.Errorf("%w: %w", errSpool, err)
 	}
@@ -126,7 +136,8 @@ func (s *session) receive(d *queue.Draft, r io.Reader) (string, error) {
 // recipients and DSN parameters, and the archive copies it gets.
 func (s *session) envelope(header, added []byte, peer bool) queue.Envelope {
 	env := queue.Envelope{From: s.from, To: s.rcpts, Ret: s.dsnRet, EnvID: s.dsnEnvID, Notify: s.dsnNotify,
-		SMTPUTF8: s.utf8, UTF8Required: s.utf8 && needsUTF8(s.from, s.rcpts, header, added)}
+		SMTPUTF8: s.utf8, UTF8Required: s.utf8 && needsUTF8(s.from, s.rcpts, header, added),
+		MessageID: s.messageID, User: s.userName(), Client: s.client.Addr.String()}
 	for _, o := range s.dsnORcpt {
 		env.ORcpt = append(env.ORcpt, o.addr)
 		env.ORcptType = append(env.ORcptType, o.typ)
@@ -217,6 +228,10 @@ func (s *session) noKey(id, reason string, err error) error {
 	}
 	return err
 }
+
+// maxLoggedMessageID bounds the Message-ID kept for the log and the
+// history; real ones are far shorter.
+const maxLoggedMessageID = 250
 
 // addedFields are the fields a submission server adds (RFC 6409 section 8),
 // and their names: always a Received: trace field, and Message-ID: and Date:

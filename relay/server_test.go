@@ -58,6 +58,7 @@ type testEnv struct {
 	implicit string
 	plain    string
 	pool     *x509.CertPool
+	logs     *relaytest.LogChecker // what the relay logged, as JSON
 }
 
 type testOpts struct {
@@ -116,7 +117,9 @@ func newEnv(t testing.TB, o testOpts) *testEnv {
 	if dir == "" {
 		dir = t.TempDir()
 	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	// JSON, each line checked: a key twice fails the test.
+	logs := relaytest.NewLogChecker(t)
+	log := slog.New(slog.NewJSONHandler(logs, nil))
 	q, err := queue.Open(queue.Config{Dir: dir, Hostname: "relay.test", InlineMax: o.inlineMax}, nil, log)
 	if err != nil {
 		t.Fatal(err)
@@ -137,7 +140,7 @@ func newEnv(t testing.TB, o testOpts) *testEnv {
 	}, BackendConfig{AllowInsecureAuth: o.insecure, MaxHeaderSize: 16 << 10, Metrics: o.metrics, Log: log},
 		Deps{Policy: policy.New(o.policy, o.dir), Queue: q, Signer: o.signer, RejectNoKey: o.rejectNoKey, Quotas: o.quotas, Received: o.received})
 	a := srv.Addrs()
-	return &testEnv{srv: srv, q: q, dir: dir, starttls: a[0].String(), implicit: a[1].String(), plain: a[2].String(), pool: pool}
+	return &testEnv{srv: srv, q: q, dir: dir, starttls: a[0].String(), implicit: a[1].String(), plain: a[2].String(), pool: pool, logs: logs}
 }
 
 // client connects with STARTTLS and, if user is set, authenticates.

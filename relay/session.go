@@ -31,6 +31,11 @@ type session struct {
 	sentFrom string
 	rcpts    []string
 	utf8     bool // MAIL ... SMTPUTF8
+	// givenFrom is the last MAIL address as the client gave it, accepted
+	// or not, and givenRcpt the RCPT address being checked (cleared once
+	// taken): what the log of a refusal names.
+	givenFrom, givenRcpt string
+	messageID            string // of the message being received, for the log
 
 	// DSN parameters (RFC 3461), passed upstream and used for bounces.
 	dsnRet    string
@@ -52,6 +57,7 @@ func (s *session) userName() string {
 
 func (s *session) Mail(from string, opts smtpd.MailOptions) error {
 	s.Reset()
+	s.givenFrom = from
 	if err := s.deps.Policy.CheckSender(s.client, from); err != nil {
 		return err
 	}
@@ -83,6 +89,7 @@ func (s *session) Mail(from string, opts smtpd.MailOptions) error {
 }
 
 func (s *session) Rcpt(to string, opts smtpd.RcptOptions) error {
+	s.givenRcpt = to
 	if err := s.deps.Policy.CheckRecipient(s.client, to); err != nil {
 		return err
 	}
@@ -92,6 +99,7 @@ func (s *session) Rcpt(to string, opts smtpd.RcptOptions) error {
 			return err
 		}
 	}
+	s.givenRcpt = "" // taken: a later refusal by smtpd is not about it
 	s.rcpts = append(s.rcpts, to)
 	s.dsnNotify = append(s.dsnNotify, opts.Notify)
 	s.dsnORcpt = append(s.dsnORcpt, orcpt{opts.ORcptType, opts.ORcpt})
@@ -109,6 +117,7 @@ func (s *session) quotaKey() (user, class string) {
 
 func (s *session) Reset() {
 	s.from, s.sentFrom, s.rewrite = "", "", nil
+	s.givenFrom, s.givenRcpt, s.messageID = "", "", ""
 	s.rcpts = nil
 	s.utf8 = false
 	s.dsnRet, s.dsnEnvID, s.dsnNotify, s.dsnORcpt = "", "", nil, nil

@@ -130,17 +130,9 @@ func readHeader(r io.Reader, max int) []byte {
 	return h.Bytes()
 }
 
-// dsnStatus picks the enhanced status code out of an SMTP error text, or
-// 5.0.0 when there is none.
-func dsnStatus(errText string) string {
-	for _, f := range strings.Fields(errText) {
-		var a, b, c int
-		if n, _ := fmt.Sscanf(f, "%d.%d.%d", &a, &b, &c); n == 3 && (a == 4 || a == 5) {
-			return fmt.Sprintf("5.%d.%d", b, c) // failed for good, so class 5
-		}
-	}
-	return "5.0.0"
-}
+// dsnStatus is the Status: of a failed recipient: the enhanced status code
+// in its error text as class 5 (it failed for good), or 5.0.0.
+func dsnStatus(errText string) string { return statusOf(EventBounced, errText) }
 
 // addrType is the DSN address type of a (RFC 6533 3): utf-8 for a UTF-8
 // address or one the client gave as such.

@@ -134,7 +134,7 @@ func (d *Draft) Commit(env Envelope, prepend []byte) (string, error) {
 	q := d.q
 	now := q.now()
 	m := &Message{ID: d.id, From: env.From, Class: env.Class, User: env.User, Ret: env.Ret, EnvID: env.EnvID,
-		SMTPUTF8: env.SMTPUTF8, UTF8: env.UTF8Required,
+		SMTPUTF8: env.SMTPUTF8, UTF8: env.UTF8Required, MessageID: env.MessageID, Client: env.Client,
 		Prepend: string(prepend), Size: d.size, Created: now, NextAttempt: now, dir: q.cfg.Dir}
 	for i, r := range env.To {
 		rc := Recipient{Addr: r, Status: StatusPending}
@@ -165,14 +165,30 @@ func (d *Draft) Commit(env Envelope, prepend []byte) (string, error) {
 			return "", err
 		}
 		m.jseg, m.joff = seg, off
-		q.sched.add(m)
-		return m.ID, nil
-	}
-	if err := d.commitFile(m); err != nil {
+	} else if err := d.commitFile(m); err != nil {
 		return "", err
 	}
+	q.accepted(m, env.DKIM)
 	q.sched.add(m)
 	return m.ID, nil
+}
+
+// accepted tells the observer of a message just committed.
+func (q *Queue) accepted(m *Message, dkim []string) {
+	if q.cfg.Observer == nil {
+		return
+	}
+	e := m.event(EventAccepted, m.Created)
+	e.Client, e.Size = m.Client, m.Size
+	for _, r := range m.Recipients {
+		e.Rcpts = append(e.Rcpts, r.Addr)
+	}
+	q.observe(e)
+	if len(dkim) > 0 {
+		s := m.event(EventSigned, m.Created)
+		s.DKIM = dkim
+		q.observe(s)
+	}
 }
 
 // commitFile ends the draft's file with m's envelope and moves it to msg/,

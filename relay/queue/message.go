@@ -3,9 +3,9 @@ package queue
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -36,6 +36,9 @@ type Recipient struct {
 	// Upstreams, when set, replace the routes' failover list for this
 	// recipient (an archive copy's own route).
 	Upstreams []string `json:"upstreams,omitempty"`
+	// LastUpstream is the upstream of its last attempt ("queue list
+	// --upstream").
+	LastUpstream string `json:"last_upstream,omitempty"`
 }
 
 // ArchiveCopy is an archive recipient added to a message and the upstreams
@@ -64,6 +67,11 @@ type Envelope struct {
 	SMTPUTF8, UTF8Required bool
 	// Archive copies, recipients the message's recipients never see.
 	Archive []ArchiveCopy
+	// For the log and the message's history: the Message-ID header field,
+	// the client's address, and the DKIM keys that signed it
+	// (domain/selector; not kept with the message).
+	MessageID, Client string
+	DKIM              []string
 }
 
 // Message is one spooled message.
@@ -86,7 +94,14 @@ type Message struct {
 	Warned      bool        `json:"warned,omitempty"` // a delay warning was sent
 	// Waited is the time it spent waiting for an upstream's budget (a
 	// WaitError), which does not count towards max_age.
-	Waited time.Duration `json:"waited,omitempty"`
+	Waited    time.Duration `json:"waited,omitempty"`
+	MessageID string        `json:"message_id,omitempty"`
+	Client    string        `json:"client,omitempty"` // from where it was submitted
+	// HeldSince is when an administrator put it on hold (zero: not held);
+	// HeldFor the time it spent on hold before, which does not count
+	// towards max_age or the delay warning either.
+	HeldSince time.Time     `json:"held_since,omitzero"`
+	HeldFor   time.Duration `json:"held_for,omitempty"`
 
 	dir   string
 	saved bool // an ID.env may exist: remove() must look for one
@@ -158,12 +173,13 @@ func validID(id string) bool {
 // record applies the outcomes of one attempt (one per pending recipient,
 // in order) and schedules the next after retry: a recipient is sent, fails
 // for good (a permanent error, or any once maxAge has passed, not counting
-// the time it waited for an upstream's budget), or stays pending (one that
-// waited, a WaitError, as it was). It returns those that failed and are the
-// sender's to hear of; an archive copy is not: it fails only at maxAge, and
-// then only in the log.
-func (m *Message) record(errs []error, now time.Time, maxAge, retry time.Duration, log *slog.Logger) (failed []Recipient) {
-	expired := now.Sub(m.Created)-m.Waited >= maxAge
+// the time it waited for an upstream's budget or was on hold), or stays
+// pending (one that waited, a WaitError, as it was). It returns those that
+// failed and are the sender's to hear of (an archive copy is not: it fails
+// only at maxAge, and then only in the log), and what happened to each
+// recipient tried, for the log and the events.
+func (m *Message) record(out []Outcome, now time.Time, maxAge, retry time.Duration) (failed []Recipient, fates []fate) {
+	expired := m.age(now) >= maxAge
 	m.Attempts++
 	i := 0
 	for j := range m.Recipients {
@@ -171,34 +187,77 @@ func (m *Message) record(errs []error, now time.Time, maxAge, retry time.Duratio
 		if r.Status != StatusPending {
 			continue
 		}
-		err := errs[i]
+		o := out[i]
 		i++
+		if o.Upstream != "" {
+			r.LastUpstream = o.Upstream
+		}
+		err := o.Err
+		f := fate{rcpt: *r, o: o, kind: EventDeferred, attempt: m.Attempts}
 		switch {
 		case err == nil:
 			r.Status, r.Error = StatusSent, ""
-			log.Info("delivered", "msg_id", m.ID, "rcpt", r.Addr, "attempt", m.Attempts, "archive", r.Archive)
+			f.kind = EventDelivered
 		case IsWait(err):
-			// Not tried: its upstream had no room for it.
+			continue // not tried: its upstream had no room for it
 		case expired || IsPermanent(err) && !r.Archive:
 			r.Status, r.Error = StatusFailed, err.Error()
+			f.kind, f.reason = EventBounced, bounceReason(err)
 			if expired {
 				r.Error = fmt.Sprintf("gave up after %s: %v", maxAge, err)
+				f.reason = BounceExpired
 			}
-			if r.Archive {
-				log.Error("archive copy failed", "msg_id", m.ID, "rcpt", r.Addr, "attempt", m.Attempts, "err", err)
-				continue
+			if !r.Archive {
+				failed = append(failed, *r)
 			}
-			failed = append(failed, *r)
-			log.Warn("delivery failed", "msg_id", m.ID, "rcpt", r.Addr, "attempt", m.Attempts, "err", err)
 		default:
 			r.Error = err.Error()
 			m.LastError = err.Error()
-			log.Info("delivery deferred", "msg_id", m.ID, "rcpt", r.Addr, "attempt", m.Attempts, "archive", r.Archive, "err", err)
 		}
+		fates = append(fates, f)
 	}
 	m.NextAttempt = now.Add(retry)
-	return failed
+	return failed, fates
 }
+
+// age is how long m has waited for delivery: since it arrived, but for
+// the time it was on hold or waited for an upstream's budget.
+func (m *Message) age(now time.Time) time.Duration {
+	held := m.HeldFor
+	if !m.HeldSince.IsZero() {
+		held += now.Sub(m.HeldSince)
+	}
+	return now.Sub(m.Created) - held - m.Waited
+}
+
+// fate is what became of one recipient in an attempt: kind is
+// EventDelivered, EventDeferred or EventBounced (with reason).
+type fate struct {
+	rcpt    Recipient
+	o       Outcome
+	kind    string
+	reason  string
+	attempt int
+}
+
+// bounceReason tells an upstream's refusal from ours (unsupported: no
+// upstream of the route could take the message).
+func bounceReason(err error) string {
+	var u *UnsupportedError
+	if errors.As(err, &u) {
+		return BounceUnsupported
+	}
+	return BounceRefused
+}
+
+// UnsupportedError marks a permanent failure that is not an upstream's
+// refusal: no upstream of the route can take the message (it needs
+// SMTPUTF8, or is larger than they take).
+type UnsupportedError struct{ Err error }
+
+func (e *UnsupportedError) Error() string { return e.Err.Error() }
+
+func (e *UnsupportedError) Unwrap() error { return e.Err }
 
 // reopen makes failed recipients pending again (their bounce could not be
 // queued), keeping the error they failed with.

@@ -52,6 +52,8 @@ type Config struct {
 	// an upstream's budget (WaitError) and was then tried: which
 	// upstream, and how long it waited.
 	Shaped func(upstream string, waited time.Duration)
+	// Observer is told of every event of every message (nil: none).
+	Observer Observer
 }
 
 const (
@@ -63,10 +65,11 @@ const (
 const journalFileMax = 16 << 20
 
 // Deliverer makes one attempt at the pending recipients of m and reports one
-// outcome per recipient of m.Pending(), in order (nil = accepted). An error
-// for which IsPermanent is true fails the recipient; any other is retried.
+// outcome per recipient of m.Pending(), in order (a nil Err: accepted). An
+// Err for which IsPermanent is true fails the recipient; any other is
+// retried.
 type Deliverer interface {
-	Deliver(ctx context.Context, m *Message) []error
+	Deliver(ctx context.Context, m *Message) []Outcome
 }
 
 // PermanentError marks a delivery failure that no retry can fix.
@@ -231,9 +234,12 @@ func (q *Queue) retryAfter(attempts int) time.Duration {
 // Len is the number of messages in the spool.
 func (q *Queue) Len() int { return q.sched.len() }
 
-// Oldest is the arrival time of the oldest message in the spool (zero when
-// empty).
+// Oldest is the arrival time of the oldest message in the spool, but for
+// those on hold (zero when there is none).
 func (q *Queue) Oldest() time.Time { return q.sched.oldest() }
+
+// Held is the number of messages on hold.
+func (q *Queue) Held() int { return q.sched.held() }
 
 // Writable checks that a message could be spooled right now: that a file
 // can be made and written in the spool.
@@ -294,7 +300,12 @@ func (q *Queue) rescan(atStart bool) error {
 			os.Remove(retry)
 		}
 	}
-	q.sched.dropGone(before, seen)
+	for _, m := range q.sched.dropGone(before, seen) {
+		q.log.Info("queue: message deleted by request", "msg_id", m.ID)
+		e := m.event(EventDeleted, q.now())
+		e.By = "smarthost queue delete"
+		q.observe(e)
+	}
 	q.dropMarked(marked)
 	return nil
 }
@@ -319,6 +330,9 @@ func (q *Queue) dropMarked(ids []string) {
 				continue
 			}
 			q.log.Info("queue: message deleted by request", "msg_id", id)
+			e := m.event(EventDeleted, q.now())
+			e.By = "smarthost queue delete"
+			q.observe(e)
 		}
 		os.Remove(q.folder.msgPath(id + ".delete"))
 	}
@@ -372,7 +386,8 @@ func (q *Queue) spill(m *Message) error {
 }
 
 // notify queues a delivery status notification to m's sender about
-// rcpts: failed, or with delayed, still being tried (bounce.go).
+// rcpts: failed, or with delayed, still being tried (bounce.go). It tells
+// the observer which message carries it.
 func (q *Queue) notify(m *Message, rcpts []Recipient, delayed bool) error {
 	rcpts = wantNotice(rcpts, delayed)
 	if len(rcpts) == 0 {
@@ -396,9 +411,39 @@ func (q *Queue) notify(m *Message, rcpts []Recipient, delayed bool) error {
 	}
 	// To a UTF-8 sender the report's own header is UTF-8: SMTPUTF8.
 	utf8 := !isASCII(m.From)
-	id, err := d.Commit(Envelope{To: []string{m.From}, SMTPUTF8: utf8, UTF8Required: utf8}, nil)
+	id, err := d.Commit(Envelope{To: []string{m.From}, SMTPUTF8: utf8, UTF8Required: utf8,
+		MessageID: fmt.Sprintf("<%s.%s@%s>", m.ID, map[bool]string{false: "failed", true: "delayed"}[delayed], q.cfg.Hostname)}, nil)
 	if err == nil {
 		q.log.Info("delivery status notification queued", "msg_id", m.ID, "dsn_id", id, "delayed", delayed, "to", m.From)
+		e := m.event(EventDSN, q.now())
+		e.DSNID, e.Rcpt = id, m.From
+		if delayed {
+			e.Reason = "delayed"
+		}
+		q.observe(e)
 	}
 	return err
+}
+
+// warnDelayed sends the sender one warning, once, when m is still pending
+// after DelayWarning (time on hold not counted), and tells the observer
+// that each of its recipients is delayed.
+func (q *Queue) warnDelayed(m *Message, now time.Time) {
+	w := m.senderRecipients()
+	if len(w) == 0 || q.cfg.DelayWarning <= 0 || m.Warned || m.age(now) < q.cfg.DelayWarning {
+		return
+	}
+	if m.From != "" {
+		if err := q.notify(m, w, true); err != nil {
+			q.log.Error("queue: cannot queue delay warning", "msg_id", m.ID, "err", err)
+			return
+		}
+	}
+	m.Warned = true // saved with the message's state
+	for _, r := range w {
+		e := m.event(EventDelayed, now)
+		e.Rcpt, e.Attempt, e.Delay, e.Error = r.Addr, m.Attempts, seconds(now.Sub(m.Created)), r.Error
+		e.Status = statusOf(EventDeferred, r.Error)
+		q.observe(e)
+	}
 }

@@ -38,7 +38,7 @@ func (s *scripted) set(rcpt string, err error) {
 	s.outcome[rcpt] = err
 }
 
-func (s *scripted) Deliver(_ context.Context, m *Message) []error {
+func (s *scripted) Deliver(_ context.Context, m *Message) []Outcome {
 	r, err := m.Open()
 	if err != nil {
 		panic(err)
@@ -47,14 +47,17 @@ func (s *scripted) Deliver(_ context.Context, m *Message) []error {
 	r.Close()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var out []error
+	var out []Outcome
 	for _, rc := range m.Pending() {
 		s.attempts[rc]++
 		err := s.outcome[rc]
+		reply := "250 2.0.0 Ok: queued as S" + m.ID[:4]
 		if err == nil {
 			s.got = append(s.got, m.ID+" "+m.From+" "+rc+" "+string(data))
+		} else {
+			reply = ""
 		}
-		out = append(out, err)
+		out = append(out, Outcome{Err: err, Upstream: "scripted", Reply: reply})
 	}
 	return out
 }
@@ -592,15 +595,11 @@ type stalled struct {
 	causes  chan error
 }
 
-func (s *stalled) Deliver(ctx context.Context, m *Message) []error {
+func (s *stalled) Deliver(ctx context.Context, m *Message) []Outcome {
 	s.started <- m.ID
 	<-ctx.Done()
 	s.causes <- context.Cause(ctx)
-	errs := make([]error, len(m.Pending()))
-	for i := range errs {
-		errs[i] = context.Cause(ctx)
-	}
-	return errs
+	return Failed(len(m.Pending()), context.Cause(ctx))
 }
 
 // A node that leaves does not wait for the deliveries in flight through
@@ -665,14 +664,10 @@ func TestStopCutsShortStalledAttempts(t *testing.T) {
 // context ended first.
 type slow struct{ started chan struct{} }
 
-func (s *slow) Deliver(ctx context.Context, m *Message) []error {
+func (s *slow) Deliver(ctx context.Context, m *Message) []Outcome {
 	s.started <- struct{}{}
 	time.Sleep(300 * time.Millisecond)
-	errs := make([]error, len(m.Pending()))
-	for i := range errs {
-		errs[i] = context.Cause(ctx)
-	}
-	return errs
+	return Failed(len(m.Pending()), context.Cause(ctx))
 }
 
 // An attempt that ends within stopGrace is not cut short by a stop: its

@@ -25,12 +25,15 @@ type scheduler struct {
 	// lanes: the messages waiting for an upstream's budget; not due by
 	// time, but when their lane lets them go (lanes.go).
 	lanes *lanes
+	// after: what an administrator asked of a message that was being
+	// delivered, to be done when that attempt ends.
+	after map[string]adminOp
 	wake  chan struct{}
 }
 
 func newScheduler(q *Queue) *scheduler {
 	return &scheduler{q: q, items: map[string]*Message{}, inflight: map[string]bool{},
-		creatingIDs: map[string]bool{}, lanes: newLanes(), wake: make(chan struct{}, 1)}
+		creatingIDs: map[string]bool{}, lanes: newLanes(), after: map[string]adminOp{}, wake: make(chan struct{}, 1)}
 }
 
 // add schedules a new message (its NextAttempt says when).
@@ -134,15 +137,17 @@ func (s *scheduler) ids() map[string]bool {
 
 // dropGone forgets the messages of before that are no longer in msg/
 // (seen), when nothing else accounts for them: deleted by an
-// administrator.
-func (s *scheduler) dropGone(before, seen map[string]bool) {
+// administrator. It returns them.
+func (s *scheduler) dropGone(before, seen map[string]bool) (gone []*Message) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for id, m := range s.items {
 		if before[id] && !seen[id] && !s.inflight[id] && !s.creatingIDs[id] && m.jseg == nil {
 			delete(s.items, id)
+			gone = append(gone, m)
 		}
 	}
+	return gone
 }
 
 func (s *scheduler) len() int {
@@ -151,11 +156,27 @@ func (s *scheduler) len() int {
 	return len(s.items)
 }
 
+// held counts the messages on hold.
+func (s *scheduler) held() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, m := range s.items {
+		if !m.HeldSince.IsZero() {
+			n++
+		}
+	}
+	return n
+}
+
 func (s *scheduler) oldest() time.Time {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var t time.Time
 	for _, m := range s.items {
+		if !m.HeldSince.IsZero() {
+			continue // parked on purpose
+		}
 		if t.IsZero() || m.Created.Before(t) {
 			t = m.Created
 		}
@@ -174,7 +195,7 @@ func (s *scheduler) due() ([]*Message, time.Time) {
 	var due []*Message
 	var next time.Time
 	for id, m := range s.items {
-		if s.inflight[id] || s.lanes.has(id) {
+		if s.inflight[id] || s.lanes.has(id) || !m.HeldSince.IsZero() {
 			continue
 		}
 		if !m.NextAttempt.After(now) {
@@ -190,7 +211,10 @@ func (s *scheduler) due() ([]*Message, time.Time) {
 		}
 	}
 	sort.Slice(due, func(i, j int) bool { return due[i].NextAttempt.Before(due[j].NextAttempt) })
-	let, ready := s.lanes.release(now, func(m *Message) bool { return s.items[m.ID] == m })
+	let, ready := s.lanes.release(now, func(m *Message) bool {
+		// Not one deleted, on hold, or in an administrator's hands.
+		return s.items[m.ID] == m && !s.inflight[m.ID] && m.HeldSince.IsZero()
+	})
 	if !ready.IsZero() && (next.IsZero() || ready.Before(next)) {
 		next = ready
 	}
@@ -308,10 +332,10 @@ func (s *scheduler) attempt(ctxs attemptContexts, m *Message) {
 		s.forget(m.ID) // deleted by an administrator since it was due
 		return
 	}
-	errs := s.deliver(ctxs, m)
-	if w := onlyWaits(errs); w != nil {
+	out, handoff := s.deliver(ctxs, m)
+	if w := onlyWaits(out); w != nil {
 		waits = true
-		s.wait(m, errs, w)
+		s.wait(m, out, w)
 		return
 	}
 	now := q.now()
@@ -323,9 +347,10 @@ func (s *scheduler) attempt(ctxs attemptContexts, m *Message) {
 			q.cfg.Shaped(e.upstream, waited)
 		}
 	}
-	failed := m.record(errs, now, q.cfg.MaxAge, q.retryAfter(m.Attempts+1), q.log)
+	failed, fates := m.record(out, now, q.cfg.MaxAge, q.retryAfter(m.Attempts+1))
 	done := len(m.Pending()) == 0
 	s.mu.Unlock()
+	q.tell(m, fates, now, handoff)
 
 	if len(failed) > 0 && m.From != "" {
 		if err := q.notify(m, failed, false); err != nil {
@@ -339,12 +364,9 @@ func (s *scheduler) attempt(ctxs attemptContexts, m *Message) {
 			s.mu.Unlock()
 		}
 	}
-	if w := m.senderRecipients(); len(w) > 0 && m.From != "" && q.cfg.DelayWarning > 0 && !m.Warned && now.Sub(m.Created) >= q.cfg.DelayWarning {
-		if err := q.notify(m, w, true); err != nil {
-			q.log.Error("queue: cannot queue delay warning", "msg_id", m.ID, "err", err)
-		} else {
-			m.Warned = true // saved with the state below
-		}
+	q.warnDelayed(m, now)
+	if !done && s.applyAsked(m) {
+		return
 	}
 	if done {
 		if err := q.remove(m); err != nil {
@@ -358,30 +380,43 @@ func (s *scheduler) attempt(ctxs attemptContexts, m *Message) {
 	}
 }
 
+// applyAsked does what an administrator asked of m while it was being
+// delivered (manage.go), and reports whether m has left the queue.
+func (s *scheduler) applyAsked(m *Message) (gone bool) {
+	s.mu.Lock()
+	asked, ok := s.after[m.ID]
+	delete(s.after, m.ID)
+	s.mu.Unlock()
+	if !ok {
+		return false
+	}
+	gone, err := s.q.apply(asked, m)
+	if err != nil {
+		s.q.log.Error("queue: "+asked.op, "msg_id", m.ID, "err", err)
+	}
+	return gone
+}
+
 // attemptContexts are what delivery attempts run under: all of them end a
 // while after a stop (run), and those through the routes also when the node
 // starts to leave.
 type attemptContexts struct{ all, routes context.Context }
 
 // deliver hands m's pending recipients to the deliverer and returns one
-// outcome for each.
-func (s *scheduler) deliver(ctxs attemptContexts, m *Message) []error {
+// outcome for each, and whether they went to the peers (Handoff).
+func (s *scheduler) deliver(ctxs attemptContexts, m *Message) (out []Outcome, handoff bool) {
 	pending := m.Pending()
 	if len(pending) == 0 {
-		return nil
+		return nil, false
 	}
 	d, routes := s.q.deliverer()
 	ctx := ctxs.all
 	if routes {
 		ctx = ctxs.routes
 	}
-	errs := d.Deliver(ctx, m)
-	if len(errs) != len(pending) {
-		err := fmt.Errorf("queue: deliverer gave %d outcomes for %d recipients", len(errs), len(pending))
-		errs = make([]error, len(pending))
-		for i := range errs {
-			errs[i] = err
-		}
+	out = d.Deliver(ctx, m)
+	if len(out) != len(pending) {
+		out = Failed(len(pending), fmt.Errorf("queue: deliverer gave %d outcomes for %d recipients", len(out), len(pending)))
 	}
-	return errs
+	return out, !routes
 }

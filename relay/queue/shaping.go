@@ -97,9 +97,10 @@ type Laner interface {
 // onlyWaits returns the first WaitError of errs when every outcome is nil
 // or a WaitError and at least one is a WaitError: nothing was attempted
 // that failed.
-func onlyWaits(errs []error) *WaitError {
+func onlyWaits(out []Outcome) *WaitError {
 	var first *WaitError
-	for _, err := range errs {
+	for _, o := range out {
+		err := o.Err
 		var w *WaitError
 		switch {
 		case err == nil:
@@ -115,22 +116,24 @@ func onlyWaits(errs []error) *WaitError {
 }
 
 // recordSent marks the recipients that were delivered in an attempt that
-// otherwise only waited; it is not an attempt. It reports how many.
-func (m *Message) recordSent(errs []error, log func(msg string, args ...any)) int {
-	n, i := 0, 0
+// otherwise only waited; it is not an attempt. It returns what became of
+// them, for the log and the events.
+func (m *Message) recordSent(out []Outcome) []fate {
+	var fates []fate
+	i := 0
 	for j := range m.Recipients {
 		r := &m.Recipients[j]
 		if r.Status != StatusPending {
 			continue
 		}
-		if errs[i] == nil {
+		if out[i].Err == nil {
 			r.Status, r.Error = StatusSent, ""
-			log("delivered", "msg_id", m.ID, "rcpt", r.Addr, "attempt", m.Attempts+1, "archive", r.Archive)
-			n++
+			// The attempt number its line carries is the next one's.
+			fates = append(fates, fate{rcpt: *r, o: out[i], kind: EventDelivered, attempt: m.Attempts + 1})
 		}
 		i++
 	}
-	return n
+	return fates
 }
 
 // wait parks m, whose attempt only waited for upstream budgets (no
@@ -138,12 +141,13 @@ func (m *Message) recordSent(errs []error, log func(msg string, args ...any)) in
 // (through another route) are saved as such first. The message leaves
 // the workers' hands and enters its lane under one lock, so that the
 // lane cannot let it go while a worker still holds it.
-func (s *scheduler) wait(m *Message, errs []error, w *WaitError) {
+func (s *scheduler) wait(m *Message, out []Outcome, w *WaitError) {
 	q := s.q
 	s.mu.Lock()
-	sent := m.recordSent(errs, q.log.Info)
+	sent := m.recordSent(out)
 	s.mu.Unlock()
-	if sent > 0 {
+	if len(sent) > 0 {
+		q.tell(m, sent, q.now(), false)
 		if err := q.save(m); err != nil {
 			q.log.Error("queue: save state", "msg_id", m.ID, "err", err)
 		}

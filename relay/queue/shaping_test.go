@@ -102,18 +102,18 @@ func (g *gate) Lane(m *Message) (string, Priority) {
 	return "up", p
 }
 
-func (g *gate) Deliver(_ context.Context, m *Message) []error {
+func (g *gate) Deliver(_ context.Context, m *Message) []Outcome {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.calls++
-	out := make([]error, len(m.Pending()))
+	out := make([]Outcome, len(m.Pending()))
 	_, p := g.Lane(m)
 	for i := range out {
 		switch {
 		case g.tokens == 0:
-			out[i] = &WaitError{Lane: "up", Upstream: "up", Reason: "rate", After: max(g.after, 2*time.Millisecond), Priority: p, Width: 2}
+			out[i].Err = &WaitError{Lane: "up", Upstream: "up", Reason: "rate", After: max(g.after, 2*time.Millisecond), Priority: p, Width: 2}
 		case g.fail != nil:
-			out[i], g.fail = g.fail, nil
+			out[i].Err, g.fail = g.fail, nil
 		default:
 			g.tokens--
 			g.got = append(g.got, m.Class+":"+m.ID)

@@ -20,9 +20,9 @@ import (
 // failed only for the moment, or is on hold (then it waits for the hold,
 // a queue.WaitError). Under shaping, a group whose upstream's budget has
 // no room waits for it (a queue.WaitError): no attempt.
-func (r *Router) Deliver(ctx context.Context, m *queue.Message) []error {
+func (r *Router) Deliver(ctx context.Context, m *queue.Message) []queue.Outcome {
 	pending := m.PendingRecipients()
-	errs := make([]error, len(pending))
+	out := make([]queue.Outcome, len(pending))
 	type group struct {
 		list []string
 		p    queue.Priority
@@ -43,21 +43,21 @@ func (r *Router) Deliver(ctx context.Context, m *queue.Message) []error {
 	}
 	for _, key := range order {
 		g := groups[key]
-		r.deliverGroup(ctx, m, pending, g.list, g.p, g.idx, errs)
+		r.deliverGroup(ctx, m, pending, g.list, g.p, g.idx, out)
 	}
 	for i, rcpt := range pending {
 		if rcpt.Archive {
-			r.cfg.Metrics.archived(errs[i] == nil)
+			r.cfg.Metrics.archived(out[i].Err == nil)
 		}
 	}
-	return errs
+	return out
 }
 
 // deliverGroup delivers the recipients left (indexes into pending) of one
-// failover list, setting their outcomes in errs.
-func (r *Router) deliverGroup(ctx context.Context, m *queue.Message, pending []queue.Recipient, list []string, p queue.Priority, left []int, errs []error) {
-	transient := make([]error, len(pending)) // the last temporary error, if any
-	var hold *queue.WaitError                // the first hold met
+// failover list, setting their outcomes in out.
+func (r *Router) deliverGroup(ctx context.Context, m *queue.Message, pending []queue.Recipient, list []string, p queue.Priority, left []int, out []queue.Outcome) {
+	transient := make([]queue.Outcome, len(pending)) // the last temporary failure, if any
+	var hold *queue.WaitError                        // the first hold met
 	for _, name := range r.order(list) {
 		if len(left) == 0 {
 			return
@@ -73,23 +73,23 @@ func (r *Router) deliverGroup(ctx context.Context, m *queue.Message, pending []q
 			continue
 		case w != nil:
 			for _, i := range left {
-				errs[i] = w
+				out[i] = queue.Outcome{Err: w, Upstream: name}
 			}
 			return
 		}
 		var h *queue.WaitError
-		left, h = r.send(ctx, m, name, to, left, a, p, errs, transient)
+		left, h = r.send(ctx, m, name, to, left, a, p, out, transient)
 		hold = cmp.Or(hold, h)
 	}
 	for _, i := range left {
-		switch c, _ := classify(errs[i]); {
-		case queue.IsWait(errs[i]):
-		case transient[i] != nil:
-			errs[i] = transient[i] // an upstream that was down may take it later
+		switch c, _ := classify(out[i].Err); {
+		case queue.IsWait(out[i].Err):
+		case transient[i].Err != nil:
+			out[i] = transient[i] // an upstream that was down may take it later
 		case hold != nil:
-			errs[i] = hold // an upstream on hold will
+			out[i].Err = hold // an upstream on hold will
 		case c == unsupported:
-			errs[i] = queue.Permanent(errs[i])
+			out[i].Err = queue.Permanent(&queue.UnsupportedError{Err: out[i].Err})
 		}
 	}
 }
@@ -98,27 +98,28 @@ func (r *Router) deliverGroup(ctx context.Context, m *queue.Message, pending []q
 // left), sets their outcomes, and returns those that the route's next
 // upstream should try, and the hold a throttle reply started.
 func (r *Router) send(ctx context.Context, m *queue.Message, name string, to []queue.Recipient, left []int,
-	a ratelimit.Admission, p queue.Priority, errs, transient []error) ([]int, *queue.WaitError) {
+	a ratelimit.Admission, p queue.Priority, out, transient []queue.Outcome) ([]int, *queue.WaitError) {
 	start := time.Now()
-	out := r.byName[name].t.Send(ctx, m, to)
-	if lw := noSession(out); lw != nil {
+	res := r.byName[name].t.Send(ctx, m, to)
+	if lw := noSession(res); lw != nil {
 		r.refund(ctx, name, len(to), a)
 		w := r.wait(name, lw.a, p)
 		for _, i := range left {
-			errs[i] = w
+			out[i] = queue.Outcome{Err: w, Upstream: name}
 		}
 		return nil, nil
 	}
+	took := time.Since(start)
 	sent, failed := 0, 0
 	var retry []int
 	var throttle *ThrottleRule
 	var reply error
 	for j, i := range left {
-		err := out[j]
+		err := res[j]
 		if err != nil {
 			err = fmt.Errorf("upstream %s: %w", name, err)
 		}
-		errs[i] = err
+		out[i] = queue.Outcome{Err: err, Upstream: name, Reply: replyOf(err), Took: took}
 		if r.shaping != nil {
 			if rule, ok := throttleRule(r.shaping.rules[name], err); ok {
 				throttle, reply = &rule, err
@@ -134,13 +135,13 @@ func (r *Router) send(ctx context.Context, m *queue.Message, name string, to []q
 		case c == unsupported:
 			retry = append(retry, i)
 		default:
-			transient[i] = err
+			transient[i] = out[i]
 			retry = append(retry, i)
 		}
 	}
-	r.cfg.Metrics.observe(name, time.Since(start), sent, len(retry), failed)
+	r.cfg.Metrics.observe(name, took, sent, len(retry), failed)
 	if len(retry) > 0 {
-		r.log.Info("upstream deferred", "msg_id", m.ID, "upstream", name, "recipients", len(retry), "err", errs[retry[0]])
+		r.log.Info("upstream deferred", "msg_id", m.ID, "upstream", name, "recipients", len(retry), "err", out[retry[0]].Err)
 	}
 	return retry, r.afterSend(ctx, name, a, throttle, reply, p)
 }

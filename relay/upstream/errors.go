@@ -96,6 +96,16 @@ func outcome(err error) error {
 	return err
 }
 
+// replyOf is the upstream's reply in err as it was sent, codes
+// included, or "" when err is not a reply.
+func replyOf(err error) string {
+	var se *smtpclient.Error
+	if !errors.As(err, &se) {
+		return ""
+	}
+	return se.Error()
+}
+
 func isAny(targets ...error) func(error) bool {
 	return func(err error) bool {
 		for _, t := range targets {

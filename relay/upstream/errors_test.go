@@ -87,7 +87,7 @@ func TestLocalErrorsFailAtOnce(t *testing.T) {
 		{From: "a@x.org", To: []string{"b@y.org"}, Notify: [][]string{{"NEVER", "FAILURE"}}},
 	} {
 		m := spool(t, 1, env, "Subject: x\r\n\r\nx\r\n")[0]
-		errs := r.Deliver(context.Background(), m)
+		errs := deliver(r, context.Background(), m)
 		if !queue.IsPermanent(errs[0]) {
 			t.Errorf("%+v: %v, want a permanent failure", env, errs[0])
 		}
@@ -97,7 +97,7 @@ func TestLocalErrorsFailAtOnce(t *testing.T) {
 	}
 	// The session survives a refusal of our own: one connection in all.
 	m := spool(t, 1, queue.Envelope{From: "a@x.org", To: []string{"b@y.org"}}, "Subject: x\r\n\r\nx\r\n")[0]
-	if errs := r.Deliver(context.Background(), m); errs[0] != nil {
+	if errs := deliver(r, context.Background(), m); errs[0] != nil {
 		t.Fatal(errs[0])
 	}
 	if c := s.Connections(); c != 1 {
@@ -178,7 +178,7 @@ func TestSMTPUTF8(t *testing.T) {
 	// plain first, utf8 second: the message that needs it skips plain.
 	r := router(t, ups("plain", "utf8")...)
 	defer r.Close()
-	if errs := r.Deliver(context.Background(), spool(t, 1, needs, "Subject: x\r\n\r\nx\r\n")[0]); errs[0] != nil {
+	if errs := deliver(r, context.Background(), spool(t, 1, needs, "Subject: x\r\n\r\nx\r\n")[0]); errs[0] != nil {
 		t.Fatal(errs[0])
 	}
 	got := utf8.Wait(1, 5*time.Second)
@@ -190,7 +190,7 @@ func TestSMTPUTF8(t *testing.T) {
 	}
 	// Asked for but not needed: the first upstream takes it, without the
 	// parameter it does not offer.
-	if errs := r.Deliver(context.Background(), spool(t, 1, asked, "Subject: x\r\n\r\nx\r\n")[0]); errs[0] != nil {
+	if errs := deliver(r, context.Background(), spool(t, 1, asked, "Subject: x\r\n\r\nx\r\n")[0]); errs[0] != nil {
 		t.Fatal(errs[0])
 	}
 	if got := plain.Wait(1, 5*time.Second); len(got) != 1 || got[0].UTF8 {
@@ -200,7 +200,7 @@ func TestSMTPUTF8(t *testing.T) {
 	// No upstream of the route offers it: permanent, 5.6.7.
 	r2 := router(t, ups("plain")...)
 	defer r2.Close()
-	errs := r2.Deliver(context.Background(), spool(t, 1, needs, "Subject: x\r\n\r\nx\r\n")[0])
+	errs := deliver(r2, context.Background(), spool(t, 1, needs, "Subject: x\r\n\r\nx\r\n")[0])
 	if !queue.IsPermanent(errs[0]) || !strings.Contains(errs[0].Error(), "5.6.7 SMTPUTF8 required but not offered") ||
 		!strings.Contains(errs[0].Error(), "upstream plain") {
 		t.Fatalf("no SMTPUTF8 anywhere: %v", errs[0])
@@ -208,13 +208,13 @@ func TestSMTPUTF8(t *testing.T) {
 	// One that lacks it and one that is down: try again later.
 	r3 := router(t, ups("plain", "dead")...)
 	defer r3.Close()
-	errs = r3.Deliver(context.Background(), spool(t, 1, needs, "Subject: x\r\n\r\nx\r\n")[0])
+	errs = deliver(r3, context.Background(), spool(t, 1, needs, "Subject: x\r\n\r\nx\r\n")[0])
 	if errs[0] == nil || queue.IsPermanent(errs[0]) {
 		t.Fatalf("with an upstream down: %v, want temporary", errs[0])
 	}
 	// The envelope of a spool from before the flag was kept still counts.
 	old := queue.Envelope{From: "zoë@example.com", To: []string{"b@example.org"}}
-	if errs := r2.Deliver(context.Background(), spool(t, 1, old, "Subject: x\r\n\r\nx\r\n")[0]); !queue.IsPermanent(errs[0]) {
+	if errs := deliver(r2, context.Background(), spool(t, 1, old, "Subject: x\r\n\r\nx\r\n")[0]); !queue.IsPermanent(errs[0]) {
 		t.Fatalf("UTF-8 sender without the flag: %v", errs[0])
 	}
 }
@@ -228,7 +228,7 @@ func TestORCPTDowngrade(t *testing.T) {
 	defer r.Close()
 	env := queue.Envelope{From: "a@example.com", To: []string{"b@example.org", "c@example.org"},
 		ORcpt: []string{"zoë@pf.test", "c@example.org"}, ORcptType: []string{"utf-8", "rfc822"}}
-	if errs := r.Deliver(context.Background(), spool(t, 1, env, "Subject: x\r\n\r\nx\r\n")[0]); errs[0] != nil || errs[1] != nil {
+	if errs := deliver(r, context.Background(), spool(t, 1, env, "Subject: x\r\n\r\nx\r\n")[0]); errs[0] != nil || errs[1] != nil {
 		t.Fatal(errs)
 	}
 	got := plain.Wait(1, 5*time.Second)[0]
@@ -246,7 +246,7 @@ func TestUpstreamSize(t *testing.T) {
 	m := spool(t, 1, queue.Envelope{From: "a@x.org", To: []string{"b@y.org"}}, "Subject: x\r\n\r\n"+strings.Repeat("x", 200)+"\r\n")[0]
 	r := router(t, Upstream{Name: "small", URL: "smtp://" + small.Addr, TLS: "none"}, Upstream{Name: "big", URL: "smtp://" + big.Addr, TLS: "none"})
 	defer r.Close()
-	if errs := r.Deliver(context.Background(), m); errs[0] != nil {
+	if errs := deliver(r, context.Background(), m); errs[0] != nil {
 		t.Fatal(errs[0])
 	}
 	if got := big.Wait(1, 5*time.Second); len(got) != 1 || got[0].Size != int64(len(m.Prepend))+m.Size {
@@ -254,7 +254,7 @@ func TestUpstreamSize(t *testing.T) {
 	}
 	r2 := router(t, Upstream{Name: "small", URL: "smtp://" + small.Addr, TLS: "none"})
 	defer r2.Close()
-	if errs := r2.Deliver(context.Background(), m); !queue.IsPermanent(errs[0]) || !strings.Contains(errs[0].Error(), "5.3.4") {
+	if errs := deliver(r2, context.Background(), m); !queue.IsPermanent(errs[0]) || !strings.Contains(errs[0].Error(), "5.3.4") {
 		t.Fatalf("too large for every upstream: %v", errs[0])
 	}
 	if len(small.Messages()) != 0 {
@@ -270,14 +270,14 @@ func TestDeadPooledConnectionRedialed(t *testing.T) {
 	r := router(t, Upstream{Name: "primary", URL: "smtp://" + primary.Addr, TLS: "none"}, Upstream{Name: "backup", URL: "smtp://" + backup.Addr, TLS: "none"})
 	defer r.Close()
 	env := queue.Envelope{From: "a@x.org", To: []string{"b@y.org"}}
-	if errs := r.Deliver(context.Background(), spool(t, 1, env, "Subject: 1\r\n\r\nx\r\n")[0]); errs[0] != nil {
+	if errs := deliver(r, context.Background(), spool(t, 1, env, "Subject: 1\r\n\r\nx\r\n")[0]); errs[0] != nil {
 		t.Fatal(errs[0])
 	}
 	// Restart the primary on the same address.
 	addr := primary.Addr
 	primary.Close()
 	restarted := sink(t, relaytest.SinkOptions{Addr: addr})
-	if errs := r.Deliver(context.Background(), spool(t, 1, env, "Subject: 2\r\n\r\nx\r\n")[0]); errs[0] != nil {
+	if errs := deliver(r, context.Background(), spool(t, 1, env, "Subject: 2\r\n\r\nx\r\n")[0]); errs[0] != nil {
 		t.Fatal(errs[0])
 	}
 	if got := restarted.Wait(1, 5*time.Second); len(got) != 1 {

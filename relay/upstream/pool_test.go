@@ -59,7 +59,7 @@ func TestConnectionReuse(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for m := range work {
-				if errs := r.Deliver(context.Background(), m); errs[0] != nil {
+				if errs := deliver(r, context.Background(), m); errs[0] != nil {
 					mu.Lock()
 					failed = append(failed, errs[0])
 					mu.Unlock()
@@ -93,7 +93,7 @@ func Test421MidSession(t *testing.T) {
 	r := router(t, Upstream{Name: "p", URL: "smtp://" + s.Addr, TLS: "none"})
 	defer r.Close()
 	m := spool(t, 1, queue.Envelope{From: "a@x.org", To: []string{"ok@y.org", "b@y.org"}}, "Subject: x\r\n\r\nx\r\n")[0]
-	errs := r.Deliver(context.Background(), m)
+	errs := deliver(r, context.Background(), m)
 	if errs[1] == nil || queue.IsPermanent(errs[1]) || queue.IsPermanent(errs[0]) {
 		t.Fatalf("after 421: %v, want b@y.org temporary", errs)
 	}
@@ -101,7 +101,7 @@ func Test421MidSession(t *testing.T) {
 		t.Fatalf("ok@y.org: %v, and the sink took %d messages", errs[0], took)
 	}
 	s.FailRcpt("b@y.org", nil)
-	if errs := r.Deliver(context.Background(), m); errs[0] != nil || errs[1] != nil {
+	if errs := deliver(r, context.Background(), m); errs[0] != nil || errs[1] != nil {
 		t.Fatalf("retry: %v", errs)
 	}
 	if c := s.Connections(); c != 2 {
@@ -116,11 +116,11 @@ func TestRefusedSenderKeepsSession(t *testing.T) {
 	defer r.Close()
 	bad := spool(t, 1, queue.Envelope{From: "a@x.org", To: []string{"gone@y.org"}}, "Subject: x\r\n\r\nx\r\n")[0]
 	s.FailRcpt("gone@y.org", relaytest.ErrPerm)
-	if errs := r.Deliver(context.Background(), bad); !queue.IsPermanent(errs[0]) {
+	if errs := deliver(r, context.Background(), bad); !queue.IsPermanent(errs[0]) {
 		t.Fatalf("refused recipient: %v", errs[0])
 	}
 	good := spool(t, 1, queue.Envelope{From: "a@x.org", To: []string{"ok@y.org"}}, "Subject: x\r\n\r\nx\r\n")[0]
-	if errs := r.Deliver(context.Background(), good); errs[0] != nil {
+	if errs := deliver(r, context.Background(), good); errs[0] != nil {
 		t.Fatal(errs[0])
 	}
 	if c := s.Connections(); c != 1 {
@@ -134,7 +134,7 @@ func TestDSNParametersPassedUpstream(t *testing.T) {
 	defer r.Close()
 	m := spool(t, 1, queue.Envelope{From: "a@x.org", To: []string{"b@y.org", "c@y.org"}, Ret: "HDRS", EnvID: "env-42",
 		Notify: [][]string{{"FAILURE", "DELAY"}, nil}, ORcpt: []string{"orig-b@y.org", ""}}, "Subject: x\r\n\r\nx\r\n")[0]
-	if errs := r.Deliver(context.Background(), m); errs[0] != nil || errs[1] != nil {
+	if errs := deliver(r, context.Background(), m); errs[0] != nil || errs[1] != nil {
 		t.Fatal(errs)
 	}
 	got := s.Messages()[0]
@@ -150,8 +150,8 @@ func TestRouteByClass(t *testing.T) {
 		Upstream{Name: "bulk", URL: "smtp://" + bulk.Addr, TLS: "none", Timeout: time.Second},
 		Upstream{Name: "rest", URL: "smtp://" + rest.Addr, TLS: "none", Timeout: time.Second})
 	defer r.Close()
-	r.Deliver(context.Background(), spool(t, 1, queue.Envelope{From: "a@x.org", To: []string{"b@y.org"}, Class: "bulk"}, "S: x\r\n\r\nx\r\n")[0])
-	r.Deliver(context.Background(), spool(t, 1, queue.Envelope{From: "a@x.org", To: []string{"b@y.org"}}, "S: x\r\n\r\nx\r\n")[0])
+	deliver(r, context.Background(), spool(t, 1, queue.Envelope{From: "a@x.org", To: []string{"b@y.org"}, Class: "bulk"}, "S: x\r\n\r\nx\r\n")[0])
+	deliver(r, context.Background(), spool(t, 1, queue.Envelope{From: "a@x.org", To: []string{"b@y.org"}}, "S: x\r\n\r\nx\r\n")[0])
 	if len(bulk.Messages()) != 1 || len(rest.Messages()) != 1 {
 		t.Fatalf("bulk %d, rest %d", len(bulk.Messages()), len(rest.Messages()))
 	}
@@ -179,7 +179,7 @@ func TestPostfixSmtpSink(t *testing.T) {
 	deadline := time.Now().Add(10 * time.Second)
 	for _, m := range ms {
 		for {
-			errs := r.Deliver(context.Background(), m)
+			errs := deliver(r, context.Background(), m)
 			if errs[0] == nil && errs[1] == nil {
 				break
 			}
@@ -224,7 +224,7 @@ func BenchmarkDeliver10KB(b *testing.B) {
 			m := ms[i%int64(len(ms))]
 			i++
 			mu.Unlock()
-			if errs := r.Deliver(context.Background(), m); errs[0] != nil {
+			if errs := deliver(r, context.Background(), m); errs[0] != nil {
 				panic(fmt.Sprint(errs[0]))
 			}
 		}

@@ -85,15 +85,15 @@ func TestRouterWaitsForItsBudget(t *testing.T) {
 		Upstream{Name: "first", URL: "smtp://" + s.Addr, Username: "relay@example.com", Password: "pw", Budget: limit},
 		Upstream{Name: "second", URL: "smtp://" + s.Addr, Username: "Relay@Example.com", Password: "pw", Budget: limit})
 	m := message(t, "a@x.org", "b@y.org")
-	if errs := r.Deliver(context.Background(), m); errs[0] != nil {
+	if errs := deliver(r, context.Background(), m); errs[0] != nil {
 		t.Fatalf("first message: %v", errs)
 	}
-	w := waitOf(t, r.Deliver(context.Background(), m))
+	w := waitOf(t, deliver(r, context.Background(), m))
 	if w.Reason != ratelimit.ReasonRate || w.Upstream != "first" || w.Lane != "relay@example.com@127.0.0.1" || w.After < 59*time.Minute {
 		t.Errorf("second message: %+v, want a wait of about an hour for first's rate", w)
 	}
 	m.Class = "news" // the route through second, the same mailbox
-	w = waitOf(t, r.Deliver(context.Background(), m))
+	w = waitOf(t, deliver(r, context.Background(), m))
 	if w.Upstream != "second" || w.Lane != "relay@example.com@127.0.0.1" || w.Priority != queue.PriorityBulk {
 		t.Errorf("through the other upstream: %+v, want the same budget, at bulk priority", w)
 	}
@@ -117,14 +117,14 @@ func TestRouterHoldsOnThrottle(t *testing.T) {
 	r := shapedRouter(t, ratelimit.NewMemory(nil), []Route{{Classes: []string{"only-a"}, Upstreams: []string{"a"}}},
 		Upstream{Name: "a", URL: "smtp://" + a.Addr, Budget: cool}, Upstream{Name: "b", URL: "smtp://" + b.Addr})
 	m := message(t, "a@x.org", "b@y.org")
-	if errs := r.Deliver(ctx, m); errs[0] != nil {
+	if errs := deliver(r, ctx, m); errs[0] != nil {
 		t.Fatalf("a throttles, b takes it: %v", errs)
 	}
 	if len(b.Messages()) != 1 || a.Refused() != 0 {
 		t.Fatalf("b got %d", len(b.Messages()))
 	}
 	m.Class = "only-a"
-	w := waitOf(t, r.Deliver(ctx, m))
+	w := waitOf(t, deliver(r, ctx, m))
 	if w.Reason != ratelimit.ReasonHold || w.Upstream != "a" || w.After > 300*time.Millisecond {
 		t.Fatalf("a route through a alone, during the hold: %+v, want a wait for the hold", w)
 	}
@@ -133,9 +133,9 @@ func TestRouterHoldsOnThrottle(t *testing.T) {
 	}
 	a.FailData(nil)
 	relaytest.Eventually(t, "the probe after the cool-down", 5*time.Second, func() bool {
-		return r.Deliver(ctx, m)[0] == nil
+		return deliver(r, ctx, m)[0] == nil
 	})
-	if errs := r.Deliver(ctx, m); errs[0] != nil {
+	if errs := deliver(r, ctx, m); errs[0] != nil {
 		t.Fatalf("after the probe: %v", errs)
 	}
 	if n := len(a.Messages()); n != 2 {
@@ -154,15 +154,15 @@ func TestRouterConnectionsAcrossNodes(t *testing.T) {
 	n1 := shapedRouter(t, st, nil, Upstream{Name: "up", URL: "smtp://" + s.Addr, Budget: one, MaxConnections: 8})
 	n2 := shapedRouter(t, st, nil, Upstream{Name: "up", URL: "smtp://" + s.Addr, Budget: one, MaxConnections: 8})
 	m := message(t, "a@x.org", "b@y.org")
-	if errs := n1.Deliver(ctx, m); errs[0] != nil {
+	if errs := deliver(n1, ctx, m); errs[0] != nil {
 		t.Fatal(errs)
 	}
-	w := waitOf(t, n2.Deliver(ctx, m))
+	w := waitOf(t, deliver(n2, ctx, m))
 	if w.Reason != ratelimit.ReasonConnections {
 		t.Fatalf("second node while the first's session is open: %+v", w)
 	}
 	n1.Close() // its idle session goes, and its place with it
-	if errs := n2.Deliver(ctx, m); errs[0] != nil {
+	if errs := deliver(n2, ctx, m); errs[0] != nil {
 		t.Fatalf("after the first node closed its session: %v", errs)
 	}
 	if got := s.Connections(); got != 2 {
