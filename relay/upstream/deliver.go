@@ -115,11 +115,16 @@ func (r *Router) send(ctx context.Context, m *queue.Message, name string, to []q
 	var throttle *ThrottleRule
 	var reply error
 	for j, i := range left {
-		err := res[j]
-		if err != nil {
-			err = fmt.Errorf("upstream %s: %w", name, err)
+		o := res[j]
+		if o.Err != nil {
+			o.Err = fmt.Errorf("upstream %s: %w", name, o.Err)
 		}
-		out[i] = queue.Outcome{Err: err, Upstream: name, Reply: replyOf(err), Took: took}
+		o.Upstream, o.Took = name, took
+		if o.Reply == "" {
+			o.Reply = replyOf(o.Err) // a refusal before the transaction (AUTH)
+		}
+		out[i] = o
+		err := o.Err
 		if r.shaping != nil {
 			if rule, ok := throttleRule(r.shaping.rules[name], err); ok {
 				throttle, reply = &rule, err

@@ -24,22 +24,28 @@ func newFileTransport(dir string) (*fileTransport, error) {
 
 func (t *fileTransport) Close() {}
 
-func (t *fileTransport) Send(_ context.Context, m *queue.Message, to []queue.Recipient) []error {
-	if err := t.write(m, to); err != nil {
-		return all(len(to), err)
+func (t *fileTransport) Send(_ context.Context, m *queue.Message, to []queue.Recipient) []queue.Outcome {
+	name, err := t.write(m, to)
+	if err != nil {
+		return queue.Failed(len(to), err)
 	}
-	return make([]error, len(to))
+	out := make([]queue.Outcome, len(to))
+	for i := range out {
+		out[i].Reply = "written to " + name // where to look, as a reply would say
+	}
+	return out
 }
 
-func (t *fileTransport) write(m *queue.Message, to []queue.Recipient) error {
+// write writes the message and returns the file's name.
+func (t *fileTransport) write(m *queue.Message, to []queue.Recipient) (string, error) {
 	src, err := m.Open()
 	if err != nil {
-		return err
+		return "", err
 	}
 	defer src.Close()
 	tmp, err := os.CreateTemp(t.dir, ".tmp-*")
 	if err != nil {
-		return err
+		return "", err
 	}
 	defer os.Remove(tmp.Name())
 	rcpts := make([]string, len(to))
@@ -49,23 +55,23 @@ func (t *fileTransport) write(m *queue.Message, to []queue.Recipient) error {
 	fmt.Fprintf(tmp, "Return-Path: <%s>\r\nX-Envelope-To: %s\r\n", m.From, strings.Join(rcpts, ", "))
 	if _, err := io.Copy(tmp, src); err != nil {
 		tmp.Close()
-		return err
+		return "", err
 	}
 	if err := tmp.Sync(); err != nil {
 		tmp.Close()
-		return err
+		return "", err
 	}
 	if err := tmp.Close(); err != nil {
-		return err
+		return "", err
 	}
 	name := filepath.Join(t.dir, m.ID+".eml")
 	for i := 2; ; i++ {
 		// Link, not rename, so an earlier file of the same message (another
 		// route's recipients) is never overwritten.
 		if err := os.Link(tmp.Name(), name); err == nil {
-			return nil
+			return name, nil
 		} else if !os.IsExist(err) {
-			return err
+			return "", err
 		}
 		name = filepath.Join(t.dir, fmt.Sprintf("%s-%d.eml", m.ID, i))
 	}

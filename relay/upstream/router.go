@@ -83,7 +83,7 @@ type Route struct {
 // one outcome per recipient of to, in order; a 5xx answer is marked with
 // queue.Permanent.
 type Transport interface {
-	Send(ctx context.Context, m *queue.Message, to []queue.Recipient) []error
+	Send(ctx context.Context, m *queue.Message, to []queue.Recipient) []queue.Outcome
 	Close()
 }
 

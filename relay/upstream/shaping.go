@@ -172,9 +172,9 @@ func (r *Router) refund(ctx context.Context, name string, n int, a ratelimit.Adm
 }
 
 // noSession is the leaseWait of a transport's outcomes, if it had none.
-func noSession(out []error) *leaseWait {
+func noSession(out []queue.Outcome) *leaseWait {
 	var lw *leaseWait
-	if len(out) > 0 && errors.As(out[0], &lw) {
+	if len(out) > 0 && errors.As(out[0].Err, &lw) {
 		return lw
 	}
 	return nil

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/url"
 	"strconv"
+	"strings"
 
 	"github.com/smarthost/smarthost/relay/queue"
 	"github.com/smarthost/smarthost/relay/upstream/smtpclient"
@@ -50,15 +51,15 @@ func newSMTPTransport(u Upstream, pu *url.URL, hostname string) (*smtpTransport,
 // Close closes the idle sessions.
 func (t *smtpTransport) Close() { t.pool.close() }
 
-func (t *smtpTransport) Send(ctx context.Context, m *queue.Message, to []queue.Recipient) []error {
+func (t *smtpTransport) Send(ctx context.Context, m *queue.Message, to []queue.Recipient) []queue.Outcome {
 	if ctx.Err() != nil {
-		return all(len(to), fmt.Errorf("%w: %w", errConnect, context.Cause(ctx)))
+		return queue.Failed(len(to), fmt.Errorf("%w: %w", errConnect, context.Cause(ctx)))
 	}
 	p, fresh, err := t.pool.get(ctx)
 	if err != nil {
 		// Whatever refused us before MAIL FROM refused the connection, not
 		// the message: temporary, so the next upstream gets a turn.
-		return all(len(to), fmt.Errorf("%w: %w", errConnect, err))
+		return queue.Failed(len(to), fmt.Errorf("%w: %w", errConnect, err))
 	}
 	out, err := t.transaction(ctx, p.c, m, to)
 	if err != nil && ctx.Err() == nil && !fresh && errors.Is(err, smtpclient.ErrNotAnswered) {
@@ -67,10 +68,14 @@ func (t *smtpTransport) Send(ctx context.Context, m *queue.Message, to []queue.R
 		// again, once, before the route fails over.
 		t.pool.discard(p)
 		if p, err = t.pool.fresh(ctx); err != nil {
-			return all(len(to), fmt.Errorf("%w: %w", errConnect, err))
+			return queue.Failed(len(to), fmt.Errorf("%w: %w", errConnect, err))
 		}
 		out, err = t.transaction(ctx, p.c, m, to)
 	}
+	if out == nil {
+		out = all(len(to), outcome(err))
+	}
+	res := outcomes(p.c, out)
 	if err != nil || ctx.Err() != nil {
 		// A session whose context ended may have had its deadline moved
 		// to the past after the last reply: it goes, whatever the outcome.
@@ -78,10 +83,32 @@ func (t *smtpTransport) Send(ctx context.Context, m *queue.Message, to []queue.R
 	} else {
 		t.pool.release(p)
 	}
-	if out == nil {
-		return all(len(to), outcome(err))
+	return res
+}
+
+// outcomes says, for the log and the message's history, where each
+// recipient's outcome came from (the server's address, the TLS version)
+// and what the server said: its reply to the message when it took it
+// (with its queue ID), else its refusal.
+func outcomes(c *smtpclient.Conn, errs []error) []queue.Outcome {
+	addr, version := c.RemoteAddr().String(), ""
+	if st, ok := c.TLS(); ok {
+		version = tlsVersionName(st.Version)
+	}
+	out := make([]queue.Outcome, len(errs))
+	for i, err := range errs {
+		reply := c.Taken()
+		if err != nil {
+			reply = replyOf(err)
+		}
+		out[i] = queue.Outcome{Err: err, Addr: addr, TLS: version, Reply: reply}
 	}
 	return out
+}
+
+// tlsVersionName names a TLS version as OpenSSL and Postfix do: TLSv1.3.
+func tlsVersionName(v uint16) string {
+	return strings.Replace(tls.VersionName(v), "TLS 1", "TLSv1", 1)
 }
 
 // transaction sends one message. A non-nil error leaves the session

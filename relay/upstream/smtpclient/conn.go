@@ -46,6 +46,8 @@ type Conn struct {
 	ext  map[string]string // extensions of the last EHLO, upper-case keyword → parameters
 	buf  []byte            // carries a message into the dot-stuffing writer
 	ctx  context.Context   // of the exchange under way
+	// taken is the reply to the end of the last message the server took.
+	taken string
 }
 
 // aLongTimeAgo is a deadline that ends any read or write at once.
@@ -207,6 +209,15 @@ func (c *Conn) TLS() (tls.ConnectionState, bool) {
 	}
 	return tls.ConnectionState{}, false
 }
+
+// RemoteAddr is the address of the server.
+func (c *Conn) RemoteAddr() net.Addr { return c.raw.RemoteAddr() }
+
+// Taken is the server's reply to the end of the message of the last Send,
+// as it was sent ("250 2.0.0 Ok: queued as 4ZxYw1", lines joined by "\n"),
+// when it took it; "" when it did not. It carries the server's own queue
+// ID, which its administrators ask for.
+func (c *Conn) Taken() string { return c.taken }
 
 // simple sends a command that expects a 2xx reply.
 func (c *Conn) simple(ctx context.Context, command string) error {

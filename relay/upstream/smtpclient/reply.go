@@ -56,6 +56,19 @@ func (r reply) err() *Error {
 	return e
 }
 
+// text is the reply as it was sent, lines joined by "\n".
+func (r reply) text() string {
+	lines := make([]string, len(r.lines))
+	for i, l := range r.lines {
+		sep := "-"
+		if i == len(r.lines)-1 {
+			sep = " "
+		}
+		lines[i] = fmt.Sprintf("%d%s%s", r.code, sep, l)
+	}
+	return strings.Join(lines, "\n")
+}
+
 // expect returns nil when the reply's class is want's (2 for 2xx), and
 // the reply as an *Error otherwise.
 func (r reply) expect(want int) error {

@@ -34,6 +34,7 @@ const maxGroup = 100
 // message was on its way with BDAT: the server's other replies tell what
 // it took). With a nil err, the session is ready for the next transaction.
 func (c *Conn) Send(ctx context.Context, env *Envelope, body io.Reader) (out []error, err error) {
+	c.taken = ""
 	mail, err := c.mailCommand(env)
 	if err != nil {
 		return fill(make([]error, len(env.Rcpts)), err), nil
@@ -274,7 +275,9 @@ func (t *transaction) end() error {
 	if err := r.expect(2); err != nil {
 		t.failAccepted(err)
 		t.reset = true
+		return nil
 	}
+	t.c.taken = r.text()
 	return nil
 }
 
