@@ -301,6 +301,10 @@ func (e *relayEnv) start(t *testing.T) *proc {
 		if strings.Contains(p.logText(), "DATA RACE") {
 			t.Error("the race detector found a data race in smarthost")
 		}
+		// Every line the relay logged, JSON or text, has each key once.
+		if err := relaytest.CheckLog([]byte(p.logText())); err != nil {
+			t.Error(err)
+		}
 		if t.Failed() {
 			t.Logf("smarthost log:\n%s", p.logText())
 		}
