@@ -5,7 +5,10 @@
 # import`, redis and haproxy from Debian's packages on it
 # (deploy/standins/), and Mailpit built from the Go module proxy. An image
 # already present is left alone, so on a machine that can pull, the real
-# ones are used.
+# ones are used. Each stand-in carries the label org.smarthost.standin, and
+# the script ends by naming them (on standard output), so that nobody takes
+# them for the public images:
+#   docker images --filter label=org.smarthost.standin
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH=$PATH:/usr/local/go/bin:/usr/sbin
@@ -14,12 +17,9 @@ have() { docker image inspect "$1" >/dev/null 2>&1; }
 say() { echo "standins.sh: $*" >&2; }
 
 if ! have debian:bookworm-slim; then
-  say "debian:bookworm-slim from debootstrap"
-  root=$(mktemp -d)
-  debootstrap --variant=minbase bookworm "$root" http://deb.debian.org/debian >/dev/null
-  rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
-  tar -C "$root" -c . | docker import --change 'CMD ["bash"]' - debian:bookworm-slim >/dev/null
-  rm -rf "$root"
+  say "debian:bookworm-slim: a local stand-in from debootstrap (scripts/debian-root.sh)"
+  docker import --change 'CMD ["bash"]' \
+    --change 'LABEL org.smarthost.standin="a local stand-in built by scripts/standins.sh, not the public image"' "$(scripts/debian-root.sh bookworm)" debian:bookworm-slim >/dev/null
 fi
 if ! have redis:7.0; then
   say "redis:7.0 from Debian's redis-server"
@@ -38,3 +38,8 @@ if ! have "axllent/mailpit:$MAILPIT_VERSION"; then
   docker build -q -t "axllent/mailpit:$MAILPIT_VERSION" "$ctx" >/dev/null
   rm -rf "$ctx"
 fi
+for image in debian:bookworm-slim redis:7.0 haproxy:2.6 "axllent/mailpit:$MAILPIT_VERSION"; do
+  if [ -n "$(docker image inspect --format '{{index .Config.Labels "org.smarthost.standin"}}' "$image" 2>/dev/null)" ]; then
+    echo "$image: a local stand-in, not the public image"
+  fi
+done

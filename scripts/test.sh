@@ -24,7 +24,8 @@ for f in /usr/sbin/slapd:slapd /usr/bin/ldapsearch:ldap-utils /usr/bin/redis-ser
          /usr/sbin/saslpasswd2:sasl2-bin /usr/lib/x86_64-linux-gnu/sasl2/libplain.so:libsasl2-modules \
          /usr/sbin/debootstrap:debootstrap /usr/lib/dovecot/submission:dovecot-submissiond \
          /usr/sbin/samba:samba /usr/share/doc/samba-ad-dc/copyright:samba-ad-dc \
-         /usr/share/samba/setup/ad-schema:samba-ad-provision /usr/bin/wbinfo:winbind /bin/ip:iproute2; do
+         /usr/share/samba/setup/ad-schema:samba-ad-provision /usr/bin/wbinfo:winbind /bin/ip:iproute2 \
+         /usr/bin/testssl:testssl.sh /usr/bin/systemd-analyze:systemd /usr/lib/python3/dist-packages/yaml/__init__.py:python3-yaml; do
   [ -e "${f%%:*}" ] || need+=("${f##*:}")
 done
 perl -MNet::SSLeay -e1 2>/dev/null || need+=(libnet-ssleay-perl)
@@ -100,6 +101,13 @@ if docker info >/dev/null 2>&1; then
   docker build -q -t smarthost-demo-samba-ad:latest -f deploy/compose/samba-ad/Dockerfile . >"$ad_image_log" 2>&1 &
   ad_image_pid=$!
   export SMARTHOST_TEST_COMPOSE=1
+  # The release (scripts/release.sh, twice, and its tests: the .deb in a
+  # Debian root, the images, the README's docker run, testssl.sh, the
+  # single-relay compose stack) beside the Go suite: it waits mostly on
+  # the network, dpkg and Docker.
+  release_log=$(mktemp)
+  scripts/release-check.sh > "$release_log" 2>&1 &
+  release_pid=$!
 elif [ "${CI:-}" = true ]; then
   echo "test.sh: no Docker engine answers under CI: the image and compose tests cannot run" >&2
   exit 1
@@ -107,6 +115,11 @@ fi
 
 eval "$(scripts/test-services.sh start)"
 trap 'scripts/test-services.sh stop; stop_ad' EXIT
+
+echo "test.sh: go mod verify; no tracked file over 1 MiB outside docs/" >&2
+go mod verify
+big=$(git ls-files -z | grep -zv '^docs/' | xargs -0 -r stat -c '%s %n' -- 2>/dev/null | awk '$1 > 1048576')
+[ -z "$big" ] || { echo "tracked files over 1 MiB outside docs/ (build output or data that belongs elsewhere): $big" >&2; exit 1; }
 
 echo "test.sh: gofmt, go vet, staticcheck" >&2
 unformatted=$(gofmt -l .)
@@ -156,3 +169,13 @@ SMARTHOST_BIN=$release/smarthost-openssl go test -race -count=1 -p 1 -tags opens
 
 echo "test.sh: the Helm chart (scripts/helm-check.sh)" >&2
 scripts/helm-check.sh
+
+if [ -n "${release_pid:-}" ]; then
+  echo "test.sh: the release (scripts/release-check.sh, run beside the rest)" >&2
+  if ! wait "$release_pid"; then
+    cat "$release_log" >&2
+    echo "test.sh: the release checks failed" >&2
+    exit 1
+  fi
+  cat "$release_log"
+fi

@@ -62,7 +62,10 @@ func startStack(t *testing.T) *stack {
 	s.env = append(os.Environ(),
 		"SMTP_PORT="+port(s.smtp), "SMTPS_PORT="+port(s.smtps), "MAILPIT_PORT="+port(web),
 		"SMARTHOST_BACK_SUBNET=172.29.54.0/24", "SMARTHOST_HAPROXY_IP=172.29.54.10",
-		"SMARTHOST_DEFAULT_MESSAGES=20/h")
+		"SMARTHOST_DEFAULT_MESSAGES=20/h",
+		// A drained relay exits 0 and must stay down for the drain
+		// subtest to see it; users get unless-stopped.
+		"SMARTHOST_RESTART=no")
 	for _, img := range []string{"redis:7.0", "haproxy:2.6", "axllent/mailpit:v1.33.1", "debian:bookworm-slim"} {
 		out, _ := exec.Command("docker", "image", "inspect", "--format", "{{.Comment}} {{.Author}}", img).CombinedOutput()
 		t.Logf("image %s: %s", img, strings.TrimSpace(string(out)))

@@ -8,14 +8,17 @@ import (
 	"github.com/smarthost/smarthost/dkim"
 )
 
-// Set with -ldflags "-X main.version=... -X main.commit=...".
+// Set by scripts/build.sh with -ldflags "-X main.version=... -X
+// main.commit=... -X main.built=...". built is the commit's time, not the
+// clock's, so that one commit always gives the same bytes.
 var (
 	version = "dev"
 	commit  = ""
+	built   = ""
 )
 
 func versionCmd(c cmdIO, args []string) int {
-	if _, code, done := c.flags("version", "\n\nPrints the version, the commit, the Go version and the DKIM RSA backend.").parse(args); done {
+	if _, code, done := c.flags("version", "\n\nPrints the version, the commit and its time, the Go version and the DKIM RSA backend.").parse(args); done {
 		return code
 	}
 	stdout := c.stdout
@@ -30,6 +33,10 @@ func versionCmd(c cmdIO, args []string) int {
 			}
 		}
 	}
-	fmt.Fprintf(stdout, "smarthost %s\ncommit %s\n%s %s/%s\nDKIM RSA signatures: %s\n", version, rev, runtime.Version(), runtime.GOOS, runtime.GOARCH, dkim.RSABackend)
+	when := built
+	if when == "" {
+		when = "unknown"
+	}
+	fmt.Fprintf(stdout, "smarthost %s\ncommit %s\nbuilt %s\n%s %s/%s\nDKIM RSA signatures: %s\n", version, rev, when, runtime.Version(), runtime.GOOS, runtime.GOARCH, dkim.RSABackend)
 	return exitOK
 }
