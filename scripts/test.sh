@@ -25,7 +25,8 @@ for f in /usr/sbin/slapd:slapd /usr/bin/ldapsearch:ldap-utils /usr/bin/redis-ser
          /usr/sbin/debootstrap:debootstrap /usr/lib/dovecot/submission:dovecot-submissiond \
          /usr/sbin/samba:samba /usr/share/doc/samba-ad-dc/copyright:samba-ad-dc \
          /usr/share/samba/setup/ad-schema:samba-ad-provision /usr/bin/wbinfo:winbind /bin/ip:iproute2 \
-         /usr/bin/testssl:testssl.sh /usr/bin/systemd-analyze:systemd /usr/lib/python3/dist-packages/yaml/__init__.py:python3-yaml; do
+         /usr/bin/testssl:testssl.sh /usr/bin/systemd-analyze:systemd /usr/lib/python3/dist-packages/yaml/__init__.py:python3-yaml \
+         /usr/bin/promtool:prometheus /usr/bin/chromium:chromium; do
   [ -e "${f%%:*}" ] || need+=("${f##*:}")
 done
 perl -MNet::SSLeay -e1 2>/dev/null || need+=(libnet-ssleay-perl)
@@ -129,6 +130,10 @@ go vet -tags openssl ./dkim/ ./cmd/...
 command -v staticcheck >/dev/null || go install honnef.co/go/tools/cmd/staticcheck@v0.8.2
 staticcheck ./...
 staticcheck -tags openssl ./dkim/ ./cmd/...
+
+echo "test.sh: the Prometheus alert rules (promtool check rules, test rules)" >&2
+promtool check rules deploy/prometheus/alerts.yaml
+(cd deploy/prometheus && promtool test rules alerts_test.yaml)
 
 # The domain controller and its image, started in the background above.
 if [ -n "$ad_pid" ]; then
