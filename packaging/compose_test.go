@@ -79,6 +79,8 @@ func waitFor(t *testing.T, what string, d time.Duration, ok func() bool) {
 // survives a restart of the relay, and arrives once Mailpit is back.
 func TestComposeSingle(t *testing.T) {
 	v := env(t, "SMARTHOST_VERSION")
+	// The image as users get it: the release's amd64 archive.
+	docker(t, "load", "-i", artifact(t, "smarthost_"+v+"_linux_amd64.image.tar"))
 	smtpAddr, web := freePort(t), freePort(t)
 	c := composeProject{t: t, name: fmt.Sprintf("shipsingle%d", os.Getpid())}
 	c.env = append(os.Environ(), "SMARTHOST_IMAGE=smarthost:"+v,
