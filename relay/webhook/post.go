@@ -37,19 +37,24 @@ func mac(secret []byte, ts string, body []byte) []byte {
 	return m.Sum(nil)
 }
 
-// post sends the events of h's outbox, oldest first, until ctx ends: one
+// post sends the events of h's outbox, oldest first, until Close: one
 // at a time, so that a receiver sees them in order. A failure (no answer,
 // 5xx, 408, 429) is retried after a wait that doubles up to MaxBackoff; a
 // refusal (another 4xx) is logged and given up, so that one event cannot
 // hold up the rest for ever.
 func (s *Sender) post(ctx context.Context, h *hook) {
 	wait := s.cfg.Backoff
-	for ctx.Err() == nil {
+	for {
+		select {
+		case <-s.quit:
+			return
+		default:
+		}
 		n, body, ok := h.box.peek()
 		if !ok {
 			select {
 			case <-h.box.wake:
-			case <-ctx.Done():
+			case <-s.quit:
 			}
 			continue
 		}
@@ -66,14 +71,14 @@ func (s *Sender) post(ctx context.Context, h *hook) {
 			s.cfg.Log.Warn("webhook: the receiver refused an event; not sent again", "url", h.URL, "status", code, "event", eventID(body))
 			continue
 		case ctx.Err() != nil:
-			return // stopping: it stays for the next start
+			return // cut short at a stop: it stays for the next start
 		}
 		s.cfg.Count(ResultFailed)
 		s.cfg.Log.Info("webhook: post failed; will try again", "url", h.URL, "status", code, "err", err, "in", wait)
 		t := time.NewTimer(wait)
 		select {
 		case <-t.C:
-		case <-ctx.Done():
+		case <-s.quit:
 			t.Stop()
 		}
 		wait = min(2*wait, s.cfg.MaxBackoff)

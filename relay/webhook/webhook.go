@@ -89,7 +89,8 @@ type Sender struct {
 	cfg    Config
 	hooks  []*hook
 	events chan queue.Event
-	stop   context.CancelFunc
+	quit   chan struct{}      // closed by Close: post no more
+	cut    context.CancelFunc // ends the posts in flight
 	wg     sync.WaitGroup
 	wrote  chan struct{}
 }
@@ -134,8 +135,8 @@ func Open(cfg Config) (*Sender, error) {
 		}
 		s.hooks = append(s.hooks, &hook{Hook: h, box: box})
 	}
-	ctx, stop := context.WithCancel(context.Background())
-	s.stop = stop
+	ctx, cut := context.WithCancel(context.Background())
+	s.cut, s.quit = cut, make(chan struct{})
 	go s.write()
 	for _, h := range s.hooks {
 		s.wg.Add(1)
@@ -160,13 +161,27 @@ func (s *Sender) Observe(e queue.Event) {
 	}
 }
 
-// Close stops posting (what waits stays in the outboxes for the next
-// start) once the buffered events are in the outboxes.
+// closeGrace is how long Close lets the posts in flight finish: one cut
+// short after the receiver took it would be posted again at the next
+// start.
+const closeGrace = 5 * time.Second
+
+// Close stops posting once the buffered events are in the outboxes and
+// the posts in flight are answered (closeGrace at most); what waits stays
+// in the outboxes for the next start.
 func (s *Sender) Close() {
 	close(s.events)
 	<-s.wrote
-	s.stop()
-	s.wg.Wait()
+	close(s.quit)
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(closeGrace):
+		s.cut()
+		<-done
+	}
+	s.cut()
 }
 
 // write puts each event in the outbox of every webhook that wants it.
