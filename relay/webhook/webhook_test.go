@@ -115,7 +115,7 @@ func TestPostsSignedEventsInOrder(t *testing.T) {
 	b := event(queue.EventBounced, "A1", "gone@y.org")
 	b.Reply, b.Status, b.Reason = "550 5.1.1 no such user", "5.1.1", queue.BounceRefused
 	s.Observe(b)
-	relaytest.Eventually(t, "two events", 10*time.Second, func() bool { return len(r.payloads()) == 2 })
+	relaytest.Eventually(t, "two events", 10*time.Second, func() bool { return len(r.payloads()) == 2 && c.get(ResultSent) == 2 })
 	got := r.payloads()
 	if got[0].Event != "delivered" || got[0].Rcpt != "bob@y.org" || got[0].QueueID != "A1" || got[0].MessageID != "<A1@x.org>" ||
 		got[0].Reply != "250 2.0.0 Ok: queued as 4ZxYw1" || got[0].Status != "2.0.0" || got[0].Upstream != "mx" || got[0].From != "app@x.org" {
