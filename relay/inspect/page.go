@@ -20,8 +20,8 @@ import (
 var pageHTML string
 
 var pageTmpl = template.Must(template.New("page").Funcs(template.FuncMap{
-	"ago":  func(now, t time.Time) string { return ago(now, t) },
-	"when": func(t time.Time) string { return t.Local().Format("2006-01-02 15:04:05") },
+	"ago":   func(now, t time.Time) string { return ago(now, t) },
+	"when":  func(t time.Time) string { return t.Local().Format("2006-01-02 15:04:05") },
 	"lines": func(s string) []string { return strings.Split(s, "\n") },
 	"rows":  func(evs []queue.Event) struct{ Events []queue.Event } { return struct{ Events []queue.Event }{evs} },
 }).Parse(pageHTML))
