@@ -23,6 +23,8 @@ for f in /usr/sbin/slapd:slapd /usr/bin/ldapsearch:ldap-utils /usr/bin/redis-ser
          /usr/bin/curl:curl /usr/bin/msmtp:msmtp /usr/bin/s-nail:s-nail /usr/share/nodejs/nodemailer/package.json:node-nodemailer \
          /usr/sbin/saslpasswd2:sasl2-bin /usr/lib/x86_64-linux-gnu/sasl2/libplain.so:libsasl2-modules \
          /usr/sbin/debootstrap:debootstrap /usr/lib/dovecot/submission:dovecot-submissiond \
+         /usr/bin/php:php-cli /usr/share/php/libphp-phpmailer/autoload.php:libphp-phpmailer \
+         /usr/lib/python3/dist-packages/django/__init__.py:python3-django \
          /usr/sbin/samba:samba /usr/share/doc/samba-ad-dc/copyright:samba-ad-dc \
          /usr/share/samba/setup/ad-schema:samba-ad-provision /usr/bin/wbinfo:winbind /bin/ip:iproute2 \
          /usr/bin/testssl:testssl.sh /usr/bin/systemd-analyze:systemd /usr/lib/python3/dist-packages/yaml/__init__.py:python3-yaml \

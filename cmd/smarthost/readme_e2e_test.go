@@ -219,3 +219,40 @@ func TestReadmeOpeningCommands(t *testing.T) {
 	}
 	checkQuickstart(t, string(out), string(log))
 }
+
+// The quickstart keeps its self-signed certificate in var/tls/cert.pem:
+// docs/apps.md's snippet trusts that file, and still does after a restart.
+func TestQuickstartCertificatePinned(t *testing.T) {
+	need(t, python, "-c", "import smtplib, ssl")
+	if _, err := os.Stat(defaultConfig); err == nil {
+		t.Skipf("%s exists on this machine: serve would read it", defaultConfig)
+	}
+	tmp := t.TempDir()
+	pin := docSnippet(t, "docs/apps.md", "quickstart-pin")
+	os.WriteFile(filepath.Join(tmp, "pin.py"), []byte(pin), 0o600)
+	// Start, send pinned, stop; again, in the same folder.
+	once := `smarthost serve >>"$SERVE_LOG" 2>&1 &
+SERVE_PID=$!
+for i in $(seq 400); do (exec 3<>/dev/tcp/127.0.0.1/2587) 2>/dev/null && break; sleep 0.05; done
+python3 "$PIN"
+sha256sum var/tls/cert.pem
+kill -TERM -- -$SERVE_PID
+wait
+`
+	cmd := privateNetwork(t, "cd \"$(mktemp -d)\"\n"+once+once, false)
+	logPath := filepath.Join(tmp, "serve.log")
+	cmd.Env = append(withoutEnv("SMARTHOST_CONFIG"), "PATH="+filepath.Dir(binary)+":/usr/bin:/bin:"+os.Getenv("PATH"),
+		"TMPDIR="+tmp, "SERVE_LOG="+logPath, "PIN="+filepath.Join(tmp, "pin.py"))
+	out, err := cmd.CombinedOutput()
+	log, _ := os.ReadFile(logPath)
+	if err != nil {
+		t.Fatalf("the pinned client failed: %v\n%s\nrelay log:\n%s", err, out, log)
+	}
+	sums := regexp.MustCompile(`(?m)^[0-9a-f]{64}  var/tls/cert.pem$`).FindAllString(string(out), -1)
+	if len(sums) != 2 || sums[0] != sums[1] {
+		t.Fatalf("the certificate changed across the restart, or was not there:\n%s", out)
+	}
+	if n := strings.Count(string(log), "queued"); n < 2 {
+		t.Errorf("%d messages queued, want 2:\n%s", n, log)
+	}
+}
