@@ -112,6 +112,10 @@ func quickstartFlow(t *testing.T, serve []string) string {
 	for i, c := range shellCommands(docSnippet(t, "README.md", "quickstart-read")) {
 		b.WriteString("echo '@@@ read " + string(rune('0'+i)) + "'\n" + c + "\n")
 	}
+	// "Operate it": the queue commands, in the same folder, with no flag.
+	for i, c := range shellCommands(docSnippet(t, "README.md", "operate-queue")) {
+		b.WriteString("echo '@@@ operate " + string(rune('0'+i)) + "'\n" + c + "\n")
+	}
 	// Job control (set -m) gave serve a process group: go run's and its
 	// child's.
 	b.WriteString("kill -TERM -- -$SERVE_PID\nwait\n")
@@ -150,6 +154,10 @@ func checkQuickstart(t *testing.T, out, log string) {
 	}
 	// cat printed the file as it is; the outbox keeps CRLF line endings.
 	dkimVerify(t, zoneToRecords(zone), []byte(eml))
+	// The message may still be marked done a moment after the outbox has it.
+	if !regexp.MustCompile(`\b[01] message\(s\)`).MatchString(s["operate 0"]) {
+		t.Errorf("smarthost queue list, in the quickstart's folder, printed:\n%s", s["operate 0"])
+	}
 }
 
 // The quick start from an empty folder: no configuration anywhere, the
