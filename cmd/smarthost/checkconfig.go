@@ -3,14 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
-	"strings"
-	"time"
 
-	"github.com/smarthost/smarthost/configs"
-	"github.com/smarthost/smarthost/ratelimit"
-	"github.com/smarthost/smarthost/relay/upstream"
+	"github.com/smarthost/smarthost/relay/daemon"
 )
 
 func checkConfigCmd(c cmdIO, args []string) int {
@@ -31,65 +26,21 @@ func checkConfigCmd(c cmdIO, args []string) int {
 		printProblems(stdout, source, err)
 		return exitBadConfig
 	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	p, probs := compose(f, false, log, nil)
+	log := slog.New(slog.DiscardHandler)
+	a, probs := daemon.Assemble(f, log)
 	if len(probs) > 0 {
 		printProblems(stdout, source, probs)
 		return exitBadConfig
 	}
-	for _, w := range p.warnings {
+	for _, w := range a.Warnings() {
 		fmt.Fprintf(stdout, "warning: %s\n", w)
 	}
 	fmt.Fprintf(stdout, "%s: configuration is valid\n", sourceName(source))
 	if !*probe {
 		return exitOK
 	}
-	return probeAll(stdout, f, p, log, *resolver)
-}
-
-// probeAll connects to LDAP, Redis and each upstream and checks the DKIM
-// records, a line for each; exitRuntime when one fails.
-func probeAll(stdout io.Writer, f *configs.File, p *parts, log *slog.Logger, resolver string) int {
-	code := exitOK
-	if p.ldap != nil {
-		for _, r := range p.ldap.Probe() {
-			if r.Err != nil {
-				fmt.Fprintf(stdout, "ldap %s: FAILED: %v\n", r.URL, r.Err)
-				code = exitRuntime
-			} else {
-				fmt.Fprintf(stdout, "ldap %s: ok (service bind): %s\n", r.URL, strings.Join(r.Notes, ", "))
-			}
-		}
-	}
-	if f.RateLimit.Backend == "redis" {
-		limiter, closeLimiter := newLimiter(f)
-		pctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		if err := limiter.(*ratelimit.Redis).Ping(pctx); err != nil {
-			fmt.Fprintf(stdout, "redis %s: FAILED: %v\n", strings.Join(f.RateLimit.Redis.Addrs, ","), err)
-			code = exitRuntime
-		} else {
-			fmt.Fprintf(stdout, "redis %s: ok\n", strings.Join(f.RateLimit.Redis.Addrs, ","))
-		}
-		cancel()
-		closeLimiter()
-	}
-	if checkPublished(stdout, stdout, f, resolver) != exitOK {
-		code = exitRuntime
-	}
-	router, err := upstream.NewRouter(p.upstream, log)
-	if err != nil {
-		fmt.Fprintf(stdout, "upstreams: %v\n", err)
+	if printFindings(stdout, stdout, a.Probe(context.Background(), *resolver, log)) != exitOK {
 		return exitRuntime
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	for _, r := range router.Probe(ctx) {
-		if r.Err != nil {
-			fmt.Fprintf(stdout, "upstream %s: FAILED: %v\n", r.Name, r.Err)
-			code = exitRuntime
-		} else {
-			fmt.Fprintf(stdout, "upstream %s: ok\n", r.Name)
-		}
-	}
-	return code
+	return exitOK
 }

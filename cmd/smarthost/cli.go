@@ -9,6 +9,7 @@ import (
 	"sort"
 
 	"github.com/smarthost/smarthost/configs"
+	"github.com/smarthost/smarthost/relay/daemon"
 )
 
 // cmdIO is what every command reads and writes.
@@ -141,4 +142,72 @@ func dispatch(c cmdIO, name string, verbs map[string]verb, args []string) int {
 		return exitBadConfig
 	}
 	return v.run(c, args[1:])
+}
+
+func loadConfig(path string) (*configs.File, error) {
+	if path == "" {
+		return configs.LoadQuickstart()
+	}
+	return configs.Load(path)
+}
+
+// sourceName names a configuration source for messages.
+func sourceName(path string) string {
+	if path == "" {
+		return "embedded quickstart"
+	}
+	return path
+}
+
+func printProblems(w io.Writer, path string, err error) {
+	path = sourceName(path)
+	var probs configs.Problems
+	if errors.As(err, &probs) {
+		fmt.Fprintf(w, "%s: %d problem(s):\n", path, len(probs))
+		for _, p := range probs {
+			fmt.Fprintf(w, "  %s\n", p)
+		}
+		return
+	}
+	fmt.Fprintf(w, "%s: %v\n", path, err)
+}
+
+// fail says what went wrong with the configuration at path, or with the
+// command (what, if not ""), and returns the exit code: exitBadConfig for a
+// mistake in the configuration, exitRuntime for anything else.
+func fail(c cmdIO, path, what string, err error) int {
+	var probs configs.Problems
+	var bad *daemon.ConfigError
+	switch {
+	case errors.As(err, &probs):
+		printProblems(c.stderr, path, err)
+		return exitBadConfig
+	case what != "":
+		err = fmt.Errorf("%s: %w", what, err)
+	}
+	errorf(c.stderr, "%v", err)
+	if errors.As(err, &bad) {
+		return exitBadConfig
+	}
+	return exitRuntime
+}
+
+// printFindings prints what probes found, a line each, and returns
+// exitOK, exitRuntime when one failed, or exitBadConfig when a key file
+// cannot be read (said on stderr).
+func printFindings(stdout, stderr io.Writer, findings []daemon.Finding) int {
+	code := exitOK
+	for _, f := range findings {
+		switch {
+		case f.Unreadable:
+			errorf(stderr, "%s", f)
+			code = exitBadConfig
+		case f.Failed:
+			fmt.Fprintln(stdout, f)
+			code = max(code, exitRuntime)
+		default:
+			fmt.Fprintln(stdout, f)
+		}
+	}
+	return code
 }

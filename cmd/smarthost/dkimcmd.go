@@ -3,17 +3,15 @@ package main
 import (
 	"context"
 	"crypto"
-	"errors"
 	"fmt"
 	"io"
-	"os"
+	"maps"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strings"
-	"time"
 
-	"github.com/smarthost/smarthost/configs"
 	"github.com/smarthost/smarthost/dkim"
+	"github.com/smarthost/smarthost/relay/daemon"
 )
 
 const (
@@ -58,7 +56,7 @@ func dkimCheck(c cmdIO, args []string) int {
 	if f == nil {
 		return code
 	}
-	code = checkPublished(c.stdout, c.stderr, f, *resolver)
+	code = printFindings(c.stdout, c.stderr, daemon.CheckDKIM(context.Background(), f, *resolver))
 	if code == exitRuntime {
 		dns := "smarthost dkim dns"
 		if source != "" {
@@ -67,53 +65,6 @@ func dkimCheck(c cmdIO, args []string) int {
 		fmt.Fprintf(c.stdout, "%s prints the records to publish.\n", dns)
 	}
 	return code
-}
-
-// checkPublished checks every configured key's published record and
-// prints a line for each (dkim check, check-config --probe). It returns
-// exitOK, exitRuntime when a key is not ok, or exitBadConfig when a key
-// file cannot be read.
-func checkPublished(stdout, stderr io.Writer, f *configs.File, resolver string) int {
-	lookup := dkim.Resolver(resolver, 10*time.Second)
-	code := exitOK
-	for _, d := range sortedKeys(f.DKIM.Domains) {
-		for _, k := range f.DKIM.Domains[d] {
-			name := k.Selector + "._domainkey." + strings.ToLower(d)
-			signer, err := dkim.LoadKey(k.KeyFile)
-			if err != nil {
-				if errors.Is(err, os.ErrNotExist) && k.CreateIfMissing {
-					fmt.Fprintf(stdout, "dkim %s: no key yet: serve makes it at its first start and logs its record\n", name)
-					code = max(code, exitRuntime)
-					continue
-				}
-				errorf(stderr, "%s: %v", name, err)
-				code = exitBadConfig
-				continue
-			}
-			r := dkim.CheckPublished(context.Background(), d, dkim.Key{Selector: k.Selector, Signer: signer}, lookup)
-			line := fmt.Sprintf("dkim %s (%s): %s", r.Name, r.Key, r.Verdict)
-			if r.Reason != "" {
-				line += ": " + r.Reason
-			}
-			for _, n := range r.Notes {
-				line += " (" + n + ")"
-			}
-			fmt.Fprintln(stdout, line)
-			if r.Verdict != dkim.OK {
-				code = max(code, exitRuntime)
-			}
-		}
-	}
-	return code
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }
 
 func dkimKeygen(c cmdIO, args []string) int {
@@ -173,7 +124,7 @@ func dkimDNS(c cmdIO, args []string) int {
 	}
 	stdout, stderr := c.stdout, c.stderr
 	code = exitOK
-	for _, d := range sortedKeys(f.DKIM.Domains) {
+	for _, d := range slices.Sorted(maps.Keys(f.DKIM.Domains)) {
 		for _, k := range f.DKIM.Domains[d] {
 			signer, err := dkim.LoadKey(k.KeyFile)
 			if err != nil {

@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/smarthost/smarthost/relay/daemon"
 )
 
 func redisRelay(t *testing.T, limit string) (*relayEnv, string) {
@@ -75,7 +77,7 @@ print(sorted(counts.items()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var v limitsView
+	var v daemon.LimitsView
 	json.NewDecoder(resp.Body).Decode(&v)
 	resp.Body.Close()
 	if v.Class != "default" || len(v.Limits) != 1 || v.Limits[0].Remaining != 0 || v.Limits[0].Rate != "100/h" {

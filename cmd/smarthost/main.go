@@ -5,10 +5,8 @@ package main
 import (
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"strings"
-	"time"
 )
 
 // Exit codes, as docs/cli.md lists them.
@@ -80,32 +78,4 @@ func run(c cmdIO, args []string) int {
 
 func errorf(w io.Writer, format string, args ...any) {
 	fmt.Fprintf(w, "smarthost: "+strings.TrimSuffix(format, "\n")+"\n", args...)
-}
-
-// probeReadyCmd is a healthcheck for images without a shell or curl: it
-// exits 0 when URL answers 200.
-func probeReadyCmd(c cmdIO, args []string) int {
-	fs := c.flags("probe-ready", "URL\n\nExits 0 when URL (a /readyz) answers 200, 1 otherwise: a healthcheck for images without curl.")
-	pos, code, done := fs.parse(args)
-	if done {
-		return code
-	}
-	stderr := c.stderr
-	if len(pos) != 1 {
-		fs.Usage()
-		return exitBadConfig
-	}
-	args = pos
-	hc := http.Client{Timeout: 5 * time.Second}
-	resp, err := hc.Get(args[0])
-	if err != nil {
-		errorf(stderr, "probe-ready: %v", err)
-		return exitRuntime
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		errorf(stderr, "probe-ready: %s", resp.Status)
-		return exitRuntime
-	}
-	return exitOK
 }

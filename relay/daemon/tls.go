@@ -1,4 +1,4 @@
-package main
+package daemon
 
 // The relay's TLS: its certificate (from files, or made for development),
 // swapped by SIGHUP, and the session ticket keys it may share with the
@@ -124,17 +124,19 @@ func selfSignedDER(hostname string, key *ecdsa.PrivateKey) ([]byte, error) {
 	return x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
 }
 
-// certHolder serves the current certificate, and the session ticket keys
-// shared with the other nodes (below); SIGHUP swaps both.
-type certHolder struct {
-	c atomic.Pointer[tls.Certificate]
+// tlsMaterial serves the current certificate, and the session ticket keys
+// shared with the other nodes (below); a reload swaps both.
+type tlsMaterial struct {
+	cert atomic.Pointer[tls.Certificate]
 
-	mu     sync.Mutex
-	secret []byte
-	keyed  *tls.Config // sealing with the keys of period, made at its first use
-	period int64
-	own    *tls.Config // sealing with Go's own keys, without a secret
+	mu           sync.Mutex
+	secret       []byte
+	sharedSealer *tls.Config // sealing with the keys of period, made at its first use
+	period       int64
+	ownSealer    *tls.Config // sealing with Go's own keys, without a secret
 }
+
+func (m *tlsMaterial) setCert(c *tls.Certificate) { m.cert.Store(c) }
 
 // aeadSuites are the TLS 1.2 suites offered by default: forward secret
 // and AEAD only, as Mozilla's "intermediate" profile has them. TLS 1.3's
@@ -159,7 +161,9 @@ var cbcSuites = []uint16{
 	tls.TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA,
 }
 
-func (h *certHolder) tlsConfig(t configs.TLS) *tls.Config {
+// config is the server side's TLS configuration, which serves the
+// certificate and the ticket keys of the moment.
+func (m *tlsMaterial) config(t configs.TLS) *tls.Config {
 	v := uint16(tls.VersionTLS12)
 	if t.MinVersion == "1.3" {
 		v = tls.VersionTLS13
@@ -172,7 +176,7 @@ func (h *certHolder) tlsConfig(t configs.TLS) *tls.Config {
 		MinVersion:   v,
 		CipherSuites: suites,
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-			if c := h.c.Load(); c != nil {
+			if c := m.cert.Load(); c != nil {
 				return c, nil
 			}
 			return nil, errors.New("no certificate")
@@ -180,10 +184,10 @@ func (h *certHolder) tlsConfig(t configs.TLS) *tls.Config {
 		// Session tickets are sealed and opened with the keys of the
 		// moment (sealer), which a reload may change.
 		WrapSession: func(cs tls.ConnectionState, ss *tls.SessionState) ([]byte, error) {
-			return h.sealer().EncryptTicket(cs, ss)
+			return m.sealer().EncryptTicket(cs, ss)
 		},
 		UnwrapSession: func(ticket []byte, cs tls.ConnectionState) (*tls.SessionState, error) {
-			return h.sealer().DecryptTicket(ticket, cs)
+			return m.sealer().DecryptTicket(ticket, cs)
 		},
 	}
 }
@@ -229,29 +233,29 @@ func loadTicketSecret(path string) ([]byte, error) {
 
 // setTicketSecret takes tls.session_ticket_key_file's secret (nil: each
 // process keeps Go's own keys); SIGHUP sets it again.
-func (h *certHolder) setTicketSecret(secret []byte) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.secret, h.keyed = secret, nil
+func (m *tlsMaterial) setTicketSecret(secret []byte) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.secret, m.sharedSealer = secret, nil
 }
 
 // sealer is the configuration whose keys seal and open session tickets:
 // the keys of the current period derived from the shared secret, or
 // without one this process's own (Go's, made at random and rotated).
-func (h *certHolder) sealer() *tls.Config {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.secret == nil {
-		if h.own == nil {
-			h.own = &tls.Config{}
+func (m *tlsMaterial) sealer() *tls.Config {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.secret == nil {
+		if m.ownSealer == nil {
+			m.ownSealer = &tls.Config{}
 		}
-		return h.own
+		return m.ownSealer
 	}
 	n := time.Now().Unix() / int64(ticketPeriod/time.Second)
-	if h.keyed == nil || n != h.period {
+	if m.sharedSealer == nil || n != m.period {
 		c := &tls.Config{}
-		c.SetSessionTicketKeys(ticketKeys(h.secret, n))
-		h.keyed, h.period = c, n
+		c.SetSessionTicketKeys(ticketKeys(m.secret, n))
+		m.sharedSealer, m.period = c, n
 	}
-	return h.keyed
+	return m.sharedSealer
 }

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"crypto/tls"
@@ -37,8 +37,8 @@ func TestTLS12CipherSuites(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &certHolder{}
-	h.c.Store(cert)
+	h := &tlsMaterial{}
+	h.setCert(cert)
 	handshake := func(server *tls.Config, suite uint16) (uint16, error) {
 		a, b := net.Pipe()
 		defer a.Close()
@@ -49,13 +49,13 @@ func TestTLS12CipherSuites(t *testing.T) {
 		err := c.Handshake()
 		return c.ConnectionState().CipherSuite, err
 	}
-	if _, err := handshake(h.tlsConfig(configs.TLS{}), tls.TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA); err == nil {
+	if _, err := handshake(h.config(configs.TLS{}), tls.TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA); err == nil {
 		t.Error("a TLS 1.2 client with only ECDHE-ECDSA-AES128-SHA got a session by default")
 	}
-	if got, err := handshake(h.tlsConfig(configs.TLS{}), tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256); err != nil || got != tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 {
+	if got, err := handshake(h.config(configs.TLS{}), tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256); err != nil || got != tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 {
 		t.Errorf("AES-GCM by default: %v, suite %x", err, got)
 	}
-	if got, err := handshake(h.tlsConfig(configs.TLS{CBCCiphers: true}), tls.TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA); err != nil || got != tls.TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA {
+	if got, err := handshake(h.config(configs.TLS{CBCCiphers: true}), tls.TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA); err != nil || got != tls.TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA {
 		t.Errorf("ECDHE-ECDSA-AES128-SHA with cbc_ciphers: %v, suite %x", err, got)
 	}
 	for _, s := range aeadSuites {

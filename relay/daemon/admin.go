@@ -1,13 +1,15 @@
-package main
+package daemon
 
 import (
 	"context"
 	"crypto/subtle"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/smarthost/smarthost/configs"
 	"github.com/smarthost/smarthost/ratelimit"
 	"github.com/smarthost/smarthost/relay/queue"
 )
@@ -54,13 +57,42 @@ func (r *readiness) check(ctx context.Context) []string {
 	return probs
 }
 
-// admin is what the operators' HTTP endpoints (metrics.listen) need.
+// serveAdmin serves the operators' HTTP endpoints on metrics.listen, if
+// set, until Close.
+func (d *Daemon) serveAdmin(f *configs.File) error {
+	if f.Metrics.Listen == "" {
+		return nil
+	}
+	ln, err := net.Listen("tcp", f.Metrics.Listen)
+	if err != nil {
+		return fmt.Errorf("metrics.listen: %w", err)
+	}
+	// /debug/pprof/mutex shows lock contention only if the runtime
+	// samples it; one event in 100 costs next to nothing.
+	runtime.SetMutexProfileFraction(100)
+	a := &admin{registry: d.registry, ready: d.ready, current: &d.current, drain: d.Drain, log: d.log, open: loopback(f.Metrics.Listen)}
+	web := &http.Server{Handler: a.handler(), ReadHeaderTimeout: 10 * time.Second}
+	go web.Serve(ln)
+	d.admin = ln.Addr()
+	// Graceful: a drain's caller gets its answer before the process ends.
+	d.closers = append(d.closers, func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		web.Shutdown(ctx)
+	})
+	d.log.Info("listening", "address", ln.Addr().String(), "mode", "http")
+	return nil
+}
+
+// admin is what the operators' HTTP endpoints (metrics.listen) need. A new
+// endpoint is a line of handler; one that tells about users or mail goes
+// behind guard.
 type admin struct {
-	reg     *prometheus.Registry
-	ready   *readiness
-	current *atomic.Pointer[parts]
-	drain   func(ctx context.Context) error // hands the queue over; returns once it is empty
-	log     *slog.Logger
+	registry *prometheus.Registry
+	ready    *readiness
+	current  *atomic.Pointer[Assembly]
+	drain    func(ctx context.Context) error // hands the queue over; returns once it is empty
+	log      *slog.Logger
 	// open: the listener is on loopback, where /v1/ and pprof need no
 	// token.
 	open bool
@@ -70,7 +102,7 @@ type admin struct {
 // POST /v1/drain and, with metrics.pprof, /debug/pprof/.
 func (a *admin) handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		if probs := a.ready.check(r.Context()); len(probs) > 0 {
@@ -81,8 +113,8 @@ func (a *admin) handler() http.Handler {
 		io.WriteString(w, "ready\n")
 	})
 	mux.Handle("GET /v1/limits/{user}", a.guard(limitsHandler(func() (*ratelimit.Quotas, lookupFunc) {
-		p := a.current.Load()
-		return p.deps.Quotas, p.lookup
+		current := a.current.Load()
+		return current.deps.Quotas, current.lookup
 	}, a.log)))
 	mux.Handle("POST /v1/drain", a.guard(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if err := a.drain(r.Context()); err != nil {

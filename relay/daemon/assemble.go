@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"crypto/tls"
@@ -6,9 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"regexp"
-	"sort"
+	"slices"
 	"strings"
 	"time"
 
@@ -23,9 +24,10 @@ import (
 	"github.com/smarthost/smarthost/relay/upstream"
 )
 
-// parts is a configuration translated into the Config structs of each
+// Assembly is a configuration translated into the Config structs of each
 // package, with files (certificates, users, keys) loaded.
-type parts struct {
+type Assembly struct {
+	file     *configs.File
 	smtp     smtpd.Config        // the SMTP listeners, without TLS and Hooks
 	backend  relay.BackendConfig // without Metrics and Log
 	deps     relay.Deps          // without Queue
@@ -43,39 +45,83 @@ type parts struct {
 	token   string // metrics.token_file's
 }
 
-// compose translates f. With create, keys marked create_if_missing are made;
-// check-config passes false so that it never writes anything.
+// assemble translates f. With create, keys marked create_if_missing are
+// made; the commands that only read (check-config) pass false so that they
+// never write anything.
 //
-// bm, when not nil, times the user directory's calls.
-func compose(f *configs.File, create bool, log *slog.Logger, bm *backendMetrics) (*parts, configs.Problems) {
+// timing, when not nil, times the user directory's calls.
+func assemble(f *configs.File, create bool, log *slog.Logger, timing *backendMetrics) (*Assembly, configs.Problems) {
 	var probs configs.Problems
-	bad := func(path, format string, args ...any) { probs = append(probs, f.Problem(path, format, args...)) }
-	p := &parts{}
+	problem := func(path, format string, args ...any) { probs = append(probs, f.Problem(path, format, args...)) }
+	a := &Assembly{file: f}
+	if assembleSMTP(f, a) {
+		assembleTLS(f, a, create, log, problem)
+	}
+	dir := assembleDirectory(f, a, problem, log, timing)
+	a.deps.Policy = policy.New(policyConfig(f), dir)
 
-	needTLS := false
+	keys, kprobs, kwarn := loadDKIM(f, create, log)
+	probs = append(probs, kprobs...)
+	a.warnings = append(a.warnings, kwarn...)
+	a.deps.Signer = dkim.New(dkim.Config{Domains: keys, Oversign: f.DKIM.Oversign, Subdomains: f.DKIM.SignSubdomains})
+	a.deps.RejectNoKey = f.DKIM.OnMissingKey == "reject"
+
+	a.backend.AllowInsecureAuth = f.Auth.AllowInsecureAuth
+	a.deps.Received = f.Headers.Received
+	a.deps.Headers = assembleHeaders(f.Headers)
+	assembleDelivery(f, a, problem)
+	a.pprof = f.Metrics.PProf
+	if f.Metrics.TokenFile != "" {
+		if b, err := os.ReadFile(f.Metrics.TokenFile); err == nil {
+			a.token = strings.TrimSpace(string(b))
+		}
+	} else if f.Metrics.Listen != "" && !loopback(f.Metrics.Listen) {
+		a.warnings = append(a.warnings, f.Problem("metrics.listen", "not a loopback address and no metrics.token_file: /v1/ and /debug/pprof/ answer 403 there").String())
+	}
+	return a, probs
+}
+
+// assembleSMTP translates the listeners and the limits of a session; it
+// says whether a listener needs TLS.
+func assembleSMTP(f *configs.File, a *Assembly) (needTLS bool) {
 	for _, l := range f.Listeners {
-		p.smtp.Listeners = append(p.smtp.Listeners, smtpd.Listener{Address: l.Address, Mode: l.Mode, ProxyProtocol: l.ProxyProtocol})
+		a.smtp.Listeners = append(a.smtp.Listeners, smtpd.Listener{Address: l.Address, Mode: l.Mode, ProxyProtocol: l.ProxyProtocol})
 		needTLS = needTLS || l.Mode != smtpd.ModePlain
 	}
-	p.smtp.ProxyNetworks = f.Policy.ProxyNetworks
-	if needTLS {
-		cert, err := loadCert(f, create, log)
-		if err != nil {
-			bad("tls", "%v", err)
-		}
-		p.cert = cert
-		if p.tickets, err = loadTicketSecret(f.TLS.SessionTicketKeyFile); err != nil {
-			bad("tls.session_ticket_key_file", "%v", err)
-		}
+	a.smtp.ProxyNetworks = f.Policy.ProxyNetworks
+	a.smtp.Domain = f.Hostname
+	a.smtp.Limits = smtpd.Limits{
+		MaxRecipients:   f.Policy.MaxRecipients,
+		MaxMessageBytes: int64(f.Policy.MaxMessageSize),
+		NormalizeBareLF: f.Policy.BareNewline == "normalize",
+		WrapLongLines:   f.Policy.LongLines == "wrap",
 	}
+	a.smtp.ConnectionsPerIP = f.RateLimit.ConnectionsPerIP
+	a.smtp.MaxConnections = f.RateLimit.MaxConnections
+	return needTLS
+}
 
-	dir := composeDirectory(f, p, bad, log, bm)
+// assembleTLS loads the certificate (with create, a self-signed one is made
+// where the configuration asks) and the session ticket secret.
+func assembleTLS(f *configs.File, a *Assembly, create bool, log *slog.Logger, problem func(path, format string, args ...any)) {
+	cert, err := loadCert(f, create, log)
+	if err != nil {
+		problem("tls", "%v", err)
+	}
+	a.cert = cert
+	if a.tickets, err = loadTicketSecret(f.TLS.SessionTicketKeyFile); err != nil {
+		problem("tls.session_ticket_key_file", "%v", err)
+	}
+}
+
+// policyConfig translates who may relay as whom.
+func policyConfig(f *configs.File) policy.Config {
 	pc := policy.Config{
 		TrustedSenders:          f.Policy.TrustedSenders,
 		EnforceHeaderFrom:       *f.Policy.EnforceHeaderFrom,
 		AllowedRecipientDomains: f.Policy.AllowedRecipientDomains,
 	}
-	composeRules(f, &pc)
+	assembleRules(f, &pc)
 	for name, c := range f.RateLimit.Classes {
 		if c.RelayPeer {
 			pc.PeerClasses = append(pc.PeerClasses, name)
@@ -86,37 +132,7 @@ func compose(f *configs.File, create bool, log *slog.Logger, bm *backendMetrics)
 			pc.TrustedNetworks = append(pc.TrustedNetworks, n)
 		}
 	}
-	p.deps.Policy = policy.New(pc, dir)
-
-	keys, kprobs, kwarn := loadDKIM(f, create, log)
-	probs = append(probs, kprobs...)
-	p.warnings = append(p.warnings, kwarn...)
-	p.deps.Signer = dkim.New(dkim.Config{Domains: keys, Oversign: f.DKIM.Oversign, Subdomains: f.DKIM.SignSubdomains})
-	p.deps.RejectNoKey = f.DKIM.OnMissingKey == "reject"
-
-	p.smtp.Domain = f.Hostname
-	p.backend.AllowInsecureAuth = f.Auth.AllowInsecureAuth
-	p.smtp.Limits = smtpd.Limits{
-		MaxRecipients:   f.Policy.MaxRecipients,
-		MaxMessageBytes: int64(f.Policy.MaxMessageSize),
-		NormalizeBareLF: f.Policy.BareNewline == "normalize",
-		WrapLongLines:   f.Policy.LongLines == "wrap",
-	}
-	p.deps.Received = f.Headers.Received
-	p.deps.Headers = composeHeaders(f.Headers)
-	p.smtp.ConnectionsPerIP = f.RateLimit.ConnectionsPerIP
-	p.smtp.MaxConnections = f.RateLimit.MaxConnections
-
-	composeDelivery(f, p, bad)
-	p.pprof = f.Metrics.PProf
-	if f.Metrics.TokenFile != "" {
-		if b, err := os.ReadFile(f.Metrics.TokenFile); err == nil {
-			p.token = strings.TrimSpace(string(b))
-		}
-	} else if f.Metrics.Listen != "" && !loopback(f.Metrics.Listen) {
-		p.warnings = append(p.warnings, f.Problem("metrics.listen", "not a loopback address and no metrics.token_file: /v1/ and /debug/pprof/ answer 403 there").String())
-	}
-	return p, probs
+	return pc
 }
 
 // loadUsers reads the users file, or the text the program carries instead.
@@ -127,22 +143,22 @@ func loadUsers(s configs.Static) (*policy.Static, error) {
 	return policy.LoadStatic(s.UsersFile)
 }
 
-// composeDirectory makes the user directory auth.backend names, behind
-// the login cache; bm, when not nil, times its calls.
-func composeDirectory(f *configs.File, p *parts, bad func(path, format string, args ...any), log *slog.Logger, bm *backendMetrics) policy.Directory {
+// assembleDirectory makes the user directory auth.backend names, behind
+// the login cache; timing, when not nil, times its calls.
+func assembleDirectory(f *configs.File, a *Assembly, problem func(path, format string, args ...any), log *slog.Logger, timing *backendMetrics) policy.Directory {
 	var dir policy.Directory
 	switch f.Auth.Backend {
 	case "static":
 		s, err := loadUsers(f.Auth.Static)
 		if err != nil {
-			bad("auth.static.users_file", "%v", err)
+			problem("auth.static.users_file", "%v", err)
 		} else {
 			var d policy.Directory = s
-			if bm != nil {
-				d = timedDirectory{s, "static", bm}
+			if timing != nil {
+				d = timedDirectory{s, "static", timing}
 			}
 			dir = policy.NewCache(d, time.Duration(f.Auth.Static.CacheTTL), nil)
-			p.lookup = s.Lookup
+			a.lookup = s.Lookup
 		}
 	case "ldap":
 		l := f.Auth.LDAP
@@ -156,19 +172,19 @@ func composeDirectory(f *configs.File, p *parts, bad func(path, format string, a
 		if l.CAFile != "" {
 			pool, err := loadCA(l.CAFile)
 			if err != nil {
-				bad("auth.ldap.ca_file", "%v", err)
+				problem("auth.ldap.ca_file", "%v", err)
 			}
 			lc.RootCAs = pool
 		}
 		d, err := ldap.New(lc, log)
 		if err != nil {
-			bad("auth.ldap", "%v", err)
+			problem("auth.ldap", "%v", err)
 		} else {
-			p.ldap = d
-			p.lookup = d.Lookup
+			a.ldap = d
+			a.lookup = d.Lookup
 			var timed policy.Directory = d
-			if bm != nil {
-				timed = timedDirectory{d, "ldap", bm}
+			if timing != nil {
+				timed = timedDirectory{d, "ldap", timing}
 			}
 			dir = policy.NewCache(timed, time.Duration(l.CacheTTL), nil)
 		}
@@ -176,14 +192,14 @@ func composeDirectory(f *configs.File, p *parts, bad func(path, format string, a
 	return dir
 }
 
-// composeDelivery translates upstreams, routes and queue.
-func composeDelivery(f *configs.File, p *parts, bad func(path, format string, args ...any)) {
-	p.upstream.Hostname = f.Hostname
+// assembleDelivery translates upstreams, routes and queue.
+func assembleDelivery(f *configs.File, a *Assembly, problem func(path, format string, args ...any)) {
+	a.upstream.Hostname = f.Hostname
 	for i, u := range f.Upstreams {
-		p.upstream.Upstreams = append(p.upstream.Upstreams, composeUpstream(u, fmt.Sprintf("upstreams[%d]", i), bad))
+		a.upstream.Upstreams = append(a.upstream.Upstreams, assembleUpstream(u, fmt.Sprintf("upstreams[%d]", i), problem))
 	}
 	for _, r := range f.Routes {
-		p.upstream.Routes = append(p.upstream.Routes, upstream.Route{
+		a.upstream.Routes = append(a.upstream.Routes, upstream.Route{
 			RecipientDomains: r.Match.RecipientDomains, SenderDomains: r.Match.SenderDomains, Classes: r.Match.Classes, Upstreams: r.Upstreams,
 		})
 	}
@@ -191,18 +207,18 @@ func composeDelivery(f *configs.File, p *parts, bad func(path, format string, ar
 	if names := f.Queue.Handoff.Upstreams; len(names) > 0 {
 		h := upstream.Config{Hostname: f.Hostname}
 		for _, n := range names {
-			for _, u := range p.upstream.Upstreams {
+			for _, u := range a.upstream.Upstreams {
 				if u.Name == n {
 					h.Upstreams = append(h.Upstreams, u)
 				}
 			}
 		}
-		p.handoff = &h
+		a.handoff = &h
 	}
-	p.queue = queue.Config{Dir: f.Queue.Dir, Workers: f.Queue.Workers, MaxAge: time.Duration(f.Queue.MaxAge),
+	a.queue = queue.Config{Dir: f.Queue.Dir, Workers: f.Queue.Workers, MaxAge: time.Duration(f.Queue.MaxAge),
 		DelayWarning: time.Duration(f.Queue.DelayWarning), Hostname: f.Hostname}
 	for _, d := range f.Queue.Retry {
-		p.queue.Retry = append(p.queue.Retry, time.Duration(d))
+		a.queue.Retry = append(a.queue.Retry, time.Duration(d))
 	}
 }
 
@@ -223,12 +239,7 @@ func loadDKIM(f *configs.File, create bool, log *slog.Logger) (map[string][]dkim
 	var probs configs.Problems
 	var warnings []string
 	out := map[string][]dkim.Key{}
-	domains := make([]string, 0, len(f.DKIM.Domains))
-	for d := range f.DKIM.Domains {
-		domains = append(domains, d)
-	}
-	sort.Strings(domains)
-	for _, d := range domains {
+	for _, d := range slices.Sorted(maps.Keys(f.DKIM.Domains)) {
 		for i, k := range f.DKIM.Domains[d] {
 			path := fmt.Sprintf("dkim.domains.%s[%d].key_file", d, i)
 			signer, err := dkim.LoadKey(k.KeyFile)
@@ -271,9 +282,9 @@ func loadDKIM(f *configs.File, create bool, log *slog.Logger) (map[string][]dkim
 	return out, probs, warnings
 }
 
-// composeUpstream translates one upstream, loading its CA, client
+// assembleUpstream translates one upstream, loading its CA, client
 // certificate and token source; path is its place in the file.
-func composeUpstream(u configs.Upstream, path string, bad func(path, format string, args ...any)) upstream.Upstream {
+func assembleUpstream(u configs.Upstream, path string, problem func(path, format string, args ...any)) upstream.Upstream {
 	up := upstream.Upstream{
 		Name: u.Name, URL: u.URL, TLS: u.TLS, TLSVerify: u.TLSVerify == nil || *u.TLSVerify,
 		Username: u.Username, Password: u.Password, AuthMechanism: u.AuthMechanism,
@@ -283,14 +294,14 @@ func composeUpstream(u configs.Upstream, path string, bad func(path, format stri
 	if u.CAFile != "" {
 		pool, err := loadCA(u.CAFile)
 		if err != nil {
-			bad(path+".ca_file", "%v", err)
+			problem(path+".ca_file", "%v", err)
 		}
 		up.RootCAs = pool
 	}
 	if u.ClientCertFile != "" && u.ClientKeyFile != "" {
 		cert, err := tls.LoadX509KeyPair(u.ClientCertFile, u.ClientKeyFile)
 		if err != nil {
-			bad(path+".client_cert_file", "%v", err)
+			problem(path+".client_cert_file", "%v", err)
 		} else {
 			up.ClientCert = &cert
 		}
@@ -305,8 +316,8 @@ func composeUpstream(u configs.Upstream, path string, bad func(path, format stri
 	return up
 }
 
-// composeRules translates the rewrite, recipient and archive rules.
-func composeRules(f *configs.File, pc *policy.Config) {
+// assembleRules translates the rewrite, recipient and archive rules.
+func assembleRules(f *configs.File, pc *policy.Config) {
 	match := func(m configs.Match) policy.Match {
 		return policy.Match{Users: m.Users, Classes: m.Classes, SenderDomains: m.SenderDomains}
 	}
@@ -324,9 +335,9 @@ func composeRules(f *configs.File, pc *policy.Config) {
 	}
 }
 
-// composeHeaders translates the header privacy rules (validate.go reports
-// a bad expression).
-func composeHeaders(h configs.Headers) *headers.Rules {
+// assembleHeaders translates the header privacy rules (validate.go reports
+// a problem expression).
+func assembleHeaders(h configs.Headers) *headers.Rules {
 	rule := func(name, matching, with string) (headers.Rule, bool) {
 		r := headers.Rule{Name: name, With: with}
 		if matching != "" {

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 	"github.com/smarthost/smarthost/configs"
 	"github.com/smarthost/smarthost/ratelimit"
 	"github.com/smarthost/smarthost/relay"
+	"github.com/smarthost/smarthost/relay/relaytest"
 	"github.com/smarthost/smarthost/relay/upstream"
 )
 
@@ -66,7 +67,7 @@ func TestDashboardUsesExportedSeries(t *testing.T) {
 
 // The configuration's redis section reaches Redis through a Sentinel.
 func TestLimiterFromConfigViaSentinel(t *testing.T) {
-	sentinel := ldapEnv(t, "SMARTHOST_TEST_REDIS_SENTINEL")
+	sentinel := relaytest.Service(t, "SMARTHOST_TEST_REDIS_SENTINEL")
 	f, err := configs.Parse([]byte(`listeners: [{address: "127.0.0.1:1"}]
 tls: {self_signed: true}
 auth: {backend: static, static: {users_file: u}}
