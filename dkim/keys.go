@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 )
 
 // LoadKey reads a PEM private key: PKCS#1 or PKCS#8 RSA, or PKCS#8 Ed25519.
@@ -73,6 +74,10 @@ func KeyWarning(k crypto.Signer) string {
 	return ""
 }
 
+// ErrUnknownAlgorithm is a key algorithm other than rsa2048, rsa4096 and
+// ed25519.
+var ErrUnknownAlgorithm = errors.New("dkim: unknown algorithm")
+
 // GenerateKey makes a key for algo rsa2048, rsa4096 or ed25519 and returns it
 // with its PKCS#8 PEM text.
 func GenerateKey(algo string) (crypto.Signer, []byte, error) {
@@ -86,7 +91,7 @@ func GenerateKey(algo string) (crypto.Signer, []byte, error) {
 	case "ed25519":
 		_, k, err = ed25519.GenerateKey(rand.Reader)
 	default:
-		return nil, nil, fmt.Errorf("dkim: unknown algorithm %q (use rsa2048, rsa4096 or ed25519)", algo)
+		return nil, nil, fmt.Errorf("%w %q (use rsa2048, rsa4096 or ed25519)", ErrUnknownAlgorithm, algo)
 	}
 	if err != nil {
 		return nil, nil, err
@@ -133,6 +138,43 @@ func WriteKey(path string, pemText []byte) error {
 	return nil
 }
 
+// MakeKey makes a key for algo and writes it to path (WriteKey: never
+// replacing one). It returns the key as read back from its text, so that
+// it signs as a loaded key does (in the openssl build, by libcrypto).
+func MakeKey(path, algo string) (crypto.Signer, error) {
+	_, pemText, err := GenerateKey(algo)
+	if err != nil {
+		return nil, err
+	}
+	if err := WriteKey(path, pemText); err != nil {
+		return nil, err
+	}
+	return ParseKey(pemText)
+}
+
+// Keygen makes a key for domain and selector in dir, in the file
+// DOMAIN.SELECTOR.key, and returns its path and its DNS record as a
+// zone-file line. With keep, a key already there is kept instead of
+// refused (several nodes share one key: the first to start makes it).
+func Keygen(dir, domain, selector, algo string, keep bool) (path, record string, err error) {
+	domain = strings.ToLower(domain)
+	path = filepath.Join(dir, domain+"."+selector+".key")
+	var k crypto.Signer
+	if keep {
+		k, _ = LoadKey(path)
+	}
+	if k == nil {
+		if k, err = MakeKey(path, algo); err != nil {
+			return "", "", err
+		}
+	}
+	name, value, err := DNSRecord(domain, selector, k.Public())
+	if err != nil {
+		return "", "", err
+	}
+	return path, ZoneLine(name, value), nil
+}
+
 // DNSRecord returns the TXT record that publishes pub for domain and selector.
 func DNSRecord(domain, selector string, pub crypto.PublicKey) (name, value string, err error) {
 	name = selector + "._domainkey." + domain
@@ -147,4 +189,16 @@ func DNSRecord(domain, selector string, pub crypto.PublicKey) (name, value strin
 		return name, "v=DKIM1; k=ed25519; p=" + base64.StdEncoding.EncodeToString(pub), nil
 	}
 	return "", "", fmt.Errorf("dkim: unsupported public key %T", pub)
+}
+
+// ZoneLine is the record as a zone-file line; TXT strings are split at 255
+// bytes as DNS requires, which RSA keys exceed.
+func ZoneLine(name, value string) string {
+	var parts []string
+	for len(value) > 255 {
+		parts = append(parts, `"`+value[:255]+`"`)
+		value = value[255:]
+	}
+	parts = append(parts, `"`+value+`"`)
+	return fmt.Sprintf("%s. IN TXT ( %s )", name, strings.Join(parts, " "))
 }

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -105,4 +106,16 @@ func (s *Static) Lookup(_ context.Context, username string) (*User, error) {
 		return nil, fmt.Errorf("%w: %q", ErrNoSuchUser, username)
 	}
 	return u.user(name), nil
+}
+
+// HashPassword makes the password_hash of a users file entry.
+func HashPassword(password string, cost int) (string, error) {
+	if password == "" {
+		return "", errors.New("empty password")
+	}
+	if len(password) > 72 {
+		return "", errors.New("bcrypt uses at most 72 bytes of a password; use a shorter one")
+	}
+	h, err := bcrypt.GenerateFromPassword([]byte(password), cost)
+	return string(h), err
 }

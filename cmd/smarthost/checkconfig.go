@@ -3,8 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
-	"log/slog"
 
+	"github.com/smarthost/smarthost/configs"
 	"github.com/smarthost/smarthost/relay/daemon"
 )
 
@@ -17,29 +17,23 @@ func checkConfigCmd(c cmdIO, args []string) int {
 		return code
 	}
 	stdout := c.stdout
-	source := c.configSource(*path)
-	if source == "" {
-		fmt.Fprintf(c.stderr, "smarthost check-config: %s\n", quickstartNote)
+	f, source, code := fs.configTo(stdout, *path)
+	if f == nil {
+		return code
 	}
-	f, err := loadConfig(source)
-	if err != nil {
-		printProblems(stdout, source, err)
-		return exitBadConfig
-	}
-	log := slog.New(slog.DiscardHandler)
-	a, probs := daemon.Assemble(f, log)
+	a, probs := daemon.Assemble(f)
 	if len(probs) > 0 {
-		printProblems(stdout, source, probs)
+		configs.Print(stdout, source, probs)
 		return exitBadConfig
 	}
 	for _, w := range a.Warnings() {
 		fmt.Fprintf(stdout, "warning: %s\n", w)
 	}
-	fmt.Fprintf(stdout, "%s: configuration is valid\n", sourceName(source))
+	fmt.Fprintf(stdout, "%s: configuration is valid\n", configs.SourceName(source))
 	if !*probe {
 		return exitOK
 	}
-	if printFindings(stdout, stdout, a.Probe(context.Background(), *resolver, log)) != exitOK {
+	if printFindings(stdout, stdout, a.Probe(context.Background(), *resolver)) != exitOK {
 		return exitRuntime
 	}
 	return exitOK

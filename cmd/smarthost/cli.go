@@ -5,11 +5,28 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
-	"sort"
+	"maps"
+	"slices"
+	"strings"
 
 	"github.com/smarthost/smarthost/configs"
 	"github.com/smarthost/smarthost/relay/daemon"
+)
+
+// Exit codes, as docs/cli.md lists them.
+const (
+	exitOK        = 0
+	exitRuntime   = 1
+	exitBadConfig = 2
+)
+
+// Set by scripts/build.sh with -ldflags "-X main.version=... -X
+// main.commit=... -X main.built=...". built is the commit's time, not the
+// clock's, so that one commit always gives the same bytes.
+var (
+	version = "dev"
+	commit  = ""
+	built   = ""
 )
 
 // cmdIO is what every command reads and writes.
@@ -65,39 +82,21 @@ func (f flags) parse(args []string) (pos []string, code int, done bool) {
 	}
 }
 
-// defaultConfig is where every command looks for its configuration when
-// neither --config nor $SMARTHOST_CONFIG names one.
-const defaultConfig = "/etc/smarthost/smarthost.yaml"
-
-// configSource is the one way every command finds its configuration: the
-// --config flag, then $SMARTHOST_CONFIG, then defaultConfig if it exists.
-// "" means none was found: the embedded quickstart.
-func (c cmdIO) configSource(flagValue string) string {
-	if flagValue != "" {
-		return flagValue
-	}
-	if env := c.getenv("SMARTHOST_CONFIG"); env != "" {
-		return env
-	}
-	if _, err := os.Stat(defaultConfig); err == nil {
-		return defaultConfig
-	}
-	return ""
-}
-
-// quickstartNote says why a command runs on the embedded quickstart.
-const quickstartNote = "no --config, no $SMARTHOST_CONFIG and no " + defaultConfig + ": using the embedded quickstart (configs/quickstart.yaml), with its state under ./var"
-
-// config finds and loads the command's configuration (configSource); on a
+// config finds and loads the command's configuration (configs.Find); on a
 // problem it says so and returns the exit code.
 func (f flags) config(flagValue string) (*configs.File, string, int) {
-	source := f.io.configSource(flagValue)
+	return f.configTo(f.io.stderr, flagValue)
+}
+
+// configTo is config, saying the problems on w.
+func (f flags) configTo(w io.Writer, flagValue string) (*configs.File, string, int) {
+	source := configs.Find(flagValue, f.io.getenv)
 	if source == "" {
-		fmt.Fprintf(f.io.stderr, "%s: %s\n", f.Name(), quickstartNote)
+		fmt.Fprintf(f.io.stderr, "%s: %s\n", f.Name(), configs.QuickstartNote)
 	}
-	file, err := loadConfig(source)
+	file, err := configs.LoadFound(source)
 	if err != nil {
-		printProblems(f.io.stderr, source, err)
+		configs.Print(w, source, err)
 		return nil, source, exitBadConfig
 	}
 	return file, source, exitOK
@@ -110,66 +109,35 @@ type verb struct {
 	run   func(c cmdIO, args []string) int
 }
 
-// dispatch runs the verb args[0] of command name; none, "help", -h or
-// --help list the verbs (on standard output and with exit code 0 when
-// asked for).
-func dispatch(c cmdIO, name string, verbs map[string]verb, args []string) int {
+// verbs is command name, whose verbs are listed: it runs the verb
+// args[0]; none, "help", -h or --help list the verbs (on standard output
+// and with exit code 0 when asked for).
+func verbs(name string, table map[string]verb) func(c cmdIO, args []string) int {
 	list := func(w io.Writer) {
 		fmt.Fprintf(w, "usage: smarthost %s VERB [flags]\n\nverbs:\n", name)
-		names := make([]string, 0, len(verbs))
-		for n := range verbs {
-			names = append(names, n)
-		}
-		sort.Strings(names)
-		for _, n := range names {
-			fmt.Fprintf(w, "  %s %s\n      %s\n", n, verbs[n].usage, verbs[n].about)
+		for _, n := range slices.Sorted(maps.Keys(table)) {
+			fmt.Fprintf(w, "  %s %s\n      %s\n", n, table[n].usage, table[n].about)
 		}
 		fmt.Fprintf(w, "\nsmarthost %s VERB --help tells more.\n", name)
 	}
-	if len(args) == 0 {
-		list(c.stderr)
-		return exitBadConfig
-	}
-	switch args[0] {
-	case "help", "-h", "--help", "-help":
-		list(c.stdout)
-		return exitOK
-	}
-	v, ok := verbs[args[0]]
-	if !ok {
-		errorf(c.stderr, "%s: unknown verb %q", name, args[0])
-		list(c.stderr)
-		return exitBadConfig
-	}
-	return v.run(c, args[1:])
-}
-
-func loadConfig(path string) (*configs.File, error) {
-	if path == "" {
-		return configs.LoadQuickstart()
-	}
-	return configs.Load(path)
-}
-
-// sourceName names a configuration source for messages.
-func sourceName(path string) string {
-	if path == "" {
-		return "embedded quickstart"
-	}
-	return path
-}
-
-func printProblems(w io.Writer, path string, err error) {
-	path = sourceName(path)
-	var probs configs.Problems
-	if errors.As(err, &probs) {
-		fmt.Fprintf(w, "%s: %d problem(s):\n", path, len(probs))
-		for _, p := range probs {
-			fmt.Fprintf(w, "  %s\n", p)
+	return func(c cmdIO, args []string) int {
+		if len(args) == 0 {
+			list(c.stderr)
+			return exitBadConfig
 		}
-		return
+		switch args[0] {
+		case "help", "-h", "--help", "-help":
+			list(c.stdout)
+			return exitOK
+		}
+		v, ok := table[args[0]]
+		if !ok {
+			errorf(c.stderr, "%s: unknown verb %q", name, args[0])
+			list(c.stderr)
+			return exitBadConfig
+		}
+		return v.run(c, args[1:])
 	}
-	fmt.Fprintf(w, "%s: %v\n", path, err)
 }
 
 // fail says what went wrong with the configuration at path, or with the
@@ -180,7 +148,7 @@ func fail(c cmdIO, path, what string, err error) int {
 	var bad *daemon.ConfigError
 	switch {
 	case errors.As(err, &probs):
-		printProblems(c.stderr, path, err)
+		configs.Print(c.stderr, path, err)
 		return exitBadConfig
 	case what != "":
 		err = fmt.Errorf("%s: %w", what, err)
@@ -192,22 +160,30 @@ func fail(c cmdIO, path, what string, err error) int {
 	return exitRuntime
 }
 
+// resolverFlag is --resolver, which dkim check and check-config take.
+func resolverFlag(fs flags) *string {
+	return fs.String("resolver", "", "DNS server to ask, HOST or HOST:PORT (default: the system's resolver)")
+}
+
 // printFindings prints what probes found, a line each, and returns
 // exitOK, exitRuntime when one failed, or exitBadConfig when a key file
 // cannot be read (said on stderr).
 func printFindings(stdout, stderr io.Writer, findings []daemon.Finding) int {
 	code := exitOK
 	for _, f := range findings {
-		switch {
-		case f.Unreadable:
+		if f.Unreadable {
 			errorf(stderr, "%s", f)
 			code = exitBadConfig
-		case f.Failed:
-			fmt.Fprintln(stdout, f)
+			continue
+		}
+		fmt.Fprintln(stdout, f)
+		if f.Failed {
 			code = max(code, exitRuntime)
-		default:
-			fmt.Fprintln(stdout, f)
 		}
 	}
 	return code
+}
+
+func errorf(w io.Writer, format string, args ...any) {
+	fmt.Fprintf(w, "smarthost: "+strings.TrimSuffix(format, "\n")+"\n", args...)
 }

@@ -2,13 +2,8 @@ package main
 
 import (
 	"context"
-	"crypto"
+	"errors"
 	"fmt"
-	"io"
-	"maps"
-	"path/filepath"
-	"slices"
-	"strings"
 
 	"github.com/smarthost/smarthost/dkim"
 	"github.com/smarthost/smarthost/relay/daemon"
@@ -39,11 +34,6 @@ as a receiver would. One line per key says:
   unanswered  DNS gave no answer (timeout, SERVFAIL): try again
   broken      the key's own signatures do not verify: replace the key
 Exit 0 when every key is ok, 1 when one is not, 2 for a bad configuration.`
-
-// resolverFlag is --resolver, which dkim check and check-config take.
-func resolverFlag(fs flags) *string {
-	return fs.String("resolver", "", "DNS server to ask, HOST or HOST:PORT (default: the system's resolver)")
-}
 
 func dkimCheck(c cmdIO, args []string) int {
 	fs := c.flags("dkim check", checkHelp)
@@ -82,33 +72,15 @@ func dkimKeygen(c cmdIO, args []string) int {
 		errorf(stderr, "dkim keygen needs --domain and --selector")
 		return exitBadConfig
 	}
-	path := filepath.Join(*out, fmt.Sprintf("%s.%s.key", strings.ToLower(*domain), *selector))
-	var k crypto.Signer
-	if *ifMissing {
-		// Several nodes share one key: the first to start makes it.
-		if existing, err := dkim.LoadKey(path); err == nil {
-			k = existing
-		}
-	}
-	if k == nil {
-		var pemText []byte
-		var err error
-		if k, pemText, err = dkim.GenerateKey(*algo); err != nil {
-			errorf(stderr, "%v", err)
-			return exitBadConfig
-		}
-		if err := dkim.WriteKey(path, pemText); err != nil {
-			errorf(stderr, "%v", err)
-			return exitRuntime
-		}
-	}
-	name, value, err := dkim.DNSRecord(strings.ToLower(*domain), *selector, k.Public())
+	path, record, err := dkim.Keygen(*out, *domain, *selector, *algo, *ifMissing)
 	if err != nil {
 		errorf(stderr, "%v", err)
+		if errors.Is(err, dkim.ErrUnknownAlgorithm) {
+			return exitBadConfig
+		}
 		return exitRuntime
 	}
-	fmt.Fprintf(stdout, "key: %s\n", path)
-	printRecord(stdout, name, value)
+	fmt.Fprintf(stdout, "key: %s\n%s\n", path, record)
 	return exitOK
 }
 
@@ -122,36 +94,14 @@ func dkimDNS(c cmdIO, args []string) int {
 	if f == nil {
 		return code
 	}
-	stdout, stderr := c.stdout, c.stderr
 	code = exitOK
-	for _, d := range slices.Sorted(maps.Keys(f.DKIM.Domains)) {
-		for _, k := range f.DKIM.Domains[d] {
-			signer, err := dkim.LoadKey(k.KeyFile)
-			if err != nil {
-				errorf(stderr, "%s %s: %v", d, k.Selector, err)
-				code = exitRuntime
-				continue
-			}
-			name, value, err := dkim.DNSRecord(strings.ToLower(d), k.Selector, signer.Public())
-			if err != nil {
-				errorf(stderr, "%s %s: %v", d, k.Selector, err)
-				code = exitRuntime
-				continue
-			}
-			printRecord(stdout, name, value)
+	for _, r := range daemon.DKIMRecords(f) {
+		if r.Failed {
+			errorf(c.stderr, "%s", r)
+			code = exitRuntime
+			continue
 		}
+		fmt.Fprintln(c.stdout, r.Outcome)
 	}
 	return code
-}
-
-// printRecord prints a zone-file line; TXT strings are split at 255 bytes
-// as DNS requires, which RSA keys exceed.
-func printRecord(w io.Writer, name, value string) {
-	var parts []string
-	for len(value) > 255 {
-		parts = append(parts, `"`+value[:255]+`"`)
-		value = value[255:]
-	}
-	parts = append(parts, `"`+value+`"`)
-	fmt.Fprintf(w, "%s. IN TXT ( %s )\n", name, strings.Join(parts, " "))
 }

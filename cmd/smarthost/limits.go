@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
 	"time"
 
 	"github.com/smarthost/smarthost/relay/daemon"
@@ -36,16 +35,6 @@ func limitsShow(c cmdIO, args []string) int {
 	if err != nil {
 		return fail(c, source, "limits", err)
 	}
-	printLimits(c.stdout, v)
+	fmt.Fprint(c.stdout, v)
 	return exitOK
-}
-
-func printLimits(w io.Writer, v *daemon.LimitsView) {
-	fmt.Fprintf(w, "user %s (limits kept as %q), class %s\n", v.User, v.Key, v.Class)
-	if len(v.Limits) == 0 {
-		fmt.Fprintln(w, "  no limits")
-	}
-	for _, l := range v.Limits {
-		fmt.Fprintf(w, "  %-10s %-12s %d left, full again in %s\n", l.Limit, l.Rate, l.Remaining, l.FullIn)
-	}
 }

@@ -1,22 +1,15 @@
 // Command smarthost is an authenticated mail submission relay (RFC 6409).
-// This package is the composition root: the only one that knows every other.
+// This package is its command line: a file per command, which parses the
+// flags, calls a package (relay/daemon runs the relay) and prints.
 package main
 
 import (
 	"fmt"
-	"io"
 	"os"
-	"strings"
 )
 
-// Exit codes, as docs/cli.md lists them.
-const (
-	exitOK        = 0
-	exitRuntime   = 1
-	exitBadConfig = 2
-)
-
-const usage = `usage: smarthost COMMAND [flags]
+// overview is what smarthost without a command, or with help, prints.
+const overview = `usage: smarthost COMMAND [flags]
 
 commands:
   serve                             run the relay
@@ -40,42 +33,27 @@ smarthost COMMAND --help tells more.
 
 func main() {
 	c := cmdIO{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv}
-	os.Exit(run(c, os.Args[1:]))
+	os.Exit(execute(c, os.Args[1:]))
 }
 
-func run(c cmdIO, args []string) int {
+func execute(c cmdIO, args []string) int {
+	commands := map[string]func(cmdIO, []string) int{
+		"serve": serveCmd, "check-config": checkConfigCmd, "passwd": passwdCmd, "drain": drainCmd,
+		"dkim": verbs("dkim", dkimVerbs), "queue": verbs("queue", queueVerbs), "limits": verbs("limits", limitsVerbs),
+		"probe-ready": probeReadyCmd, "version": versionCmd, "--version": versionCmd, "-version": versionCmd,
+	}
 	if len(args) == 0 {
-		fmt.Fprint(c.stderr, usage)
+		fmt.Fprint(c.stderr, overview)
 		return exitBadConfig
 	}
-	cmd, rest := args[0], args[1:]
-	switch cmd {
-	case "serve":
-		return serveCmd(c, rest)
-	case "check-config":
-		return checkConfigCmd(c, rest)
-	case "passwd":
-		return passwdCmd(c, rest)
-	case "dkim":
-		return dispatch(c, "dkim", dkimVerbs, rest)
-	case "queue":
-		return dispatch(c, "queue", queueVerbs, rest)
-	case "limits":
-		return dispatch(c, "limits", limitsVerbs, rest)
-	case "drain":
-		return drainCmd(c, rest)
-	case "probe-ready":
-		return probeReadyCmd(c, rest)
-	case "version", "--version", "-version":
-		return versionCmd(c, rest)
+	if cmd, ok := commands[args[0]]; ok {
+		return cmd(c, args[1:])
+	}
+	switch args[0] {
 	case "help", "-h", "--help", "-help":
-		fmt.Fprint(c.stdout, usage)
+		fmt.Fprint(c.stdout, overview)
 		return exitOK
 	}
-	fmt.Fprintf(c.stderr, "smarthost: unknown command %q\n\n%s", cmd, usage)
+	fmt.Fprintf(c.stderr, "smarthost: unknown command %q\n\n%s", args[0], overview)
 	return exitBadConfig
-}
-
-func errorf(w io.Writer, format string, args ...any) {
-	fmt.Fprintf(w, "smarthost: "+strings.TrimSuffix(format, "\n")+"\n", args...)
 }

@@ -10,6 +10,8 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 	"golang.org/x/term"
+
+	"github.com/smarthost/smarthost/policy"
 )
 
 func passwdCmd(c cmdIO, args []string) int {
@@ -18,55 +20,42 @@ func passwdCmd(c cmdIO, args []string) int {
 	if _, code, done := fs.parse(args); done {
 		return code
 	}
-	stdin, stdout, stderr := c.stdin, c.stdout, c.stderr
-	pw, err := readPassword(stdin, stderr)
+	pw, err := readPassword(c.stdin, c.stderr)
+	var h string
+	if err == nil {
+		h, err = policy.HashPassword(pw, *cost)
+	}
 	if err != nil {
-		errorf(stderr, "passwd: %v", err)
+		errorf(c.stderr, "passwd: %v", err)
 		return exitRuntime
 	}
-	h, err := bcrypt.GenerateFromPassword([]byte(pw), *cost)
-	if err != nil {
-		errorf(stderr, "passwd: %v", err)
-		return exitRuntime
-	}
-	fmt.Fprintln(stdout, string(h))
+	fmt.Fprintln(c.stdout, h)
 	return exitOK
 }
 
 // readPassword prompts twice without echo on a terminal, or reads one line
 // from a pipe.
 func readPassword(stdin io.Reader, stderr io.Writer) (string, error) {
-	if f, ok := stdin.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-		fmt.Fprint(stderr, "Password: ")
-		a, err := term.ReadPassword(int(f.Fd()))
-		fmt.Fprintln(stderr)
-		if err != nil {
+	f, ok := stdin.(*os.File)
+	if !ok || !term.IsTerminal(int(f.Fd())) {
+		line, err := bufio.NewReader(stdin).ReadString('\n')
+		if err != nil && !errors.Is(err, io.EOF) {
 			return "", err
 		}
-		fmt.Fprint(stderr, "Again: ")
+		return strings.TrimRight(line, "\r\n"), nil
+	}
+	var typed [2]string
+	for i, prompt := range []string{"Password: ", "Again: "} {
+		fmt.Fprint(stderr, prompt)
 		b, err := term.ReadPassword(int(f.Fd()))
 		fmt.Fprintln(stderr)
 		if err != nil {
 			return "", err
 		}
-		if string(a) != string(b) {
-			return "", errors.New("the passwords differ")
-		}
-		return nonEmpty(string(a))
+		typed[i] = string(b)
 	}
-	line, err := bufio.NewReader(stdin).ReadString('\n')
-	if err != nil && !errors.Is(err, io.EOF) {
-		return "", err
+	if typed[0] != typed[1] {
+		return "", errors.New("the passwords differ")
 	}
-	return nonEmpty(strings.TrimRight(line, "\r\n"))
-}
-
-func nonEmpty(pw string) (string, error) {
-	if pw == "" {
-		return "", errors.New("empty password")
-	}
-	if len(pw) > 72 {
-		return "", errors.New("bcrypt uses at most 72 bytes of a password; use a shorter one")
-	}
-	return pw, nil
+	return typed[0], nil
 }

@@ -1,8 +1,10 @@
 package main
 
 import (
-	"net/http"
+	"context"
 	"time"
+
+	"github.com/smarthost/smarthost/relay/daemon"
 )
 
 // probeReadyCmd is a healthcheck for images without a shell or curl: it
@@ -13,21 +15,14 @@ func probeReadyCmd(c cmdIO, args []string) int {
 	if done {
 		return code
 	}
-	stderr := c.stderr
 	if len(pos) != 1 {
 		fs.Usage()
 		return exitBadConfig
 	}
-	args = pos
-	hc := http.Client{Timeout: 5 * time.Second}
-	resp, err := hc.Get(args[0])
-	if err != nil {
-		errorf(stderr, "probe-ready: %v", err)
-		return exitRuntime
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		errorf(stderr, "probe-ready: %s", resp.Status)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := daemon.Ready(ctx, pos[0]); err != nil {
+		errorf(c.stderr, "probe-ready: %v", err)
 		return exitRuntime
 	}
 	return exitOK

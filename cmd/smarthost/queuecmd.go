@@ -1,12 +1,15 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/smarthost/smarthost/configs"
+	"github.com/smarthost/smarthost/relay/daemon"
 	"github.com/smarthost/smarthost/relay/queue"
 )
 
@@ -16,28 +19,22 @@ var queueVerbs = map[string]verb{
 	"show":    queueVerb("show", 1, "one message's state and its content as it will be sent", queueShow),
 	"retry": queueVerb("retry", idOrAll, "ask the running relay to try a message, or with --all every message, now (it notices within 10 s)",
 		func(sp *queue.Spool, id string, w io.Writer) error {
-			if id == "" {
-				n, err := sp.RetryAll()
-				if err != nil {
-					return err
-				}
-				fmt.Fprintf(w, "retry requested for %d message(s)\n", n)
-				return nil
+			if id != "" {
+				return said(w, sp.Retry(id), "%s: retry requested", id)
 			}
-			if err := sp.Retry(id); err != nil {
-				return err
-			}
-			fmt.Fprintf(w, "%s: retry requested\n", id)
-			return nil
+			n, err := sp.RetryAll()
+			return said(w, err, "retry requested for %d message(s)", n)
 		}),
 	"delete": queueVerb("delete", 1, "delete a message without a bounce (one awaiting its first attempt is dropped by the relay at its next scan)",
-		func(sp *queue.Spool, id string, w io.Writer) error {
-			if err := sp.Delete(id); err != nil {
-				return err
-			}
-			fmt.Fprintf(w, "%s: deleted\n", id)
-			return nil
-		}),
+		func(sp *queue.Spool, id string, w io.Writer) error { return said(w, sp.Delete(id), "%s: deleted", id) }),
+}
+
+// said says what was done, unless err says it was not.
+func said(w io.Writer, err error, format string, args ...any) error {
+	if err == nil {
+		fmt.Fprintf(w, format+"\n", args...)
+	}
+	return err
 }
 
 // idOrAll, as a queue verb's number of arguments: an ID, or --all (act
@@ -48,9 +45,9 @@ const idOrAll = -1
 // idOrAll) and works on the spool of --config's queue.dir, whether or not a
 // relay runs.
 func queueVerb(name string, n int, about string, act func(sp *queue.Spool, id string, w io.Writer) error) verb {
-	usage := map[int]string{0: "[--config FILE]", 1: "ID [--config FILE]", idOrAll: "ID|--all [--config FILE]"}[n]
-	return verb{usage: usage, about: about, run: func(c cmdIO, args []string) int {
-		fs := c.flags("queue "+name, usage+"\n\n"+about)
+	synopsis := map[int]string{0: "[--config FILE]", 1: "ID [--config FILE]", idOrAll: "ID|--all [--config FILE]"}[n]
+	return verb{synopsis, about, func(c cmdIO, args []string) int {
+		fs := c.flags("queue "+name, synopsis+"\n\n"+about)
 		path := fs.String("config", "", "configuration file")
 		all := new(bool)
 		if n == idOrAll {
@@ -125,4 +122,37 @@ func queueShow(sp *queue.Spool, id string, w io.Writer) error {
 	}
 	fmt.Fprintf(w, "\n%s", body)
 	return nil
+}
+
+const handoffUsage = "[--config FILE] [--to NAME] [--timeout 5m]\n\n" +
+	"Hands every message in the spool of a stopped relay (queue.dir) to the peers of\n" +
+	"queue.handoff.upstreams, or to the upstream --to names; 0 when all are handed off,\n" +
+	"1 when some are left (they stay in the spool)."
+
+// queueHandoff is `smarthost queue handoff`: drain, for the spool of a node
+// that is gone.
+func queueHandoff(c cmdIO, args []string) int {
+	fs := c.flags("queue handoff", handoffUsage)
+	path := fs.String("config", "", "configuration file")
+	to := fs.String("to", "", "hand to this upstream only (default: queue.handoff.upstreams)")
+	timeout := fs.Duration("timeout", 5*time.Minute, "how long to keep trying")
+	if _, code, done := fs.parse(args); done {
+		return code
+	}
+	f, source, code := fs.config(*path)
+	if f == nil {
+		return code
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	log := daemon.NewLogger(configs.Log{Format: "text", Level: "info"}, c.stderr)
+	handed, left, err := daemon.Handoff(ctx, f, *to, log)
+	if err != nil {
+		return fail(c, source, "queue handoff", err)
+	}
+	fmt.Fprintf(c.stdout, "%d message(s) handed off, %d left\n", handed, left)
+	if left > 0 {
+		return exitRuntime
+	}
+	return exitOK
 }

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/smarthost/smarthost/configs"
 )
 
 // docSnippet is the fenced block that follows <!-- snippet: name --> in
@@ -164,8 +166,8 @@ func checkQuickstart(t *testing.T, out, log string) {
 // users file built in, the state under ./var, a message signed.
 func TestReadmeQuickStart(t *testing.T) {
 	need(t, "/usr/bin/swaks")
-	if _, err := os.Stat(defaultConfig); err == nil {
-		t.Skipf("%s exists on this machine: serve would read it", defaultConfig)
+	if _, err := os.Stat(configs.DefaultPath); err == nil {
+		t.Skipf("%s exists on this machine: serve would read it", configs.DefaultPath)
 	}
 	tmp := t.TempDir()
 	script := quickstartFlow(t, shellCommands(docSnippet(t, "README.md", "quickstart-serve")))

@@ -6,24 +6,24 @@ import (
 )
 
 func serveCmd(c cmdIO, args []string) int {
-	fs := c.flags("serve", "[--config FILE]\n\nRuns the relay until SIGTERM or SIGINT (graceful); SIGHUP reloads. Without --config it\nreads $SMARTHOST_CONFIG, else "+defaultConfig+" if it exists, else runs\nthe embedded quickstart (configs/quickstart.yaml), and logs which.")
+	fs := c.flags("serve", "[--config FILE]\n\nRuns the relay until SIGTERM or SIGINT (graceful); SIGHUP reloads. Without --config it\nreads $SMARTHOST_CONFIG, else "+configs.DefaultPath+" if it exists, else runs\nthe embedded quickstart (configs/quickstart.yaml), and logs which.")
 	path := fs.String("config", "", "configuration file")
 	if _, code, done := fs.parse(args); done {
 		return code
 	}
-	source := c.configSource(*path)
-	f, err := loadConfig(source)
+	source := configs.Find(*path, c.getenv)
+	f, err := configs.LoadFound(source)
 	if err != nil {
-		printProblems(c.stderr, source, err)
+		configs.Print(c.stderr, source, err)
 		return exitBadConfig
 	}
 	log := daemon.NewLogger(f.Log, c.stderr)
 	if source == "" {
-		log.Info(quickstartNote)
+		log.Info(configs.QuickstartNote)
 	} else {
 		log.Info("configuration", "file", source)
 	}
-	d, err := daemon.New(daemon.Config{File: f, Load: func() (*configs.File, error) { return loadConfig(source) }, Version: version}, log)
+	d, err := daemon.New(daemon.Config{File: f, Load: func() (*configs.File, error) { return configs.LoadFound(source) }, Version: version}, log)
 	if err != nil {
 		return fail(c, source, "", err)
 	}

@@ -8,15 +8,6 @@ import (
 	"github.com/smarthost/smarthost/dkim"
 )
 
-// Set by scripts/build.sh with -ldflags "-X main.version=... -X
-// main.commit=... -X main.built=...". built is the commit's time, not the
-// clock's, so that one commit always gives the same bytes.
-var (
-	version = "dev"
-	commit  = ""
-	built   = ""
-)
-
 func versionCmd(c cmdIO, args []string) int {
 	if _, code, done := c.flags("version", "\n\nPrints the version, the commit and its time, the Go version and the DKIM RSA backend.").parse(args); done {
 		return code

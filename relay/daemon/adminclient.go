@@ -91,3 +91,21 @@ func dialable(addr string) string {
 	}
 	return net.JoinHostPort(host, port)
 }
+
+// Ready asks a relay's /readyz at address, and returns nil if it is ready.
+func Ready(ctx context.Context, address string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, address, nil)
+	if err != nil {
+		return err
+	}
+	var client http.Client
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return errors.New(resp.Status)
+	}
+	return nil
+}

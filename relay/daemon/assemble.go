@@ -247,17 +247,7 @@ func loadDKIM(f *configs.File, create bool, log *slog.Logger) (map[string][]dkim
 				if !create {
 					continue // serve will make it
 				}
-				var pemText []byte
-				signer, pemText, err = dkim.GenerateKey(k.Algo)
-				if err == nil {
-					err = dkim.WriteKey(k.KeyFile, pemText)
-				}
-				if err == nil {
-					// Signed with as if loaded from the file (in the openssl
-					// build, that is libcrypto's signer).
-					signer, err = dkim.ParseKey(pemText)
-				}
-				if err == nil {
+				if signer, err = dkim.MakeKey(k.KeyFile, k.Algo); err == nil {
 					name, value, _ := dkim.DNSRecord(d, k.Selector, signer.Public())
 					log.Warn("created a DKIM key; publish its DNS record", "file", k.KeyFile, "name", name, "txt", value)
 				}

@@ -18,9 +18,10 @@ import (
 )
 
 // Assemble translates f as New does, without writing anything (a DKIM key
-// marked create_if_missing is not made): check-config's offline check.
-func Assemble(f *configs.File, log *slog.Logger) (*Assembly, configs.Problems) {
-	return assemble(f, false, log, nil)
+// marked create_if_missing is not made) or logging: check-config's offline
+// check.
+func Assemble(f *configs.File) (*Assembly, configs.Problems) {
+	return assemble(f, false, slog.New(slog.DiscardHandler), nil)
 }
 
 // Warnings are worth saying, not worth refusing the configuration for.
@@ -49,7 +50,7 @@ func found(subject string, err error, ok string) Finding {
 // Probe connects to LDAP, Redis and each upstream as the relay would, and
 // checks each DKIM key's published record (check-config --probe); resolver
 // is the DNS server to ask ("": the system's).
-func (a *Assembly) Probe(ctx context.Context, resolver string, log *slog.Logger) []Finding {
+func (a *Assembly) Probe(ctx context.Context, resolver string) []Finding {
 	var out []Finding
 	if a.ldap != nil {
 		for _, r := range a.ldap.Probe() {
@@ -65,7 +66,7 @@ func (a *Assembly) Probe(ctx context.Context, resolver string, log *slog.Logger)
 		out = append(out, found("redis "+strings.Join(f.RateLimit.Redis.Addrs, ","), err, "ok"))
 	}
 	out = append(out, CheckDKIM(ctx, a.file, resolver)...)
-	router, err := upstream.NewRouter(a.upstream, log)
+	router, err := upstream.NewRouter(a.upstream, slog.New(slog.DiscardHandler))
 	if err != nil {
 		return append(out, Finding{Subject: "upstreams", Outcome: err.Error(), Failed: true})
 	}
@@ -104,6 +105,27 @@ func CheckDKIM(ctx context.Context, f *configs.File, resolver string) []Finding 
 				outcome += " (" + n + ")"
 			}
 			out = append(out, Finding{Subject: fmt.Sprintf("dkim %s (%s)", r.Name, r.Key), Outcome: outcome, Failed: r.Verdict != dkim.OK})
+		}
+	}
+	return out
+}
+
+// DKIMRecords is the DNS record of every configured key (dkim dns): a
+// finding per key, whose Outcome is its zone-file line.
+func DKIMRecords(f *configs.File) []Finding {
+	var out []Finding
+	for _, d := range slices.Sorted(maps.Keys(f.DKIM.Domains)) {
+		for _, k := range f.DKIM.Domains[d] {
+			signer, err := dkim.LoadKey(k.KeyFile)
+			var name, value string
+			if err == nil {
+				name, value, err = dkim.DNSRecord(strings.ToLower(d), k.Selector, signer.Public())
+			}
+			if err != nil {
+				out = append(out, Finding{Subject: d + " " + k.Selector, Outcome: err.Error(), Failed: true})
+				continue
+			}
+			out = append(out, Finding{Subject: d + " " + k.Selector, Outcome: dkim.ZoneLine(name, value)})
 		}
 	}
 	return out

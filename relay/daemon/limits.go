@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -117,6 +118,19 @@ func showLimits(ctx context.Context, q *ratelimit.Quotas, lookup lookupFunc, nam
 			Remaining: s.Remaining, FullIn: s.ResetAfter.Round(time.Second).String()})
 	}
 	return v, nil
+}
+
+// String is the view as `limits show` prints it.
+func (v *LimitsView) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "user %s (limits kept as %q), class %s\n", v.User, v.Key, v.Class)
+	if len(v.Limits) == 0 {
+		fmt.Fprintln(&b, "  no limits")
+	}
+	for _, l := range v.Limits {
+		fmt.Fprintf(&b, "  %-10s %-12s %d left, full again in %s\n", l.Limit, l.Rate, l.Remaining, l.FullIn)
+	}
+	return b.String()
 }
 
 // limitsHandler serves GET /v1/limits/{user}.
