@@ -234,8 +234,8 @@ func TestReadmeOpeningCommands(t *testing.T) {
 // docs/apps.md's snippet trusts that file, and still does after a restart.
 func TestQuickstartCertificatePinned(t *testing.T) {
 	need(t, python, "-c", "import smtplib, ssl")
-	if _, err := os.Stat(defaultConfig); err == nil {
-		t.Skipf("%s exists on this machine: serve would read it", defaultConfig)
+	if _, err := os.Stat(configs.DefaultPath); err == nil {
+		t.Skipf("%s exists on this machine: serve would read it", configs.DefaultPath)
 	}
 	tmp := t.TempDir()
 	pin := docSnippet(t, "docs/apps.md", "quickstart-pin")
