@@ -9,7 +9,7 @@
 #
 # --baseline REF also builds git REF (a branch, a tag, a commit) and runs it
 # beside this tree in the same sitting: M=0 without DKIM and with both
-# signatures, and in the WAN profile.
+# signatures (with --vs-peers too), and in the WAN profile.
 #
 # --wan measures the upstream leg across a 20 ms round trip instead, in a
 # network namespace of its own: smarthost with and without pipelining and
@@ -17,11 +17,15 @@
 # max_connections 1 and 8 (scripts/bench-wan.sh says how). Needs root.
 #
 # --vs-peers puts the peers in the same sitting: both smarthost builds
-# (pure Go and the OpenSSL variant), Postfix (+ 2 OpenDKIM) and maddy
+# (pure Go and the OpenSSL variant), Postfix (+ 2 OpenDKIM), maddy
 # v0.8.1 (built once per machine from the Go module proxy, with the
-# replace lines of its own go.mod), each without DKIM and with RSA-2048 +
-# Ed25519, interleaved run by run; then M=1 for smarthost and Postfix. It
-# prints medians, ratios and a chart. maddy runs with STARTTLS and AUTH
+# replace lines of its own go.mod) and mox v0.0.17 (built once per machine
+# too; scripts/bench-mox.sh says how it runs and what limits it), each
+# without DKIM and with RSA-2048 + Ed25519, interleaved run by run; then
+# M=1 for smarthost and Postfix. mox allows one client IP 30 open and 300
+# new connections a minute: it runs in the M=0 profiles only, where every
+# peer gets one connection per session, and is left out with more than 30
+# sessions. It prints medians, ratios and a chart. maddy runs with STARTTLS and AUTH
 # PLAIN like smarthost, one bcrypt user allowed to send only as its
 # address, two modify.dkim blocks, target.smtp to the sink, and no limits
 # block. What makes its row unfair, in its favour or not: it fsyncs three
@@ -89,11 +93,37 @@ done
 W=${BENCH_DIR:-/var/lib/smarthost-bench}
 SINK_PORT=3525 RELAY_PORT=3587 PF_PORT=4587 MADDY_PORT=5587
 SH=$W/bin/smarthost LOAD=$W/bin/smtpload
+# Peers built from the module proxy, once per machine, by version.
+BENCH_CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/smarthost-test
+MOX_PEER=$PEERS
+if [ $PEERS = 1 ] && [ "$SESSIONS" -gt 30 ]; then
+  echo "bench.sh: mox is left out: it allows one client IP 30 open connections, and --sessions is $SESSIONS" >&2
+  MOX_PEER=0
+fi
 . scripts/bench-wan.sh
+. scripts/bench-mox.sh
 if [ -z "${BENCH_NETNS:-}" ]; then # inside the WAN namespace, all is built
 rm -rf "$W"; mkdir -p "$W/bin" "$W/dkim"
-if [ $BUILD = openssl ] && [ ! -e /usr/include/openssl/evp.h ]; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libssl-dev libc6-dev gcc >/dev/null
+# What a fresh Debian machine lacks, in one apt-get (its package lists
+# first: a new machine has none).
+need=()
+if [ $BUILD = openssl ] || [ $PEERS = 1 ]; then
+  [ -e /usr/include/openssl/evp.h ] || need+=(libssl-dev)
+  command -v gcc >/dev/null || need+=(gcc libc6-dev)
+fi
+if [ $VS = 1 ]; then
+  [ -x /usr/sbin/postfix ] || need+=(postfix)
+  [ -x /usr/sbin/opendkim ] || need+=(opendkim opendkim-tools)
+  command -v gnuplot >/dev/null || need+=(gnuplot-nox)
+  command -v openssl >/dev/null || need+=(openssl)
+  command -v pkill >/dev/null || need+=(procps)
+fi
+[ $MOX_PEER = 1 ] && ! command -v mount >/dev/null && need+=(mount)
+[ $WAN = 1 ] && ! command -v tc >/dev/null && need+=(iproute2)
+if [ ${#need[@]} -gt 0 ]; then
+  echo 'postfix postfix/main_mailer_type select No configuration' | debconf-set-selections
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 scripts/build.sh -o "$W/bin/smarthost" $([ $BUILD = openssl ] && echo --openssl) >/dev/null
 go build -o "$W/bin/smtpload" ./cmd/smtpload
@@ -102,14 +132,12 @@ if [ -n "$BASELINE" ]; then
   (cd "$W/base-src" && COMMIT=$(git -C "$OLDPWD" rev-parse "$BASELINE") scripts/build.sh -o "$W/bin/smarthost-base" >/dev/null)
 fi
 if [ $PEERS = 1 ]; then
-  [ -e /usr/include/openssl/evp.h ] ||
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libssl-dev libc6-dev gcc >/dev/null
   scripts/build.sh --openssl -o "$W/bin/smarthost-openssl" >/dev/null
   # maddy v0.8.1: the proxy serves it but lists no versions, so neither
   # `go install …@v0.8.1` nor `go get …@latest` works, and its go.mod
   # replaces go-smtp, go-imap and libdns-gandi with forks, which only a
   # module of our own can repeat. Built once per machine.
-  MADDY_DIR=${XDG_CACHE_HOME:-$HOME/.cache}/smarthost-bench/maddy-v0.8.1
+  MADDY_DIR=$BENCH_CACHE/maddy-v0.8.1
   if [ ! -x "$MADDY_DIR/maddy" ]; then
     echo "bench.sh: building maddy v0.8.1 (once)" >&2
     m=$(mktemp -d)
@@ -123,17 +151,7 @@ if [ $PEERS = 1 ]; then
     rm -rf "$m"
   fi
   MADDY=$MADDY_DIR/maddy
-fi
-
-if [ $VS = 1 ]; then
-  need=()
-  [ -x /usr/sbin/postfix ] || need+=(postfix)
-  [ -x /usr/sbin/opendkim ] || need+=(opendkim opendkim-tools)
-  command -v gnuplot >/dev/null || need+=(gnuplot-nox)
-  if [ ${#need[@]} -gt 0 ]; then
-    echo 'postfix postfix/main_mailer_type select No configuration' | debconf-set-selections
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-  fi
+  [ $MOX_PEER = 0 ] || mox_build
 fi
 [ $WAN = 1 ] && wan_enter "${ARGS[@]}"
 fi
@@ -430,13 +448,17 @@ for r in $(seq 1 "$RUNS"); do
   run_ceiling
   if [ $PEERS = 1 ]; then
     run_smarthost smarthost_M0 none 0
+    [ -n "$BASELINE" ] && SHBIN=$W/bin/smarthost-base run_smarthost baseline_M0 none 0
     SHBIN=$W/bin/smarthost-openssl run_smarthost smarthost_openssl_M0 none 0
     run_postfix postfix_M0 none 0 no
     run_maddy maddy_M0 none
+    [ $MOX_PEER = 0 ] || run_mox mox_M0 none
     run_smarthost smarthost_M0_dkim2 both 0
+    [ -n "$BASELINE" ] && SHBIN=$W/bin/smarthost-base run_smarthost baseline_M0_dkim2 both 0
     SHBIN=$W/bin/smarthost-openssl run_smarthost smarthost_openssl_M0_dkim2 both 0
     run_postfix postfix_M0_opendkim2 both 0 no
     run_maddy maddy_M0_dkim2 both
+    [ $MOX_PEER = 0 ] || run_mox mox_M0_dkim2 both
     run_smarthost smarthost_M1 none 1
     LOADX=--resume=false run_smarthost smarthost_M1_noresume none 1
     run_postfix postfix_M1_starttls none 1 yes
@@ -471,7 +493,7 @@ ratio() { awk -v a="$(median "$1")" -v b="$(median "$2")" 'BEGIN { if (b > 0) pr
 if [ $WAN = 1 ]; then wan_report; exit 0; fi
 echo "# medians of $RUNS runs (msg/s)"
 for n in ceiling smarthost_M0 baseline_M0 smarthost_openssl_M0 smarthost_M0_rsa smarthost_M0_dkim2 baseline_M0_dkim2 smarthost_openssl_M0_dkim2 smarthost_M1 \
-         smarthost_M1_noresume postfix_M0 postfix_M0_opendkim_rsa postfix_M0_opendkim2 postfix_M1_starttls maddy_M0 maddy_M0_dkim2; do
+         smarthost_M1_noresume postfix_M0 postfix_M0_opendkim_rsa postfix_M0_opendkim2 postfix_M1_starttls maddy_M0 maddy_M0_dkim2 mox_M0 mox_M0_dkim2; do
   m=$(median $n); [ "$m" = 0 ] || printf '%-24s %8s\n' $n "$m" | tee -a "$W/medians"
 done
 if [ -n "$BASELINE" ]; then
@@ -559,18 +581,30 @@ if [ $PEERS = 1 ]; then
   echo "OpenSSL, 2 signatures / postfix + 2 OpenDKIM:    $(ratio smarthost_openssl_M0_dkim2 postfix_M0_opendkim2)"
   echo "OpenSSL, 2 signatures / maddy, 2 signatures:      $(ratio smarthost_openssl_M0_dkim2 maddy_M0_dkim2)"
   echo "pure Go, no DKIM / maddy, no DKIM:                $(ratio smarthost_M0 maddy_M0)"
+  if [ $MOX_PEER = 1 ]; then
+    echo "pure Go, 2 signatures / mox, 2 signatures:        $(ratio smarthost_M0_dkim2 mox_M0_dkim2)"
+    echo "OpenSSL, 2 signatures / mox, 2 signatures:        $(ratio smarthost_openssl_M0_dkim2 mox_M0_dkim2)"
+    echo "pure Go, no DKIM / mox, no DKIM:                  $(ratio smarthost_M0 mox_M0)"
+  fi
   echo "pure Go, no DKIM / ceiling (load into the sink):  $(ratio smarthost_M0 ceiling)"
   echo "pure Go, M=1 / postfix M=1 with STARTTLS:         $(ratio smarthost_M1 postfix_M1_starttls)"
   echo "pure Go, M=1 not resuming / postfix M=1:          $(ratio smarthost_M1_noresume postfix_M1_starttls)"
   if command -v gnuplot >/dev/null; then
     {
-      echo '"no DKIM"' "$(median smarthost_M0) $(median smarthost_openssl_M0) $(median postfix_M0) $(median maddy_M0)"
-      echo '"RSA-2048 + Ed25519"' "$(median smarthost_M0_dkim2) $(median smarthost_openssl_M0_dkim2) $(median postfix_M0_opendkim2) $(median maddy_M0_dkim2)"
+      echo '"no DKIM"' "$(median smarthost_M0) $(median smarthost_openssl_M0) $(median postfix_M0) $(median maddy_M0) $(median mox_M0)"
+      echo '"RSA-2048 + Ed25519"' "$(median smarthost_M0_dkim2) $(median smarthost_openssl_M0_dkim2) $(median postfix_M0_opendkim2) $(median maddy_M0_dkim2) $(median mox_M0_dkim2)"
     } > "$W/peers.dat"
+    # Bars of a group sit 1/(bars + 1) apart around its centre.
+    if [ $MOX_PEER = 1 ]; then
+      peers="smarthost, maddy 0.8.1, mox 0.0.17 (STARTTLS + AUTH) vs Postfix 3.7 (+ 2 OpenDKIM, plain)" bars=5
+      mox_bar=', "" using 6 title "mox", "" using ($0 + 2/6.):6:(sprintf("%.0f", $6)) with labels offset 0,1 notitle'
+    else
+      peers="smarthost (STARTTLS + AUTH) vs Postfix 3.7 (+ 2 OpenDKIM, plain) vs maddy 0.8.1 (STARTTLS + AUTH)" bars=4 mox_bar=
+    fi
     histogram "$W/peers.png" <<PLOT && echo "# peers chart: $W/peers.png"
 set ylabel "messages/s, end to end"
-set title "smarthost (STARTTLS + AUTH) vs Postfix 3.7 (+ 2 OpenDKIM, plain) vs maddy 0.8.1 (STARTTLS + AUTH)\n$TOTAL x $SIZE B, $SESSIONS sessions, median of $RUNS"
-set key top right
+set title "$peers\n$TOTAL x $SIZE B, $SESSIONS sessions, median of $RUNS"
+set key below
 set yrange [0:*]
 set xrange [-0.6:1.6]
 set grid ytics
@@ -578,8 +612,8 @@ plot "$W/peers.dat" using 2:xtic(1) title "smarthost, pure Go (default)", \
      "" using 3 title "smarthost, OpenSSL variant", \
      "" using 4 title "Postfix", \
      "" using 5 title "maddy", \
-     "" using (\$0 - 0.3):2:(sprintf("%.0f", \$2)) with labels offset 0,1 notitle, \
-     "" using (\$0 + 0.3):5:(sprintf("%.0f", \$5)) with labels offset 0,1 notitle
+     "" using (\$0 - ($bars - 1) / 2. / ($bars + 1)):2:(sprintf("%.0f", \$2)) with labels offset 0,1 notitle, \
+     "" using (\$0 + (3 - ($bars - 1) / 2.) / ($bars + 1)):5:(sprintf("%.0f", \$5)) with labels offset 0,1 notitle$mox_bar
 PLOT
   fi
 fi
