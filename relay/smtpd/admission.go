@@ -56,11 +56,13 @@ func (s *Server) refuse(c *Conn, r *Reply) {
 		}
 		w = tc
 	}
-	c.raw.SetWriteDeadline(time.Now().Add(time.Second))
-	w.Write([]byte(formatReply(r)))
+	// The hook hears of it before the client does, as in Conn.send: whoever
+	// has read the reply can count on the refusal being counted.
 	if h := s.cfg.Hooks.Refused; h != nil {
 		h(c, "CONNECT", r, nil)
 	}
+	c.raw.SetWriteDeadline(time.Now().Add(time.Second))
+	w.Write([]byte(formatReply(r)))
 }
 
 // admit counts a connection against its address and the total, or says
