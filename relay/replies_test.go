@@ -40,6 +40,7 @@ type wireCase struct {
 	listener string // implicit (default), starttls or plain
 	steps    []string
 	before   func(t *testing.T, e *testEnv) // after the steps but the last
+	tinyFS   bool                           // the queue on a small file system of its own (root)
 }
 
 const (
@@ -110,7 +111,7 @@ func TestEveryReplyOnTheWire(t *testing.T) {
 		{row: smtpd.ReplyBareLineEnding, steps: append(tx, data("From: alice@example.com\r\n\r\nbare\rCR"))},
 		{row: smtpd.ReplyDataNUL, steps: append(tx, data("From: alice@example.com\r\n\r\nNUL\x00"))},
 		{row: smtpd.ReplyDataLineTooLong, steps: append(tx, data("From: alice@example.com\r\n\r\n"+strings.Repeat("x", 2500)))},
-		{row: smtpd.ReplyDiskFull, opts: testOpts{queueDir: relaytest.TinyFS(t, "1m")}, steps: append(tx, data("From: alice@example.com\r\n\r\n"+strings.Repeat("full disk\r\n", 100))),
+		{row: smtpd.ReplyDiskFull, tinyFS: true, steps: append(tx, data("From: alice@example.com\r\n\r\n"+strings.Repeat("full disk\r\n", 100))),
 			before: func(t *testing.T, e *testEnv) { relaytest.Fill(t, e.dir) }},
 		{row: smtpd.ReplySpoolFailed, steps: append(tx, data("From: alice@example.com\r\n\r\nhi")),
 			before: func(t *testing.T, e *testEnv) { e.q.Close() }},
@@ -149,11 +150,19 @@ func TestEveryReplyOnTheWire(t *testing.T) {
 		{row: smtpd.ReplyPanic, opts: testOpts{dir: panicDirectory{usersFile(t)}}, steps: []string{"EHLO c.test", "AUTH PLAIN AHBhbmljAHBhbmlj"}},
 	}
 	covered := map[*smtpd.Reply]bool{}
+	var skipped []string
 	for _, tc := range cases {
 		covered[tc.row] = true
 		t.Run(strings.ReplaceAll(tc.row.When, "/", "-"), func(t *testing.T) {
-			if tc.row == smtpd.ReplyDiskFull && tc.opts.queueDir == "" {
-				t.Skip("no small file system here")
+			defer func() {
+				if t.Skipped() {
+					skipped = append(skipped, tc.row.Error())
+				}
+			}()
+			if tc.tinyFS {
+				// Its own small file system, to fill: it needs root, and
+				// only this row is skipped without it (a failure under CI).
+				tc.opts.queueDir = relaytest.TinyFS(t, "1m")
 			}
 			e := newEnv(t, tc.opts)
 			got := e.walk(t, tc)
@@ -166,6 +175,9 @@ func TestEveryReplyOnTheWire(t *testing.T) {
 		if !covered[r] {
 			t.Errorf("no case sends %q", r.Error())
 		}
+	}
+	if len(skipped) > 0 {
+		t.Logf("%d of %d rows ran; skipped: %q", len(cases)-len(skipped), len(cases), skipped)
 	}
 }
 

@@ -90,7 +90,7 @@ func TestGracefulStop(t *testing.T) {
 	if code := p.wait(t, 40*time.Second); code != 0 {
 		t.Fatalf("exit code %d after SIGTERM", code)
 	}
-	if !strings.Contains(p.logText(), "stopped") {
+	if len(p.records().with("msg", "stopped")) == 0 {
 		t.Errorf("no stop in log:\n%s", p.logText())
 	}
 }
@@ -115,14 +115,14 @@ func TestReloadUsers(t *testing.T) {
 	f.WriteString("  bob:\n    password_hash: \"" + string(h) + "\"\n    addresses: [bob@example.com]\n")
 	f.Close()
 	p.signal(t, syscall.SIGHUP)
-	eventually(t, "the reload", 10*time.Second, func() bool { return strings.Contains(p.logText(), "configuration reloaded") })
+	eventually(t, "the reload", 10*time.Second, func() bool { return len(p.records().with("msg", "configuration reloaded")) > 0 })
 	if err := login(t, e.implicit, "bob", "bob-pw"); err != nil {
 		t.Fatalf("bob after reload: %v", err)
 	}
 	// A broken file is refused and the running configuration kept.
 	os.WriteFile(filepath.Join(e.dir, "users.yaml"), []byte("users: [broken\n"), 0o600)
 	p.signal(t, syscall.SIGHUP)
-	eventually(t, "the refusal", 10*time.Second, func() bool { return strings.Contains(p.logText(), "reload refused") })
+	eventually(t, "the refusal", 10*time.Second, func() bool { return len(p.records().withPrefix("msg", "reload refused")) > 0 })
 	if err := login(t, e.implicit, "alice", "alice-pw"); err != nil {
 		t.Fatalf("alice after a refused reload: %v", err)
 	}
@@ -177,7 +177,7 @@ func TestDKIMRotationOnReload(t *testing.T) {
 	cfg := strings.Replace(string(text), "      - {selector: e2ersa,", "      - {selector: next, key_file: \""+newKey+"\"}\n      - {selector: e2ersa,", 1)
 	os.WriteFile(e.config, []byte(cfg), 0o600)
 	p.signal(t, syscall.SIGHUP)
-	eventually(t, "the reload", 10*time.Second, func() bool { return strings.Contains(p.logText(), "configuration reloaded") })
+	eventually(t, "the reload", 10*time.Second, func() bool { return len(p.records().with("msg", "configuration reloaded")) > 0 })
 	out, _ := swaks(t, "--server", e.implicit, "--tls-on-connect", "--auth", "PLAIN", "--auth-user", "alice", "--auth-password", "alice-pw",
 		"--from", "alice@example.com", "--to", "b@example.org")
 	m := queuedRe.FindStringSubmatch(out)
@@ -246,7 +246,7 @@ func TestServeDefaultConfig(t *testing.T) {
 		}
 		return err == nil
 	})
-	if !strings.Contains(p.logText(), `msg=configuration file=`+e.config) {
+	if len(p.records().with("msg", "configuration").with("file", e.config)) == 0 {
 		t.Errorf("the log does not say which configuration runs:\n%s", p.logText())
 	}
 }

@@ -2,8 +2,6 @@ package main
 
 import (
 	"fmt"
-	"net/mail"
-	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
@@ -26,8 +24,9 @@ func peerUser(t *testing.T) string {
 
 // A node that leaves hands its queue over: with the upstream down, relay A
 // holds 100 messages; `smarthost drain` makes A pass them to B and exit 0;
-// once the upstream is back B delivers every one, exactly once, still with
-// A's signatures only.
+// once the upstream is back B delivers every one, exactly once (counted
+// once B's queue is empty and the upstream has been quiet), still with A's
+// signatures only.
 func TestDrainHandsOffTheQueue(t *testing.T) {
 	upAddr := freePort(t) // nothing listens yet: the upstream is down
 	b := newRelayEnv(t, envOpts{upstream: "smtp://" + upAddr, users: peerUser(t)})
@@ -56,18 +55,7 @@ s.quit()
 	if !strings.Contains(out, "sent") {
 		t.Fatalf("submitting: %s", out)
 	}
-	queued := func(e *relayEnv) int {
-		o, _ := exec.Command(binary, "queue", "list", "--config", e.config).CombinedOutput()
-		var k int
-		for _, line := range strings.Split(string(o), "\n") {
-			if _, err := fmt.Sscanf(line, "%d message(s)", &k); err == nil {
-				return k
-			}
-		}
-		t.Fatalf("queue list: %s", o)
-		return -1
-	}
-	if k := queued(a); k != n {
+	if k := queueCount(t, a); k != n {
 		t.Fatalf("A holds %d messages, want %d", k, n)
 	}
 
@@ -78,10 +66,10 @@ s.quit()
 	if code := ap.wait(t, 20*time.Second); code != 0 {
 		t.Fatalf("A exited %d after the drain, want 0", code)
 	}
-	if k := queued(a); k != 0 {
+	if k := queueCount(t, a); k != 0 {
 		t.Fatalf("A's spool holds %d messages after the drain", k)
 	}
-	if k := queued(b); k != n {
+	if k := queueCount(t, b); k != n {
 		t.Fatalf("B holds %d messages, want %d", k, n)
 	}
 
@@ -90,15 +78,13 @@ s.quit()
 		t.Fatal(err)
 	}
 	defer up.Close()
-	msgs := up.Wait(n, 60*time.Second)
-	eventually(t, "B's queue empty", 30*time.Second, func() bool { return queued(b) == 0 })
-	ids := map[string]int{}
-	for _, m := range up.Messages() {
-		pm, err := mail.ReadMessage(strings.NewReader(string(m.Data)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		ids[pm.Header.Get("Message-Id")]++
+	msgs := up.Settled(t, relaytest.Quiet, 90*time.Second, func() bool { return queueCount(t, b) == 0 })
+	var want []string
+	for i := range n {
+		want = append(want, fmt.Sprintf("<handoff-%d@example.com>", i))
+	}
+	relaytest.ExactlyOnce(t, msgs, relaytest.Header("Message-Id"), want)
+	for _, m := range msgs {
 		if m.From != "alice@example.com" || len(m.To) != 1 || m.Notify["bob@example.org"] != "FAILURE,DELAY" {
 			t.Errorf("envelope changed on the way: %+v", m.Envelope())
 		}
@@ -106,10 +92,7 @@ s.quit()
 			t.Errorf("%d signatures, want A's 2 only", k)
 		}
 	}
-	if len(msgs) != n || len(ids) != n {
-		t.Fatalf("upstream got %d messages with %d Message-IDs, want %d each", len(up.Messages()), len(ids), n)
-	}
-	dkimVerify(t, a.records, up.Messages()[0].Data)
+	dkimVerify(t, a.records, msgs[0].Data)
 	_ = bp
 }
 
@@ -143,20 +126,28 @@ s.quit()
 		t.Errorf("handoff without peers: exit %d\n%s", exitCode(err), out)
 	}
 	out, err := runCLI("queue", "handoff", "--config", a.config, "--to", "relay-b", "--timeout", "60s")
-	if err != nil || !strings.Contains(out, "10 message(s) handed off, 0 left") {
+	if err != nil {
 		t.Fatalf("queue handoff: %v\n%s", err, out)
 	}
-	eventually(t, "B to hold the 10", 10*time.Second, func() bool {
-		o, _ := runCLI("queue", "list", "--config", b.config)
-		return strings.Contains(o, "10 message(s)")
-	})
+	if c := counts(t, out, `(\d+) message\(s\) handed off, (\d+) left`); c[0] != 10 || c[1] != 0 {
+		t.Fatalf("queue handoff: %d handed off, %d left; want 10 and 0", c[0], c[1])
+	}
+	if k := queueCount(t, a); k != 0 {
+		t.Fatalf("A's spool holds %d after the handoff", k)
+	}
+	// B acknowledged each before the handoff went on, and its upstream is
+	// down: it holds all 10, and no more.
+	if k := queueCount(t, b); k != 10 {
+		t.Fatalf("B holds %d messages, want the 10 handed to it", k)
+	}
 }
 
 // A node that must leave while its upstream tarpits: each attempt in
 // flight would wait out the upstream's timeout (5 minutes, the default
 // here). The drain cuts them short and hands their messages over with the
 // rest, so it ends well within its --timeout, and the peer delivers every
-// one.
+// one exactly once (the tarpit never took any), counted once B's queue is
+// empty and the sink has been quiet.
 func TestDrainCutsShortATarpit(t *testing.T) {
 	sink, err := relaytest.NewSink(relaytest.SinkOptions{Addr: freePort(t)})
 	if err != nil {
@@ -190,7 +181,10 @@ func TestDrainCutsShortATarpit(t *testing.T) {
 	if code := ap.wait(t, 20*time.Second); code != 0 {
 		t.Fatalf("A exited %d after the drain, want 0", code)
 	}
-	if got := sink.Wait(n, 30*time.Second); len(got) != n {
-		t.Fatalf("the peer delivered %d of %d", len(got), n)
+	got := sink.Settled(t, relaytest.Quiet, 60*time.Second, func() bool { return queueCount(t, b) == 0 })
+	var want []string
+	for i := range n {
+		want = append(want, fmt.Sprintf("tarpit-drain %d", i))
 	}
+	relaytest.ExactlyOnce(t, got, relaytest.Header("Subject"), want)
 }

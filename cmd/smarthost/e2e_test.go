@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -414,15 +415,38 @@ func pySMTP(t *testing.T, addr, script string, args ...string) string {
 	return string(out)
 }
 
+// eventually is relaytest.Eventually, which new tests call directly.
 func eventually(t *testing.T, what string, d time.Duration, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
+	relaytest.Eventually(t, what, d, cond)
+}
+
+// counts reads the numbers of the one line of out that pattern matches
+// whole (it is anchored at both ends of a line; each number is a group):
+// a count read whole, where a substring match would take 10 for 0.
+func counts(t *testing.T, out, pattern string) []int {
+	t.Helper()
+	m := regexp.MustCompile(`(?m)^`+pattern+`\r?$`).FindAllStringSubmatch(out, -1)
+	if len(m) != 1 {
+		t.Fatalf("%d lines match %q in:\n%s", len(m), pattern, out)
 	}
+	var n []int
+	for _, g := range m[0][1:] {
+		v, err := strconv.Atoi(g)
+		if err != nil {
+			t.Fatalf("%q in %q: %v", g, m[0][0], err)
+		}
+		n = append(n, v)
+	}
+	return n
+}
+
+// queueCount is the number of messages `smarthost queue list` finds in
+// e's spool, from its count line ("N message(s)").
+func queueCount(t *testing.T, e *relayEnv) int {
+	t.Helper()
+	out, _ := runCLI("queue", "list", "--config", e.config)
+	return counts(t, out, `(\d+) message\(s\)`)[0]
 }
 
 // dkimVerify checks msg with dkimpy and Mail::DKIM. Debian 12's Mail::DKIM

@@ -113,11 +113,6 @@ func sendAlice(t *testing.T, e *relayEnv, subject string) {
 	}
 }
 
-func queueLen(t *testing.T, e *relayEnv) string {
-	out, _ := exec.Command(binary, "queue", "list", "--config", e.config).CombinedOutput()
-	return string(out)
-}
-
 // XOAUTH2 and OAUTHBEARER with client credentials: check-config --probe
 // obtains a token and logs in; messages go through; Dovecot saw the
 // mechanism, and Hydra's token was fetched once for all of them.
@@ -163,7 +158,8 @@ func TestOAuth2Upstream(t *testing.T) {
 
 // A token that expires during a run is replaced before it lapses; one that
 // the server stops honouring (revoked) is refused, fetched again once and
-// the login retried. No message is lost, bounced or sent twice.
+// the login retried. No message is lost, bounced or sent twice: counted
+// once the relay's queue is empty and the sink has been quiet.
 func TestOAuth2TokenExpiryAndRevocation(t *testing.T) {
 	t.Run("expiry", func(t *testing.T) {
 		o := startOAuthUpstream(t, 6*time.Second)
@@ -184,18 +180,16 @@ func TestOAuth2TokenExpiryAndRevocation(t *testing.T) {
 		for i := 0; i < 3; i++ {
 			sendAlice(t, e, fmt.Sprint("after ", i))
 		}
-		got := o.sink.Wait(6, 30*time.Second)
-		if len(got) != 6 {
-			t.Fatalf("%d of 6 messages arrived", len(got))
-		}
+		got := o.sink.Settled(t, relaytest.Quiet, 60*time.Second, func() bool { return queueCount(t, e) == 0 })
+		relaytest.ExactlyOnce(t, got, relaytest.Header("Subject"),
+			[]string{"before 0", "before 1", "before 2", "after 0", "after 1", "after 2"})
 		if n := len(o.tokens.granted()); n != 2 {
 			t.Errorf("%d tokens granted, want 2", n)
 		}
 		if o.dovecot.Refusals() != 0 {
 			t.Errorf("an expired token was offered:\n%s", o.dovecot.Log())
 		}
-		eventually(t, "an empty queue", 10*time.Second, func() bool { return strings.Contains(queueLen(t, e), "0 message(s)") })
-		for _, m := range o.sink.Messages() {
+		for _, m := range got {
 			if m.From == "" {
 				t.Errorf("a bounce: %s", m.Data)
 			}
@@ -210,17 +204,16 @@ func TestOAuth2TokenExpiryAndRevocation(t *testing.T) {
 		o.hydra.Revoke(t, o.clientID)
 		o.dovecot.DropSessions(t)
 		sendAlice(t, e, "second")
-		if got := o.sink.Wait(2, 30*time.Second); len(got) != 2 {
-			t.Fatalf("%d of 2 messages arrived", len(got))
-		}
+		got := o.sink.Settled(t, relaytest.Quiet, 60*time.Second, func() bool { return queueCount(t, e) == 0 })
+		relaytest.ExactlyOnce(t, got, relaytest.Header("Subject"), []string{"first", "second"})
 		if n := len(o.tokens.granted()); n != 2 {
 			t.Errorf("%d tokens granted, want 2 (the refused one replaced once)", n)
 		}
 		if o.dovecot.Refusals() != 1 || o.dovecot.Logins("XOAUTH2") != 2 {
 			t.Errorf("Dovecot should have refused the revoked token once and taken its successor:\n%s", o.dovecot.Log())
 		}
-		if strings.Contains(p.logText(), "delivery deferred") {
-			t.Errorf("the refused token cost an attempt:\n%s", p.logText())
+		if d := p.records().with("msg", "delivery deferred"); len(d) > 0 {
+			t.Errorf("the refused token cost an attempt: %v", d)
 		}
 	})
 	t.Run("token file", func(t *testing.T) {
@@ -233,12 +226,12 @@ func TestOAuth2TokenExpiryAndRevocation(t *testing.T) {
 		e := newRelayEnv(t, envOpts{upstreams: o.yaml("oauthbearer", fmt.Sprintf("token_file: %q", file))})
 		p := e.start(t)
 		sendAlice(t, e, "waits for a token")
-		eventually(t, "a deferred attempt", 20*time.Second, func() bool { return strings.Contains(p.logText(), "delivery deferred") })
+		relaytest.Eventually(t, "a deferred attempt", 20*time.Second, func() bool { return len(p.records().with("msg", "delivery deferred")) > 0 })
 		if n := len(o.sink.Messages()); n != 0 {
 			t.Fatalf("%d messages passed with a bad token", n)
 		}
-		if q := queueLen(t, e); !strings.Contains(q, "1 message(s)") {
-			t.Fatalf("queue: %s", q)
+		if k := queueCount(t, e); k != 1 {
+			t.Fatalf("%d messages queued, want the 1 waiting for a token", k)
 		}
 		req, _ := http.NewRequest(http.MethodPost, o.hydra.TokenURL(),
 			strings.NewReader(url.Values{"grant_type": {"client_credentials"}, "scope": {"smtp"}}.Encode()))
@@ -297,8 +290,12 @@ func TestAuthLoginOnlyUpstream(t *testing.T) {
 	if !regexp.MustCompile(`< localhost\[127\.0\.0\.1\]: AUTH LOGIN`).MatchString(up.Log()) {
 		t.Errorf("no AUTH LOGIN in Postfix's log")
 	}
-	if !strings.Contains(p.logText(), "does not offer AUTH PLAIN") {
-		t.Errorf("the PLAIN upstream's failure does not say why")
+	said := false
+	for _, r := range p.records().with("msg", "upstream deferred").with("upstream", "plain") {
+		said = said || strings.Contains(r["err"], "does not offer AUTH PLAIN")
+	}
+	if !said {
+		t.Errorf("the PLAIN upstream's failure does not say why: %v", p.records().with("msg", "upstream deferred"))
 	}
 }
 
@@ -343,7 +340,7 @@ func TestClientCertificateUpstream(t *testing.T) {
 	if !strings.Contains(up.Log(), "Trusted TLS connection established from localhost") {
 		t.Errorf("Postfix did not verify a client certificate:\n%s", up.Log())
 	}
-	if !regexp.MustCompile(`upstream deferred.*upstream=nocert`).MatchString(p.logText()) {
+	if len(p.records().with("msg", "upstream deferred").with("upstream", "nocert")) == 0 {
 		t.Errorf("the upstream without a certificate was not refused")
 	}
 }
@@ -446,17 +443,17 @@ s.quit()
 		t.Fatalf("smtplib: %s", out)
 	}
 	mainUp.Wait(3, 20*time.Second)
-	eventually(t, "archive retries", 20*time.Second, func() bool {
-		return strings.Count(p.logText(), "delivery deferred") >= 2
+	relaytest.Eventually(t, "archive retries", 20*time.Second, func() bool {
+		return len(p.records().with("msg", "delivery deferred").with("rcpt", "archive@archive.example")) >= 2
 	})
-	if q := queueLen(t, e); !strings.Contains(q, "1 message(s)") {
-		t.Errorf("the message with its archive copy pending is not in the queue: %s", q)
+	if k := queueCount(t, e); k != 1 {
+		t.Errorf("%d messages queued, want the 1 with its archive copy pending", k)
 	}
 	archive.FailRcpt("archive@archive.example", nil)
 	if got := archive.Wait(2, 20*time.Second); len(got) != 2 {
 		t.Fatalf("archive: %d copies", len(got))
 	}
-	eventually(t, "an empty queue", 10*time.Second, func() bool { return strings.Contains(queueLen(t, e), "0 message(s)") })
+	relaytest.Eventually(t, "an empty queue", 10*time.Second, func() bool { return queueCount(t, e) == 0 })
 	for _, m := range mainUp.Messages() {
 		if m.From == "" {
 			t.Errorf("a bounce went out for the archive copy:\n%s", m.Data)

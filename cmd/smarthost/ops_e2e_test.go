@@ -177,7 +177,7 @@ func TestReloadLeavesOpenSessions(t *testing.T) {
 	c := aliceSession(t, e.implicit)
 	os.WriteFile(filepath.Join(e.dir, "users.yaml"), []byte("users: {}\n"), 0o600) // alice is gone
 	p.signal(t, syscall.SIGHUP)
-	eventually(t, "the reload", 10*time.Second, func() bool { return strings.Contains(p.logText(), "configuration reloaded") })
+	eventually(t, "the reload", 10*time.Second, func() bool { return len(p.records().with("msg", "configuration reloaded")) > 0 })
 	if err := c.SendMail("alice@example.com", []string{"b@example.org"}, strings.NewReader("From: alice@example.com\r\n\r\nstill here\r\n")); err != nil {
 		t.Fatalf("open session after reload: %v", err)
 	}
@@ -206,7 +206,7 @@ func TestReloadRebindsListeners(t *testing.T) {
 	text, _ := os.ReadFile(e.config)
 	os.WriteFile(e.config, []byte(strings.Replace(string(text), e.implicit, moved, 1)), 0o600)
 	p.signal(t, syscall.SIGHUP)
-	eventually(t, "the reload", 10*time.Second, func() bool { return strings.Contains(p.logText(), "configuration reloaded") })
+	eventually(t, "the reload", 10*time.Second, func() bool { return len(p.records().with("msg", "configuration reloaded")) > 0 })
 	if err := login(t, moved, "alice", "alice-pw"); err != nil {
 		t.Fatalf("the moved listener: %v", err)
 	}

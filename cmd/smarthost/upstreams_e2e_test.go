@@ -6,7 +6,6 @@ package main
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"regexp"
 	"strings"
 	"testing"
@@ -114,10 +113,7 @@ s.quit()
 			t.Errorf("bounce lacks %q:\n%s", want, dsn)
 		}
 	}
-	eventually(t, "an empty queue", 10*time.Second, func() bool {
-		out, _ := exec.Command(binary, "queue", "list", "--config", e.config).CombinedOutput()
-		return strings.Contains(string(out), "0 message(s)")
-	})
+	relaytest.Eventually(t, "an empty queue", 10*time.Second, func() bool { return queueCount(t, e) == 0 })
 	if strings.Contains(plain.Log(), "MAIL FROM:<zoë") {
 		t.Error("the upstream without SMTPUTF8 was sent the message")
 	}
@@ -177,7 +173,7 @@ func TestQueueRetryAll(t *testing.T) {
 		t.Fatal(err)
 	}
 	out, err := runCLI("queue", "retry", "--all", "--config", e.config)
-	if err != nil || !strings.Contains(out, "retry requested for 3 message(s)") {
+	if err != nil || counts(t, out, `retry requested for (\d+) message\(s\)`)[0] != 3 {
 		t.Fatalf("queue retry --all: %v\n%s", err, out)
 	}
 	// The next attempt is an hour away: only the request brings them.

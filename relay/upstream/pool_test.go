@@ -257,37 +257,37 @@ func TestWeights(t *testing.T) {
 func TestStalledUpstreamReleasesWorkers(t *testing.T) {
 	release := make(chan struct{})
 	defer close(release)
-	p := newPool(1, 200*time.Millisecond, func(ctx context.Context) (*smtpclient.Conn, error) {
+	// The stall window is a second: a waiter that waits for it takes that
+	// long, one refused at once takes far less, and the difference holds
+	// under -race on two loaded cores, where 50 ms did not.
+	const window = time.Second
+	p := newPool(1, window, func(ctx context.Context) (*smtpclient.Conn, error) {
 		<-release
 		return nil, fmt.Errorf("closed")
 	})
 	go p.get(context.Background()) // takes the only slot and hangs in the dial
-	for len(p.slots) == 0 {
-		time.Sleep(time.Millisecond)
-	}
+	relaytest.Eventually(t, "the dial under way", 10*time.Second, func() bool { return len(p.slots) == 1 })
 	start := time.Now()
 	waiter := make(chan error, 1)
 	go func() { _, _, err := p.get(context.Background()); waiter <- err }()
-	for p.waiting.Load() == 0 {
-		time.Sleep(time.Millisecond)
-	}
+	relaytest.Eventually(t, "a waiter", 10*time.Second, func() bool { return p.waiting.Load() == 1 })
 	// A second waiter, with one already waiting on a stalled upstream:
 	// not yet stalled (the pool is new), so it waits too.
 	_, _, err := p.get(context.Background())
-	if !errors.Is(err, errBusy) || time.Since(start) < 200*time.Millisecond {
-		t.Fatalf("second waiter: %v after %s", err, time.Since(start))
+	waited := time.Since(start)
+	if !errors.Is(err, errBusy) || waited < window {
+		t.Fatalf("second waiter: %v after %s", err, waited)
 	}
-	if err := <-waiter; !errors.Is(err, errBusy) || time.Since(start) > 2*time.Second {
+	if err := <-waiter; !errors.Is(err, errBusy) || time.Since(start) > 10*window {
 		t.Fatalf("first waiter: %v after %s", err, time.Since(start))
 	}
 	// Now the stall is known: one more waiter past the cap is refused at
 	// once.
 	go p.get(context.Background())
-	for p.waiting.Load() == 0 {
-		time.Sleep(time.Millisecond)
-	}
+	relaytest.Eventually(t, "a waiter", 10*time.Second, func() bool { return p.waiting.Load() == 1 })
 	start = time.Now()
-	if _, _, err := p.get(context.Background()); !errors.Is(err, errBusy) || time.Since(start) > 50*time.Millisecond {
-		t.Fatalf("a waiter past the cap on a stalled upstream: %v after %s", err, time.Since(start))
+	// Against the wait measured above: refused in less than half of it.
+	if _, _, err := p.get(context.Background()); !errors.Is(err, errBusy) || time.Since(start) > waited/2 {
+		t.Fatalf("a waiter past the cap on a stalled upstream: %v after %s (a waiter that waited took %s)", err, time.Since(start), waited)
 	}
 }

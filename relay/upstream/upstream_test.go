@@ -281,6 +281,9 @@ func blackhole(t *testing.T) string {
 		}
 		t.Cleanup(func() { c.Close() })
 	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("the kernel did not drop SYNs to a full accept queue: TestConnectTimeout cannot run (CI=true)")
+	}
 	t.Skip("the kernel did not drop SYNs to a full accept queue")
 	return ""
 }
