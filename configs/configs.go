@@ -33,6 +33,8 @@ type File struct {
 	lines map[string]int
 	// values maps a YAML path to the position of its value node.
 	values map[string][2]int
+	// read reads the files the *_file keys name (os.ReadFile).
+	read func(string) ([]byte, error)
 }
 
 type Listener struct {

@@ -5,7 +5,6 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
-	"os"
 	"regexp"
 	"strings"
 	"time"
@@ -333,7 +332,7 @@ func (c checker) rest() {
 		}
 	}
 	if f.Metrics.TokenFile != "" {
-		if b, err := os.ReadFile(f.Metrics.TokenFile); err != nil {
+		if b, err := f.read(f.Metrics.TokenFile); err != nil {
 			bad("metrics.token_file", "cannot read the token: %v", err)
 		} else if len(strings.TrimSpace(string(b))) < 16 {
 			bad("metrics.token_file", "the token is shorter than 16 characters")

@@ -1,7 +1,9 @@
 package dkim
 
 import (
+	"crypto"
 	"crypto/ed25519"
+	"io"
 	"math/rand/v2"
 	"regexp"
 	"strings"
@@ -10,21 +12,45 @@ import (
 	msgdkim "github.com/emersion/go-msgauth/dkim"
 )
 
-// bodyHash signs header+body with go-msgauth and with ours, writing ours
-// in the given chunk size, and returns both bh= values. go-msgauth's
-// verifier must accept our whole signature too.
-func bodyHashes(t testing.TB, body string, chunk int) (theirs, ours string) {
-	_, priv, _ := ed25519.GenerateKey(nil)
+// nopSigner stands for an Ed25519 key whose signature is not under test:
+// the body hash is. Generating a key, signing twice and verifying took
+// most of each FuzzBodyHash execution (under 4,000 a second, which the
+// fuzzer's minimizing of every new input, byte by byte, brought down to
+// dozens).
+type nopSigner struct{ pub ed25519.PublicKey }
+
+func (s nopSigner) Public() crypto.PublicKey { return s.pub }
+
+func (nopSigner) Sign(io.Reader, []byte, crypto.SignerOpts) ([]byte, error) {
+	return make([]byte, ed25519.SignatureSize), nil
+}
+
+var (
+	nopKey = nopSigner{make(ed25519.PublicKey, ed25519.PublicKeySize)}
+	bhRe   = regexp.MustCompile(`bh=([^;]+);`)
+)
+
+// bodyHashes signs header+body with go-msgauth and with ours, with key
+// (nil: nopKey), writing ours in the given chunk size, and returns both
+// bh= values. With a real key, go-msgauth's verifier must accept our whole
+// signature too.
+func bodyHashes(t testing.TB, key crypto.Signer, body string, chunk int) (theirs, ours string) {
+	verify := key != nil
+	if !verify {
+		key = nopKey
+	}
 	header := "From: a@example.com\r\nSubject: s\r\n\r\n"
-	ms, err := msgdkim.NewSigner(&msgdkim.SignOptions{Domain: "example.com", Selector: "s", Signer: priv,
+	ms, err := msgdkim.NewSigner(&msgdkim.SignOptions{Domain: "example.com", Selector: "s", Signer: key,
 		HeaderCanonicalization: msgdkim.CanonicalizationRelaxed, BodyCanonicalization: msgdkim.CanonicalizationRelaxed,
 		HeaderKeys: []string{"from"}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ms.Write([]byte(header + body))
-	ms.Close()
-	sg := newSigning("example.com", []Key{{Selector: "s", Signer: priv}}, []string{"from"})
+	if err := ms.Close(); err != nil {
+		t.Fatal(err)
+	}
+	sg := newSigning("example.com", []Key{{Selector: "s", Signer: key}}, []string{"from"})
 	m := []byte(header + body)
 	for len(m) > 0 {
 		n := min(chunk, len(m))
@@ -35,15 +61,16 @@ func bodyHashes(t testing.TB, body string, chunk int) (theirs, ours string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, record, _ := DNSRecord("example.com", "s", priv.Public())
-	vs, err := msgdkim.VerifyWithOptions(strings.NewReader(string(sig)+header+body), &msgdkim.VerifyOptions{
-		LookupTXT: func(string) ([]string, error) { return []string{record}, nil },
-	})
-	if err != nil || len(vs) != 1 || vs[0].Err != nil {
-		t.Fatalf("body %q in chunks of %d: go-msgauth does not verify our signature: %v %+v", body, chunk, err, vs)
+	if verify {
+		_, record, _ := DNSRecord("example.com", "s", key.Public())
+		vs, err := msgdkim.VerifyWithOptions(strings.NewReader(string(sig)+header+body), &msgdkim.VerifyOptions{
+			LookupTXT: func(string) ([]string, error) { return []string{record}, nil },
+		})
+		if err != nil || len(vs) != 1 || vs[0].Err != nil {
+			t.Fatalf("body %q in chunks of %d: go-msgauth does not verify our signature: %v %+v", body, chunk, err, vs)
+		}
 	}
-	re := regexp.MustCompile(`bh=([^;]+);`)
-	return re.FindStringSubmatch(ms.Signature())[1], re.FindStringSubmatch(string(sig))[1]
+	return bhRe.FindStringSubmatch(ms.Signature())[1], bhRe.FindStringSubmatch(string(sig))[1]
 }
 
 // The one-pass canonicalization gives the body hash go-msgauth gives (the
@@ -61,9 +88,10 @@ func TestBodyHashMatchesGoMsgauth(t *testing.T) {
 		}
 		cases = append(cases, b.String())
 	}
+	_, priv, _ := ed25519.GenerateKey(nil)
 	for _, body := range cases {
 		for _, chunk := range []int{1, 2, 3, 7, 64, 1 << 20} {
-			if theirs, ours := bodyHashes(t, body, chunk); theirs != ours {
+			if theirs, ours := bodyHashes(t, priv, body, chunk); theirs != ours {
 				t.Fatalf("body %q in chunks of %d: bh %s, go-msgauth %s", body, chunk, ours, theirs)
 			}
 		}
@@ -77,7 +105,7 @@ func FuzzBodyHash(f *testing.F) {
 		if chunk < 1 {
 			chunk = 1
 		}
-		if theirs, ours := bodyHashes(t, body, chunk); theirs != ours {
+		if theirs, ours := bodyHashes(t, nil, body, chunk); theirs != ours {
 			t.Fatalf("body %q in chunks of %d: bh %s, go-msgauth %s", body, chunk, ours, theirs)
 		}
 	})
