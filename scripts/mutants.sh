@@ -11,6 +11,7 @@
 #   scripts/mutants.sh             # every mutant (about 15 minutes on 2 cores)
 #   scripts/mutants.sh NAME...     # those only
 #   scripts/mutants.sh --list
+#   scripts/mutants.sh --check     # each still applies to the code (seconds)
 #
 # Not part of CI. It needs what scripts/test.sh installs (run that once),
 # and starts the test services itself unless SMARTHOST_TEST_* are set. The
@@ -67,6 +68,14 @@ mutant sink-late-copy "the exactly-once tests count a copy that arrives after th
 if [ "${1:-}" = --list ]; then
   for i in "${!names[@]}"; do printf '%-18s %s (%s)\n' "${names[$i]}" "${whys[$i]}" "${files[$i]}"; done
   exit 0
+fi
+if [ "${1:-}" = --check ]; then # each mutant still applies (seconds; no test runs)
+  bad=0
+  for i in "${!names[@]}"; do
+    n=$(MUT_RE=${pats[$i]} perl -0777 -ne '$n = () = /$ENV{MUT_RE}/g; print $n' "${files[$i]}")
+    [ "$n" = 1 ] || { echo "${names[$i]}: $n matches in ${files[$i]}, want 1" >&2; bad=1; }
+  done
+  exit $bad
 fi
 pick=("$@")
 [ ${#pick[@]} -gt 0 ] || pick=("${names[@]}")

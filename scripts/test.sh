@@ -7,7 +7,10 @@
 # gofmt/vet/staticcheck, `go test -race ./...`, the end-to-end tests again
 # against the static release binary and the OpenSSL variant, and the Helm
 # chart's checks, and stops the services again. Extra arguments go to
-# `go test`.
+# `go test`; without any, each fuzz target also runs for 5 s (in the
+# background while the tools and images build). go test runs through
+# scripts/go-test.sh: each package with its own deadline, the figures the
+# tests log printed, and under CI=true a skipped test is a failure.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH=$PATH:/usr/local/go/bin:$(go env GOPATH 2>/dev/null || echo "$HOME/go")/bin
@@ -63,6 +66,22 @@ if [ "$(id -u)" = 0 ] || [ "${CI:-}" = true ]; then
 fi
 trap stop_ad EXIT
 
+# The fuzz targets' smoke test (scripts/fuzz.sh 5s: each target's seeds and
+# committed corpus, then 5 s of fuzzing), in the background while the
+# tools and images below build; waited for before go test, which it would
+# slow down.
+fuzz_pid= fuzz_log=$(mktemp)
+stop_fuzz() {
+  [ -n "$fuzz_pid" ] && kill "$fuzz_pid" 2>/dev/null && wait "$fuzz_pid" 2>/dev/null
+  rm -f "$fuzz_log"
+}
+if [ $# -eq 0 ]; then
+  echo "test.sh: fuzz smoke test in the background (scripts/fuzz.sh 5s)" >&2
+  scripts/fuzz.sh 5s >"$fuzz_log" 2>&1 </dev/null &
+  fuzz_pid=$!
+fi
+trap 'stop_ad; stop_fuzz' EXIT
+
 # Mailpit, an upstream many teams develop against, from the Go module
 # proxy (it is not packaged for Debian); once per machine.
 MAILPIT_VERSION=v1.33.1
@@ -117,7 +136,7 @@ elif [ "${CI:-}" = true ]; then
 fi
 
 eval "$(scripts/test-services.sh start)"
-trap 'scripts/test-services.sh stop; stop_ad' EXIT
+trap 'scripts/test-services.sh stop; stop_ad; stop_fuzz' EXIT
 
 echo "test.sh: go mod verify; no tracked file over 1 MiB outside docs/" >&2
 go mod verify
@@ -154,10 +173,22 @@ if [ -n "${ad_image_pid:-}" ] && ! wait "$ad_image_pid"; then
   exit 1
 fi
 
+if [ -n "$fuzz_pid" ]; then
+  if wait "$fuzz_pid"; then
+    fuzz_pid=
+    grep -E '^fuzz: [0-9]+ targets' "$fuzz_log" >&2
+  else
+    fuzz_pid=
+    echo "test.sh: the fuzz smoke test failed:" >&2; grep -v '^fuzz: elapsed' "$fuzz_log" >&2
+    exit 1
+  fi
+fi
+
 echo "test.sh: go test -race ./..." >&2
 # -p 1: one test binary at a time, since some tests freeze the shared
-# slapd (SIGSTOP) to play an outage.
-go test -race -count=1 -p 1 "$@" ./...
+# slapd (SIGSTOP) to play an outage. The release test needs the release
+# binary: it runs in the passes below.
+scripts/go-test.sh -race -count=1 -p 1 -skip TestReleaseBinaryInEmptyRoot "$@" ./...
 
 # The release binary (scripts/build.sh: static, pure Go), as the image
 # ships it: every end-to-end test again against that very binary (the
@@ -166,13 +197,14 @@ go test -race -count=1 -p 1 "$@" ./...
 # tests against its binary.
 echo "test.sh: the release binary: SMARTHOST_BIN=... go test ./cmd/smarthost/" >&2
 release=$(mktemp -d)
-trap 'rm -rf "$release"; scripts/test-services.sh stop; stop_ad' EXIT
+trap 'rm -rf "$release"; scripts/test-services.sh stop; stop_ad; stop_fuzz' EXIT
 scripts/build.sh -o "$release/smarthost" >/dev/null
-SMARTHOST_BIN=$release/smarthost go test -race -count=1 -p 1 -skip TestComposeStack "$@" ./cmd/smarthost/
+# The stacks ran on the image above; go run builds from source, once.
+SMARTHOST_BIN=$release/smarthost scripts/go-test.sh -race -count=1 -p 1 -skip 'TestComposeStack|TestReadmeOpeningCommands' "$@" ./cmd/smarthost/
 echo "test.sh: the OpenSSL variant: go test -race -tags openssl ./dkim/; its binary's release tests" >&2
-go test -race -count=1 -p 1 -tags openssl "$@" ./dkim/
+scripts/go-test.sh -race -count=1 -p 1 -tags openssl "$@" ./dkim/
 scripts/build.sh --openssl -o "$release/smarthost-openssl" >/dev/null
-SMARTHOST_BIN=$release/smarthost-openssl go test -race -count=1 -p 1 -tags openssl -run 'TestReleaseBinaryInEmptyRoot|TestSwaksToOutbox|TestMailpitUpstream' "$@" ./cmd/smarthost/
+SMARTHOST_BIN=$release/smarthost-openssl scripts/go-test.sh -race -count=1 -p 1 -tags openssl -run 'TestReleaseBinaryInEmptyRoot|TestSwaksToOutbox|TestMailpitUpstream' "$@" ./cmd/smarthost/
 
 echo "test.sh: the Helm chart (scripts/helm-check.sh)" >&2
 scripts/helm-check.sh

@@ -22,8 +22,10 @@ func TestEveryCommandFindsTheConfig(t *testing.T) {
 	if code != 0 || m == nil {
 		t.Fatalf("swaks exit %d:\n%s", code, out)
 	}
-	eventually(t, "a failed attempt", 10*time.Second, func() bool { return strings.Contains(p.logText(), "delivery deferred") })
 	id := m[1]
+	eventually(t, "a failed attempt", 10*time.Second, func() bool {
+		return len(p.records().with("msg", "delivery deferred").of([]string{id})) > 0
+	})
 	empty := t.TempDir()
 
 	// each runs a command in an empty folder with SMARTHOST_CONFIG set to

@@ -47,7 +47,11 @@ func spool(t testing.TB, n int, env queue.Envelope, body string) []*queue.Messag
 func TestConnectionReuse(t *testing.T) {
 	cert, pool, _ := relaytest.Cert()
 	s := sink(t, relaytest.SinkOptions{TLS: cert, Users: map[string]string{"relay": "pw"}})
-	r := router(t, Upstream{Name: "p", URL: "smtp://" + s.Addr, RootCAs: pool, Username: "relay", Password: "pw", MaxConnections: 4})
+	// A timeout of 30 s (a stall window of 10 s): with the 5 s default,
+	// 16 workers waiting on 4 TLS sessions under -race on two loaded cores
+	// saw none move for 2.5 s and gave up, which is not what is tested.
+	r := router(t, Upstream{Name: "p", URL: "smtp://" + s.Addr, RootCAs: pool, Username: "relay", Password: "pw", MaxConnections: 4,
+		Timeout: 30 * time.Second})
 	defer r.Close()
 	ms := spool(t, 1000, queue.Envelope{From: "a@x.org", To: []string{"b@y.org"}}, "Subject: reuse\r\n\r\nbody\r\n")
 	work := make(chan *queue.Message)
