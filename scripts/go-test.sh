@@ -20,7 +20,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # two minutes at least. Longest runs measured, in seconds: cmd/smarthost
 # 785 (without the compose stacks and the AD tests, which CI adds),
 # dkim 69, relay 32, ratelimit 15, relay/queue 11,
-# relay/upstream 11, docs 5, policy 4, policy/ldap 4, cmd/smtpload 2,
+# relay/upstream 11, relay/history 10, docs 5, policy 4, policy/ldap 4, cmd/smtpload 2,
 # relay/smtpd 2, relay/upstream/smtpclient 2, configs 2, relay/headers 1.
 # A package not listed gets default_deadline, and a line saying so.
 declare -A deadline=(
@@ -29,6 +29,7 @@ declare -A deadline=(
   [relay]=3m
   [ratelimit]=2m
   [relay/queue]=2m
+  [relay/history]=2m
   [relay/upstream]=2m
   [relay/upstream/smtpclient]=2m
   [docs]=2m
