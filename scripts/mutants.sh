@@ -8,7 +8,7 @@
 # arrives again once the sink has gone quiet), for the tests that count
 # "exactly once". docs/reliability.md has the last result.
 #
-#   scripts/mutants.sh             # every mutant (about 15 minutes on 2 cores)
+#   scripts/mutants.sh             # every mutant (about 30 minutes on 2 busy cores)
 #   scripts/mutants.sh NAME...     # those only
 #   scripts/mutants.sh --list
 #   scripts/mutants.sh --check     # each still applies to the code (seconds)
@@ -147,7 +147,7 @@ for name in "${pick[@]}"; do
     read -r res pkg run log < <(run_tests "$t")
     if [ "$res" != PASS ]; then
       echo "mutants: $pkg -run '$run' fails on the unchanged tree; fix that first:" >&2
-      tail -30 "$log" >&2
+      grep -E -e '--- FAIL' -e '^\s+[a-z_0-9]+\.go:[0-9]+: ' "$log" | head -40 >&2
       exit 1
     fi
     baseline_ok[$t]=1
