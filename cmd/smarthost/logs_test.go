@@ -1,10 +1,10 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
-	"strconv"
 	"strings"
+
+	"github.com/smarthost/smarthost/relay/relaytest"
 )
 
 // logRecord is one line of a relay's log as fields: msg, msg_id, err...
@@ -16,30 +16,12 @@ type logRecord map[string]string
 type logRecords []logRecord
 
 // parseTextLog reads log.format: text, which the end-to-end relays use:
-// key=value pairs, a value quoted (Go syntax) when it has spaces.
+// key=value pairs (relaytest.TextKeys); other lines (a panic, the race
+// detector) are not log records.
 func parseTextLog(text string) logRecords {
 	var out logRecords
 	for _, line := range strings.Split(text, "\n") {
-		r := logRecord{}
-		for line = strings.TrimSpace(line); line != ""; line = strings.TrimLeft(line, " ") {
-			k, rest, ok := strings.Cut(line, "=")
-			if !ok || strings.ContainsAny(k, " \"") {
-				break // not a log line (a panic, the race detector)
-			}
-			v := rest
-			if strings.HasPrefix(rest, `"`) {
-				q, err := strconv.QuotedPrefix(rest)
-				if err != nil {
-					break
-				}
-				v, _ = strconv.Unquote(q)
-				line = rest[len(q):]
-			} else {
-				v, line, _ = strings.Cut(rest, " ")
-			}
-			r[k] = v
-		}
-		if r["msg"] != "" {
+		if r, err := relaytest.TextKeys(line); err == nil && r["msg"] != "" {
 			out = append(out, r)
 		}
 	}
@@ -50,8 +32,8 @@ func parseTextLog(text string) logRecords {
 func parseJSONLog(text string) logRecords {
 	var out logRecords
 	for _, line := range strings.Split(text, "\n") {
-		var m map[string]any
-		if json.Unmarshal([]byte(line), &m) != nil {
+		m, err := relaytest.DecodeStrict([]byte(line))
+		if err != nil {
 			continue
 		}
 		r := logRecord{}
