@@ -19,7 +19,7 @@ func TestComposeStackAD(t *testing.T) {
 	web := freePort(t)
 	s.mailpit = "http://" + web
 	s.env = append(os.Environ(), "AD_SMTP_PORT="+port(s.smtp), "MAILPIT_PORT="+port(web),
-		"SMARTHOST_BACK_SUBNET=172.29.57.0/24", "SMARTHOST_HAPROXY_IP=172.29.57.10")
+		"SMARTHOST_BACK_SUBNET="+s.subnet(157)+".0/24", "SMARTHOST_HAPROXY_IP="+s.haproxyIP())
 	t.Cleanup(func() {
 		if t.Failed() {
 			out, _ := s.compose("logs", "--no-color", "--tail", "60", "relay-ad", "samba-ad")

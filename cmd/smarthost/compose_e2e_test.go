@@ -36,7 +36,7 @@ func TestComposeStack(t *testing.T) {
 		}
 		raw := s.signedArrives(t, "compose readme")
 		// Our Received: names the client, not HAProxy: PROXY v2 works.
-		if !strings.Contains(string(raw), "(using TLSv1.3 with cipher") || strings.Contains(string(raw), "[172.29.54.10]") {
+		if !strings.Contains(string(raw), "(using TLSv1.3 with cipher") || strings.Contains(string(raw), "["+s.haproxyIP()+"]") {
 			t.Errorf("Received: does not show the client through PROXY v2:\n%s", raw)
 		}
 	})

@@ -34,6 +34,8 @@ type stack struct {
 	smtp    string // the load balancer
 	smtps   string // its implicit-TLS port
 	mailpit string // http://...
+	// backPrefix is the back network's first three octets (subnet).
+	backPrefix string
 }
 
 // newStack is a compose project of its own for this test binary, taken
@@ -56,7 +58,7 @@ func startStack(t *testing.T) *stack {
 	s.mailpit = "http://" + web
 	s.env = append(os.Environ(),
 		"SMTP_PORT="+port(s.smtp), "SMTPS_PORT="+port(s.smtps), "MAILPIT_PORT="+port(web),
-		"SMARTHOST_BACK_SUBNET=172.29.54.0/24", "SMARTHOST_HAPROXY_IP=172.29.54.10",
+		"SMARTHOST_BACK_SUBNET="+s.subnet(54)+".0/24", "SMARTHOST_HAPROXY_IP="+s.haproxyIP(),
 		"SMARTHOST_DEFAULT_MESSAGES=20/h",
 		// A drained relay exits 0 and must stay down for the drain
 		// subtest to see it; users get unless-stopped.
@@ -86,6 +88,32 @@ func startStack(t *testing.T) *stack {
 	eventually(t, "the load balancer", 90*time.Second, func() bool { return s.smtpUp() })
 	return s
 }
+
+// subnet picks the stack's back network, 10.213.N.0/24 from N = from up,
+// that no Docker network holds. It lies outside Docker's default address
+// pools (172.17-31.0.0/16, 192.168.0.0/16), so a network Docker numbers
+// itself, this stack's own redis and front networks included, never
+// overlaps it however many other networks the machine has.
+func (s *stack) subnet(from int) string {
+	s.t.Helper()
+	out, err := exec.Command("sh", "-c", "docker network inspect --format '{{range .IPAM.Config}}{{.Subnet}} {{end}}' $(docker network ls -q)").CombinedOutput()
+	if err != nil {
+		s.t.Fatalf("docker network inspect: %v\n%s", err, out)
+	}
+	for n := from; n < 255; n++ {
+		prefix := fmt.Sprintf("10.213.%d", n)
+		if !strings.Contains(string(out), prefix+".") {
+			s.backPrefix = prefix
+			return prefix
+		}
+	}
+	s.t.Fatalf("no free subnet in 10.213.%d-254.0/24:\n%s", from, out)
+	return ""
+}
+
+// haproxyIP is the load balancer's fixed address on the back network,
+// which the relays trust to send the PROXY header.
+func (s *stack) haproxyIP() string { return s.backPrefix + ".10" }
 
 func (s *stack) compose(args ...string) (string, error) {
 	cmd := exec.Command(s.cmd[0], append(append(append(s.cmd[1:], "-p", s.project), s.flags...), args...)...)

@@ -57,10 +57,10 @@ func TestDotStufferMatchesDotWriter(t *testing.T) {
 func FuzzDotStuffer(f *testing.F) {
 	f.Add([]byte("a\r\n.b\r\n..\r\n"), uint8(1))
 	f.Add([]byte(".\r\n"), uint8(3))
-	f.Add([]byte("x\r"), uint8(2))
+	f.Add([]byte("x\r\n.\r\n..x"), uint8(2))
 	f.Fuzz(func(t *testing.T, m []byte, chunk uint8) {
 		if bytes.ContainsAny(bytes.ReplaceAll(m, []byte("\r\n"), nil), "\r\n") {
-			t.Skip("a bare CR or LF")
+			return // out of scope (above); not a skip, which CI counts as a missing service
 		}
 		var want bytes.Buffer
 		bw := bufio.NewWriter(&want)
