@@ -41,25 +41,35 @@ func (s *Spool) journal() ([]*Message, error) {
 	return ms, err
 }
 
-// List returns every queued message, oldest first.
+// List returns every queued message, oldest first. The journal is read
+// before msg/ is scanned: a message the server moves from one to the other
+// meanwhile is then in one of them at least (scanned the other way round,
+// it was in neither and went missing from the list), and in both at most,
+// which the IDs put right.
 func (s *Spool) List() ([]*Message, error) {
+	js, err := s.journal()
+	if err != nil {
+		return nil, err
+	}
 	ids, _, err := s.f.scan()
 	if err != nil {
 		return nil, err
 	}
-	var ms []*Message
+	ms := make([]*Message, 0, len(ids)+len(js))
+	seen := make(map[string]bool, len(ids))
 	for _, id := range ids {
 		m, err := s.f.read(id)
 		if err != nil {
 			continue // delivered or deleted since the scan
 		}
 		ms = append(ms, m)
+		seen[id] = true
 	}
-	js, err := s.journal()
-	if err != nil {
-		return nil, err
+	for _, m := range js {
+		if !seen[m.ID] {
+			ms = append(ms, m)
+		}
 	}
-	ms = append(ms, js...)
 	sort.Slice(ms, func(i, j int) bool { return ms[i].Created.Before(ms[j].Created) })
 	return ms, nil
 }
@@ -81,6 +91,10 @@ func (s *Spool) find(id string) (*Message, error) {
 		if m.ID == id {
 			return m, nil
 		}
+	}
+	// Moved from the journal to msg/ since the first look?
+	if m, err := s.f.read(id); err == nil {
+		return m, nil
 	}
 	return nil, fmt.Errorf("queue: no message %s: %w", id, err)
 }

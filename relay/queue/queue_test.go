@@ -690,3 +690,44 @@ func TestStopLetsAttemptsFinish(t *testing.T) {
 		t.Fatalf("%d messages queued after the stop, want the one delivered during it gone", q.Len())
 	}
 }
+
+// A message the server moves from the journal to msg/ (its first attempt
+// deferred it) while `queue list` reads the spool is listed all the same:
+// each listing taken during the moves holds every message exactly once.
+func TestSpoolListWhileMessagesMove(t *testing.T) {
+	dir := t.TempDir()
+	d := newScripted()
+	d.set("b@y.org", errors.New("451 later"))
+	q, err := Open(Config{Dir: dir, Workers: 2, Retry: []time.Duration{time.Hour}, MaxAge: 48 * time.Hour, Rescan: time.Hour}, d, quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 300
+	for range n {
+		enqueue(t, q, "a@x.org", []string{"b@y.org"}, "", "Subject: s\r\n\r\nx\r\n")
+	}
+	run(t, q)
+	attempts := func() int { d.mu.Lock(); defer d.mu.Unlock(); return d.attempts["b@y.org"] }
+	listings := 0
+	for deadline := time.Now().Add(30 * time.Second); attempts() < n; listings++ {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d first attempts in 30 s", attempts(), n)
+		}
+		sp, err := OpenSpool(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ms, err := sp.List()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids := map[string]bool{}
+		for _, m := range ms {
+			ids[m.ID] = true
+		}
+		if len(ms) != n || len(ids) != n {
+			t.Fatalf("listing %d, %d first attempts made: %d messages listed, %d distinct; want %d", listings, attempts(), len(ms), len(ids), n)
+		}
+	}
+	t.Logf("%d listings while %d messages moved to msg/", listings, n)
+}
