@@ -78,41 +78,54 @@ func report(in reportInput) []byte {
 	qp.Close()
 	b.WriteString("\r\n")
 
-	// RFC 6533: a report naming a UTF-8 address is a global one, with
-	// utf-8 address types, and quotes a UTF-8 header as global-headers.
-	global := false
-	for _, r := range failed {
-		global = global || !isASCII(r.Addr) || !isASCII(r.ORcpt)
-	}
-	statusType, headersType := "message/delivery-status", "text/rfc822-headers"
-	if global {
-		statusType = "message/global-delivery-status"
-	}
-	if !isASCII(string(header)) {
-		headersType = "message/global-headers"
-	}
+	statusType, headersType := partTypes(in)
 	fmt.Fprintf(&b, "--%s\r\nContent-Type: %s\r\n\r\n", boundary, statusType)
-	if m.EnvID != "" {
-		fmt.Fprintf(&b, "Original-Envelope-Id: %s\r\n", m.EnvID)
-	}
-	fmt.Fprintf(&b, "Reporting-MTA: dns; %s\r\nX-Queue-ID: %s\r\nArrival-Date: %s\r\n\r\n",
-		in.hostname, m.ID, m.Created.Format("Mon, 02 Jan 2006 15:04:05 -0700"))
-	for _, r := range failed {
-		if r.ORcpt != "" {
-			fmt.Fprintf(&b, "Original-Recipient: %s; %s\r\n", addrType(r.ORcpt, r.ORcptType), r.ORcpt)
-		}
-		status := dsnStatus(r.Error)
-		if delayed {
-			status = "4" + status[1:]
-		}
-		fmt.Fprintf(&b, "Final-Recipient: %s; %s\r\nAction: %s\r\nStatus: %s\r\nDiagnostic-Code: smtp; %s\r\n\r\n",
-			addrType(r.Addr, ""), r.Addr, action, status, oneLine(r.Error))
-	}
+	deliveryStatus(&b, in, action)
 	fmt.Fprintf(&b, "--%s\r\nContent-Type: %s\r\n\r\n", boundary, headersType)
 	b.Write(header)
 	fmt.Fprintf(&b, "\r\n--%s--\r\n", boundary)
 
 	return b.Bytes()
+}
+
+// partTypes returns the content types of the report's status and header
+// parts. RFC 6533: a report naming a UTF-8 address is a global one, with
+// utf-8 address types, and quotes a UTF-8 header as global-headers.
+func partTypes(in reportInput) (status, headers string) {
+	global := false
+	for _, r := range in.rcpts {
+		global = global || !isASCII(r.Addr) || !isASCII(r.ORcpt)
+	}
+	status, headers = "message/delivery-status", "text/rfc822-headers"
+	if global {
+		status = "message/global-delivery-status"
+	}
+	if !isASCII(string(in.header)) {
+		headers = "message/global-headers"
+	}
+	return status, headers
+}
+
+// deliveryStatus writes the fields of the report's status part (RFC 3464):
+// those of the message, then those of each recipient.
+func deliveryStatus(b *bytes.Buffer, in reportInput, action string) {
+	m := in.m
+	if m.EnvID != "" {
+		fmt.Fprintf(b, "Original-Envelope-Id: %s\r\n", m.EnvID)
+	}
+	fmt.Fprintf(b, "Reporting-MTA: dns; %s\r\nX-Queue-ID: %s\r\nArrival-Date: %s\r\n\r\n",
+		in.hostname, m.ID, m.Created.Format("Mon, 02 Jan 2006 15:04:05 -0700"))
+	for _, r := range in.rcpts {
+		if r.ORcpt != "" {
+			fmt.Fprintf(b, "Original-Recipient: %s; %s\r\n", addrType(r.ORcpt, r.ORcptType), r.ORcpt)
+		}
+		status := dsnStatus(r.Error)
+		if in.delayed {
+			status = "4" + status[1:]
+		}
+		fmt.Fprintf(b, "Final-Recipient: %s; %s\r\nAction: %s\r\nStatus: %s\r\nDiagnostic-Code: smtp; %s\r\n\r\n",
+			addrType(r.Addr, ""), r.Addr, action, status, oneLine(r.Error))
+	}
 }
 
 // readHeader returns the header block of a message, cut at max bytes.

@@ -137,58 +137,73 @@ func (j *journal) writeLocked() {
 				j.mu.Unlock()
 			}
 		}
-		// The slices of frames handed out must stay put: room for all.
-		if need := len(batch) * (recHead + recTail); cap(j.frames) < need {
-			j.frames = make([]byte, 0, need)
-		}
-		frames, iov := j.frames[:0], j.iov[:0]
-		var size int64
-		durable := false
-		for _, r := range batch {
-			var head, tail []byte
-			frames, head, tail = frame(frames, r.kind, r.id, r.payload)
-			r.off = seg.size + size + recHead
-			size += int64(recHead + len(r.payload) + recTail)
-			iov = append(iov, head)
-			if len(r.payload) > 0 {
-				iov = append(iov, r.payload)
-			}
-			iov = append(iov, tail)
-			durable = durable || r.durable
-		}
-		if err == nil {
-			err = pwriteAll(seg.f, iov, seg.size)
-		}
-		clear(iov) // the payloads are the callers'
-		j.iov = iov[:0]
-		if err == nil && durable {
-			err = j.disk.fdatasync(seg.f)
-		}
-		if err != nil {
-			err = fmt.Errorf("queue: write journal: %w", err)
-		}
+		size, err := j.writeBatch(seg, batch, err)
 
 		j.mu.Lock()
-		if err == nil {
-			seg.size += size
-		} else if len(j.segs) == 0 {
-			// Closed meanwhile: nothing more is written.
-		} else if rerr := j.rotateLocked(); rerr != nil {
-			// What the failed write left in the file is of unknown state
-			// (a failed fdatasync may have dropped the pages): nothing is
-			// appended to it again, and its records count as not written.
-			// Nothing is left to write to: everything waits for a file.
-			err = fmt.Errorf("%w (and no new journal file: %v)", err, rerr)
-		}
-		for _, r := range batch {
-			r.written, r.err, r.seg = true, err, seg
-			if err == nil && r.kind == recMsg {
-				seg.live++
-			}
-		}
-		j.cond.Broadcast()
+		j.settleLocked(seg, batch, size, err)
 	}
 	j.writing = false
+}
+
+// writeBatch appends batch to seg in one write, and syncs it if a record
+// in it is waited for; j.mu is not held. It sets each record's offset and
+// returns the bytes written. A rotation that failed (err) writes nothing.
+func (j *journal) writeBatch(seg *segment, batch []*jrec, err error) (int64, error) {
+	// The slices of frames handed out must stay put: room for all.
+	if need := len(batch) * (recHead + recTail); cap(j.frames) < need {
+		j.frames = make([]byte, 0, need)
+	}
+	frames, iov := j.frames[:0], j.iov[:0]
+	var size int64
+	durable := false
+	for _, r := range batch {
+		var head, tail []byte
+		frames, head, tail = frame(frames, r.kind, r.id, r.payload)
+		r.off = seg.size + size + recHead
+		size += int64(recHead + len(r.payload) + recTail)
+		iov = append(iov, head)
+		if len(r.payload) > 0 {
+			iov = append(iov, r.payload)
+		}
+		iov = append(iov, tail)
+		durable = durable || r.durable
+	}
+	if err == nil {
+		err = pwriteAll(seg.f, iov, seg.size)
+	}
+	clear(iov) // the payloads are the callers'
+	j.iov = iov[:0]
+	if err == nil && durable {
+		err = j.disk.fdatasync(seg.f)
+	}
+	if err != nil {
+		err = fmt.Errorf("queue: write journal: %w", err)
+	}
+	return size, err
+}
+
+// settleLocked tells batch's writers how its write went: on success seg
+// grows by size and counts its new messages; on failure seg takes no more
+// appends.
+func (j *journal) settleLocked(seg *segment, batch []*jrec, size int64, err error) {
+	if err == nil {
+		seg.size += size
+	} else if len(j.segs) == 0 {
+		// Closed meanwhile: nothing more is written.
+	} else if rerr := j.rotateLocked(); rerr != nil {
+		// What the failed write left in the file is of unknown state
+		// (a failed fdatasync may have dropped the pages): nothing is
+		// appended to it again, and its records count as not written.
+		// Nothing is left to write to: everything waits for a file.
+		err = fmt.Errorf("%w (and no new journal file: %v)", err, rerr)
+	}
+	for _, r := range batch {
+		r.written, r.err, r.seg = true, err, seg
+		if err == nil && r.kind == recMsg {
+			seg.live++
+		}
+	}
+	j.cond.Broadcast()
 }
 
 // rotate starts a new file for new records: created, and its name made

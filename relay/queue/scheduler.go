@@ -239,39 +239,7 @@ var errStopping = errors.New("interrupted: the relay is stopping")
 func (s *scheduler) run(ctx context.Context) {
 	q := s.q
 	work := make(chan *Message)
-	attempts, cut := context.WithCancelCause(context.Background())
-	defer cut(nil)
-	// Deliveries through the routes also end when the node starts to
-	// leave (Handoff): their messages go to the peers instead.
-	viaRoutes, leave := context.WithCancelCause(attempts)
-	defer leave(nil)
-	defer context.AfterFunc(q.leaving, func() { leave(context.Cause(q.leaving)) })()
-	ctxs := attemptContexts{all: attempts, routes: viaRoutes}
-	var wg sync.WaitGroup
-	for i := 0; i < q.cfg.Workers; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for m := range work {
-				s.attempt(ctxs, m)
-			}
-		}()
-	}
-	defer func() {
-		close(work)
-		done := make(chan struct{})
-		go func() { wg.Wait(); close(done) }()
-		grace := time.NewTimer(stopGrace)
-		defer grace.Stop()
-		select {
-		case <-done:
-		case <-grace.C:
-			cut(errStopping)
-			<-done
-		}
-		s.keepWaited()
-	}()
-
+	defer s.startWorkers(work)()
 	lastScan := q.now()
 	var listed time.Time
 	for {
@@ -302,15 +270,63 @@ func (s *scheduler) run(ctx context.Context) {
 		if unlisted {
 			wait = min(wait, time.Second)
 		}
-		t := time.NewTimer(max(wait, 10*time.Millisecond))
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !s.sleep(ctx, wait) {
 			return
-		case <-s.wake:
-		case <-t.C:
 		}
-		t.Stop()
+	}
+}
+
+// sleep waits for wait (10 ms at least), or until woken; it reports false
+// once ctx is done.
+func (s *scheduler) sleep(ctx context.Context, wait time.Duration) bool {
+	t := time.NewTimer(max(wait, 10*time.Millisecond))
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-s.wake:
+	case <-t.C:
+	}
+	return true
+}
+
+// startWorkers starts the workers, each making attempts of the messages
+// sent on work. The func it returns closes work and waits for the attempts
+// in flight, for stopGrace at most before cutting them short.
+func (s *scheduler) startWorkers(work chan *Message) (stop func()) {
+	q := s.q
+	attempts, cut := context.WithCancelCause(context.Background())
+	// Deliveries through the routes also end when the node starts to
+	// leave (Handoff): their messages go to the peers instead.
+	viaRoutes, leave := context.WithCancelCause(attempts)
+	unwatch := context.AfterFunc(q.leaving, func() { leave(context.Cause(q.leaving)) })
+	ctxs := attemptContexts{all: attempts, routes: viaRoutes}
+	var wg sync.WaitGroup
+	for i := 0; i < q.cfg.Workers; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for m := range work {
+				s.attempt(ctxs, m)
+			}
+		}()
+	}
+	return func() {
+		close(work)
+		done := make(chan struct{})
+		go func() { wg.Wait(); close(done) }()
+		grace := time.NewTimer(stopGrace)
+		defer grace.Stop()
+		select {
+		case <-done:
+		case <-grace.C:
+			cut(errStopping)
+			<-done
+		}
+		s.keepWaited()
+		unwatch()
+		leave(nil)
+		cut(nil)
 	}
 }
 
