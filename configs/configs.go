@@ -25,6 +25,8 @@ type File struct {
 	Headers   Headers    `yaml:"headers"`
 	Metrics   Metrics    `yaml:"metrics"`
 	Log       Log        `yaml:"log"`
+	History   History    `yaml:"history"`
+	Webhooks  []Webhook  `yaml:"webhooks"`
 
 	// Path is the file this was read from ("" for embedded text).
 	Path string `yaml:"-"`
@@ -299,6 +301,38 @@ type Metrics struct {
 type Log struct {
 	Format string `yaml:"format"`
 	Level  string `yaml:"level"`
+}
+
+// History is the delivery history: every event of every message, on disk
+// for MaxAge or up to MaxSize, whichever comes first, after the message
+// has left the queue too (smarthost trace, /v1/messages, /status).
+type History struct {
+	Enabled *bool    `yaml:"enabled"` // nil: on
+	Dir     string   `yaml:"dir"`     // default: queue.dir's history/
+	MaxAge  Duration `yaml:"max_age"`
+	MaxSize Size     `yaml:"max_size"`
+}
+
+// On reports whether the history is kept.
+func (h History) On() bool { return h.Enabled == nil || *h.Enabled }
+
+// Webhook is an application's URL that hears what became of its messages.
+type Webhook struct {
+	URL        string       `yaml:"url"`
+	Events     []string     `yaml:"events"` // delivered, deferred, bounced, delayed; none: all
+	Secret     string       `yaml:"secret"` // the HMAC-SHA256 key of the signature
+	SecretFile string       `yaml:"secret_file"`
+	Match      WebhookMatch `yaml:"match"`
+	// MaxQueued bounds the events waiting for the receiver; beyond it the
+	// oldest are dropped (and counted).
+	MaxQueued int `yaml:"max_queued"`
+}
+
+// WebhookMatch limits a webhook to the messages of these users, or of
+// users of these rate-limit classes; empty lists match every message.
+type WebhookMatch struct {
+	Users   []string `yaml:"users"`
+	Classes []string `yaml:"classes"`
 }
 
 // Problem is one thing wrong with a configuration file.

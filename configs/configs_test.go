@@ -29,6 +29,7 @@ func TestExampleDecodes(t *testing.T) {
 	t.Setenv("REDIS_PASSWORD", "redis-pw")
 	t.Setenv("UPSTREAM_PASSWORD", "up-pw")
 	t.Setenv("M365_CLIENT_SECRET", "m365-secret")
+	t.Setenv("WEBHOOK_SECRET", "webhook-secret-of-app1")
 	f, err := Load("example.yaml")
 	if err != nil {
 		t.Fatal(err)

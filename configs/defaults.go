@@ -2,6 +2,7 @@ package configs
 
 import (
 	"os"
+	"path/filepath"
 	"time"
 )
 
@@ -155,5 +156,30 @@ func defaultDelivery(f *File) {
 	}
 	if q.MaxAge == 0 {
 		q.MaxAge = Duration(120 * time.Hour)
+	}
+	defaultHistory(f)
+}
+
+// defaultHistory covers history and webhooks. The history lives in the
+// spool's folder by default: the volume every deployment keeps.
+func defaultHistory(f *File) {
+	h := &f.History
+	if h.Dir == "" {
+		h.Dir = filepath.Join(f.Queue.Dir, "history")
+	}
+	if h.MaxAge == 0 {
+		h.MaxAge = Duration(72 * time.Hour)
+	}
+	if h.MaxSize == 0 {
+		h.MaxSize = 1 << 30
+	}
+	for i := range f.Webhooks {
+		w := &f.Webhooks[i]
+		if len(w.Events) == 0 {
+			w.Events = []string{"delivered", "deferred", "bounced", "delayed"}
+		}
+		if w.MaxQueued == 0 {
+			w.MaxQueued = 100000
+		}
 	}
 }

@@ -227,4 +227,7 @@ func readSecrets(f *File, add func(string, int, string)) {
 			read(fmt.Sprintf("upstreams[%d].oauth2.client_secret_file", i), o.ClientSecretFile, &o.ClientSecret)
 		}
 	}
+	for i := range f.Webhooks {
+		read(fmt.Sprintf("webhooks[%d].secret_file", i), f.Webhooks[i].SecretFile, &f.Webhooks[i].Secret)
+	}
 }

@@ -41,6 +41,33 @@ func validate(f *File, add func(string, int, string)) {
 	c.upstreams()
 	c.rewriteAndRules()
 	c.rest()
+	c.webhooks()
+}
+
+// webhooks checks history and webhooks.
+func (c checker) webhooks() {
+	f, bad := c.f, c.bad
+	if f.History.MaxAge < 0 {
+		bad("history.max_age", "must be more than zero")
+	}
+	if f.History.MaxSize < 0 {
+		bad("history.max_size", "must be more than zero")
+	}
+	for i, w := range f.Webhooks {
+		p := fmt.Sprintf("webhooks[%d]", i)
+		if u, err := url.Parse(w.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad(p+".url", "bad URL %q: use http:// or https://", w.URL)
+		}
+		for j, e := range w.Events {
+			c.oneOf(fmt.Sprintf("%s.events[%d]", p, j), e, "delivered", "deferred", "bounced", "delayed")
+		}
+		if len(w.Secret) < 16 {
+			bad(p+".secret_file", "a secret of 16 characters or more is needed to sign the events")
+		}
+		if w.MaxQueued < 0 {
+			bad(p+".max_queued", "must be positive")
+		}
+	}
 }
 
 func (c checker) listeners() {

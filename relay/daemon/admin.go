@@ -20,6 +20,7 @@ import (
 
 	"github.com/smarthost/smarthost/configs"
 	"github.com/smarthost/smarthost/ratelimit"
+	"github.com/smarthost/smarthost/relay/inspect"
 	"github.com/smarthost/smarthost/relay/queue"
 )
 
@@ -70,7 +71,8 @@ func (d *Daemon) serveAdmin(f *configs.File) error {
 	// /debug/pprof/mutex shows lock contention only if the runtime
 	// samples it; one event in 100 costs next to nothing.
 	runtime.SetMutexProfileFraction(100)
-	a := &admin{registry: d.registry, ready: d.ready, current: &d.current, drain: d.Drain, log: d.log, open: loopback(f.Metrics.Listen)}
+	a := &admin{registry: d.registry, ready: d.ready, current: &d.current, drain: d.Drain, log: d.log, open: loopback(f.Metrics.Listen),
+		inspect: d.inspectConfig(f)}
 	web := &http.Server{Handler: a.handler(), ReadHeaderTimeout: 10 * time.Second}
 	go web.Serve(ln)
 	d.admin = ln.Addr()
@@ -95,11 +97,13 @@ type admin struct {
 	log      *slog.Logger
 	// open: the listener is on loopback, where /v1/ and pprof need no
 	// token.
-	open bool
+	open    bool
+	inspect inspect.Config // the history, the queue and the status page
 }
 
 // handler serves /metrics, /healthz, /readyz, /v1/limits/{user},
-// POST /v1/drain and, with metrics.pprof, /debug/pprof/.
+// POST /v1/drain, the history, queue and status page of relay/inspect
+// and, with metrics.pprof, /debug/pprof/.
 func (a *admin) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{}))
@@ -123,6 +127,7 @@ func (a *admin) handler() http.Handler {
 		}
 		io.WriteString(w, "drained: the queue is empty\n")
 	})))
+	inspect.Routes(mux, a.guard, a.inspect)
 	// Profiles show where time goes under load, and what a process holds:
 	// only where asked for.
 	pp := http.NewServeMux()

@@ -19,9 +19,11 @@ import (
 	"github.com/smarthost/smarthost/policy/ldap"
 	"github.com/smarthost/smarthost/relay"
 	"github.com/smarthost/smarthost/relay/headers"
+	"github.com/smarthost/smarthost/relay/history"
 	"github.com/smarthost/smarthost/relay/queue"
 	"github.com/smarthost/smarthost/relay/smtpd"
 	"github.com/smarthost/smarthost/relay/upstream"
+	"github.com/smarthost/smarthost/relay/webhook"
 )
 
 // Assembly is a configuration translated into the Config structs of each
@@ -43,6 +45,9 @@ type Assembly struct {
 	handoff *upstream.Config
 	pprof   bool   // metrics.pprof
 	token   string // metrics.token_file's
+	// history and webhooks: nil when off.
+	history  *history.Config
+	webhooks *webhook.Config
 }
 
 // assemble translates f. With create, keys marked create_if_missing are
@@ -70,6 +75,7 @@ func assemble(f *configs.File, create bool, log *slog.Logger, timing *backendMet
 	a.deps.Received = f.Headers.Received
 	a.deps.Headers = assembleHeaders(f.Headers)
 	assembleDelivery(f, a, problem)
+	assembleHistory(f, a)
 	a.pprof = f.Metrics.PProf
 	if f.Metrics.TokenFile != "" {
 		if b, err := os.ReadFile(f.Metrics.TokenFile); err == nil {

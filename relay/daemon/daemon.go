@@ -22,6 +22,8 @@ import (
 	"github.com/smarthost/smarthost/configs"
 	"github.com/smarthost/smarthost/ratelimit"
 	"github.com/smarthost/smarthost/relay"
+	"github.com/smarthost/smarthost/relay/history"
+	"github.com/smarthost/smarthost/relay/inspect"
 	"github.com/smarthost/smarthost/relay/queue"
 	"github.com/smarthost/smarthost/relay/smtpd"
 	"github.com/smarthost/smarthost/relay/upstream"
@@ -55,7 +57,9 @@ type Daemon struct {
 	backend  *relay.Backend
 	ready    *readiness
 	drainer  *drainer
-	admin    net.Addr // metrics.listen's; nil without it
+	admin    net.Addr         // metrics.listen's; nil without it
+	history  *history.History // nil: history.enabled is false
+	health   *inspect.Health  // each upstream's, for the status page
 
 	current   atomic.Pointer[Assembly] // for the HTTP views and readiness
 	reloading sync.Mutex               // one reload at a time
@@ -78,6 +82,7 @@ func (e *ConfigError) Unwrap() error { return e.Err }
 func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 	d := &Daemon{cfg: cfg, log: log, registry: newRegistry()}
 	d.timing = newBackendMetrics(d.registry)
+	d.registry.MustRegister(newCertExpiry(&d.tls))
 	if err := d.start(cfg.File); err != nil {
 		d.Close()
 		return nil, err
@@ -91,6 +96,9 @@ func (d *Daemon) start(f *configs.File) error {
 		return probs
 	}
 	d.warn(a)
+	if err := d.openObservers(a); err != nil {
+		return err
+	}
 	if err := d.openQueue(a); err != nil {
 		return err
 	}
