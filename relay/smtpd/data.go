@@ -142,50 +142,60 @@ func (r *dataReader) Read(b []byte) (int, error) {
 			}
 		}
 		buf, _ := r.br.Peek(r.br.Buffered())
-		i := 0
-		for i < len(buf) && n < len(b) {
-			if run := r.plainRun(buf[i:], len(b)-n); len(run) > 0 {
-				copy(b[n:], run)
-				n += len(run)
-				i += len(run)
-				continue
-			}
-			emit, err := r.step(buf[i])
-			i++
-			if err != nil {
-				r.br.Discard(i)
-				r.err = err
-				if err == io.EOF && n > 0 {
-					return n, nil
-				}
-				return n, err
-			}
-			for k, ch := range emit {
-				if n == len(b) {
-					r.pend = append(r.pendBuf[:0], emit[k:]...)
-					break
-				}
-				if r.limit == 0 {
-					r.br.Discard(i) // stepped over already; dropped with the rest
-					r.err = ErrDataTooLarge
-					return n, r.err
-				}
-				if r.limit > 0 {
-					r.limit--
-				}
-				b[n] = ch
-				n++
-			}
-			if len(r.pend) > 0 {
-				break
-			}
-		}
+		i, m, err := r.scan(buf, b[n:])
+		n += m
 		r.br.Discard(i)
+		if err != nil {
+			if err == io.EOF && n > 0 {
+				return n, nil
+			}
+			return n, err
+		}
 		if len(r.pend) > 0 {
 			break
 		}
 	}
 	return n, nil
+}
+
+// scan moves over the buffered bytes buf, filling b with what of the
+// message they make; what does not fit waits in r.pend. It returns the
+// bytes of buf it went over and of b it filled, and the error that ends
+// the message (kept in r.err too).
+func (r *dataReader) scan(buf, b []byte) (i, n int, err error) {
+	for i < len(buf) && n < len(b) {
+		if run := r.plainRun(buf[i:], len(b)-n); len(run) > 0 {
+			copy(b[n:], run)
+			n += len(run)
+			i += len(run)
+			continue
+		}
+		emit, err := r.step(buf[i])
+		i++
+		if err != nil {
+			r.err = err
+			return i, n, err
+		}
+		for k, ch := range emit {
+			if n == len(b) {
+				r.pend = append(r.pendBuf[:0], emit[k:]...)
+				break
+			}
+			if r.limit == 0 { // stepped over already; dropped with the rest
+				r.err = ErrDataTooLarge
+				return i, n, r.err
+			}
+			if r.limit > 0 {
+				r.limit--
+			}
+			b[n] = ch
+			n++
+		}
+		if len(r.pend) > 0 {
+			break
+		}
+	}
+	return i, n, nil
 }
 
 // plainRun is the longest prefix of p, inside a line, that holds no CR,
@@ -230,29 +240,30 @@ func (r *dataReader) step(ch byte) ([]byte, error) {
 	if ch == 0 {
 		return nil, ErrNUL
 	}
-	one := func() []byte { r.stepped1[0] = ch; return r.stepped1[:] }
-	// A byte of the line's text: with wrap, past foldAt it starts a new
-	// line that begins with a space.
-	text := func() []byte {
-		if !r.wrap {
-			return one()
-		}
-		if r.col >= foldAt {
-			r.col = 2
-			r.folded = [4]byte{'\r', '\n', ' ', ch}
-			return r.folded[:]
-		}
-		r.col++
-		return one()
-	}
-	// A bare LF ends the line (normalized) or the message's framing.
-	bareLF := func(out []byte) ([]byte, error) {
-		if !r.lf {
+	switch r.state {
+	case stBeginLine, stDot, stDotCR:
+		return r.stepLineStart(ch)
+	case stCR:
+		if ch != '\n' {
 			return nil, ErrBareLineEnding
 		}
-		r.state, r.lineLen, r.col, r.afterLF = stBeginLine, 0, 0, true
-		return out, nil
+		r.state, r.lineLen, r.col, r.afterLF = stBeginLine, 0, 0, false
+	case stData:
+		switch ch {
+		case '\r':
+			r.state = stCR
+		case '\n':
+			return r.bareLF(crlf)
+		default:
+			return r.text(ch), nil
+		}
 	}
+	return r.one(ch), nil
+}
+
+// stepLineStart is step at the start of a line, where a dot is either
+// stuffed or, alone on its line, the end of the message.
+func (r *dataReader) stepLineStart(ch byte) ([]byte, error) {
 	switch r.state {
 	case stBeginLine:
 		switch ch {
@@ -262,10 +273,10 @@ func (r *dataReader) step(ch byte) ([]byte, error) {
 		case '\r':
 			r.state = stCR
 		case '\n':
-			return bareLF(crlf)
+			return r.bareLF(crlf)
 		default:
 			r.state = stData
-			return text(), nil
+			return r.text(ch), nil
 		}
 	case stDot:
 		switch ch {
@@ -273,10 +284,10 @@ func (r *dataReader) step(ch byte) ([]byte, error) {
 			r.state = stDotCR
 			return nil, nil
 		case '\n':
-			return bareLF(dotCRLF)
+			return r.bareLF(dotCRLF)
 		default:
 			r.state = stData // the stuffed dot is dropped
-			return text(), nil
+			return r.text(ch), nil
 		}
 	case stDotCR:
 		if ch != '\n' {
@@ -289,22 +300,39 @@ func (r *dataReader) step(ch byte) ([]byte, error) {
 			return dotCRLF, nil
 		}
 		return nil, io.EOF
-	case stCR:
-		if ch != '\n' {
-			return nil, ErrBareLineEnding
-		}
-		r.state, r.lineLen, r.col, r.afterLF = stBeginLine, 0, 0, false
-	case stData:
-		switch ch {
-		case '\r':
-			r.state = stCR
-		case '\n':
-			return bareLF(crlf)
-		default:
-			return text(), nil
-		}
 	}
-	return one(), nil
+	return r.one(ch), nil
+}
+
+// one returns ch alone.
+func (r *dataReader) one(ch byte) []byte {
+	r.stepped1[0] = ch
+	return r.stepped1[:]
+}
+
+// text returns ch, a byte of the line's text: with wrap, past foldAt it
+// starts a new line that begins with a space.
+func (r *dataReader) text(ch byte) []byte {
+	if !r.wrap {
+		return r.one(ch)
+	}
+	if r.col >= foldAt {
+		r.col = 2
+		r.folded = [4]byte{'\r', '\n', ' ', ch}
+		return r.folded[:]
+	}
+	r.col++
+	return r.one(ch)
+}
+
+// bareLF returns out for a bare LF, which ends the line (normalized) or
+// the message's framing.
+func (r *dataReader) bareLF(out []byte) ([]byte, error) {
+	if !r.lf {
+		return nil, ErrBareLineEnding
+	}
+	r.state, r.lineLen, r.col, r.afterLF = stBeginLine, 0, 0, true
+	return out, nil
 }
 
 // drain reads the rest of the message, past any size limit, to its end.
