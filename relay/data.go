@@ -44,46 +44,14 @@ func (s *session) Data(r io.Reader) (string, error) {
 }
 
 func (s *session) receive(d *queue.Draft, r io.Reader) (string, error) {
-	br, _ := s.be.readers.Get().(*bufio.Reader)
-	if br == nil {
-		br = bufio.NewReaderSize(r, 32<<10)
-	}
-	br.Reset(r)
-	defer func() {
-		br.Reset(nil)
-		s.be.readers.Put(br)
-	}()
-	header, err := readHeaderBlock(br, s.be.cfg.MaxHeaderSize)
+	br := s.be.reader(r)
+	defer s.be.putReader(br)
+	header, msg, peer, err := s.readHeader(br)
 	if err != nil {
 		return "", err
-	}
-	msg, err := mail.ReadMessage(bytes.NewReader(header))
-	if err != nil {
-		return "", fmt.Errorf("%w: %w", errBadHeader, err)
-	}
-	if err := s.deps.Policy.CheckHeader(s.client, msg.Header); err != nil {
-		return "", err
-	}
-
-	// A relay peer hands over mail checked and signed where it was
-	// submitted: it gets our Received: line and nothing else.
-	peer := s.deps.Policy.Peer(s.client)
-	if !peer {
-		if edited, changed := s.editHeader(header, msg.Header); changed {
-			if msg, err = mail.ReadMessage(bytes.NewReader(edited)); err != nil {
-				return "", fmt.Errorf("%w: after rewriting: %w", errBadHeader, err)
-			}
-			header = edited
-		}
 	}
 	added, addedNames := s.addedFields(d.ID(), msg.Header, peer)
-	s.messageID = strings.TrimSpace(msg.Header.Get("Message-Id"))
-	if len(s.messageID) > maxLoggedMessageID {
-		s.messageID = s.messageID[:maxLoggedMessageID] // it goes in every line of its story
-	}
-	if s.messageID == "" && slices.Contains(addedNames, "Message-ID") {
-		s.messageID = fmt.Sprintf("<%s@%s>", d.ID(), s.conn.ServerDomain())
-	}
+	s.noteMessageID(d.ID(), msg.Header, addedNames)
 	var sign *dkim.Signing
 	if s.deps.Signer != nil && !peer {
 		sign, err = s.beginSigning(d.ID(), msg.Header, addedNames)
@@ -130,6 +98,63 @@ func (s *session) receive(d *queue.Draft, r io.Reader) (string, error) {
 		return "", fmt.Errorf("%w: %w", errSpool, err)
 	}
 	return id, nil
+}
+
+// reader returns a buffered reader of r from the backend's pool, which
+// putReader takes back, so that each message does not allocate a 32 KiB
+// buffer of its own.
+func (b *Backend) reader(r io.Reader) *bufio.Reader {
+	br, _ := b.readers.Get().(*bufio.Reader)
+	if br == nil {
+		br = bufio.NewReaderSize(r, 32<<10)
+	}
+	br.Reset(r)
+	return br
+}
+
+func (b *Backend) putReader(br *bufio.Reader) {
+	br.Reset(nil)
+	b.readers.Put(br)
+}
+
+// readHeader reads the message's header block, checks it against the
+// policy and, but for a relay peer, edits it (header privacy, the From:
+// rewrite). A relay peer hands over mail checked and signed where it was
+// submitted: it gets our Received: line and nothing else.
+func (s *session) readHeader(br *bufio.Reader) (header []byte, msg *mail.Message, peer bool, err error) {
+	header, err = readHeaderBlock(br, s.be.cfg.MaxHeaderSize)
+	if err != nil {
+		return nil, nil, false, err
+	}
+	msg, err = mail.ReadMessage(bytes.NewReader(header))
+	if err != nil {
+		return nil, nil, false, fmt.Errorf("%w: %w", errBadHeader, err)
+	}
+	if err := s.deps.Policy.CheckHeader(s.client, msg.Header); err != nil {
+		return nil, nil, false, err
+	}
+	peer = s.deps.Policy.Peer(s.client)
+	if !peer {
+		if edited, changed := s.editHeader(header, msg.Header); changed {
+			if msg, err = mail.ReadMessage(bytes.NewReader(edited)); err != nil {
+				return nil, nil, false, fmt.Errorf("%w: after rewriting: %w", errBadHeader, err)
+			}
+			header = edited
+		}
+	}
+	return header, msg, peer, nil
+}
+
+// noteMessageID keeps the message's Message-ID (the one we add if it has
+// none) for the session's log lines.
+func (s *session) noteMessageID(id string, h mail.Header, added []string) {
+	s.messageID = strings.TrimSpace(h.Get("Message-Id"))
+	if len(s.messageID) > maxLoggedMessageID {
+		s.messageID = s.messageID[:maxLoggedMessageID] // it goes in every line of its story
+	}
+	if s.messageID == "" && slices.Contains(added, "Message-ID") {
+		s.messageID = fmt.Sprintf("<%s@%s>", id, s.conn.ServerDomain())
+	}
 }
 
 // envelope is what the message is queued with: the transaction's sender,
