@@ -204,21 +204,7 @@ func (c checker) upstreams() {
 			bad(p+".name", "upstream %q is defined twice", u.Name)
 		}
 		names[u.Name] = true
-		pu, err := url.Parse(u.URL)
-		switch {
-		case err != nil:
-			bad(p+".url", "bad URL %q", u.URL)
-		case pu.Scheme == "file":
-			if pu.Path == "" && pu.Opaque == "" {
-				bad(p+".url", "file:// needs a directory, e.g. file:///var/spool/outbox")
-			}
-		case pu.Scheme == "smtp" || pu.Scheme == "smtps":
-			if pu.Hostname() == "" || pu.Port() == "" {
-				bad(p+".url", "%q needs a host and a port, e.g. smtp://smtp.example.com:587", u.URL)
-			}
-		default:
-			bad(p+".url", "scheme of %q must be smtp, smtps or file", u.URL)
-		}
+		c.upstreamURL(p+".url", u.URL)
 		oneOf(p+".tls", u.TLS, "required", "opportunistic", "none")
 		if u.Weight < 0 {
 			bad(p+".weight", "must be positive")
@@ -231,6 +217,33 @@ func (c checker) upstreams() {
 		}
 		c.upstreamAuth(p, u)
 	}
+	c.upstreamNames(names)
+}
+
+// upstreamURL checks an upstream's url: smtp or smtps with a host and a
+// port, or a file:// outbox.
+func (c checker) upstreamURL(p, raw string) {
+	pu, err := url.Parse(raw)
+	switch {
+	case err != nil:
+		c.bad(p, "bad URL %q", raw)
+	case pu.Scheme == "file":
+		if pu.Path == "" && pu.Opaque == "" {
+			c.bad(p, "file:// needs a directory, e.g. file:///var/spool/outbox")
+		}
+	case pu.Scheme == "smtp" || pu.Scheme == "smtps":
+		if pu.Hostname() == "" || pu.Port() == "" {
+			c.bad(p, "%q needs a host and a port, e.g. smtp://smtp.example.com:587", raw)
+		}
+	default:
+		c.bad(p, "scheme of %q must be smtp, smtps or file", raw)
+	}
+}
+
+// upstreamNames checks that the archive copies, the hand-off and the
+// routes name upstreams that names holds.
+func (c checker) upstreamNames(names map[string]bool) {
+	f, bad := c.f, c.bad
 	for i, a := range f.Archive {
 		p := fmt.Sprintf("archive[%d]", i)
 		if !strings.Contains(a.Address, "@") {
@@ -261,7 +274,6 @@ func (c checker) upstreams() {
 			}
 		}
 	}
-
 }
 
 // upstreamAuth checks how an upstream is logged in to.
