@@ -54,9 +54,28 @@ func StartDovecot(t testing.TB, o DovecotOptions) *Dovecot {
 	d := &Dovecot{Addr: freeAddr(t), CertFile: dir + "/cert.pem", Dir: dir, conf: dir + "/dovecot.conf"}
 	run(t, "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
 		"-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", dir+"/key.pem", "-out", d.CertFile)
+	d.writeConf(t, o)
+	d.start(t)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		exec.CommandContext(ctx, "/usr/sbin/dovecot", "-c", d.conf, "stop").Run()
+		if t.Failed() {
+			t.Logf("dovecot log (%s):\n%s", dir, d.Log())
+			return
+		}
+		os.RemoveAll(dir)
+	})
+	waitListening(t, "dovecot", d.Addr, d.Log)
+	return d
+}
+
+// writeConf writes dovecot.conf, a submission service that takes OAuth2
+// tokens (checked at o.Introspect) and relays to o.RelayTo.
+func (d *Dovecot) writeConf(t testing.TB, o DovecotOptions) {
 	rh, rp, _ := net.SplitHostPort(o.RelayTo)
 	_, port, _ := net.SplitHostPort(d.Addr)
-	write(t, dir+"/oauth2.conf.ext", fmt.Sprintf(`introspection_url = %s
+	write(t, d.Dir+"/oauth2.conf.ext", fmt.Sprintf(`introspection_url = %s
 introspection_mode = post
 username_attribute = sub
 active_attribute = active
@@ -93,30 +112,7 @@ userdb {
   driver = static
   args = uid=nobody gid=nogroup home=%[1]s/home
 }
-`, dir, rh, rp, port))
-	d.start(t)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		exec.CommandContext(ctx, "/usr/sbin/dovecot", "-c", d.conf, "stop").Run()
-		if t.Failed() {
-			t.Logf("dovecot log (%s):\n%s", dir, d.Log())
-			return
-		}
-		os.RemoveAll(dir)
-	})
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		c, err := net.Dial("tcp", d.Addr)
-		if err == nil {
-			c.Close()
-			return d
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("dovecot did not listen on %s:\n%s", d.Addr, d.Log())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+`, d.Dir, rh, rp, port))
 }
 
 // Log is the instance's log so far.

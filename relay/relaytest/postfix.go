@@ -72,13 +72,28 @@ func StartPostfix(t testing.TB, o PostfixOptions) *Postfix {
 	}
 	os.Chmod(dir, 0o755)
 
+	p.writeMasterCF(o)
+	write(t, filepath.Join(dir, "conf", "main.cf"), strings.Join(p.mainCF(o, pu), "\n")+"\n")
+	run(t, "chown", "-R", "postfix", dir+"/data", dir+"/mail", dir+"/conf/sasl")
+
+	run(t, "/usr/sbin/postfix", "-c", dir+"/conf", "start")
+	t.Cleanup(p.stop)
+	if o.Listen {
+		waitListening(t, "postfix", p.Addr, p.Log)
+		p.warmUp(o.TLS)
+	}
+	return p
+}
+
+// writeMasterCF writes conf/master.cf: Debian's services, none chrooted
+// (the chroot would lack this folder), and the smtpd on our port only.
+func (p *Postfix) writeMasterCF(o PostfixOptions) {
+	t := p.t
 	master, err := os.ReadFile("/etc/postfix/master.cf")
 	if err != nil {
 		t.Fatal(err)
 	}
 	var mcf bytes.Buffer
-	// Debian's services, none chrooted (the chroot would lack this
-	// folder), and the smtpd on our port only.
 	for _, line := range strings.Split(string(master), "\n") {
 		f := strings.Fields(line)
 		if len(f) >= 8 && !strings.HasPrefix(line, "#") && !strings.HasPrefix(line, " ") {
@@ -94,8 +109,13 @@ func StartPostfix(t testing.TB, o PostfixOptions) *Postfix {
 		p.Addr = freeAddr(t)
 		fmt.Fprintf(&mcf, "%s inet n - n - - smtpd\n", p.Addr)
 	}
-	write(t, filepath.Join(dir, "conf", "master.cf"), mcf.String())
+	write(t, filepath.Join(p.Dir, "conf", "master.cf"), mcf.String())
+}
 
+// mainCF returns the lines of main.cf, and makes the certificate and the
+// SASL users they name.
+func (p *Postfix) mainCF(o PostfixOptions, pu *user.User) []string {
+	t, dir := p.t, p.Dir
 	main := []string{
 		"compatibility_level = 3.6",
 		"queue_directory = " + dir + "/queue",
@@ -118,21 +138,7 @@ func StartPostfix(t testing.TB, o PostfixOptions) *Postfix {
 		main = append(main, "smtpd_tls_chain_files = "+dir+"/conf/key.pem, "+dir+"/conf/cert.pem")
 	}
 	if len(o.SASLUsers) > 0 {
-		Need(t, "/usr/sbin/saslpasswd2")
-		mechs := o.SASLMechs
-		if mechs == "" {
-			mechs = "PLAIN LOGIN"
-		}
-		// Debian's Postfix reads $config_directory/sasl/smtpd.conf.
-		write(t, filepath.Join(dir, "conf", "sasl", "smtpd.conf"), fmt.Sprintf(
-			"pwcheck_method: auxprop\nauxprop_plugin: sasldb\nsasldb_path: %s/conf/sasl/sasldb2\nmech_list: %s\n", dir, mechs))
-		for u, pw := range o.SASLUsers {
-			cmd := exec.Command("/usr/sbin/saslpasswd2", "-p", "-c", "-f", dir+"/conf/sasl/sasldb2", "-u", "upstream.test", u)
-			cmd.Stdin = strings.NewReader(pw)
-			if out, err := cmd.CombinedOutput(); err != nil {
-				t.Fatalf("saslpasswd2: %v\n%s", err, out)
-			}
-		}
+		p.saslUsers(o)
 		main = append(main, "smtpd_sasl_auth_enable = yes", "smtpd_sasl_type = cyrus", "smtpd_sasl_path = smtpd",
 			"smtpd_sasl_local_domain = upstream.test")
 	}
@@ -141,45 +147,65 @@ func StartPostfix(t testing.TB, o PostfixOptions) *Postfix {
 			"virtual_mailbox_base = "+dir+"/mail", "virtual_mailbox_maps = static:box/",
 			"virtual_uid_maps = static:"+pu.Uid, "virtual_gid_maps = static:"+pu.Gid)
 	}
-	main = append(main, o.Main...)
-	write(t, filepath.Join(dir, "conf", "main.cf"), strings.Join(main, "\n")+"\n")
-	run(t, "chown", "-R", "postfix", dir+"/data", dir+"/mail", dir+"/conf/sasl")
+	return append(main, o.Main...)
+}
 
-	run(t, "/usr/sbin/postfix", "-c", dir+"/conf", "start")
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		if exec.CommandContext(ctx, "/usr/sbin/postfix", "-c", dir+"/conf", "stop").Run() != nil {
-			// A master that will not stop is killed, with its children.
-			if b, err := os.ReadFile(dir + "/queue/pid/master.pid"); err == nil {
-				if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
-					syscall.Kill(-pid, syscall.SIGKILL)
-					syscall.Kill(pid, syscall.SIGKILL)
-				}
-			}
-		}
-		if t.Failed() {
-			t.Logf("postfix log (%s):\n%s", dir, p.Log())
-			return // kept for a look
-		}
-		os.RemoveAll(dir)
-	})
-	if o.Listen {
-		deadline := time.Now().Add(20 * time.Second)
-		for {
-			c, err := net.Dial("tcp", p.Addr)
-			if err == nil {
-				c.Close()
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("postfix did not listen on %s:\n%s", p.Addr, p.Log())
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		p.warmUp(o.TLS)
+// saslUsers makes the smtpd's Cyrus SASL configuration and its users.
+func (p *Postfix) saslUsers(o PostfixOptions) {
+	t, dir := p.t, p.Dir
+	Need(t, "/usr/sbin/saslpasswd2")
+	mechs := o.SASLMechs
+	if mechs == "" {
+		mechs = "PLAIN LOGIN"
 	}
-	return p
+	// Debian's Postfix reads $config_directory/sasl/smtpd.conf.
+	write(t, filepath.Join(dir, "conf", "sasl", "smtpd.conf"), fmt.Sprintf(
+		"pwcheck_method: auxprop\nauxprop_plugin: sasldb\nsasldb_path: %s/conf/sasl/sasldb2\nmech_list: %s\n", dir, mechs))
+	for u, pw := range o.SASLUsers {
+		cmd := exec.Command("/usr/sbin/saslpasswd2", "-p", "-c", "-f", dir+"/conf/sasl/sasldb2", "-u", "upstream.test", u)
+		cmd.Stdin = strings.NewReader(pw)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("saslpasswd2: %v\n%s", err, out)
+		}
+	}
+}
+
+// stop stops the instance at the end of the test, and removes its folder
+// unless the test failed.
+func (p *Postfix) stop() {
+	dir := p.Dir
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if exec.CommandContext(ctx, "/usr/sbin/postfix", "-c", dir+"/conf", "stop").Run() != nil {
+		// A master that will not stop is killed, with its children.
+		if b, err := os.ReadFile(dir + "/queue/pid/master.pid"); err == nil {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+				syscall.Kill(-pid, syscall.SIGKILL)
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	}
+	if p.t.Failed() {
+		p.t.Logf("postfix log (%s):\n%s", dir, p.Log())
+		return // kept for a look
+	}
+	os.RemoveAll(dir)
+}
+
+// waitListening waits until addr takes connections, for 20 s at most;
+// the test fails with the server's log if it does not.
+func waitListening(t testing.TB, what, addr string, log func() string) {
+	t.Helper()
+	listening := Within(20*time.Second, func() bool {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	if !listening {
+		t.Fatalf("%s did not listen on %s:\n%s", what, addr, log())
+	}
 }
 
 // warmUp holds a first session with the smtpd (greeting, EHLO, STARTTLS
