@@ -6,9 +6,10 @@
 // message.go is a message and its recipients; draft.go a message being
 // received; format.go what the files hold; folder.go the messages with a
 // file of their own (msg/, tmp/); journal.go and journalfile.go the
-// journal of small new messages; scheduler.go what is due, the workers and
-// one delivery attempt; bounce.go delivery status notifications; admin.go
-// the view `smarthost queue` uses.
+// journal of small new messages; scheduler.go which messages are due and
+// which in flight; attempt.go the workers and one delivery attempt, from
+// the deliverer to the message's removal or saved state; bounce.go
+// delivery status notifications; admin.go the view `smarthost queue` uses.
 package queue
 
 import (
@@ -155,7 +156,7 @@ func open(cfg Config, d Deliverer, log *slog.Logger, od ondisk) (*Queue, error) 
 	}
 	q := &Queue{cfg: cfg, d: d, log: log, lock: lock, disk: od.disk, folder: newFolder(cfg.Dir, od.disk)}
 	q.leaving, q.leave = context.WithCancelCause(context.Background())
-	q.sched = newScheduler(q)
+	q.sched = newScheduler(q.now)
 	q.folder.clean(log.Info)
 	j, ms, err := openJournal(filepath.Join(cfg.Dir, "journal"), od.journalMax, od.disk, q.folder.has, log.Warn)
 	if err != nil {
@@ -185,12 +186,6 @@ func (q *Queue) now() time.Time { return q.cfg.Now() }
 
 // Create starts a draft.
 func (q *Queue) Create() (*Draft, error) { return newDraft(q, newID()) }
-
-// Run delivers until ctx is done, then waits for the attempts in flight.
-func (q *Queue) Run(ctx context.Context) error {
-	q.sched.run(ctx)
-	return nil
-}
 
 type handoff struct {
 	d     Deliverer

@@ -2,19 +2,17 @@ package queue
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"sort"
 	"sync"
 	"time"
 )
 
-// scheduler knows every message in the spool and when each is due, hands
-// the due ones to a bounded pool of workers, and makes each attempt: the
-// deliverer's outcomes are recorded in the message, reported to the sender
-// when they are final, and saved where the message lives.
+// scheduler knows every message in the spool, when each is due and which
+// are in flight, and the lanes of those waiting for an upstream's budget.
+// It is state under one lock and holds no *Queue: the queue's files call
+// it (attempt.go, manage.go, queue.go, draft.go), never the other way.
 type scheduler struct {
-	q *Queue
+	now func() time.Time
 
 	mu       sync.Mutex
 	items    map[string]*Message
@@ -31,8 +29,8 @@ type scheduler struct {
 	wake  chan struct{}
 }
 
-func newScheduler(q *Queue) *scheduler {
-	return &scheduler{q: q, items: map[string]*Message{}, inflight: map[string]bool{},
+func newScheduler(now func() time.Time) *scheduler {
+	return &scheduler{now: now, items: map[string]*Message{}, inflight: map[string]bool{},
 		creatingIDs: map[string]bool{}, lanes: newLanes(), after: map[string]adminOp{}, wake: make(chan struct{}, 1)}
 }
 
@@ -96,7 +94,7 @@ func (s *scheduler) forget(id string) {
 // retryNow makes m due at once.
 func (s *scheduler) retryNow(m *Message) {
 	s.mu.Lock()
-	m.NextAttempt = s.q.now()
+	m.NextAttempt = s.now()
 	s.mu.Unlock()
 }
 
@@ -105,7 +103,7 @@ func (s *scheduler) retryNow(m *Message) {
 // schedule in force when they are done).
 func (s *scheduler) retryAll() {
 	s.mu.Lock()
-	now := s.q.now()
+	now := s.now()
 	for id, m := range s.items {
 		if !s.inflight[id] {
 			m.NextAttempt = now
@@ -187,11 +185,10 @@ func (s *scheduler) oldest() time.Time {
 // due claims and returns the messages whose time has come: those their
 // lanes let go, then the rest oldest first; and the time of the next one
 // after them. A message due for a lane whose messages wait joins them.
-func (s *scheduler) due() ([]*Message, time.Time) {
+func (s *scheduler) due(laner Laner) ([]*Message, time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	now := s.q.now()
-	laner := s.q.laner()
+	now := s.now()
 	var due []*Message
 	var next time.Time
 	for id, m := range s.items {
@@ -225,57 +222,6 @@ func (s *scheduler) due() ([]*Message, time.Time) {
 	return due, next
 }
 
-// stopGrace is how long the attempts in flight may go on once Run's
-// context ends: most take milliseconds, and cutting one short after the
-// upstream has taken the message whole would send it twice. One that
-// waits on an upstream that tarpits is cut short after it, and its
-// message stays queued.
-const stopGrace = 5 * time.Second
-
-var errStopping = errors.New("interrupted: the relay is stopping")
-
-// run delivers until ctx is done, then waits for the attempts in flight,
-// for stopGrace at most.
-func (s *scheduler) run(ctx context.Context) {
-	q := s.q
-	work := make(chan *Message)
-	defer s.startWorkers(work)()
-	lastScan := q.now()
-	var listed time.Time
-	for {
-		var unlisted bool
-		listed, unlisted = s.listWaiting(listed)
-		if q.now().Sub(lastScan) >= q.cfg.Rescan {
-			if err := q.rescan(false); err != nil {
-				q.log.Error("queue: rescan", "err", err)
-			}
-			lastScan = q.now()
-		}
-		due, next := s.due()
-		for _, m := range due {
-			select {
-			case work <- m:
-			case <-ctx.Done():
-				s.release(m.ID)
-				return
-			}
-		}
-		if len(due) > 0 {
-			continue // workers may have freed up; look again at once
-		}
-		wait := q.cfg.Rescan
-		if !next.IsZero() {
-			wait = min(wait, next.Sub(q.now()))
-		}
-		if unlisted {
-			wait = min(wait, time.Second)
-		}
-		if !s.sleep(ctx, wait) {
-			return
-		}
-	}
-}
-
 // sleep waits for wait (10 ms at least), or until woken; it reports false
 // once ctx is done.
 func (s *scheduler) sleep(ctx context.Context, wait time.Duration) bool {
@@ -290,149 +236,52 @@ func (s *scheduler) sleep(ctx context.Context, wait time.Duration) bool {
 	return true
 }
 
-// startWorkers starts the workers, each making attempts of the messages
-// sent on work. The func it returns closes work and waits for the attempts
-// in flight, for stopGrace at most before cutting them short.
-func (s *scheduler) startWorkers(work chan *Message) (stop func()) {
-	q := s.q
-	attempts, cut := context.WithCancelCause(context.Background())
-	// Deliveries through the routes also end when the node starts to
-	// leave (Handoff): their messages go to the peers instead.
-	viaRoutes, leave := context.WithCancelCause(attempts)
-	unwatch := context.AfterFunc(q.leaving, func() { leave(context.Cause(q.leaving)) })
-	ctxs := attemptContexts{all: attempts, routes: viaRoutes}
-	var wg sync.WaitGroup
-	for i := 0; i < q.cfg.Workers; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for m := range work {
-				s.attempt(ctxs, m)
-			}
-		}()
-	}
-	return func() {
-		close(work)
-		done := make(chan struct{})
-		go func() { wg.Wait(); close(done) }()
-		grace := time.NewTimer(stopGrace)
-		defer grace.Stop()
-		select {
-		case <-done:
-		case <-grace.C:
-			cut(errStopping)
-			<-done
-		}
-		s.keepWaited()
-		unwatch()
-		leave(nil)
-		cut(nil)
-	}
+// drop forgets m, deleted by an administrator since it was due.
+func (s *scheduler) drop(m *Message) {
+	s.mu.Lock()
+	s.lanes.back(m.ID)
+	delete(s.items, m.ID)
+	s.mu.Unlock()
 }
 
-// attempt makes one delivery attempt and records its outcome durably:
-// deliver, record each recipient's fate, tell the sender what is final,
-// then remove the message, or save its state.
-func (s *scheduler) attempt(ctxs attemptContexts, m *Message) {
-	q := s.q
-	waits := false
-	defer func() {
-		if !waits {
-			s.release(m.ID)
-		}
-	}()
-	if m.jseg == nil && !q.folder.has(m.ID) {
-		s.mu.Lock()
-		s.lanes.back(m.ID)
-		s.mu.Unlock()
-		s.forget(m.ID) // deleted by an administrator since it was due
-		return
-	}
-	out, handoff := s.deliver(ctxs, m)
-	if w := onlyWaits(out); w != nil {
-		waits = true
-		s.wait(m, out, w)
-		return
-	}
-	now := q.now()
+// record applies an attempt's outcomes to m (record in message.go) under
+// the lock its readers take, and takes it out of its lane if it waited in
+// one: it returns the lane's upstream and how long m waited there.
+func (s *scheduler) record(m *Message, out []Outcome, now time.Time, maxAge, retry time.Duration) (rec recorded, upstream string, waited time.Duration) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	if e := s.lanes.back(m.ID); e != nil {
-		waited := now.Sub(e.since)
+		upstream, waited = e.upstream, now.Sub(e.since)
 		m.Waited += waited
-		if q.cfg.Shaped != nil {
-			q.cfg.Shaped(e.upstream, waited)
-		}
 	}
-	failed, fates := m.record(out, now, q.cfg.MaxAge, q.retryAfter(m.Attempts+1))
-	done := len(m.Pending()) == 0
-	s.mu.Unlock()
-	q.tell(m, fates, now, handoff)
-
-	if len(failed) > 0 && m.From != "" {
-		if err := q.notify(m, failed, false); err != nil {
-			// A bounce that cannot be queued (a full disk) must not be
-			// lost: the failed recipients stay pending, so that the
-			// next attempt fails them again and tries the bounce again.
-			q.log.Error("queue: cannot queue bounce; will try again", "msg_id", m.ID, "err", err)
-			s.mu.Lock()
-			m.reopen(failed)
-			done = false
-			s.mu.Unlock()
-		}
-	}
-	q.warnDelayed(m, now)
-	if !done && s.applyAsked(m) {
-		return
-	}
-	if done {
-		if err := q.remove(m); err != nil {
-			q.log.Error("queue: remove", "msg_id", m.ID, "err", err)
-		}
-		s.forget(m.ID)
-		return
-	}
-	if err := q.save(m); err != nil {
-		q.log.Error("queue: save state", "msg_id", m.ID, "err", err)
-	}
+	rec.failed, rec.fates = m.record(out, now, maxAge, retry)
+	rec.done = len(m.Pending()) == 0
+	return rec, upstream, waited
 }
 
-// applyAsked does what an administrator asked of m while it was being
-// delivered (manage.go), and reports whether m has left the queue.
-func (s *scheduler) applyAsked(m *Message) (gone bool) {
+// recorded is what an attempt's outcomes made of a message: the
+// recipients that failed for good, what became of each, and whether none
+// is left pending.
+type recorded struct {
+	failed []Recipient
+	fates  []fate
+	done   bool
+}
+
+// reopen makes failed pending again in m (their bounce could not be
+// queued).
+func (s *scheduler) reopen(m *Message, failed []Recipient) {
 	s.mu.Lock()
-	asked, ok := s.after[m.ID]
-	delete(s.after, m.ID)
+	m.reopen(failed)
 	s.mu.Unlock()
-	if !ok {
-		return false
-	}
-	gone, err := s.q.apply(asked, m)
-	if err != nil {
-		s.q.log.Error("queue: "+asked.op, "msg_id", m.ID, "err", err)
-	}
-	return gone
 }
 
-// attemptContexts are what delivery attempts run under: all of them end a
-// while after a stop (run), and those through the routes also when the node
-// starts to leave.
-type attemptContexts struct{ all, routes context.Context }
-
-// deliver hands m's pending recipients to the deliverer and returns one
-// outcome for each, and whether they went to the peers (Handoff).
-func (s *scheduler) deliver(ctxs attemptContexts, m *Message) (out []Outcome, handoff bool) {
-	pending := m.Pending()
-	if len(pending) == 0 {
-		return nil, false
-	}
-	d, routes := s.q.deliverer()
-	ctx := ctxs.all
-	if routes {
-		ctx = ctxs.routes
-	}
-	out = d.Deliver(ctx, m)
-	if len(out) != len(pending) {
-		out = Failed(len(pending), fmt.Errorf("queue: deliverer gave %d outcomes for %d recipients", len(out), len(pending)))
-	}
-	return out, !routes
+// asked returns, and forgets, what an administrator asked of message id
+// while it was being delivered (manage.go).
+func (s *scheduler) asked(id string) (adminOp, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a, ok := s.after[id]
+	delete(s.after, id)
+	return a, ok
 }

@@ -141,8 +141,8 @@ func (m *Message) recordSent(out []Outcome) []fate {
 // (through another route) are saved as such first. The message leaves
 // the workers' hands and enters its lane under one lock, so that the
 // lane cannot let it go while a worker still holds it.
-func (s *scheduler) wait(m *Message, out []Outcome, w *WaitError) {
-	q := s.q
+func (q *Queue) wait(m *Message, out []Outcome, w *WaitError) {
+	s := q.sched
 	s.mu.Lock()
 	sent := m.recordSent(out)
 	s.mu.Unlock()
@@ -162,16 +162,17 @@ func (s *scheduler) wait(m *Message, out []Outcome, w *WaitError) {
 // keepWaited saves, as the queue stops, how long its waiting messages
 // have waited, so that the time does not count towards max_age after a
 // restart either; a wait under a minute is not worth a write.
-func (s *scheduler) keepWaited() {
+func (q *Queue) keepWaited() {
+	s := q.sched
 	s.mu.Lock()
 	es := s.lanes.flush()
-	now := s.q.now()
+	now := q.now()
 	s.mu.Unlock()
 	for _, e := range es {
 		if d := now.Sub(e.since); d >= time.Minute {
 			e.m.Waited += d
-			if err := s.q.save(e.m); err != nil {
-				s.q.log.Error("queue: save state", "msg_id", e.m.ID, "err", err)
+			if err := q.save(e.m); err != nil {
+				q.log.Error("queue: save state", "msg_id", e.m.ID, "err", err)
 			}
 		}
 	}
@@ -185,7 +186,8 @@ const waitingFile = "waiting.json"
 // listWaiting writes the waiting list if the lanes changed and the last
 // write was a second ago or more; it returns when it last wrote and
 // whether a change is still to be written.
-func (s *scheduler) listWaiting(last time.Time) (time.Time, bool) {
+func (q *Queue) listWaiting(last time.Time) (time.Time, bool) {
+	s := q.sched
 	now := time.Now()
 	s.mu.Lock()
 	if !s.lanes.dirty {
@@ -199,7 +201,7 @@ func (s *scheduler) listWaiting(last time.Time) (time.Time, bool) {
 	st := s.lanes.status()
 	s.lanes.dirty = false
 	s.mu.Unlock()
-	path := filepath.Join(s.q.cfg.Dir, waitingFile)
+	path := filepath.Join(q.cfg.Dir, waitingFile)
 	if len(st) == 0 {
 		os.Remove(path)
 		return now, false
