@@ -177,6 +177,9 @@ type Class struct {
 	// their queue (smarthost drain): any envelope sender, no header
 	// checks, not signed again.
 	RelayPeer bool `yaml:"relay_peer"`
+	// Priority (high, normal, bulk) orders the class's messages while
+	// they wait for an upstream's limits.
+	Priority string `yaml:"priority"`
 }
 
 type DKIM struct {
@@ -220,6 +223,41 @@ type Upstream struct {
 	// not offer, for one whose support is broken (Postfix's
 	// smtp_discard_ehlo_keywords).
 	DisableExtensions []string `yaml:"disable_extensions"`
+	// Limits are what the upstream takes, from every node together
+	// (through ratelimit.backend); what is over them waits in the queue.
+	Limits UpstreamLimits `yaml:"limits"`
+	// Throttle is how the upstream says "too much" and how long the
+	// route then holds.
+	Throttle Throttle `yaml:"throttle"`
+}
+
+// UpstreamLimits are an upstream login's limits: messages and recipients
+// per window ("30/m", "10000/d"), sessions open at once.
+type UpstreamLimits struct {
+	Messages    *Rate `yaml:"messages"`
+	Recipients  *Rate `yaml:"recipients"`
+	Connections int   `yaml:"connections"`
+}
+
+// Throttle: the replies that put an upstream's route on hold, and the
+// hold's cool-down, which doubles while they go on.
+type Throttle struct {
+	// Replies are recognised besides the built-in ones (Microsoft 365,
+	// Google, the generic 421 / 4.7.0 "too many") unless DefaultReplies
+	// is false.
+	Replies        []ThrottleReply `yaml:"replies"`
+	DefaultReplies *bool           `yaml:"default_replies"`
+	Cooldown       Duration        `yaml:"cooldown"`
+	MaxCooldown    Duration        `yaml:"max_cooldown"`
+}
+
+// ThrottleReply matches a reply by every field given: its code, its
+// enhanced code ("4.7.0", or a range "5.2.251-255") and a regular
+// expression on its text (case-insensitive).
+type ThrottleReply struct {
+	Code     int    `yaml:"code"`
+	Enhanced string `yaml:"enhanced"`
+	Text     string `yaml:"text"`
 }
 
 // OAuth2 is where an upstream's bearer tokens come from: the client
@@ -237,6 +275,9 @@ type OAuth2 struct {
 type Route struct {
 	Match     RouteMatch `yaml:"match"`
 	Upstreams []string   `yaml:"upstreams"`
+	// Priority (high, normal, bulk), when set, is that of the route's
+	// messages whatever their class's.
+	Priority string `yaml:"priority"`
 }
 
 type RouteMatch struct {

@@ -143,6 +143,7 @@ func defaultDelivery(f *File) {
 		if u.ConnectTimeout == 0 {
 			u.ConnectTimeout = min(Duration(30*time.Second), u.Timeout)
 		}
+		defaultThrottle(&u.Throttle)
 	}
 	q := &f.Queue
 	if q.Dir == "" {
@@ -181,5 +182,18 @@ func defaultHistory(f *File) {
 		if w.MaxQueued == 0 {
 			w.MaxQueued = 100000
 		}
+	}
+}
+
+func defaultThrottle(t *Throttle) {
+	if t.DefaultReplies == nil {
+		on := true
+		t.DefaultReplies = &on
+	}
+	if t.Cooldown == 0 {
+		t.Cooldown = Duration(time.Minute)
+	}
+	if t.MaxCooldown == 0 {
+		t.MaxCooldown = max(Duration(time.Hour), t.Cooldown)
 	}
 }

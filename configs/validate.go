@@ -39,6 +39,7 @@ func validate(f *File, add func(string, int, string)) {
 	c.rateLimit()
 	c.dkim()
 	c.upstreams()
+	c.shaping()
 	c.rewriteAndRules()
 	c.rest()
 	c.webhooks()
@@ -390,4 +391,48 @@ func ParsePrefix(s string) (netip.Prefix, error) {
 		return netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), nil
 	}
 	return netip.Prefix{}, fmt.Errorf("bad CIDR %q: use a network such as 10.0.0.0/8 or an address", s)
+}
+
+// enhancedPattern is a throttle reply's enhanced code: x.y.z or x.y.a-b.
+var enhancedPattern = regexp.MustCompile(`^[45]\.[0-9]{1,3}\.[0-9]{1,3}(-[0-9]{1,3})?$`)
+
+// shaping checks the upstreams' limits and throttle replies and the
+// priorities of classes and routes.
+func (c checker) shaping() {
+	f, bad, oneOf := c.f, c.bad, c.oneOf
+	for i, u := range f.Upstreams {
+		p := fmt.Sprintf("upstreams[%d]", i)
+		if u.Limits.Connections < 0 {
+			bad(p+".limits.connections", "must be positive")
+		}
+		t := u.Throttle
+		if t.Cooldown < 0 || t.MaxCooldown < t.Cooldown {
+			bad(p+".throttle.max_cooldown", "must be at least cooldown (%s)", time.Duration(t.Cooldown))
+		}
+		for j, r := range t.Replies {
+			rp := fmt.Sprintf("%s.throttle.replies[%d]", p, j)
+			if r.Code == 0 && r.Enhanced == "" && r.Text == "" {
+				bad(rp, "give code, enhanced or text")
+			}
+			if r.Code != 0 && (r.Code < 400 || r.Code > 599) {
+				bad(rp+".code", "%d is not a 4xx or 5xx reply code", r.Code)
+			}
+			if r.Enhanced != "" && !enhancedPattern.MatchString(r.Enhanced) {
+				bad(rp+".enhanced", "%q: use x.y.z or x.y.a-b, such as 4.7.0 or 5.2.251-255", r.Enhanced)
+			}
+			if _, err := regexp.Compile(r.Text); err != nil {
+				bad(rp+".text", "bad regular expression: %v", err)
+			}
+		}
+	}
+	for name, cl := range f.RateLimit.Classes {
+		if cl.Priority != "" {
+			oneOf("ratelimit.classes."+name+".priority", cl.Priority, "high", "normal", "bulk")
+		}
+	}
+	for i, r := range f.Routes {
+		if r.Priority != "" {
+			oneOf(fmt.Sprintf("routes[%d].priority", i), r.Priority, "high", "normal", "bulk")
+		}
+	}
 }

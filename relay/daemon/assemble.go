@@ -34,7 +34,7 @@ type Assembly struct {
 	backend  relay.BackendConfig // without Metrics and Log
 	deps     relay.Deps          // without Queue
 	queue    queue.Config
-	upstream upstream.Config
+	upstream upstream.Config // without Metrics and Shaping's Shaper
 	cert     *tls.Certificate
 	tickets  []byte          // tls.session_ticket_key_file's secret; nil: none
 	ldap     *ldap.Directory // nil unless auth.backend is ldap
@@ -202,13 +202,17 @@ func assembleDirectory(f *configs.File, a *Assembly, problem func(path, format s
 func assembleDelivery(f *configs.File, a *Assembly, problem func(path, format string, args ...any)) {
 	a.upstream.Hostname = f.Hostname
 	for i, u := range f.Upstreams {
-		a.upstream.Upstreams = append(a.upstream.Upstreams, assembleUpstream(u, fmt.Sprintf("upstreams[%d]", i), problem))
+		up := assembleUpstream(u, fmt.Sprintf("upstreams[%d]", i), problem)
+		up.Budget, up.Throttle = upstreamShaping(u, f.Policy.MaxRecipients)
+		a.upstream.Upstreams = append(a.upstream.Upstreams, up)
 	}
 	for _, r := range f.Routes {
 		a.upstream.Routes = append(a.upstream.Routes, upstream.Route{
 			RecipientDomains: r.Match.RecipientDomains, SenderDomains: r.Match.SenderDomains, Classes: r.Match.Classes, Upstreams: r.Upstreams,
+			Priority: r.Priority,
 		})
 	}
+	a.upstream.Shaping = &upstream.Shaping{Classes: classPriorities(f)}
 
 	if names := f.Queue.Handoff.Upstreams; len(names) > 0 {
 		h := upstream.Config{Hostname: f.Hostname}

@@ -99,10 +99,10 @@ func (d *Daemon) start(f *configs.File) error {
 	if err := d.openObservers(a); err != nil {
 		return err
 	}
-	if err := d.openQueue(a); err != nil {
+	limiter := d.openLimiter(f)
+	if err := d.openQueue(f, a, limiter); err != nil {
 		return err
 	}
-	limiter := d.openLimiter(f)
 	d.adopt(f, a)
 	if err := d.listen(f, a); err != nil {
 		return err
@@ -122,9 +122,15 @@ func (d *Daemon) warn(a *Assembly) {
 	}
 }
 
-// openQueue opens the spool with the routes that deliver it.
-func (d *Daemon) openQueue(a *Assembly) error {
+// openQueue opens the spool with the routes that deliver it, shaped by
+// the upstreams' limits kept in store (the limiter's).
+func (d *Daemon) openQueue(f *configs.File, a *Assembly, store ratelimit.Limiter) error {
 	a.upstream.Metrics = upstream.NewMetrics(d.registry)
+	shaper, err := d.newShaper(f, store)
+	if err != nil {
+		return &ConfigError{err}
+	}
+	a.upstream.Shaping.Shaper = shaper
 	router, err := upstream.NewRouter(a.upstream, d.log)
 	if err != nil {
 		return &ConfigError{err}
