@@ -14,7 +14,7 @@ import (
 // `smarthost queue` command; it works whether or not a server is running.
 type Spool struct {
 	dir string
-	f   *folder
+	f   *msgFiles
 }
 
 // OpenSpool opens the spool at dir for inspection.
@@ -22,7 +22,7 @@ func OpenSpool(dir string) (*Spool, error) {
 	if _, err := os.Stat(filepath.Join(dir, "msg")); err != nil {
 		return nil, fmt.Errorf("queue: %s is not a spool: %w", dir, err)
 	}
-	return &Spool{dir: dir, f: newFolder(dir, osDisk{})}, nil
+	return &Spool{dir: dir, f: newMsgFiles(dir, osDisk{})}, nil
 }
 
 // journal reads the messages waiting in the journal, but for those in

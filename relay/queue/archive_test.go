@@ -116,19 +116,19 @@ func TestDraftMemoryBudget(t *testing.T) {
 			inFiles++
 		}
 	}
-	if inFiles != 2 || q.inMemory.Load() != 300<<10 {
-		t.Fatalf("%d drafts in files, %d bytes in memory; want 2 and %d", inFiles, q.inMemory.Load(), 300<<10)
+	if inFiles != 2 || q.drafts.inMemory.Load() != 300<<10 {
+		t.Fatalf("%d drafts in files, %d bytes in memory; want 2 and %d", inFiles, q.drafts.inMemory.Load(), 300<<10)
 	}
 	// A draft in memory that outgrows InlineMax moves to a file and gives
 	// its share back.
 	io.WriteString(drafts[0], chunk)
-	if drafts[0].f == nil || q.inMemory.Load() != 200<<10 {
-		t.Fatalf("after growing: file %v, %d bytes in memory", drafts[0].f != nil, q.inMemory.Load())
+	if drafts[0].f == nil || q.drafts.inMemory.Load() != 200<<10 {
+		t.Fatalf("after growing: file %v, %d bytes in memory", drafts[0].f != nil, q.drafts.inMemory.Load())
 	}
 	for _, d := range drafts {
 		d.Abort()
 	}
-	if n := q.inMemory.Load(); n != 0 {
+	if n := q.drafts.inMemory.Load(); n != 0 {
 		t.Fatalf("%d bytes still counted after every draft was aborted", n)
 	}
 }

@@ -13,7 +13,7 @@ import (
 // asks the deliverer, has the scheduler record the outcomes in the message
 // (message.go), tells the observer (event.go) and the sender (bounce.go),
 // then removes the message or saves its state where it lives (remove and
-// save in queue.go: the journal or the folder). None of those calls back
+// save in queue.go: the journal or msg/). None of those calls back
 // up here.
 
 // stopGrace is how long the attempts in flight may go on once Run's
@@ -117,7 +117,7 @@ func (q *Queue) attempt(ctxs attemptContexts, m *Message) {
 			s.release(m.ID)
 		}
 	}()
-	if m.jseg == nil && !q.folder.has(m.ID) {
+	if m.jseg == nil && !q.files.has(m.ID) {
 		s.drop(m) // deleted by an administrator since it was due
 		return
 	}

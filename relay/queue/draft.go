@@ -5,6 +5,8 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"sync"
+	"sync/atomic"
 )
 
 // newDraft starts a draft of message id: in memory, or with InlineMax < 0
@@ -14,11 +16,21 @@ func newDraft(q *Queue, id string) (*Draft, error) {
 	if q.cfg.InlineMax < 0 {
 		return d, d.toFile()
 	}
-	d.buf, _ = q.bufs.Get().(*bytes.Buffer)
+	d.buf, _ = q.drafts.bufs.Get().(*bytes.Buffer)
 	if d.buf == nil {
 		d.buf = &bytes.Buffer{}
 	}
 	return d, nil
+}
+
+// drafts is what the drafts of a queue share.
+type drafts struct {
+	// writers recycles the drafts' 32 KiB write buffers: at hundreds of
+	// messages a second, that much garbage each is felt in the collector.
+	writers sync.Pool
+	bufs    sync.Pool // the drafts' memory buffers, likewise
+	// inMemory is the bytes drafts hold in memory now (MemoryMax).
+	inMemory atomic.Int64
 }
 
 // Draft is a message being received. It is owned by one goroutine. It is
@@ -31,16 +43,16 @@ type Draft struct {
 	f    *os.File      // once in a file
 	w    *bufio.Writer // most messages reach the file in one write
 	size int64
-	held int64 // bytes of buf counted in Queue.inMemory
+	held int64 // bytes of buf counted in drafts.inMemory
 }
 
 // toFile moves the draft to a file in tmp/ and writes through it from now.
 func (d *Draft) toFile() error {
-	f, err := d.q.disk.create(d.q.folder.tmpPath(d.id+".data"), os.O_WRONLY)
+	f, err := d.q.disk.create(d.q.files.tmpPath(d.id+".data"), os.O_WRONLY)
 	if err != nil {
 		return fmt.Errorf("queue: create draft: %w", err)
 	}
-	w, _ := d.q.writers.Get().(*bufio.Writer)
+	w, _ := d.q.drafts.writers.Get().(*bufio.Writer)
 	if w == nil {
 		w = bufio.NewWriterSize(f, 32<<10)
 	}
@@ -82,8 +94,8 @@ func (d *Draft) hold(n int) bool {
 	if int64(d.buf.Len()+n) > d.q.cfg.InlineMax {
 		return false
 	}
-	if d.q.inMemory.Add(int64(n)) > d.q.cfg.MemoryMax {
-		d.q.inMemory.Add(-int64(n))
+	if d.q.drafts.inMemory.Add(int64(n)) > d.q.cfg.MemoryMax {
+		d.q.drafts.inMemory.Add(-int64(n))
 		return false
 	}
 	d.held += int64(n)
@@ -107,7 +119,7 @@ func (d *Draft) Abort() {
 func (d *Draft) release() {
 	if d.w != nil {
 		d.w.Reset(nil)
-		d.q.writers.Put(d.w)
+		d.q.drafts.writers.Put(d.w)
 		d.w = nil
 	}
 }
@@ -116,13 +128,13 @@ func (d *Draft) release() {
 // message is left to the collector.
 func (d *Draft) releaseBuf() {
 	if d.held > 0 {
-		d.q.inMemory.Add(-d.held)
+		d.q.drafts.inMemory.Add(-d.held)
 		d.held = 0
 	}
 	if d.buf != nil {
 		if int64(d.buf.Cap()) <= 2*d.q.cfg.InlineMax {
 			d.buf.Reset()
-			d.q.bufs.Put(d.buf)
+			d.q.drafts.bufs.Put(d.buf)
 		}
 		d.buf = nil
 	}
@@ -214,7 +226,5 @@ func (d *Draft) commitFile(m *Message) error {
 	}
 	// From the rename on, a rescan could find the message before it is
 	// added to the schedule: it must leave it to us.
-	q.sched.creating(m.ID, true)
-	defer q.sched.creating(m.ID, false)
-	return q.folder.commit(d.f.Name(), m)
+	return q.sched.commit(m.ID, func() error { return q.files.commit(d.f.Name(), m) })
 }

@@ -140,10 +140,10 @@ func missingSync(evs []event, m *Message) string {
 	}
 	r := find(evs, s+1, func(e event) bool { return e.op == "rename" && e.from == tmp && e.path == data })
 	if r < 0 {
-		return "the rename into msg/ after the draft's fsync (folder.go, commit)"
+		return "the rename into msg/ after the draft's fsync (msgfiles.go, commit)"
 	}
 	if find(evs, r+1, func(e event) bool { return e.op == "syncdir" && e.path == filepath.Dir(data) }) < 0 {
-		return "the sync of msg/ after the rename (folder.go, commit)"
+		return "the sync of msg/ after the rename (msgfiles.go, commit)"
 	}
 	return ""
 }
@@ -157,7 +157,7 @@ func missingSync(evs []event, m *Message) string {
 //
 // Checked against each of the three mutants (the journal's fdatasync in
 // writeLocked, the draft's fsync in commitFile, the folder's sync in
-// folder.commit, each deleted in turn): each fails this test and names the
+// msgFiles.commit, each deleted in turn): each fails this test and names the
 // sync it removed. scripts/mutants.sh repeats the check.
 func TestCommitOnlyAfterSync(t *testing.T) {
 	w := &watched{}

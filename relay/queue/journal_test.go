@@ -83,11 +83,11 @@ func TestLargeMessageToFile(t *testing.T) {
 	defer q.Close()
 	small := enqueue(t, q, "a@x.org", []string{"b@y.org"}, "", "Subject: s\r\n\r\nbody\r\n")
 	big := enqueue(t, q, "a@x.org", []string{"b@y.org"}, "", "Subject: s\r\n\r\n"+strings.Repeat("x", 200)+"\r\n")
-	if newFolder(dir, osDisk{}).has(small) || !newFolder(dir, osDisk{}).has(big) {
+	if newMsgFiles(dir, osDisk{}).has(small) || !newMsgFiles(dir, osDisk{}).has(big) {
 		t.Fatalf("in msg/: %v; want only %s", files(t, filepath.Join(dir, "msg")), big)
 	}
 	for _, id := range []string{small, big} {
-		_, b, err := (&Spool{dir: dir, f: newFolder(dir, osDisk{})}).Show(id)
+		_, b, err := (&Spool{dir: dir, f: newMsgFiles(dir, osDisk{})}).Show(id)
 		if err != nil || !strings.HasPrefix(string(b), "Subject: s\r\n\r\n") {
 			t.Fatalf("Show %s: %v %q", id, err, b)
 		}
@@ -107,7 +107,7 @@ func TestDeferredMessageLeavesJournal(t *testing.T) {
 	}
 	stop := runUntil(q)
 	id := enqueue(t, q, "a@x.org", []string{"b@y.org", "c@y.org"}, "", "Subject: s\r\n\r\nbody\r\n")
-	eventually(t, "the move to msg/", func() bool { return newFolder(dir, osDisk{}).has(id) })
+	eventually(t, "the move to msg/", func() bool { return newMsgFiles(dir, osDisk{}).has(id) })
 	stop()
 	q.Close()
 

@@ -4,7 +4,7 @@
 //
 // Where things are: queue.go (this file) opens the spool and changes it;
 // message.go is a message and its recipients; draft.go a message being
-// received; format.go what the files hold; folder.go the messages with a
+// received; format.go what the files hold; msgfiles.go the messages with a
 // file of their own (msg/, tmp/); journal.go and journalfile.go the
 // journal of small new messages; scheduler.go which messages are due and
 // which in flight; attempt.go the workers and one delivery attempt, from
@@ -20,7 +20,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -97,7 +96,7 @@ type Queue struct {
 	log     *slog.Logger
 	lock    *os.File
 	disk    disk
-	folder  *folder
+	files   *msgFiles
 	journal *journal
 	sched   *scheduler
 	// handoff, once set, replaces the deliverer and the retry schedule:
@@ -108,12 +107,7 @@ type Queue struct {
 	handoff atomic.Pointer[handoff]
 	leaving context.Context
 	leave   context.CancelCauseFunc
-	// writers recycles the drafts' 32 KiB write buffers: at hundreds of
-	// messages a second, that much garbage each is felt in the collector.
-	writers sync.Pool
-	bufs    sync.Pool // the drafts' memory buffers, likewise
-	// inMemory is the bytes drafts hold in memory now (MemoryMax).
-	inMemory atomic.Int64
+	drafts  drafts // what the drafts share (draft.go)
 }
 
 // Open opens (creating if needed) the spool at cfg.Dir, takes its lock so
@@ -154,11 +148,11 @@ func open(cfg Config, d Deliverer, log *slog.Logger, od ondisk) (*Queue, error) 
 		lock.Close()
 		return nil, fmt.Errorf("queue: %s is in use by another process: %w", cfg.Dir, err)
 	}
-	q := &Queue{cfg: cfg, d: d, log: log, lock: lock, disk: od.disk, folder: newFolder(cfg.Dir, od.disk)}
+	q := &Queue{cfg: cfg, d: d, log: log, lock: lock, disk: od.disk, files: newMsgFiles(cfg.Dir, od.disk)}
 	q.leaving, q.leave = context.WithCancelCause(context.Background())
 	q.sched = newScheduler(q.now)
-	q.folder.clean(log.Info)
-	j, ms, err := openJournal(filepath.Join(cfg.Dir, "journal"), od.journalMax, od.disk, q.folder.has, log.Warn)
+	q.files.clean(log.Info)
+	j, ms, err := openJournal(filepath.Join(cfg.Dir, "journal"), od.journalMax, od.disk, q.files.has, log.Warn)
 	if err != nil {
 		lock.Close()
 		return nil, err
@@ -253,35 +247,35 @@ func (q *Queue) Writable() error {
 	return err
 }
 
-// rescan brings the schedule in line with the folder: messages deleted by
+// rescan brings the schedule in line with msg/: messages deleted by
 // an administrator go, retry requests take effect. At start, and only then
 // (a running server leaves what it cannot explain to a person), an
 // unreadable message is set aside.
 func (q *Queue) rescan(atStart bool) error {
-	// Only messages known before the folder is read may be dropped for
+	// Only messages known before msg/ is read may be dropped for
 	// not being in it: one committed meanwhile may be missing from the
 	// listing, and dropping it would delay it until the next rescan.
 	before := q.sched.ids()
-	ids, marked, err := q.folder.scan()
+	ids, marked, err := q.files.scan()
 	if err != nil {
 		return err
 	}
 	seen := map[string]bool{}
 	for _, id := range ids {
 		seen[id] = true
-		m, busy, creating := q.sched.lookup(id)
-		if creating {
+		m, busy, committing := q.sched.lookup(id)
+		if committing {
 			continue
 		}
 		if m == nil {
-			if m, err = q.folder.read(id); err != nil {
+			if m, err = q.files.read(id); err != nil {
 				if atStart {
 					// Every file in msg/ was complete and fsynced before
 					// it got there, so this is damage, not a crash:
 					// keep it aside for a person.
 					q.log.Error("queue: unreadable message set aside as .bad", "msg_id", id, "err", err)
 					for _, ext := range []string{".data", ".env"} {
-						p := q.folder.msgPath(id + ext)
+						p := q.files.msgPath(id + ext)
 						os.Rename(p, p+".bad") // the .env may not exist
 					}
 				}
@@ -289,7 +283,7 @@ func (q *Queue) rescan(atStart bool) error {
 			}
 			q.sched.add(m)
 		}
-		retry := q.folder.msgPath(id + ".retry")
+		retry := q.files.msgPath(id + ".retry")
 		if _, err := os.Stat(retry); err == nil && !busy {
 			q.sched.retryNow(m)
 			os.Remove(retry)
@@ -329,7 +323,7 @@ func (q *Queue) dropMarked(ids []string) {
 			e.By = "smarthost queue delete"
 			q.observe(e)
 		}
-		os.Remove(q.folder.msgPath(id + ".delete"))
+		os.Remove(q.files.msgPath(id + ".delete"))
 	}
 }
 
@@ -341,7 +335,7 @@ func (q *Queue) remove(m *Message) error {
 		m.jseg = nil
 		return nil
 	}
-	return q.folder.remove(m)
+	return q.files.remove(m)
 }
 
 // save keeps the state of a message still pending: one in the journal
@@ -350,18 +344,18 @@ func (q *Queue) remove(m *Message) error {
 // its envelope file replaced.
 func (q *Queue) save(m *Message) error {
 	if m.jseg != nil {
-		return q.spill(m)
+		return q.moveToMsg(m)
 	}
-	if !q.folder.has(m.ID) {
+	if !q.files.has(m.ID) {
 		q.sched.forget(m.ID) // deleted while we were delivering
 		return nil
 	}
-	return q.folder.writeEnv(m)
+	return q.files.writeEnv(m)
 }
 
-// spill moves a journal message to msg/, with its state as of now as the
+// moveToMsg moves a journal message to msg/, with its state as of now as the
 // trailer, and tells the journal it is done with it there.
-func (q *Queue) spill(m *Message) error {
+func (q *Queue) moveToMsg(m *Message) error {
 	d := &Draft{q: q, id: m.ID}
 	if err := d.toFile(); err != nil {
 		return err

@@ -17,21 +17,21 @@ type scheduler struct {
 	mu       sync.Mutex
 	items    map[string]*Message
 	inflight map[string]bool // being delivered, or deleted by request
-	// creating: committed to msg/ a moment ago and not yet added; a rescan
+	// committing: being renamed into msg/ and not yet added; a rescan
 	// leaves it alone.
-	creatingIDs map[string]bool
+	committing map[string]bool
 	// lanes: the messages waiting for an upstream's budget; not due by
 	// time, but when their lane lets them go (lanes.go).
 	lanes *lanes
 	// after: what an administrator asked of a message that was being
 	// delivered, to be done when that attempt ends.
 	after map[string]adminOp
-	wake  chan struct{}
+	woken chan struct{} // has the run loop look again at once
 }
 
 func newScheduler(now func() time.Time) *scheduler {
 	return &scheduler{now: now, items: map[string]*Message{}, inflight: map[string]bool{},
-		creatingIDs: map[string]bool{}, lanes: newLanes(), after: map[string]adminOp{}, wake: make(chan struct{}, 1)}
+		committing: map[string]bool{}, lanes: newLanes(), after: map[string]adminOp{}, woken: make(chan struct{}, 1)}
 }
 
 // add schedules a new message (its NextAttempt says when).
@@ -39,31 +39,37 @@ func (s *scheduler) add(m *Message) {
 	s.mu.Lock()
 	s.items[m.ID] = m
 	s.mu.Unlock()
-	s.kick()
+	s.wake()
 }
 
-func (s *scheduler) kick() {
+// wake has the run loop look at the schedule again now.
+func (s *scheduler) wake() {
 	select {
-	case s.wake <- struct{}{}:
+	case s.woken <- struct{}{}:
 	default:
 	}
 }
 
-func (s *scheduler) creating(id string, on bool) {
+// commit runs rename, which moves message id into msg/, with id marked
+// as being committed, so that a rescan that finds it there before it is
+// added leaves it alone.
+func (s *scheduler) commit(id string, rename func() error) error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if on {
-		s.creatingIDs[id] = true
-	} else {
-		delete(s.creatingIDs, id)
-	}
+	s.committing[id] = true
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.committing, id)
+		s.mu.Unlock()
+	}()
+	return rename()
 }
 
 // lookup reports what the scheduler knows of id.
-func (s *scheduler) lookup(id string) (m *Message, busy, creating bool) {
+func (s *scheduler) lookup(id string) (m *Message, busy, committing bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.items[id], s.inflight[id], s.creatingIDs[id]
+	return s.items[id], s.inflight[id], s.committing[id]
 }
 
 // claim marks id in flight unless it is already; it reports whether it
@@ -82,7 +88,7 @@ func (s *scheduler) release(id string) {
 	s.mu.Lock()
 	delete(s.inflight, id)
 	s.mu.Unlock()
-	s.kick() // its next attempt may be the earliest now
+	s.wake() // its next attempt may be the earliest now
 }
 
 func (s *scheduler) forget(id string) {
@@ -110,7 +116,7 @@ func (s *scheduler) retryAll() {
 		}
 	}
 	s.mu.Unlock()
-	s.kick()
+	s.wake()
 }
 
 // flushLanes makes every message waiting for an upstream's budget an
@@ -140,7 +146,7 @@ func (s *scheduler) dropGone(before, seen map[string]bool) (gone []*Message) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for id, m := range s.items {
-		if before[id] && !seen[id] && !s.inflight[id] && !s.creatingIDs[id] && m.jseg == nil {
+		if before[id] && !seen[id] && !s.inflight[id] && !s.committing[id] && m.jseg == nil {
 			delete(s.items, id)
 			gone = append(gone, m)
 		}
@@ -230,7 +236,7 @@ func (s *scheduler) sleep(ctx context.Context, wait time.Duration) bool {
 	select {
 	case <-ctx.Done():
 		return false
-	case <-s.wake:
+	case <-s.woken:
 	case <-t.C:
 	}
 	return true

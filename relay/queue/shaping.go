@@ -156,7 +156,7 @@ func (q *Queue) wait(m *Message, out []Outcome, w *WaitError) {
 	s.lanes.park(m, w, q.now())
 	delete(s.inflight, m.ID)
 	s.mu.Unlock()
-	s.kick()
+	s.wake()
 }
 
 // keepWaited saves, as the queue stops, how long its waiting messages

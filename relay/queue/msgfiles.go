@@ -10,27 +10,27 @@ import (
 	"sync"
 )
 
-// folder is the part of the spool where messages have files of their own:
+// msgFiles is the part of the spool where messages have files of their own:
 // msg/ (ID.data, ID.env, and the requests of `smarthost queue`: ID.retry,
 // ID.delete) and tmp/ (drafts, and envelopes being written). See format.go
 // for what the files hold and why they are safe to crash in.
-type folder struct {
+type msgFiles struct {
 	dir  string     // the spool's
 	disk disk       // creates, renames and syncs
 	sync *groupSync // makes renames in msg/ durable, many at a time
 }
 
-func newFolder(dir string, dsk disk) *folder {
-	return &folder{dir: dir, disk: dsk, sync: newGroupSync(filepath.Join(dir, "msg"), dsk)}
+func newMsgFiles(dir string, dsk disk) *msgFiles {
+	return &msgFiles{dir: dir, disk: dsk, sync: newGroupSync(filepath.Join(dir, "msg"), dsk)}
 }
 
-func (f *folder) msgPath(name string) string { return filepath.Join(f.dir, "msg", name) }
-func (f *folder) tmpPath(name string) string { return filepath.Join(f.dir, "tmp", name) }
+func (f *msgFiles) msgPath(name string) string { return filepath.Join(f.dir, "msg", name) }
+func (f *msgFiles) tmpPath(name string) string { return filepath.Join(f.dir, "tmp", name) }
 
 // clean removes what the last process left unfinished: drafts in tmp/
 // (never acknowledged), and envelopes in msg/ without their data (only
 // remove leaves those, when a crash interrupts it after the data went).
-func (f *folder) clean(log func(string, ...any)) {
+func (f *msgFiles) clean(log func(string, ...any)) {
 	tmp, _ := os.ReadDir(filepath.Join(f.dir, "tmp"))
 	for _, e := range tmp {
 		os.Remove(f.tmpPath(e.Name()))
@@ -50,7 +50,7 @@ func (f *folder) clean(log func(string, ...any)) {
 
 // commit moves a complete, fsynced draft file into msg/ as m's data and
 // waits for a sync of the folder that began after the rename.
-func (f *folder) commit(tmp string, m *Message) error {
+func (f *msgFiles) commit(tmp string, m *Message) error {
 	if err := f.disk.rename(tmp, m.dataPath()); err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("queue: commit: %w", err)
@@ -63,7 +63,7 @@ func (f *folder) commit(tmp string, m *Message) error {
 }
 
 // writeEnv replaces m's envelope file atomically and durably.
-func (f *folder) writeEnv(m *Message) error {
+func (f *msgFiles) writeEnv(m *Message) error {
 	b, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
 		return fmt.Errorf("queue: encode %s: %w", m.ID, err)
@@ -89,7 +89,7 @@ func (f *folder) writeEnv(m *Message) error {
 // the message may be back whole (sent again: the one duplicate we allow).
 // Waiting for a folder sync here halved delivery throughput
 // (docs/benchmarks.md).
-func (f *folder) remove(m *Message) error {
+func (f *msgFiles) remove(m *Message) error {
 	if err := os.Remove(m.dataPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("queue: remove %s: %w", m.ID, err)
 	}
@@ -101,7 +101,7 @@ func (f *folder) remove(m *Message) error {
 
 // read loads a committed message: its current envelope if delivery has
 // saved one, or else the first one, from the data's trailer.
-func (f *folder) read(id string) (*Message, error) {
+func (f *msgFiles) read(id string) (*Message, error) {
 	b, err := os.ReadFile(f.msgPath(id + ".env"))
 	var m *Message
 	switch {
@@ -135,7 +135,7 @@ func (f *folder) read(id string) (*Message, error) {
 
 // scan lists the IDs of the messages in msg/, and of the journal messages
 // marked for deletion there (Spool.Delete).
-func (f *folder) scan() (ids, marked []string, err error) {
+func (f *msgFiles) scan() (ids, marked []string, err error) {
 	ents, err := os.ReadDir(filepath.Join(f.dir, "msg"))
 	if err != nil {
 		return nil, nil, fmt.Errorf("queue: read spool: %w", err)
@@ -151,14 +151,14 @@ func (f *folder) scan() (ids, marked []string, err error) {
 }
 
 // has reports whether message id has a file in msg/.
-func (f *folder) has(id string) bool {
+func (f *msgFiles) has(id string) bool {
 	_, err := os.Stat(f.msgPath(id + ".data"))
 	return err == nil
 }
 
 // marked reports whether message id, in the journal, is to be
 // dropped (Spool.Delete).
-func (f *folder) marked(id string) bool {
+func (f *msgFiles) marked(id string) bool {
 	_, err := os.Stat(f.msgPath(id + ".delete"))
 	return err == nil
 }
