@@ -92,7 +92,7 @@ type gate struct {
 	mu     sync.Mutex
 	tokens int
 	got    []string // class:ID, in the order sent
-	fail   error    // the next attempt's outcome, once
+	fail   error    // the next attempt's outcome, once (a token spent)
 	calls  int
 	after  time.Duration // the wait it asks for; default 2ms
 }
@@ -113,7 +113,10 @@ func (g *gate) Deliver(_ context.Context, m *Message) []Outcome {
 		case g.tokens == 0:
 			out[i].Err = &WaitError{Lane: "up", Upstream: "up", Reason: "rate", After: max(g.after, 2*time.Millisecond), Priority: p, Width: 2}
 		case g.fail != nil:
+			// An answer, if a refusal, spends the token: the message
+			// waits for the next one, and the attempt it failed is seen.
 			out[i].Err, g.fail = g.fail, nil
+			g.tokens--
 		default:
 			g.tokens--
 			g.got = append(g.got, m.Class+":"+m.ID)
