@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emersion/go-smtp"
+
 	"github.com/smarthost/smarthost/relay/relaytest"
 )
 
@@ -139,5 +141,125 @@ func noBounce(t *testing.T, got []relaytest.Message, ps ...*proc) {
 		if strings.Contains(p.logText(), "status=bounced") {
 			t.Errorf("a relay bounced a message")
 		}
+	}
+}
+
+// windowGate accepts n messages per window (from the first) and refuses
+// the rest with reply.
+func windowGate(n int, w time.Duration, reply *smtp.SMTPError) func() error {
+	var mu sync.Mutex
+	var start time.Time
+	taken := map[int]int{}
+	return func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if start.IsZero() {
+			start = time.Now()
+		}
+		k := int(time.Since(start) / w)
+		if taken[k] >= n {
+			return reply
+		}
+		taken[k]++
+		return nil
+	}
+}
+
+// An upstream that takes 5 messages per 5 s and refuses the rest with a
+// throttle reply: the route holds (cool-down 1 s, doubling to 4 s) instead
+// of each message retrying on its own (every 200 ms here), so nothing
+// bounces, every message arrives at its first attempt, and the refusals
+// are few: in each window the sessions in flight when the first refusal
+// came (max_connections, 2) and the probes that end a hold (at most 3 in
+// a window: after 1, 2 and 4 s). The generic reply and Microsoft's
+// daily quota, a 5xx that means later, give the same.
+func TestShapingHoldsOnThrottle(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		reply *smtp.SMTPError
+	}{
+		{"generic", &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Too many messages"}},
+		{"microsoft", &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 2, 0},
+			Message: "STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to process message due to a permanent exception with message Cannot submit message."}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			const n, perWindow, conns = 20, 5, 2
+			s := sink(t, "127.0.0.1:0")
+			s.Gate(windowGate(perWindow, shapeWindow, tc.reply))
+			ups := fmt.Sprintf("upstreams:\n  - {name: %s, url: \"smtp://%s\", tls: none, timeout: 5s, max_connections: %d, throttle: {cooldown: 1s, max_cooldown: 4s}}\n",
+				uniqueName("throttled"), s.Addr, conns)
+			e := shapedRelay(t, ldapEnv(t, "SMARTHOST_TEST_REDIS_ADDR"), ups, "")
+			p := e.start(t)
+			submitMany(t, []string{e.implicit}, n, func(i int) string { return fmt.Sprint("throttled ", i) })
+			got := s.Wait(n, 60*time.Second)
+			fixed, _ := windowCounts(got, shapeWindow)
+			windows := len(fixed) + 1 // the last one's refusals may come after its last arrival
+			bound := windows * (conns + 3)
+			t.Logf("sink arrivals per 5 s window: %v; refused %d (bound %d)", fixed, s.Refused(), bound)
+			if len(got) != n {
+				t.Fatalf("the sink got %d of %d messages", len(got), n)
+			}
+			if s.Refused() == 0 || s.Refused() > bound {
+				t.Errorf("the upstream refused %d messages; want between 1 and %d", s.Refused(), bound)
+			}
+			// The relay logs a delivery just after the sink has it.
+			eventually(t, "every delivery logged", 10*time.Second, func() bool { return strings.Count(p.logText(), "status=sent") == n })
+			noBounce(t, got, p)
+			log := p.logText()
+			if k := strings.Count(log, "attempt=1 "); k != n {
+				t.Errorf("%d messages sent, %d lines with attempt=1: a hold spent attempts", n, k)
+			}
+			if !strings.Contains(log, "upstream throttled us") {
+				t.Errorf("no hold in the log")
+			}
+		})
+	}
+}
+
+// Redis dies mid-run under two relays sharing an upstream's limit of 10
+// per 5 s. Under tempfail nothing is sent while it is down (a message
+// admitted just before may still arrive), and all goes on when it is
+// back. Under allow each relay sends under its share (5 per 5 s), so the
+// rate holds: in any 5 s at most the limit, the burst allowance, and one
+// more per relay as it changes to its own share and back. Nothing is
+// lost either way.
+func TestShapingWhenRedisDies(t *testing.T) {
+	for _, mode := range []string{"tempfail", "allow"} {
+		t.Run(mode, func(t *testing.T) {
+			const n, relays = 30, 2
+			rd := relaytest.StartRedis(t)
+			s := sink(t, "127.0.0.1:0")
+			ups := fmt.Sprintf("upstreams:\n  - {name: up, url: \"smtp://%s\", tls: none, timeout: 5s, limits: {messages: \"%d/5s\"}}\n", s.Addr, shapeLimit)
+			var envs []*relayEnv
+			var procs []*proc
+			for i := 0; i < relays; i++ {
+				e := newRelayEnv(t, envOpts{upstreams: ups, extra: fmt.Sprintf("ratelimit:\n  backend: redis\n  redis: {addrs: [%q]}\n  on_backend_error: %s\n  timeout: 300ms\n", rd.Addr, mode)})
+				envs = append(envs, e)
+				procs = append(procs, e.start(t))
+			}
+			submitMany(t, []string{envs[0].implicit, envs[1].implicit}, n, func(i int) string { return fmt.Sprint("redis dies ", i) })
+			s.Wait(12, 30*time.Second)
+			rd.Kill()
+			if mode == "tempfail" {
+				time.Sleep(500 * time.Millisecond) // what was admitted before may still arrive
+				before := len(s.Messages())
+				time.Sleep(3 * time.Second)
+				if k := len(s.Messages()) - before; k > 0 {
+					t.Errorf("%d messages sent while Redis was down under tempfail", k)
+				}
+				rd.Restart(t)
+			}
+			got := s.Wait(n, 60*time.Second)
+			fixed, sliding := windowCounts(got, shapeWindow)
+			bound := shapeLimit + shapeBurst + relays
+			t.Logf("sink arrivals per 5 s window: %v (most in any 5 s: %d; bound %d)", fixed, sliding, bound)
+			if len(got) != n {
+				t.Fatalf("the sink got %d of %d messages", len(got), n)
+			}
+			if sliding > bound {
+				t.Errorf("%d messages arrived within 5 s; the bound is %d", sliding, bound)
+			}
+			noBounce(t, got, procs...)
+		})
 	}
 }

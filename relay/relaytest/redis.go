@@ -16,6 +16,8 @@ import (
 type RedisNode struct {
 	Addr string
 	cmd  *exec.Cmd
+	name string
+	args []string // the whole command line, to start it again
 }
 
 // Kill stops the node with SIGKILL, as a crash or a lost machine would.
@@ -31,10 +33,25 @@ func startRedis(t testing.TB, name string, args ...string) *RedisNode {
 	dir := filepath.Join(t.TempDir(), name)
 	os.MkdirAll(dir, 0o700)
 	base := []string{"--bind", "127.0.0.1", "--port", n.Port(), "--save", "", "--appendonly", "no", "--dir", dir}
-	n.cmd = exec.Command("/usr/bin/redis-server", append(base, args...)...)
-	startLogged(t, "redis-"+name, n.cmd)
-	waitRedis(t, n.Addr, "PING", "PONG")
+	n.name, n.args = name, append(base, args...)
+	n.Restart(t)
 	return n
+}
+
+// StartRedis runs a redis-server of the test's own, which it may kill
+// and start again without disturbing the other tests' server.
+func StartRedis(t testing.TB) *RedisNode { return startRedis(t, "own") }
+
+// Restart starts the node again, on its address, after Kill (its data is
+// gone: it saves nothing).
+func (n *RedisNode) Restart(t testing.TB) {
+	t.Helper()
+	if n.cmd != nil {
+		n.cmd.Wait()
+	}
+	n.cmd = exec.Command("/usr/bin/redis-server", n.args...)
+	startLogged(t, "redis-"+n.name, n.cmd)
+	waitRedis(t, n.Addr, "PING", "PONG")
 }
 
 // waitRedis waits until the server at addr answers cmd with a reply that

@@ -160,7 +160,7 @@ func (r *Router) afterSend(ctx context.Context, name string, a ratelimit.Admissi
 	sh.note(b.Key, h)
 	r.cfg.Metrics.throttled(name, reply, h)
 	r.log.Warn("upstream throttled us: holding its messages", "upstream", name, "identity", b.Key, "rule", throttle.Name,
-		"reply", reply, "cooldown", h.Wait, "level", h.Level)
+		"reply", reply, "cooldown", h.Wait, "throttle_level", h.Level)
 	return r.wait(name, h, p)
 }
 
