@@ -2,15 +2,19 @@ package main
 
 import (
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/smarthost/smarthost/relay/relaytest"
 )
@@ -261,5 +265,163 @@ func TestShapingWhenRedisDies(t *testing.T) {
 			}
 			noBounce(t, got, procs...)
 		})
+	}
+}
+
+// shapingUsers are users of the classes the priority and fairness tests
+// use, each with the password "pw" and the addresses *@<name>.example and
+// *@urgent.example.
+func shapingUsers(t *testing.T, classes map[string]string) string {
+	h, err := bcrypt.GenerateFromPassword([]byte("pw"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	for _, name := range slices.Sorted(maps.Keys(classes)) {
+		fmt.Fprintf(&b, "  %s:\n    password_hash: %q\n    addresses: [\"*@%s.example\", \"*@urgent.example\"]\n    class: %s\n", name, h, name, classes[name])
+	}
+	return b.String()
+}
+
+// session sends the messages whose subjects are given, in one session
+// as user (password "pw"), from user@domain.
+func session(addr, user, domain string, subjects []string) error {
+	c, err := smtp.DialTLS(addr, &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.CommandTimeout, c.SubmissionTimeout = 30*time.Second, 30*time.Second
+	if err := c.Auth(sasl.NewPlainClient("", user, "pw")); err != nil {
+		return err
+	}
+	from := user + "@" + domain
+	for _, subj := range subjects {
+		msg := fmt.Sprintf("From: %s\r\nSubject: %s\r\n\r\nx\r\n", from, subj)
+		if err := c.SendMail(from, []string{"r@example.org"}, strings.NewReader(msg)); err != nil {
+			return fmt.Errorf("%s: %w", subj, err)
+		}
+	}
+	return c.Quit()
+}
+
+// sessions sends n messages as user from user@domain over k sessions at
+// once, subjects "<domain> <i>".
+func sessions(t *testing.T, addr, user, domain string, n, k int) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, k)
+	for j := 0; j < k; j++ {
+		var subj []string
+		for i := j; i < n; i += k {
+			subj = append(subj, fmt.Sprint(domain, " ", i))
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := session(addr, user, domain, subj); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+}
+
+// arrivalOrder says of each message the sink has, in order of arrival,
+// who sent it (user, "urgent" when from urgent.example).
+func arrivalOrder(msgs []relaytest.Message) []string {
+	slices.SortFunc(msgs, func(a, b relaytest.Message) int { return a.At.Compare(b.At) })
+	out := make([]string, len(msgs))
+	for i, m := range msgs {
+		user, domain, _ := strings.Cut(m.From, "@")
+		out[i] = user
+		if domain == "urgent.example" {
+			out[i] = "urgent"
+		}
+	}
+	return out
+}
+
+// prioritySetup is one relay (memory limits) whose upstream takes 2
+// messages a second, with the users of classes; a route gives mail from
+// urgent.example high priority.
+func prioritySetup(t *testing.T, classes map[string]string, classYAML string) (*relaytest.Sink, *relayEnv, *proc) {
+	s := sink(t, "127.0.0.1:0")
+	e := newRelayEnv(t, envOpts{users: shapingUsers(t, classes),
+		upstreams: fmt.Sprintf("upstreams:\n  - {name: up, url: \"smtp://%s\", tls: none, timeout: 5s, limits: {messages: \"2/s\"}}\n"+
+			"routes:\n  - {match: {sender_domains: [urgent.example]}, upstreams: [up], priority: high}\n  - {upstreams: [up]}\n", s.Addr),
+		extra: "ratelimit:\n  classes:\n" + classYAML})
+	return s, e, e.start(t)
+}
+
+// Priority: 50 bulk messages (by their class) wait for the upstream's
+// budget, then the same user sends 3 high ones (by their route); the high
+// ones arrive before the 10th bulk one (of every 21 messages let go while
+// all three priorities wait, 16 are high, 4 normal, 1 bulk). One user
+// sends both, so that its turns among users play no part.
+func TestShapingPriority(t *testing.T) {
+	s, e, _ := prioritySetup(t, map[string]string{"bulky": "bulk"}, "    bulk: {priority: bulk}\n")
+	sessions(t, e.implicit, "bulky", "bulky.example", 50, 5)
+	before := len(s.Messages())
+	sessions(t, e.implicit, "bulky", "urgent.example", 3, 1)
+	got := s.Wait(before+13, 30*time.Second)
+	order := arrivalOrder(got)
+	t.Logf("arrival order: %s (%d bulk had arrived when the high ones were sent)", strings.Join(order, " "), before)
+	bulk := 0
+	high := 0
+	for _, who := range order {
+		switch who {
+		case "bulky":
+			bulk++
+		case "urgent":
+			high++
+		}
+		if bulk == 10 && high < 3 {
+			t.Fatalf("the 10th bulk message arrived before the 3 high ones (%d of them)", high)
+		}
+	}
+	if high != 3 {
+		t.Fatalf("%d of 3 high messages arrived", high)
+	}
+}
+
+// Fairness: user A sends 100 messages, then user B 5, at one priority.
+// Users take turns in the lane, so B's arrive among the next A's, not
+// after all of A's: between B's first message sent and its last arrived,
+// at most 5 of A's (one per turn) and 2 in flight.
+func TestShapingFairness(t *testing.T) {
+	s, e, _ := prioritySetup(t, map[string]string{"appa": "default", "appb": "default"}, "    default: {}\n")
+	sessions(t, e.implicit, "appa", "appa.example", 100, 5)
+	before := len(s.Messages())
+	sessions(t, e.implicit, "appb", "appb.example", 5, 1)
+	eventually(t, "B's 5 messages", 30*time.Second, func() bool {
+		n := 0
+		for _, who := range arrivalOrder(s.Messages()) {
+			if who == "appb" {
+				n++
+			}
+		}
+		return n == 5
+	})
+	order := arrivalOrder(s.Messages())
+	last := slices.Index(order, "appb")
+	for i, who := range order {
+		if who == "appb" {
+			last = i
+		}
+	}
+	a := 0
+	for _, who := range order[before : last+1] {
+		if who == "appa" {
+			a++
+		}
+	}
+	t.Logf("arrival order: %s (%d of A's had arrived when B sent)", strings.Join(order, " "), before)
+	if a > 7 {
+		t.Errorf("%d of A's messages arrived between B's first sent and its last arrived; want at most 7", a)
 	}
 }
