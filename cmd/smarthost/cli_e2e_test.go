@@ -202,6 +202,7 @@ func TestHelpEverywhere(t *testing.T) {
 		{"serve", "--help"}, {"check-config", "--help"}, {"passwd", "--help"}, {"probe-ready", "-h"}, {"version", "--help"},
 		{"dkim", "--help"}, {"dkim", "keygen", "--help"}, {"dkim", "dns", "--help"}, {"dkim", "check", "--help"},
 		{"queue", "--help"}, {"queue", "list", "--help"}, {"queue", "show", "--help"}, {"queue", "retry", "--help"}, {"queue", "delete", "--help"},
+		{"queue", "hold", "--help"}, {"queue", "release", "--help"}, {"queue", "bounce", "--help"}, {"trace", "--help"},
 		{"limits", "--help"}, {"limits", "show", "--help"},
 	} {
 		cmd := exec.Command(binary, args...)
@@ -212,7 +213,7 @@ func TestHelpEverywhere(t *testing.T) {
 			t.Errorf("smarthost %s: exit %d, stdout %q, stderr %q", strings.Join(args, " "), exitCode(err), stdout.String(), stderr.String())
 		}
 	}
-	for cmd, verbs := range map[string][]string{"dkim": {"keygen", "dns", "check"}, "queue": {"list", "show", "retry", "delete"}, "limits": {"show"}} {
+	for cmd, verbs := range map[string][]string{"dkim": {"keygen", "dns", "check"}, "queue": {"list", "show", "retry", "hold", "release", "delete", "bounce"}, "limits": {"show"}} {
 		out, _ := runCLI(cmd, "--help")
 		for _, v := range verbs {
 			if !strings.Contains(out, "  "+v+" ") {

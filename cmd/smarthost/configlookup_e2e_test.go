@@ -48,6 +48,8 @@ func TestEveryCommandFindsTheConfig(t *testing.T) {
 		ours string
 	}{
 		{[]string{"queue", "list"}, id},
+		{[]string{"queue", "list", "--json", "--state", "deferred"}, id},
+		{[]string{"trace", id}, id + "  <"},
 		{[]string{"queue", "show", id}, "Subject:"},
 		{[]string{"dkim", "dns"}, "e2e._domainkey.example.com"},
 		{[]string{"check-config"}, "configuration is valid"},

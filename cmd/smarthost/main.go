@@ -17,8 +17,9 @@ commands:
   passwd                            read a password, print a bcrypt hash for the users file
   dkim keygen|dns|check             make a key and print its DNS record; print every configured key's;
                                     check that each key's published record verifies its signatures
-  queue list|show|retry|delete|handoff
-                                    inspect and act on the spool; hand a stopped node's spool to its peers
+  queue list|show|retry|hold|release|delete|bounce|handoff
+                                    inspect and act on the queue (by ID or filter); hand a stopped node's spool to its peers
+  trace QUERY [--since D] [--json]  the story of a message (queue ID, Message-ID or address) from the history
   drain                             ask the running relay to hand its queue to its peers and exit
   limits show USER                  a user's class, limits, what is left and when it refills
   probe-ready URL                   exit 0 when URL (a /readyz) answers 200: a container healthcheck
@@ -40,7 +41,7 @@ func execute(c cmdIO, args []string) int {
 	commands := map[string]func(cmdIO, []string) int{
 		"serve": serveCmd, "check-config": checkConfigCmd, "passwd": passwdCmd, "drain": drainCmd,
 		"dkim": verbs("dkim", dkimVerbs), "queue": verbs("queue", queueVerbs), "limits": verbs("limits", limitsVerbs),
-		"probe-ready": probeReadyCmd, "version": versionCmd, "--version": versionCmd, "-version": versionCmd,
+		"probe-ready": probeReadyCmd, "trace": traceCmd, "version": versionCmd, "--version": versionCmd, "-version": versionCmd,
 	}
 	if len(args) == 0 {
 		fmt.Fprint(c.stderr, overview)

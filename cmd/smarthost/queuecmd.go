@@ -15,7 +15,7 @@ import (
 
 var queueVerbs = map[string]verb{
 	"handoff": {handoffUsage[:strings.Index(handoffUsage, "\n")], "hand every message of a stopped relay's spool to its peers (queue.handoff)", queueHandoff},
-	"list":    queueVerb("list", 0, "every queued message: ID, age, size, attempts, next attempt, sender, each recipient's state, last reply", queueList),
+	"list":    {listUsage, "queued messages (all, or those the filters pick): ID, state, age, size, attempts, next attempt, sender, each recipient's state, last reply; --json as postqueue -j", queueListCmd},
 	"show":    queueVerb("show", 1, "one message's state and its content as it will be sent", queueShow),
 	"retry": queueVerb("retry", idOrAll, "ask the running relay to try a message, or with --all every message, now (it notices within 10 s)",
 		func(sp *queue.Spool, id string, w io.Writer) error {
@@ -25,8 +25,10 @@ var queueVerbs = map[string]verb{
 			n, err := sp.RetryAll()
 			return said(w, err, "retry requested for %d message(s)", n)
 		}),
-	"delete": queueVerb("delete", 1, "delete a message without a bounce (one awaiting its first attempt is dropped by the relay at its next scan)",
-		func(sp *queue.Spool, id string, w io.Writer) error { return said(w, sp.Delete(id), "%s: deleted", id) }),
+	"hold":    manageVerb(queue.OpHold, "put messages on hold, as postsuper -h: not attempted, and not ageing towards queue.max_age, until released", false),
+	"release": manageVerb(queue.OpRelease, "release held messages, as postsuper -H: attempted again at once", false),
+	"delete":  manageVerb(queue.OpDelete, "delete messages without a bounce, as postsuper -d; by filter, says how many and asks first", true),
+	"bounce":  manageVerb(queue.OpBounce, "return messages to their senders now, each with a DSN (5.0.0) for its pending recipients; by filter, asks first", true),
 }
 
 // said says what was done, unless err says it was not.
@@ -89,25 +91,21 @@ func queueVerb(name string, n int, about string, act func(sp *queue.Spool, id st
 	}}
 }
 
-func queueList(sp *queue.Spool, _ string, w io.Writer) error {
-	ms, err := sp.List()
-	if err != nil {
-		return err
-	}
+// printQueue prints messages as a table, and their count.
+func printQueue(w io.Writer, ms []queue.Queued, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tAGE\tSIZE\tATTEMPTS\tNEXT\tFROM\tRECIPIENTS\tLAST REPLY")
+	fmt.Fprintln(tw, "ID\tSTATE\tAGE\tSIZE\tATTEMPTS\tNEXT\tFROM\tRECIPIENTS\tLAST REPLY")
 	for _, m := range ms {
-		next := time.Until(m.NextAttempt).Round(time.Second)
+		next := m.NextAttempt.Sub(now).Round(time.Second)
 		var rcpts []string
 		for _, r := range m.Recipients {
 			rcpts = append(rcpts, r.Addr+"="+r.Status)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t<%s>\t%s\t%s\n", m.ID, time.Since(m.Created).Round(time.Second),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t<%s>\t%s\t%s\n", m.ID, m.State, now.Sub(m.Created).Round(time.Second),
 			m.Size, m.Attempts, max(next, 0), m.From, strings.Join(rcpts, ","), m.LastError)
 	}
 	tw.Flush()
 	fmt.Fprintf(w, "%d message(s)\n", len(ms))
-	return nil
 }
 
 func queueShow(sp *queue.Spool, id string, w io.Writer) error {

@@ -13,6 +13,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -42,6 +43,9 @@ const (
 	defaultMaxSize = 1 << 30
 	defaultBuffer  = 1 << 16
 )
+
+// ErrInUse is Open's error when another process writes the history.
+var ErrInUse = errors.New("in use by another process")
 
 // History writes events to the folder. Observe never blocks.
 type History struct {
@@ -82,7 +86,7 @@ func Open(cfg Config) (*History, error) {
 	}
 	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		lock.Close()
-		return nil, fmt.Errorf("history: %s is in use by another process: %w", cfg.Dir, err)
+		return nil, fmt.Errorf("history: %s: %w (%v)", cfg.Dir, ErrInUse, err)
 	}
 	h := &History{cfg: cfg, lock: lock, events: make(chan queue.Event, cfg.Buffer), done: make(chan struct{})}
 	w, err := h.newWriter()

@@ -18,7 +18,7 @@ func (q *Queue) tell(m *Message, fates []fate, now time.Time, handoff bool) {
 			e.Kind = EventHandedOff
 		}
 		o := f.o
-		e.Rcpt, e.Archive, e.Attempt, e.Reason = f.rcpt.Addr, f.rcpt.Archive, f.attempt, f.reason
+		e.Rcpt, e.Archive, e.Attempt, e.Reason, e.By = f.rcpt.Addr, f.rcpt.Archive, f.attempt, f.reason, f.by
 		e.Upstream, e.Addr, e.TLS, e.Reply = o.Upstream, o.Addr, o.TLS, o.Reply
 		text := o.Reply
 		if o.Err != nil && o.Reply == "" {

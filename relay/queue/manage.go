@@ -158,7 +158,7 @@ func (q *Queue) bounceNow(m *Message, by string) (gone bool, err error) {
 		}
 		r.Status, r.Error = StatusFailed, adminBounceText
 		failed = append(failed, *r)
-		fates = append(fates, fate{rcpt: *r, o: Outcome{Err: Permanent(errors.New(adminBounceText))}, kind: EventBounced, reason: BounceAdmin, attempt: m.Attempts})
+		fates = append(fates, fate{rcpt: *r, o: Outcome{Err: Permanent(errors.New(adminBounceText))}, kind: EventBounced, reason: BounceAdmin, attempt: m.Attempts, by: by})
 	}
 	s.mu.Unlock()
 	q.tell(m, fates, now, false)

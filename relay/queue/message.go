@@ -238,6 +238,7 @@ type fate struct {
 	kind    string
 	reason  string
 	attempt int
+	by      string // who asked, for an administrator's bounce
 }
 
 // bounceReason tells an upstream's refusal from ours (unsupported: no

@@ -89,6 +89,10 @@ func IsPermanent(err error) bool {
 	return errors.As(err, &p)
 }
 
+// ErrInUse is Open's error when another process (a running relay) has
+// the spool.
+var ErrInUse = errors.New("in use by another process")
+
 // Queue is the spool plus its delivery workers.
 type Queue struct {
 	cfg     Config
@@ -146,7 +150,7 @@ func open(cfg Config, d Deliverer, log *slog.Logger, od ondisk) (*Queue, error) 
 	}
 	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		lock.Close()
-		return nil, fmt.Errorf("queue: %s is in use by another process: %w", cfg.Dir, err)
+		return nil, fmt.Errorf("queue: %s: %w (%v)", cfg.Dir, ErrInUse, err)
 	}
 	q := &Queue{cfg: cfg, d: d, log: log, lock: lock, disk: od.disk, files: newMsgFiles(cfg.Dir, od.disk)}
 	q.leaving, q.leave = context.WithCancelCause(context.Background())
