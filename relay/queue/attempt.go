@@ -114,7 +114,7 @@ func (q *Queue) attempt(ctxs attemptContexts, m *Message) {
 	waits := false
 	defer func() {
 		if !waits {
-			s.release(m.ID)
+			q.finish(m)
 		}
 	}()
 	if m.jseg == nil && !q.files.has(m.ID) {
@@ -157,6 +157,31 @@ func (q *Queue) attempt(ctxs attemptContexts, m *Message) {
 	}
 	if err := q.save(m); err != nil {
 		q.log.Error("queue: save state", "msg_id", m.ID, "err", err)
+	}
+}
+
+// finish ends the attempt's claim on m, doing first what an
+// administrator asked of it after applyAsked looked.
+func (q *Queue) finish(m *Message) {
+	s := q.sched
+	for {
+		asked, ok := s.finish(m.ID)
+		if !ok {
+			return
+		}
+		s.mu.Lock()
+		live := s.items[m.ID] == m // not delivered and removed meanwhile
+		s.mu.Unlock()
+		if !live {
+			continue
+		}
+		gone, err := q.apply(asked, m)
+		if err == nil && !gone {
+			err = q.save(m)
+		}
+		if err != nil {
+			q.log.Error("queue: "+asked.op, "msg_id", m.ID, "err", err)
+		}
 	}
 }
 

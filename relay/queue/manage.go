@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sort"
@@ -34,14 +35,28 @@ func (q *Queue) List(f Filter) []Queued {
 	for id, m := range s.items {
 		state := m.State(s.inflight[id])
 		if f.Match(m, state, now) {
-			c := *m
-			c.Recipients = append([]Recipient(nil), m.Recipients...)
-			out = append(out, Queued{Message: c, State: state})
+			out = append(out, Queued{Message: m.view(), State: state})
 		}
 	}
 	s.mu.Unlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].Created.Before(out[j].Created) })
 	return out
+}
+
+// view is a copy of m's state, for the caller to hold the scheduler's
+// lock over: the fields of its files, which change under that lock only.
+// (Its own fields, such as saved, are the worker's that owns it: a plain
+// copy of the struct would race with it.)
+func (m *Message) view() Message {
+	b, err := json.Marshal(m)
+	var c Message
+	if err == nil {
+		err = json.Unmarshal(b, &c)
+	}
+	if err != nil {
+		panic(fmt.Sprintf("queue: copy %s: %v", m.ID, err)) // its fields are plain values
+	}
+	return c
 }
 
 // Manage does op (OpHold, OpRelease, OpDelete, OpBounce) to every message f

@@ -91,6 +91,26 @@ func (s *scheduler) release(id string) {
 	s.wake() // its next attempt may be the earliest now
 }
 
+// finish ends a worker's claim on id, unless an administrator asked
+// something of it since the attempt last looked (manage.go): then it
+// returns that, and the claim stays for the caller to do it first. So an
+// operation asked for in flight is never left waiting for the next
+// attempt.
+func (s *scheduler) finish(id string) (adminOp, bool) {
+	s.mu.Lock()
+	a, ok := s.after[id]
+	if ok {
+		delete(s.after, id)
+	} else {
+		delete(s.inflight, id)
+	}
+	s.mu.Unlock()
+	if !ok {
+		s.kick() // its next attempt may be the earliest now
+	}
+	return a, ok
+}
+
 func (s *scheduler) forget(id string) {
 	s.mu.Lock()
 	delete(s.items, id)
