@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/smarthost/smarthost/relay/relaytest"
 )
 
 // compose runs Compose (v2's `docker compose` where it is, else v1's
@@ -63,17 +65,6 @@ func mailpitMessages(web string) (map[string]string, error) {
 	return m, nil
 }
 
-func waitFor(t *testing.T, what string, d time.Duration, ok func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("no %s after %s", what, d)
-		}
-		time.Sleep(500 * time.Millisecond) // polling, with a deadline
-	}
-}
-
 // deploy/compose/single: one relay, a users file, Mailpit. A message
 // arrives signed; with Mailpit stopped a message waits in the queue,
 // survives a restart of the relay, and arrives once Mailpit is back.
@@ -98,11 +89,11 @@ func TestComposeSingle(t *testing.T) {
 	}
 	c.must("up", "-d")
 	mailpit := "http://" + web
-	waitFor(t, "relay listening", 90*time.Second, func() bool {
+	relaytest.EventuallyEvery(t, "the relay listening", 90*time.Second, 500*time.Millisecond, func() bool {
 		return sendMail(smtpAddr, "demo", "demo-password", "demo@example.com", "someone@example.org", "Subject: first\r\n") == nil
 	})
 	var raw []byte
-	waitFor(t, "message in Mailpit", 60*time.Second, func() bool {
+	relaytest.EventuallyEvery(t, "the message in Mailpit", 60*time.Second, 500*time.Millisecond, func() bool {
 		m, err := mailpitMessages(mailpit)
 		if err != nil || m["first"] == "" {
 			return false
@@ -129,7 +120,7 @@ func TestComposeSingle(t *testing.T) {
 		t.Fatalf("after the restart the queue holds:\n%s", queue)
 	}
 	c.must("start", "mailpit")
-	waitFor(t, "the kept message in Mailpit", 120*time.Second, func() bool {
+	relaytest.EventuallyEvery(t, "the kept message in Mailpit", 120*time.Second, 500*time.Millisecond, func() bool {
 		m, err := mailpitMessages(mailpit)
 		return err == nil && m["kept"] != ""
 	})

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/smarthost/smarthost/relay/relaytest"
 )
 
 // debianRoot unpacks a fresh minimal Debian (scripts/debian-root.sh's,
@@ -176,20 +178,18 @@ func freePort(t *testing.T) string {
 
 func waitListening(t *testing.T, addr string, done chan error) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
+	relaytest.EventuallyEvery(t, "a listener on "+addr, 60*time.Second, 200*time.Millisecond, func() bool {
 		select {
 		case err := <-done:
 			t.Fatalf("the relay exited: %v", err)
 		default:
 		}
-		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
 			c.Close()
-			return
 		}
-		time.Sleep(200 * time.Millisecond) // polling a port, with a deadline
-	}
-	t.Fatalf("nothing listens on %s", addr)
+		return err == nil
+	})
 }
 
 // sendMail submits one message with STARTTLS and AUTH PLAIN, trusting any

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/smarthost/smarthost/relay/relaytest"
 )
 
 func docker(t *testing.T, args ...string) string {
@@ -109,16 +111,15 @@ func TestReadmeDockerRun(t *testing.T) {
 		exec.Command("docker", "volume", "rm", name+"-data").Run()
 	}()
 
-	deadline := time.Now().Add(120 * time.Second)
 	status := ""
-	for status != "healthy" && time.Now().Before(deadline) {
+	relaytest.WithinEvery(120*time.Second, time.Second, func() bool { // Docker's health state
 		status = docker(t, "inspect", "--format", "{{.State.Status}} {{.State.Health.Status}}", name)
 		if strings.HasPrefix(status, "exited") {
 			t.Fatalf("the container exited:\n%s", docker(t, "logs", name))
 		}
 		status = strings.TrimPrefix(status, "running ")
-		time.Sleep(time.Second) // polling Docker's health state, with a deadline
-	}
+		return status == "healthy"
+	})
 	if status != "healthy" {
 		t.Fatalf("the container is %q after 120 s:\n%s", status, docker(t, "logs", name))
 	}

@@ -96,13 +96,9 @@ func TestRedisStoppedAndResumed(t *testing.T) {
 		t.Fatalf("allow while redis is stopped: %v", err)
 	}
 	resume()
-	deadline := time.Now().Add(10 * time.Second)
-	for tempfail.Mail(context.Background(), user, "") != nil {
-		if time.Now().After(deadline) {
-			t.Fatal("no recovery after SIGCONT")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	relaytest.Eventually(t, "the recovery after SIGCONT", 10*time.Second, func() bool {
+		return tempfail.Mail(context.Background(), user, "") == nil
+	})
 }
 
 func BenchmarkQuotasMailRedis(b *testing.B) {

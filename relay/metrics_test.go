@@ -6,6 +6,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/smarthost/smarthost/relay/relaytest"
 )
 
 // value is a counter's or a gauge's value.
@@ -46,10 +48,7 @@ func TestServerHooksFeedMetrics(t *testing.T) {
 	d.send("QUIT\r\n")
 	d.expect("221 ")
 	d.c.Close()
-	for deadline := time.Now().Add(5 * time.Second); value(t, m.connectionsNow.WithLabelValues(l)) != 0; {
-		if time.Now().After(deadline) {
-			t.Fatal("the closed connection is still counted as open")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	relaytest.Eventually(t, "the closed connection no longer counted as open", 5*time.Second, func() bool {
+		return value(t, m.connectionsNow.WithLabelValues(l)) == 0
+	})
 }

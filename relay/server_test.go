@@ -676,21 +676,17 @@ func TestConnectionsPerIP(t *testing.T) {
 	}
 	conns[0].Close()
 	// The slot comes back once the server has seen the close.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	released := relaytest.Within(5*time.Second, func() bool {
 		c, err := net.Dial("tcp", e.plain)
 		if err != nil {
 			t.Fatal(err)
 		}
-		line, _ := bufio.NewReader(c).ReadString('\n')
+		line, _ = bufio.NewReader(c).ReadString('\n')
 		c.Close()
-		if strings.HasPrefix(line, "220 ") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("slot not released: %q", line)
-		}
-		time.Sleep(20 * time.Millisecond)
+		return strings.HasPrefix(line, "220 ")
+	})
+	if !released {
+		t.Fatalf("slot not released: %q", line)
 	}
 }
 

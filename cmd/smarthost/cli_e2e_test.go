@@ -20,6 +20,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/smarthost/smarthost/dkim"
+	"github.com/smarthost/smarthost/relay/relaytest"
 )
 
 func execCommand(name string, args ...string) (string, error) {
@@ -115,14 +116,14 @@ func TestReloadUsers(t *testing.T) {
 	f.WriteString("  bob:\n    password_hash: \"" + string(h) + "\"\n    addresses: [bob@example.com]\n")
 	f.Close()
 	p.signal(t, syscall.SIGHUP)
-	eventually(t, "the reload", 10*time.Second, func() bool { return len(p.records().with("msg", "configuration reloaded")) > 0 })
+	relaytest.Eventually(t, "the reload", 10*time.Second, func() bool { return len(p.records().with("msg", "configuration reloaded")) > 0 })
 	if err := login(t, e.implicit, "bob", "bob-pw"); err != nil {
 		t.Fatalf("bob after reload: %v", err)
 	}
 	// A broken file is refused and the running configuration kept.
 	os.WriteFile(filepath.Join(e.dir, "users.yaml"), []byte("users: [broken\n"), 0o600)
 	p.signal(t, syscall.SIGHUP)
-	eventually(t, "the refusal", 10*time.Second, func() bool { return len(p.records().withPrefix("msg", "reload refused")) > 0 })
+	relaytest.Eventually(t, "the refusal", 10*time.Second, func() bool { return len(p.records().withPrefix("msg", "reload refused")) > 0 })
 	if err := login(t, e.implicit, "alice", "alice-pw"); err != nil {
 		t.Fatalf("alice after a refused reload: %v", err)
 	}
@@ -177,7 +178,7 @@ func TestDKIMRotationOnReload(t *testing.T) {
 	cfg := strings.Replace(string(text), "      - {selector: e2ersa,", "      - {selector: next, key_file: \""+newKey+"\"}\n      - {selector: e2ersa,", 1)
 	os.WriteFile(e.config, []byte(cfg), 0o600)
 	p.signal(t, syscall.SIGHUP)
-	eventually(t, "the reload", 10*time.Second, func() bool { return len(p.records().with("msg", "configuration reloaded")) > 0 })
+	relaytest.Eventually(t, "the reload", 10*time.Second, func() bool { return len(p.records().with("msg", "configuration reloaded")) > 0 })
 	out, _ := swaks(t, "--server", e.implicit, "--tls-on-connect", "--auth", "PLAIN", "--auth-user", "alice", "--auth-password", "alice-pw",
 		"--from", "alice@example.com", "--to", "b@example.org")
 	m := queuedRe.FindStringSubmatch(out)
@@ -240,7 +241,7 @@ func TestServeDefaultConfig(t *testing.T) {
 	}
 	go func() { p.cmd.Wait(); close(p.done) }()
 	defer func() { p.cmd.Process.Kill(); <-p.done }()
-	eventually(t, "the relay listening", 20*time.Second, func() bool {
+	relaytest.Eventually(t, "the relay listening", 20*time.Second, func() bool {
 		c, err := net.Dial("tcp", e.starttls)
 		if err == nil {
 			c.Close()

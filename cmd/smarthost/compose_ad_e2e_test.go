@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/smarthost/smarthost/relay/relaytest"
 )
 
 func TestComposeStackAD(t *testing.T) {
@@ -30,7 +32,7 @@ func TestComposeStackAD(t *testing.T) {
 	if out, err := s.compose("up", "-d", "relay-ad"); err != nil {
 		t.Fatalf("compose up relay-ad: %v\n%s", err, out)
 	}
-	eventually(t, "the AD relay", 120*time.Second, func() bool { return s.smtpUp() })
+	relaytest.Eventually(t, "the AD relay", 120*time.Second, func() bool { return s.smtpUp() })
 
 	const config = "/etc/smarthost/smarthost.yaml"
 	// The stack publishes no DNS, so the DKIM record is reported missing

@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+
+	"github.com/smarthost/smarthost/relay/relaytest"
 )
 
 func TestComposeStack(t *testing.T) {
@@ -108,7 +110,7 @@ func TestComposeStack(t *testing.T) {
 				if out, err := s.compose("up", "-d", "relay1", "relay2"); err != nil {
 					t.Fatalf("relays with allow: %v\n%s", err, out)
 				}
-				eventually(t, "the relays back", 60*time.Second, func() bool { return s.smtpUp() && s.healthy("relay1") && s.healthy("relay2") })
+				relaytest.Eventually(t, "the relays back", 60*time.Second, func() bool { return s.smtpUp() && s.healthy("relay1") && s.healthy("relay2") })
 			}
 			net := s.project + "_redis"
 			s.docker("network", "disconnect", net, s.container("relay1"))
@@ -131,7 +133,7 @@ func TestComposeStack(t *testing.T) {
 				t.Errorf("%s, Redis cut off relay1: %v", mode, codes)
 			}
 			s.docker("network", "connect", net, s.container("relay1"))
-			eventually(t, "relay1 back on Redis", 30*time.Second, func() bool {
+			relaytest.Eventually(t, "relay1 back on Redis", 30*time.Second, func() bool {
 				for i := range 4 {
 					if s.send("bob", "bob-secret", "bob@example.com", fmt.Sprintf("redis-back-%d-%d@compose.test", time.Now().UnixNano(), i)) != nil {
 						return false
@@ -150,12 +152,12 @@ func TestComposeStack(t *testing.T) {
 		var progress atomic.Int64
 		done := make(chan map[string]string, 1)
 		go func() { done <- s.burst(ctx, "kill", n, 6, &progress) }()
-		eventually(t, "the burst under way", 60*time.Second, func() bool { return progress.Load() > 50 })
+		relaytest.Eventually(t, "the burst under way", 60*time.Second, func() bool { return progress.Load() > 50 })
 		relay1 := s.container("relay1")
 		s.docker("kill", relay1)
 		// The burst goes on against relay2 alone for a while.
 		at := progress.Load()
-		eventually(t, "the burst going on without relay1", 60*time.Second, func() bool { return progress.Load() > at+30 || progress.Load() == n })
+		relaytest.Eventually(t, "the burst going on without relay1", 60*time.Second, func() bool { return progress.Load() > at+30 || progress.Load() == n })
 		s.docker("start", relay1)
 		acked := <-done
 		if len(acked) != n {
@@ -178,7 +180,7 @@ func TestComposeStack(t *testing.T) {
 			if out, err := s.compose("restart", r); err != nil {
 				t.Fatalf("restart %s: %v\n%s", r, err, out)
 			}
-			eventually(t, r+" healthy", 60*time.Second, func() bool { return s.healthy(r) })
+			relaytest.Eventually(t, r+" healthy", 60*time.Second, func() bool { return s.healthy(r) })
 		}
 		acked := <-done
 		if len(acked) != 150 {
@@ -220,7 +222,7 @@ func TestComposeStack(t *testing.T) {
 			t.Fatalf("drain: %v\n%s", err, out)
 		}
 		relay1 := s.container("relay1")
-		eventually(t, "relay1 exited", 30*time.Second, func() bool {
+		relaytest.Eventually(t, "relay1 exited", 30*time.Second, func() bool {
 			o, _ := exec.Command("docker", "inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", relay1).Output()
 			return strings.TrimSpace(string(o)) == "exited 0"
 		})

@@ -85,7 +85,7 @@ func startStack(t *testing.T) *stack {
 	if out, err := s.compose("up", "-d"); err != nil {
 		t.Fatalf("compose up: %v\n%s", err, out)
 	}
-	eventually(t, "the load balancer", 90*time.Second, func() bool { return s.smtpUp() })
+	relaytest.Eventually(t, "the load balancer", 90*time.Second, func() bool { return s.smtpUp() })
 	return s
 }
 

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/smarthost/smarthost/relay/relaytest"
 )
 
 // Every command finds its configuration the one way serve does: --config,
@@ -23,7 +25,7 @@ func TestEveryCommandFindsTheConfig(t *testing.T) {
 		t.Fatalf("swaks exit %d:\n%s", code, out)
 	}
 	id := m[1]
-	eventually(t, "a failed attempt", 10*time.Second, func() bool {
+	relaytest.Eventually(t, "a failed attempt", 10*time.Second, func() bool {
 		return len(p.records().with("msg", "delivery deferred").of([]string{id})) > 0
 	})
 	empty := t.TempDir()

@@ -157,7 +157,7 @@ func TestDKIMSelfCheckAtStartAndReload(t *testing.T) {
 	p := e.start(t)
 	os.WriteFile(e.config, []byte(bad), 0o600)
 	p.signal(t, syscall.SIGHUP)
-	eventually(t, "the refusal", 10*time.Second, func() bool { return len(p.records().withPrefix("msg", "reload refused")) > 0 })
+	relaytest.Eventually(t, "the refusal", 10*time.Second, func() bool { return len(p.records().withPrefix("msg", "reload refused")) > 0 })
 	if log := p.logText(); !strings.Contains(log, `a test signature with selector \"e2e 2026\" of example.com does not verify`) {
 		t.Errorf("the refusal does not say why:\n%s", p.logText())
 	}

@@ -173,7 +173,7 @@ func TestDrainCutsShortATarpit(t *testing.T) {
 			t.Fatalf("message %d: %v", i, s.err)
 		}
 	}
-	eventually(t, "deliveries held by the tarpit", 20*time.Second, func() bool { return tp.holding() == n })
+	relaytest.Eventually(t, "deliveries held by the tarpit", 20*time.Second, func() bool { return tp.holding() == n })
 	out, err := runCLI("drain", "--config", a.config, "--timeout", "20s")
 	if err != nil || !strings.Contains(out, "drained") {
 		t.Fatalf("drain with deliveries stuck at a tarpit: %v\n%s", err, out)

@@ -310,21 +310,20 @@ func (e *relayEnv) start(t *testing.T) *proc {
 			t.Logf("smarthost log:\n%s", p.logText())
 		}
 	})
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	started := relaytest.Within(20*time.Second, func() bool {
 		if c, err := net.Dial("tcp", e.implicit); err == nil {
 			c.Close()
-			break
+			return true
 		}
 		select {
 		case <-p.done:
 			t.Fatalf("smarthost exited: %v\n%s", p.cmd.ProcessState, p.logText())
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("smarthost did not start:\n%s", p.logText())
-		}
-		time.Sleep(20 * time.Millisecond)
+		return false
+	})
+	if !started {
+		t.Fatalf("smarthost did not start:\n%s", p.logText())
 	}
 	if e.records == "" {
 		out, err := exec.Command(binary, "dkim", "dns", "--config", e.config).Output()
@@ -383,7 +382,7 @@ func sink(t *testing.T, addr string) *relaytest.Sink {
 func (e *relayEnv) outboxMessage(t *testing.T, id string) []byte {
 	t.Helper()
 	var eml []byte
-	eventually(t, "the outbox file", 10*time.Second, func() bool {
+	relaytest.Eventually(t, "the outbox file", 10*time.Second, func() bool {
 		var err error
 		eml, err = os.ReadFile(filepath.Join(e.outbox, id+".eml"))
 		return err == nil
@@ -413,12 +412,6 @@ func pySMTP(t *testing.T, addr, script string, args ...string) string {
 		t.Fatalf("python: %v\n%s", err, out)
 	}
 	return string(out)
-}
-
-// eventually is relaytest.Eventually, which new tests call directly.
-func eventually(t *testing.T, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	relaytest.Eventually(t, what, d, cond)
 }
 
 // counts reads the numbers of the one line of out that pattern matches

@@ -188,7 +188,7 @@ func TestFullDisk(t *testing.T) {
 	// good, so that its bounce cannot be queued.
 	up.FailRcpt("gone@example.org", &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 2, 0}, Message: "later"})
 	up.FailData(nil)
-	eventually(t, "the messages acknowledged before the disk filled", 30*time.Second, func() bool {
+	relaytest.Eventually(t, "the messages acknowledged before the disk filled", 30*time.Second, func() bool {
 		got := arrivedBodies(up)
 		for _, s := range acked[:5] {
 			if len(got[s.id]) == 0 {
@@ -231,7 +231,7 @@ func TestFullDisk(t *testing.T) {
 	}
 	acked = append(acked, after)
 	var bounce *relaytest.Message
-	eventually(t, "every acknowledged message, and the bounce", 60*time.Second, func() bool {
+	relaytest.Eventually(t, "every acknowledged message, and the bounce", 60*time.Second, func() bool {
 		if !allArrived(up, acked) {
 			return false
 		}
@@ -441,7 +441,7 @@ func TestSlowLDAP(t *testing.T) {
 		t.Errorf("the slowest answer took %s", slowest)
 	}
 	resume()
-	eventually(t, "logins again once LDAP answers", 20*time.Second, func() bool {
+	relaytest.Eventually(t, "logins again once LDAP answers", 20*time.Second, func() bool {
 		r, _ := tryLogin(e.implicit, "bob", "bob-secret")
 		return r == "235 2.7.0"
 	})
@@ -550,7 +550,7 @@ func TestTarpittingUpstream(t *testing.T) {
 			t.Fatal(s.err)
 		}
 	}
-	eventually(t, "the other route's 40 messages", 30*time.Second, func() bool { return len(up.Messages()) == 40 })
+	relaytest.Eventually(t, "the other route's 40 messages", 30*time.Second, func() bool { return len(up.Messages()) == 40 })
 	took := time.Since(start)
 	var deferred logRecords
 	relaytest.Eventually(t, "an attempt deferred for each message at the tarpit", 20*time.Second, func() bool {
@@ -829,7 +829,7 @@ func TestMemoryUnderHostileLoad(t *testing.T) {
 	}
 	close(stop)
 	wg.Wait()
-	eventually(t, "the aborted drafts removed", 30*time.Second, func() bool {
+	relaytest.Eventually(t, "the aborted drafts removed", 30*time.Second, func() bool {
 		d, _ := os.ReadDir(filepath.Join(e.dir, "queue", "tmp"))
 		return len(d) == 0
 	})

@@ -173,7 +173,7 @@ func TestOAuth2TokenExpiryAndRevocation(t *testing.T) {
 		if len(first) != 1 {
 			t.Fatalf("%d tokens before expiry", len(first))
 		}
-		eventually(t, "the first token to expire at Hydra", 30*time.Second, func() bool { return !o.hydra.Active(t, first[0]) })
+		relaytest.Eventually(t, "the first token to expire at Hydra", 30*time.Second, func() bool { return !o.hydra.Active(t, first[0]) })
 		// The upstream drops its sessions (as servers do), so the next
 		// message needs a new login.
 		o.dovecot.DropSessions(t)
@@ -286,7 +286,7 @@ func TestAuthLoginOnlyUpstream(t *testing.T) {
 	e := newRelayEnv(t, envOpts{upstreams: "upstreams:\n" + entry("plain", "plain") + entry("auto", "auto")})
 	p := e.start(t)
 	sendAlice(t, e, "login only")
-	eventually(t, "the message in the mailbox", 20*time.Second, func() bool { return len(up.Mailbox()) == 1 })
+	relaytest.Eventually(t, "the message in the mailbox", 20*time.Second, func() bool { return len(up.Mailbox()) == 1 })
 	if !regexp.MustCompile(`< localhost\[127\.0\.0\.1\]: AUTH LOGIN`).MatchString(up.Log()) {
 		t.Errorf("no AUTH LOGIN in Postfix's log")
 	}
@@ -336,7 +336,7 @@ func TestClientCertificateUpstream(t *testing.T) {
 		entry("cert", fmt.Sprintf(", client_cert_file: %q, client_key_file: %q", dir+"/client.crt", dir+"/client.key"))})
 	p := e.start(t)
 	sendAlice(t, e, "by certificate")
-	eventually(t, "the message in the mailbox", 20*time.Second, func() bool { return len(up.Mailbox()) == 1 })
+	relaytest.Eventually(t, "the message in the mailbox", 20*time.Second, func() bool { return len(up.Mailbox()) == 1 })
 	if !strings.Contains(up.Log(), "Trusted TLS connection established from localhost") {
 		t.Errorf("Postfix did not verify a client certificate:\n%s", up.Log())
 	}

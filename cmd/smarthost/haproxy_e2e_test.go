@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/smarthost/smarthost/relay/relaytest"
 )
 
 // HAProxy in front of the relay, sending PROXY v1 and v2 headers: the relay
@@ -56,15 +58,11 @@ backend relay_v2
 	receivedFrom := func(via, local string) string {
 		t.Helper()
 		var out string
-		deadline := time.Now().Add(10 * time.Second)
-		for {
+		relaytest.WithinEvery(10*time.Second, 100*time.Millisecond, func() bool { // haproxy may still be starting
 			out, _ = swaks(t, "--server", via, "--local-interface", local, "--tls", "--auth", "PLAIN", "--auth-user", "alice",
 				"--auth-password", "alice-pw", "--from", "alice@example.com", "--to", "b@example.org")
-			if queuedRe.MatchString(out) || time.Now().After(deadline) {
-				break
-			}
-			time.Sleep(100 * time.Millisecond) // haproxy may still be starting
-		}
+			return queuedRe.MatchString(out)
+		})
 		m := queuedRe.FindStringSubmatch(out)
 		if m == nil {
 			t.Fatalf("via %s from %s:\n%s\nhaproxy: %s", via, local, out, hlog.String())

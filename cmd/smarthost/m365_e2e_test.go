@@ -77,7 +77,7 @@ func TestM365ConnectorUpstream(t *testing.T) {
 	e := newRelayEnv(t, envOpts{upstreams: string(section)})
 	e.start(t)
 	sendAlice(t, e, "through the connector")
-	eventually(t, "the message in the tenant's mailbox", 30*time.Second, func() bool { return len(tenant.Mailbox()) == 1 })
+	relaytest.Eventually(t, "the message in the tenant's mailbox", 30*time.Second, func() bool { return len(tenant.Mailbox()) == 1 })
 	log := tenant.Log()
 	if !strings.Contains(log, "Trusted TLS connection established from localhost") || !strings.Contains(log, "Relaying allowed for all verified client certificates") {
 		t.Errorf("the tenant did not verify the relay's certificate:\n%s", log)

@@ -80,13 +80,7 @@ func TestMetricsMoveWithTraffic(t *testing.T) {
 		`smarthost_queue_messages`:                                              0,
 		`smarthost_connections_total{listener="` + e.implicit + `"}`:            5, // 4 by swaks, 1 by the start-up probe
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	waitFor := func(cond func() bool) {
-		for !cond() && time.Now().Before(deadline) {
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
-	waitFor(func() bool {
+	relaytest.WithinEvery(10*time.Second, 50*time.Millisecond, func() bool {
 		_, text = httpGet(t, "http://"+web+"/metrics")
 		for s, v := range want {
 			if metric(text, s) != v {
@@ -118,12 +112,12 @@ func TestReadinessFollowsRedis(t *testing.T) {
 		t.Fatalf("readyz with redis up: %d %q", code, body)
 	}
 	resume := relaytest.Freeze(t, "SMARTHOST_TEST_REDIS_PIDFILE")
-	eventually(t, "readyz to fail", 15*time.Second, func() bool {
+	relaytest.Eventually(t, "readyz to fail", 15*time.Second, func() bool {
 		code, body := httpGet(t, "http://"+web+"/readyz")
 		return code == 503 && strings.Contains(body, "redis:")
 	})
 	resume()
-	eventually(t, "readyz to recover", 15*time.Second, func() bool {
+	relaytest.Eventually(t, "readyz to recover", 15*time.Second, func() bool {
 		code, _ := httpGet(t, "http://"+web+"/readyz")
 		return code == 200
 	})
@@ -147,7 +141,7 @@ func TestSIGTERMDuringBurst(t *testing.T) {
 	acks := filepath.Join(e.dir, "acks")
 	done := make(chan string, 1)
 	go func() { out, _ := pyBurst(e.implicit, acks, 200); done <- out }()
-	eventually(t, "30 acknowledgements", 60*time.Second, func() bool {
+	relaytest.Eventually(t, "30 acknowledgements", 60*time.Second, func() bool {
 		b, _ := os.ReadFile(acks)
 		return strings.Count(string(b), "\n") >= 30
 	})
@@ -177,7 +171,7 @@ func TestReloadLeavesOpenSessions(t *testing.T) {
 	c := aliceSession(t, e.implicit)
 	os.WriteFile(filepath.Join(e.dir, "users.yaml"), []byte("users: {}\n"), 0o600) // alice is gone
 	p.signal(t, syscall.SIGHUP)
-	eventually(t, "the reload", 10*time.Second, func() bool { return len(p.records().with("msg", "configuration reloaded")) > 0 })
+	relaytest.Eventually(t, "the reload", 10*time.Second, func() bool { return len(p.records().with("msg", "configuration reloaded")) > 0 })
 	if err := c.SendMail("alice@example.com", []string{"b@example.org"}, strings.NewReader("From: alice@example.com\r\n\r\nstill here\r\n")); err != nil {
 		t.Fatalf("open session after reload: %v", err)
 	}
@@ -206,7 +200,7 @@ func TestReloadRebindsListeners(t *testing.T) {
 	text, _ := os.ReadFile(e.config)
 	os.WriteFile(e.config, []byte(strings.Replace(string(text), e.implicit, moved, 1)), 0o600)
 	p.signal(t, syscall.SIGHUP)
-	eventually(t, "the reload", 10*time.Second, func() bool { return len(p.records().with("msg", "configuration reloaded")) > 0 })
+	relaytest.Eventually(t, "the reload", 10*time.Second, func() bool { return len(p.records().with("msg", "configuration reloaded")) > 0 })
 	if err := login(t, moved, "alice", "alice-pw"); err != nil {
 		t.Fatalf("the moved listener: %v", err)
 	}

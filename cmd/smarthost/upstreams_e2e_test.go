@@ -54,7 +54,7 @@ func TestUTF8ThroughPostfixes(t *testing.T) {
 		t.Fatal(err)
 	}
 	var box [][]byte
-	eventually(t, "the message in the upstream's mailbox", 20*time.Second, func() bool {
+	relaytest.Eventually(t, "the message in the upstream's mailbox", 20*time.Second, func() bool {
 		box = up.Mailbox()
 		return len(box) == 1
 	})
@@ -131,7 +131,7 @@ func TestMailpitUpstream(t *testing.T) {
 		t.Fatalf("swaks exit %d:\n%s", code, out)
 	}
 	var msgs []relaytest.MailpitMessage
-	eventually(t, "the message in Mailpit", 15*time.Second, func() bool {
+	relaytest.Eventually(t, "the message in Mailpit", 15*time.Second, func() bool {
 		msgs, _ = mp.Messages()
 		return len(msgs) == 1
 	})
@@ -165,7 +165,7 @@ func TestQueueRetryAll(t *testing.T) {
 			t.Fatalf("message %d: %v", i, s.err)
 		}
 	}
-	eventually(t, "three messages deferred", 30*time.Second, func() bool {
+	relaytest.Eventually(t, "three messages deferred", 30*time.Second, func() bool {
 		out, _ := runCLI("queue", "list", "--config", e.config)
 		return strings.Count(out, "Chaos sender error") == 3
 	})
@@ -177,7 +177,7 @@ func TestQueueRetryAll(t *testing.T) {
 		t.Fatalf("queue retry --all: %v\n%s", err, out)
 	}
 	// The next attempt is an hour away: only the request brings them.
-	eventually(t, "the three in Mailpit", 30*time.Second, func() bool {
+	relaytest.Eventually(t, "the three in Mailpit", 30*time.Second, func() bool {
 		msgs, _ := mp.Messages()
 		return len(msgs) == 3
 	})

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/smarthost/smarthost/relay/relaytest"
 )
 
 // An archive copy the archive refuses for good is retried, not bounced,
@@ -34,7 +36,7 @@ func TestArchiveCopyNeverBounces(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "three attempts at the archive", func() bool {
+	relaytest.Eventually(t, "three attempts at the archive", inBackground, func() bool {
 		d.mu.Lock()
 		defer d.mu.Unlock()
 		return d.attempts["archive@vault.test"] >= 3
@@ -66,7 +68,7 @@ func TestArchiveCopyNeverBounces(t *testing.T) {
 		t.Fatalf("archive recipient: %+v", arch)
 	}
 	d.set("archive@vault.test", nil)
-	eventually(t, "the archive copy delivered and the message done", func() bool {
+	relaytest.Eventually(t, "the archive copy delivered and the message done", inBackground, func() bool {
 		return q.Len() == 0
 	})
 }
@@ -82,7 +84,7 @@ func TestArchiveCopyExpiresSilently(t *testing.T) {
 	if _, err := dr.Commit(Envelope{From: "a@x.org", To: []string{"ok@y.org"}, Archive: []ArchiveCopy{{Addr: "archive@vault.test"}}}, nil); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "an empty queue", func() bool { return q.Len() == 0 })
+	relaytest.Eventually(t, "an empty queue", inBackground, func() bool { return q.Len() == 0 })
 	for _, g := range d.delivered() {
 		if strings.Contains(g, "  a@x.org ") {
 			t.Fatalf("a bounce for the archive copy:\n%s", g)

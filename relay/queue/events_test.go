@@ -130,8 +130,8 @@ func TestDeliveryLine(t *testing.T) {
 	run(t, q)
 	id := enqueueEnv(t, q, Envelope{From: "app@x.org", To: []string{"bob@y.org", "later@y.org", "gone@y.org"},
 		MessageID: "<reset-1@x.org>", User: "app1", Client: "10.0.0.9"})
-	eventually(t, "a deferral", func() bool { return len(rec.of(EventDeferred)) >= 1 })
-	eventually(t, "the bounce", func() bool { return len(rec.of(EventDSN)) == 1 })
+	relaytest.Eventually(t, "a deferral", inBackground, func() bool { return len(rec.of(EventDeferred)) >= 1 })
+	relaytest.Eventually(t, "the bounce", inBackground, func() bool { return len(rec.of(EventDSN)) == 1 })
 
 	want := map[string]map[string]any{
 		"delivered":         {"rcpt": "bob@y.org", "status": "sent", "dsn": "2.0.0", "reply": "250 2.0.0 Ok: queued as 4ZxYw1"},
@@ -173,7 +173,7 @@ func TestEventsObserved(t *testing.T) {
 	run(t, q)
 	id := enqueueEnv(t, q, Envelope{From: "app@x.org", To: []string{"bob@y.org", "gone@y.org"}, MessageID: "<m1@x.org>",
 		User: "app1", Client: "10.0.0.9", DKIM: []string{"x.org/s1"}})
-	eventually(t, "the bounce delivered", func() bool { return q.Len() == 0 && len(rec.of(EventDelivered)) == 2 })
+	relaytest.Eventually(t, "the bounce delivered", inBackground, func() bool { return q.Len() == 0 && len(rec.of(EventDelivered)) == 2 })
 	acc := rec.of(EventAccepted)
 	if len(acc) != 2 || acc[0].ID != id || acc[0].Client != "10.0.0.9" || len(acc[0].Rcpts) != 2 || acc[0].Size == 0 {
 		t.Fatalf("accepted events %+v", acc)

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/smarthost/smarthost/relay/relaytest"
 )
 
 func files(t *testing.T, dir string) []string {
@@ -44,11 +46,11 @@ func TestJournalHoldsSmallMessages(t *testing.T) {
 	d := newScripted()
 	q2 := openQ(t, dir, d, time.Hour)
 	stop := runUntil(q2)
-	eventually(t, "delivery", func() bool { return len(d.delivered()) == 1 })
+	relaytest.Eventually(t, "delivery", inBackground, func() bool { return len(d.delivered()) == 1 })
 	if want := id + " a@x.org b@y.org X-Added: 1\r\nSubject: s\r\n\r\nbody\r\n"; d.delivered()[0] != want {
 		t.Fatalf("delivered %q, want %q", d.delivered()[0], want)
 	}
-	eventually(t, "removal", func() bool { return q2.Len() == 0 })
+	relaytest.Eventually(t, "removal", inBackground, func() bool { return q2.Len() == 0 })
 	stop()
 	q2.Close()
 
@@ -107,7 +109,7 @@ func TestDeferredMessageLeavesJournal(t *testing.T) {
 	}
 	stop := runUntil(q)
 	id := enqueue(t, q, "a@x.org", []string{"b@y.org", "c@y.org"}, "", "Subject: s\r\n\r\nbody\r\n")
-	eventually(t, "the move to msg/", func() bool { return newMsgFiles(dir, osDisk{}).has(id) })
+	relaytest.Eventually(t, "the move to msg/", inBackground, func() bool { return newMsgFiles(dir, osDisk{}).has(id) })
 	stop()
 	q.Close()
 
@@ -149,7 +151,7 @@ func TestMovedMessageFoundOnce(t *testing.T) {
 	}
 	run(t, q2)
 	// Once the queue is empty nothing more can be sent: count then.
-	eventually(t, "an empty queue", func() bool { return q2.Len() == 0 })
+	relaytest.Eventually(t, "an empty queue", inBackground, func() bool { return q2.Len() == 0 })
 	if n := len(d.delivered()); n != 1 {
 		t.Fatalf("delivered %d times", n)
 	}

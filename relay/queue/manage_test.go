@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/smarthost/smarthost/relay/relaytest"
 )
 
 // clock is a time a test moves by hand.
@@ -53,7 +55,7 @@ func TestHoldAndRelease(t *testing.T) {
 	// One worker takes due messages oldest first: were the held one
 	// attempted, it would be before this one.
 	other := enqueueEnv(t, q, Envelope{From: "app@x.org", To: []string{"c@y.org"}})
-	eventually(t, "the other message delivered", func() bool { return d.tries("c@y.org") == 1 && q.Len() == 1 })
+	relaytest.Eventually(t, "the other message delivered", inBackground, func() bool { return d.tries("c@y.org") == 1 && q.Len() == 1 })
 	if n := d.tries("b@y.org"); n != 0 {
 		t.Fatalf("the held message was attempted %d times", n)
 	}
@@ -64,11 +66,11 @@ func TestHoldAndRelease(t *testing.T) {
 	if got, err := q.Manage(OpRelease, Filter{IDs: []string{held}}, "test"); err != nil || len(got) != 1 {
 		t.Fatalf("release: %v %v", got, err)
 	}
-	eventually(t, "an attempt after the release", func() bool { return len(rec.of(EventDeferred))+len(rec.of(EventBounced)) == 1 })
+	relaytest.Eventually(t, "an attempt after the release", inBackground, func() bool { return len(rec.of(EventDeferred))+len(rec.of(EventBounced)) == 1 })
 	if b := rec.of(EventBounced); len(b) != 0 {
 		t.Fatalf("bounced after release: %+v (the time on hold counted)", b)
 	}
-	eventually(t, "the released message deferred", func() bool { return len(q.List(Filter{State: StateDeferred})) == 1 })
+	relaytest.Eventually(t, "the released message deferred", inBackground, func() bool { return len(q.List(Filter{State: StateDeferred})) == 1 })
 	if l := q.List(Filter{IDs: []string{held}}); len(l) != 1 || l[0].HeldFor != 2*time.Hour {
 		t.Fatalf("after release: %+v", l)
 	}
@@ -92,7 +94,7 @@ func TestDeleteAndBounce(t *testing.T) {
 	a := enqueueEnv(t, q, Envelope{From: "app@x.org", To: []string{"a@slow.example"}})
 	b := enqueueEnv(t, q, Envelope{From: "app@x.org", To: []string{"b@slow.example"}})
 	c := enqueueEnv(t, q, Envelope{From: "news@x.org", To: []string{"c@other.example"}, MessageID: "<c@x>"})
-	eventually(t, "three deferrals", func() bool { return len(q.List(Filter{State: StateDeferred})) == 3 })
+	relaytest.Eventually(t, "three deferrals", inBackground, func() bool { return len(q.List(Filter{State: StateDeferred})) == 3 })
 	if l := q.List(Filter{Upstream: "slow", To: "*@slow.example"}); len(l) != 2 {
 		t.Fatalf("filter by upstream and recipient: %+v", l)
 	}
@@ -112,7 +114,7 @@ func TestDeleteAndBounce(t *testing.T) {
 	if _, err := q.Manage(OpBounce, Filter{IDs: []string{c}}, "test"); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the bounce sent", func() bool { return q.Len() == 0 && d.tries("news@x.org") == 1 })
+	relaytest.Eventually(t, "the bounce sent", inBackground, func() bool { return q.Len() == 0 && d.tries("news@x.org") == 1 })
 	bounced := rec.of(EventBounced)
 	if len(bounced) != 1 || bounced[0].Reason != BounceAdmin || bounced[0].Status != "5.0.0" || bounced[0].ID != c {
 		t.Fatalf("bounced events %+v", bounced)

@@ -101,12 +101,9 @@ func enqueue(t *testing.T, q *Queue, from string, to []string, prepend, data str
 	return id
 }
 
-// eventually waits for cond, for 10 s at most; the queue works in the
-// background.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	relaytest.Eventually(t, what, 10*time.Second, cond)
-}
+// inBackground is how long a test waits for what the queue does in the
+// background (relaytest.Eventually).
+const inBackground = 10 * time.Second
 
 func TestCommitIsDurableAndDelivered(t *testing.T) {
 	dir := t.TempDir()
@@ -118,11 +115,11 @@ func TestCommitIsDurableAndDelivered(t *testing.T) {
 	d := newScripted()
 	q2 := openQ(t, dir, d, time.Hour)
 	run(t, q2)
-	eventually(t, "delivery", func() bool { return len(d.delivered()) == 1 })
+	relaytest.Eventually(t, "delivery", inBackground, func() bool { return len(d.delivered()) == 1 })
 	if want := id + " a@x.org b@y.org X-Added: 1\r\nSubject: s\r\n\r\nbody\r\n"; d.delivered()[0] != want {
 		t.Fatalf("delivered %q, want %q", d.delivered()[0], want)
 	}
-	eventually(t, "removal", func() bool { return q2.Len() == 0 })
+	relaytest.Eventually(t, "removal", inBackground, func() bool { return q2.Len() == 0 })
 	if ents, _ := os.ReadDir(filepath.Join(dir, "msg")); len(ents) != 0 {
 		t.Fatalf("spool not empty after delivery: %v", ents)
 	}
@@ -166,15 +163,15 @@ func TestTemporaryFailureRetried(t *testing.T) {
 	q := openQ(t, dir, d, time.Hour)
 	run(t, q)
 	enqueue(t, q, "a@x.org", []string{"b@y.org", "c@y.org"}, "", "Subject: s\r\n\r\nbody\r\n")
-	eventually(t, "two attempts", func() bool {
+	relaytest.Eventually(t, "two attempts", inBackground, func() bool {
 		d.mu.Lock()
 		defer d.mu.Unlock()
 		return d.attempts["b@y.org"] >= 2
 	})
 	d.set("b@y.org", nil)
-	eventually(t, "delivery after retry", func() bool { return len(d.delivered()) == 2 })
+	relaytest.Eventually(t, "delivery after retry", inBackground, func() bool { return len(d.delivered()) == 2 })
 	// The saved state (.env) goes with the data.
-	eventually(t, "an empty spool", func() bool {
+	relaytest.Eventually(t, "an empty spool", inBackground, func() bool {
 		ents, _ := os.ReadDir(filepath.Join(dir, "msg"))
 		return len(ents) == 0
 	})
@@ -191,7 +188,7 @@ func TestPermanentFailureBounces(t *testing.T) {
 	q := openQ(t, t.TempDir(), d, time.Hour)
 	run(t, q)
 	id := enqueue(t, q, "a@x.org", []string{"gone@y.org", "ok@y.org"}, "", "Subject: original\r\nMessage-ID: <m@x>\r\n\r\nbody\r\n")
-	eventually(t, "bounce", func() bool { return len(d.delivered()) == 2 })
+	relaytest.Eventually(t, "bounce", inBackground, func() bool { return len(d.delivered()) == 2 })
 	var bounce string
 	for _, g := range d.delivered() {
 		if strings.Contains(g, "  a@x.org ") { // null sender
@@ -226,7 +223,7 @@ func TestBounceIsMultipartReport(t *testing.T) {
 		Notify: [][]string{{"FAILURE"}, {"NEVER"}}, ORcpt: []string{"orig@y.org", ""}}, nil); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "bounce", func() bool { return len(d.delivered()) == 1 })
+	relaytest.Eventually(t, "bounce", inBackground, func() bool { return len(d.delivered()) == 1 })
 	raw := d.delivered()[0]
 	raw = raw[strings.Index(raw, "From: Mail Delivery"):]
 	msg, err := mail.ReadMessage(strings.NewReader(raw))
@@ -273,8 +270,8 @@ func TestBounceNeverBounces(t *testing.T) {
 	q := openQ(t, t.TempDir(), d, time.Hour)
 	run(t, q)
 	enqueue(t, q, "", []string{"a@x.org"}, "", "Subject: bounce\r\n\r\nx\r\n")
-	eventually(t, "attempt", func() bool { d.mu.Lock(); defer d.mu.Unlock(); return d.attempts["a@x.org"] == 1 })
-	eventually(t, "removal", func() bool { return q.Len() == 0 })
+	relaytest.Eventually(t, "attempt", inBackground, func() bool { d.mu.Lock(); defer d.mu.Unlock(); return d.attempts["a@x.org"] == 1 })
+	relaytest.Eventually(t, "removal", inBackground, func() bool { return q.Len() == 0 })
 	if len(d.delivered()) != 0 {
 		t.Fatalf("a bounce bounced: %q", d.delivered())
 	}
@@ -286,7 +283,7 @@ func TestMaxAgeBounces(t *testing.T) {
 	q := openQ(t, t.TempDir(), d, 0)
 	run(t, q)
 	enqueue(t, q, "a@x.org", []string{"slow@y.org"}, "", "Subject: s\r\n\r\nx\r\n")
-	eventually(t, "bounce", func() bool { return len(d.delivered()) == 1 })
+	relaytest.Eventually(t, "bounce", inBackground, func() bool { return len(d.delivered()) == 1 })
 	if g := d.delivered()[0]; !strings.Contains(g, "gave up after") || !strings.Contains(g, "Status: 5.0.0") {
 		t.Fatalf("bounce: %s", g)
 	}
@@ -304,7 +301,7 @@ func TestSpoolAdmin(t *testing.T) {
 	id := enqueue(t, q, "a@x.org", []string{"b@y.org"}, "X-P: 1\r\n", "Subject: s\r\n\r\nx\r\n")
 	id2 := enqueue(t, q, "a@x.org", []string{"b@y.org"}, "", "Subject: t\r\n\r\nx\r\n")
 	attempts := func() int { d.mu.Lock(); defer d.mu.Unlock(); return d.attempts["b@y.org"] }
-	eventually(t, "first attempts", func() bool { return attempts() == 2 })
+	relaytest.Eventually(t, "first attempts", inBackground, func() bool { return attempts() == 2 })
 
 	sp, err := OpenSpool(dir)
 	if err != nil {
@@ -322,19 +319,19 @@ func TestSpoolAdmin(t *testing.T) {
 	if err := sp.Retry(id); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "retry on request", func() bool { return attempts() == 3 })
+	relaytest.Eventually(t, "retry on request", inBackground, func() bool { return attempts() == 3 })
 	// retry --all: both, and no request is left behind.
 	if n, err := sp.RetryAll(); err != nil || n != 2 {
 		t.Fatalf("RetryAll: %d, %v; want 2", n, err)
 	}
-	eventually(t, "retry of all on request", func() bool { return attempts() == 5 })
+	relaytest.Eventually(t, "retry of all on request", inBackground, func() bool { return attempts() == 5 })
 	if left, _ := filepath.Glob(filepath.Join(dir, "msg", "*.retry")); len(left) != 0 {
 		t.Fatalf("requests left behind: %v", left)
 	}
 	if err := sp.Delete(id2); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "forgotten after delete", func() bool { return q.Len() == 1 })
+	relaytest.Eventually(t, "forgotten after delete", inBackground, func() bool { return q.Len() == 1 })
 	// A request for a message delivered (here: deleted) between the scan
 	// and the request is taken back.
 	if asked, err := sp.askRetry(id2); asked || err != nil {
@@ -392,11 +389,11 @@ func TestSpoolOfFirstReleaseDelivered(t *testing.T) {
 	d := newScripted()
 	q2 := openQ(t, dir, d, time.Hour)
 	run(t, q2)
-	eventually(t, "delivery", func() bool { return len(d.delivered()) == 1 })
+	relaytest.Eventually(t, "delivery", inBackground, func() bool { return len(d.delivered()) == 1 })
 	if want := id + " a@x.org b@y.org X-P: 1\r\n" + data; d.delivered()[0] != want {
 		t.Fatalf("delivered %q, want %q", d.delivered()[0], want)
 	}
-	eventually(t, "removal", func() bool {
+	relaytest.Eventually(t, "removal", inBackground, func() bool {
 		ents, _ := os.ReadDir(filepath.Join(dir, "msg"))
 		return len(ents) == 0
 	})
@@ -413,7 +410,7 @@ func TestSavedStateWinsOverTrailer(t *testing.T) {
 	done := make(chan struct{})
 	go func() { q.Run(ctx); close(done) }()
 	id := enqueue(t, q, "a@x.org", []string{"b@y.org", "c@y.org"}, "X-P: 1\r\n", "Subject: s\r\n\r\nbody\r\n")
-	eventually(t, "saved state", func() bool {
+	relaytest.Eventually(t, "saved state", inBackground, func() bool {
 		_, err := os.Stat(filepath.Join(dir, "msg", id+".env"))
 		return err == nil
 	})
@@ -432,11 +429,11 @@ func TestSavedStateWinsOverTrailer(t *testing.T) {
 	}
 	run(t, q2)
 	d2.set("b@y.org", nil)
-	eventually(t, "delivery after restart", func() bool { return len(d2.delivered()) == 1 })
+	relaytest.Eventually(t, "delivery after restart", inBackground, func() bool { return len(d2.delivered()) == 1 })
 	if want := id + " a@x.org b@y.org X-P: 1\r\nSubject: s\r\n\r\nbody\r\n"; d2.delivered()[0] != want {
 		t.Fatalf("delivered %q, want %q", d2.delivered()[0], want)
 	}
-	eventually(t, "removal", func() bool {
+	relaytest.Eventually(t, "removal", inBackground, func() bool {
 		ents, _ := os.ReadDir(filepath.Join(dir, "msg"))
 		return len(ents) == 0
 	})
@@ -489,7 +486,7 @@ func TestDelayWarning(t *testing.T) {
 	}
 	run(t, q)
 	enqueue(t, q, "a@x.org", []string{"slow@y.org"}, "", "Subject: s\r\n\r\nx\r\n")
-	eventually(t, "three attempts", func() bool { d.mu.Lock(); defer d.mu.Unlock(); return d.attempts["slow@y.org"] >= 3 })
+	relaytest.Eventually(t, "three attempts", inBackground, func() bool { d.mu.Lock(); defer d.mu.Unlock(); return d.attempts["slow@y.org"] >= 3 })
 	warnings := d.delivered()
 	if len(warnings) != 1 {
 		t.Fatalf("%d notices, want one delay warning", len(warnings))
@@ -628,8 +625,8 @@ func TestHandoffCutsShortDeliveriesInFlight(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the delivery in flight was not cut short")
 	}
-	eventually(t, "the message handed to the peers", func() bool { return len(peers.delivered()) == 1 })
-	eventually(t, "an empty queue", func() bool { return q.Len() == 0 })
+	relaytest.Eventually(t, "the message handed to the peers", inBackground, func() bool { return len(peers.delivered()) == 1 })
+	relaytest.Eventually(t, "an empty queue", inBackground, func() bool { return q.Len() == 0 })
 }
 
 // At a stop, an attempt in flight gets stopGrace to finish; one that

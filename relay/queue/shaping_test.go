@@ -171,18 +171,18 @@ func TestLanesInTheQueue(t *testing.T) {
 	for i := 0; i < 20; i++ {
 		bulk = append(bulk, enqueueAs(t, q, "bulk", "news"))
 	}
-	eventually(t, "20 bulk messages waiting", func() bool { return waitingCount(q) == 20 })
+	relaytest.Eventually(t, "20 bulk messages waiting", inBackground, func() bool { return waitingCount(q) == 20 })
 	for i := 0; i < 3; i++ {
 		enqueueAs(t, q, "high", "app")
 	}
-	eventually(t, "23 messages waiting", func() bool { return waitingCount(q) == 23 })
+	relaytest.Eventually(t, "23 messages waiting", inBackground, func() bool { return waitingCount(q) == 23 })
 
 	sp, err := OpenSpool(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var w map[string]Waiting
-	eventually(t, "the waiting list for queue list", func() bool {
+	relaytest.Eventually(t, "the waiting list for queue list", inBackground, func() bool {
 		w, _ = sp.Waiting()
 		return len(w) == 23
 	})
@@ -192,7 +192,7 @@ func TestLanesInTheQueue(t *testing.T) {
 
 	for i := 1; i <= 4; i++ {
 		g.give(1)
-		eventually(t, fmt.Sprintf("message %d sent", i), func() bool { return len(g.sent()) == i })
+		relaytest.Eventually(t, fmt.Sprintf("message %d sent", i), inBackground, func() bool { return len(g.sent()) == i })
 	}
 	high := 0
 	for _, s := range g.sent()[:3] {
@@ -204,13 +204,13 @@ func TestLanesInTheQueue(t *testing.T) {
 		t.Errorf("first sent: %q, want the 3 high ones", g.sent())
 	}
 	g.give(100)
-	eventually(t, "all sent", func() bool { return len(g.sent()) == 23 && q.Len() == 0 })
+	relaytest.Eventually(t, "all sent", inBackground, func() bool { return len(g.sent()) == 23 && q.Len() == 0 })
 	for _, id := range bulk {
 		if m, _ := sp.find(id); m != nil {
 			t.Errorf("%s still in the spool", id)
 		}
 	}
-	eventually(t, "the waiting list gone", func() bool {
+	relaytest.Eventually(t, "the waiting list gone", inBackground, func() bool {
 		_, err := os.Stat(filepath.Join(dir, waitingFile))
 		return os.IsNotExist(err)
 	})
@@ -226,9 +226,9 @@ func TestWaitingIsNoAttempt(t *testing.T) {
 	q := openQ(t, dir, g, maxAge)
 	run(t, q)
 	id := enqueueAs(t, q, "", "app")
-	eventually(t, "the message waiting", func() bool { return waitingCount(q) == 1 })
+	relaytest.Eventually(t, "the message waiting", inBackground, func() bool { return waitingCount(q) == 1 })
 	start := time.Now()
-	eventually(t, "many turns refused", func() bool {
+	relaytest.Eventually(t, "many turns refused", inBackground, func() bool {
 		g.mu.Lock()
 		defer g.mu.Unlock()
 		return g.calls > 20 && time.Since(start) > maxAge
@@ -241,7 +241,7 @@ func TestWaitingIsNoAttempt(t *testing.T) {
 		t.Fatalf("%d attempts while it waited, want 0", attempts)
 	}
 	g.give(1)
-	eventually(t, "the first attempt", func() bool {
+	relaytest.Eventually(t, "the first attempt", inBackground, func() bool {
 		q.sched.mu.Lock()
 		defer q.sched.mu.Unlock()
 		return m.Attempts == 1
@@ -253,7 +253,7 @@ func TestWaitingIsNoAttempt(t *testing.T) {
 		t.Fatalf("after waiting %s (max_age %s) and a 451: %s, waited %s; want pending", time.Since(start), maxAge, st, waited)
 	}
 	g.give(1)
-	eventually(t, "delivered", func() bool { return len(g.sent()) == 1 && q.Len() == 0 })
+	relaytest.Eventually(t, "delivered", inBackground, func() bool { return len(g.sent()) == 1 && q.Len() == 0 })
 }
 
 // TestHandoffTakesTheWaiting: a node that hands its queue over sends the
@@ -266,9 +266,9 @@ func TestHandoffTakesTheWaiting(t *testing.T) {
 	for i := 0; i < 5; i++ {
 		enqueueAs(t, q, "", "app")
 	}
-	eventually(t, "5 waiting", func() bool { return waitingCount(q) == 5 })
+	relaytest.Eventually(t, "5 waiting", inBackground, func() bool { return waitingCount(q) == 5 })
 	peers := newScripted()
 	q.Handoff(peers, time.Second)
-	eventually(t, "all handed off", func() bool { return len(peers.delivered()) == 5 && q.Len() == 0 })
+	relaytest.Eventually(t, "all handed off", inBackground, func() bool { return len(peers.delivered()) == 5 && q.Len() == 0 })
 	relaytest.Eventually(t, "no lane left", time.Second, func() bool { return waitingCount(q) == 0 })
 }

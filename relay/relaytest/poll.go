@@ -15,7 +15,15 @@ const PollInterval = 20 * time.Millisecond
 // goroutine (it calls t.Fatalf).
 func Eventually(t testing.TB, what string, d time.Duration, cond func() bool) {
 	t.Helper()
-	if !Within(d, cond) {
+	EventuallyEvery(t, what, d, PollInterval, cond)
+}
+
+// EventuallyEvery is Eventually asking cond every interval: for a cond
+// that costs a machine under load something to ask (a docker inspect, a
+// container's HTTP API).
+func EventuallyEvery(t testing.TB, what string, d, interval time.Duration, cond func() bool) {
+	t.Helper()
+	if !WithinEvery(d, interval, cond) {
 		t.Fatalf("timed out after %s waiting for %s", d, what)
 	}
 }
@@ -23,13 +31,16 @@ func Eventually(t testing.TB, what string, d time.Duration, cond func() bool) {
 // Within asks cond every PollInterval until it holds or d passes, and
 // reports whether it held: for a goroutine other than the test's, or a
 // wait whose end is not a failure.
-func Within(d time.Duration, cond func() bool) bool {
+func Within(d time.Duration, cond func() bool) bool { return WithinEvery(d, PollInterval, cond) }
+
+// WithinEvery is Within asking cond every interval.
+func WithinEvery(d, interval time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(d)
 	for !cond() {
 		if time.Now().After(deadline) {
 			return false
 		}
-		time.Sleep(PollInterval)
+		time.Sleep(interval)
 	}
 	return true
 }

@@ -105,18 +105,6 @@ func TestLocalErrorsFailAtOnce(t *testing.T) {
 	}
 }
 
-// waitFor polls cond until it holds or d passes.
-func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // The same through the queue: a message no upstream can take is bounced
 // at its first attempt, with the reason's enhanced code in the DSN (an
 // RFC 6533 one, for a UTF-8 recipient), and nothing is left in the spool.
@@ -149,7 +137,7 @@ func TestUnsupportedBouncesAtOnce(t *testing.T) {
 			t.Errorf("bounce lacks %q:\n%s", want, dsn)
 		}
 	}
-	waitFor(t, "an empty queue", 10*time.Second, func() bool { return q.Len() == 0 })
+	relaytest.Eventually(t, "an empty queue", 10*time.Second, func() bool { return q.Len() == 0 })
 }
 
 // SMTPUTF8 and ORCPT: sent as the client sent them to an upstream that

@@ -180,24 +180,21 @@ func TestPostfixSmtpSink(t *testing.T) {
 	r := router(t, Upstream{Name: "postfix", URL: "smtp://" + addr, TLS: "none", MaxConnections: 2})
 	defer r.Close()
 	ms := spool(t, 20, queue.Envelope{From: "a@x.org", To: []string{"b@y.org", "c@y.org"}}, "Subject: to postfix\r\n\r\n.dot\r\nbody\r\n")
-	deadline := time.Now().Add(10 * time.Second)
 	for _, m := range ms {
-		for {
-			errs := deliver(r, context.Background(), m)
-			if errs[0] == nil && errs[1] == nil {
-				break
-			}
-			if time.Now().After(deadline) { // smtp-sink may still be starting
-				t.Fatalf("delivery to smtp-sink: %v", errs)
-			}
-			time.Sleep(50 * time.Millisecond)
+		var errs []error
+		delivered := relaytest.Within(10*time.Second, func() bool { // smtp-sink may still be starting
+			errs = deliver(r, context.Background(), m)
+			return errs[0] == nil && errs[1] == nil
+		})
+		if !delivered {
+			t.Fatalf("delivery to smtp-sink: %v", errs)
 		}
 	}
 	var files []string
-	for len(files) < 20 && time.Now().Before(deadline) {
+	relaytest.Within(10*time.Second, func() bool {
 		files, _ = filepath.Glob(filepath.Join(dir, "*"))
-		time.Sleep(20 * time.Millisecond)
-	}
+		return len(files) >= 20
+	})
 	if len(files) != 20 {
 		t.Fatalf("smtp-sink stored %d messages, want 20", len(files))
 	}
