@@ -207,7 +207,7 @@ func TestShapingHoldsOnThrottle(t *testing.T) {
 				t.Errorf("the upstream refused %d messages; want between 1 and %d", s.Refused(), bound)
 			}
 			// The relay logs a delivery just after the sink has it.
-			eventually(t, "every delivery logged", 10*time.Second, func() bool { return strings.Count(p.logText(), "status=sent") == n })
+			relaytest.Eventually(t, "every delivery logged", 10*time.Second, func() bool { return strings.Count(p.logText(), "status=sent") == n })
 			noBounce(t, got, p)
 			log := p.logText()
 			if k := strings.Count(log, "attempt=1 "); k != n {
