@@ -106,7 +106,7 @@ func (s *scheduler) finish(id string) (adminOp, bool) {
 	}
 	s.mu.Unlock()
 	if !ok {
-		s.kick() // its next attempt may be the earliest now
+		s.wake() // its next attempt may be the earliest now
 	}
 	return a, ok
 }
