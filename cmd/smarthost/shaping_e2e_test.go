@@ -398,7 +398,7 @@ func TestShapingFairness(t *testing.T) {
 	sessions(t, e.implicit, "appa", "appa.example", 100, 5)
 	before := len(s.Messages())
 	sessions(t, e.implicit, "appb", "appb.example", 5, 1)
-	eventually(t, "B's 5 messages", 30*time.Second, func() bool {
+	relaytest.Eventually(t, "B's 5 messages", 30*time.Second, func() bool {
 		n := 0
 		for _, who := range arrivalOrder(s.Messages()) {
 			if who == "appb" {

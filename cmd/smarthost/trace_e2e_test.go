@@ -71,7 +71,7 @@ func TestTraceByMessageID(t *testing.T) {
 	up.FailRcpt("refused@dest.test", relaytest.ErrPerm)
 	p := e.start(t)
 	sendAs(t, e, "<cli-trace@example.com>", "ok@dest.test", "refused@dest.test")
-	eventually(t, "delivered, bounced and the notification sent", 20*time.Second, func() bool {
+	relaytest.Eventually(t, "delivered, bounced and the notification sent", 20*time.Second, func() bool {
 		k := kinds(traceJSON(t, e, "<cli-trace@example.com>"))
 		return k[queue.EventDelivered] && k[queue.EventBounced] && k[queue.EventDSN] && queueCount(t, e) == 0
 	})
@@ -143,7 +143,7 @@ func mustSay(t *testing.T, code int, want, input string, args ...string) {
 func waitDeferred(t *testing.T, e *relayEnv, id string) queue.Queued {
 	t.Helper()
 	var m queue.Queued
-	eventually(t, id+" deferred", 20*time.Second, func() bool {
+	relaytest.Eventually(t, id+" deferred", 20*time.Second, func() bool {
 		var ok bool
 		m, ok = queued(t, e, "--state", "deferred")[id]
 		return ok
@@ -171,13 +171,13 @@ func TestQueueHoldReleaseDeleteBounce(t *testing.T) {
 	}
 	up.FailRcpt("slow@dest.test", nil)
 	up.FailRcpt("wait@other.test", nil)
-	eventually(t, "the message not held delivered", 20*time.Second, func() bool { return queueCount(t, e) == 1 })
+	relaytest.Eventually(t, "the message not held delivered", 20*time.Second, func() bool { return queueCount(t, e) == 1 })
 	if m := queued(t, e, "--state", "held")["<held@example.com>"]; m.Attempts > held.Attempts+1 || len(up.Messages()) != 1 {
 		t.Fatalf("the held message was attempted: %d attempts, %d before; the sink has %d", m.Attempts, held.Attempts, len(up.Messages()))
 	}
 	mustSay(t, 0, held.ID+": released", "", "queue", "release", held.ID, "--config", e.config)
 	up.Wait(2, 20*time.Second)
-	eventually(t, "the released message delivered", 20*time.Second, func() bool { return queueCount(t, e) == 0 })
+	relaytest.Eventually(t, "the released message delivered", 20*time.Second, func() bool { return queueCount(t, e) == 0 })
 
 	up.FailRcpt("slow@dest.test", relaytest.ErrTemp)
 	sendAs(t, e, "<deleted@example.com>", "slow@dest.test")
@@ -208,7 +208,7 @@ func TestQueueHoldReleaseDeleteBounce(t *testing.T) {
 // sent to the sender) and the deletion, each with who asked.
 func checkActsTraced(t *testing.T, e *relayEnv, up *relaytest.Sink) {
 	t.Helper()
-	eventually(t, "the DSN of the bounce delivered", 20*time.Second, func() bool {
+	relaytest.Eventually(t, "the DSN of the bounce delivered", 20*time.Second, func() bool {
 		for _, m := range up.Messages() {
 			if m.From == "" && len(m.To) == 1 && m.To[0] == "alice@example.com" {
 				return true
@@ -218,7 +218,7 @@ func checkActsTraced(t *testing.T, e *relayEnv, up *relaytest.Sink) {
 	})
 	// One asked of a message in flight is done as its attempt ends.
 	for id, want := range map[string]string{"<bounced@example.com>": queue.EventBounced, "<deleted@example.com>": queue.EventDeleted} {
-		eventually(t, id+": a "+want+" event by smarthost queue in its trace", 20*time.Second, func() bool {
+		relaytest.Eventually(t, id+": a "+want+" event by smarthost queue in its trace", 20*time.Second, func() bool {
 			for _, s := range traceJSON(t, e, id) {
 				for _, ev := range s.Events {
 					if ev.Kind == want && strings.HasPrefix(ev.By, "smarthost queue ") {
@@ -229,5 +229,5 @@ func checkActsTraced(t *testing.T, e *relayEnv, up *relaytest.Sink) {
 			return false
 		})
 	}
-	eventually(t, "the deleted message gone", 20*time.Second, func() bool { return queueCount(t, e) == 0 })
+	relaytest.Eventually(t, "the deleted message gone", 20*time.Second, func() bool { return queueCount(t, e) == 0 })
 }
