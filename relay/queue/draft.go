@@ -37,13 +37,13 @@ type drafts struct {
 // kept in memory up to Config.InlineMax, to be committed to the journal,
 // and written to a file in tmp/ from there on.
 type Draft struct {
-	q    *Queue
-	id   string
-	buf  *bytes.Buffer // while in memory
-	f    *os.File      // once in a file
-	w    *bufio.Writer // most messages reach the file in one write
-	size int64
-	held int64 // bytes of buf counted in drafts.inMemory
+	q        *Queue
+	id       string
+	buf      *bytes.Buffer // while in memory
+	f        *os.File      // once in a file
+	w        *bufio.Writer // most messages reach the file in one write
+	size     int64
+	inMemory int64 // bytes of buf counted in drafts.inMemory
 }
 
 // toFile moves the draft to a file in tmp/ and writes through it from now.
@@ -69,7 +69,7 @@ func (d *Draft) toFile() error {
 func (d *Draft) ID() string { return d.id }
 
 func (d *Draft) Write(p []byte) (int, error) {
-	if d.buf != nil && !d.hold(len(p)) {
+	if d.buf != nil && !d.fitsInMemory(len(p)) {
 		if err := d.toFile(); err != nil {
 			return 0, err
 		}
@@ -88,9 +88,9 @@ func (d *Draft) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// hold reports whether n more bytes may stay in memory: the draft stays
+// fitsInMemory reports whether n more bytes may stay in memory: the draft stays
 // within InlineMax and all drafts within MemoryMax. It counts them if so.
-func (d *Draft) hold(n int) bool {
+func (d *Draft) fitsInMemory(n int) bool {
 	if int64(d.buf.Len()+n) > d.q.cfg.InlineMax {
 		return false
 	}
@@ -98,7 +98,7 @@ func (d *Draft) hold(n int) bool {
 		d.q.drafts.inMemory.Add(-int64(n))
 		return false
 	}
-	d.held += int64(n)
+	d.inMemory += int64(n)
 	return true
 }
 
@@ -108,15 +108,15 @@ func (d *Draft) Size() int64 { return d.size }
 // Abort throws the draft away.
 func (d *Draft) Abort() {
 	d.releaseBuf()
-	d.release()
+	d.releaseWriter()
 	if d.f != nil {
 		d.f.Close()
 		os.Remove(d.f.Name())
 	}
 }
 
-// release gives the write buffer back, once.
-func (d *Draft) release() {
+// releaseWriter gives the write buffer back, once.
+func (d *Draft) releaseWriter() {
 	if d.w != nil {
 		d.w.Reset(nil)
 		d.q.drafts.writers.Put(d.w)
@@ -127,9 +127,9 @@ func (d *Draft) release() {
 // releaseBuf gives the memory buffer back, once; one grown by a large
 // message is left to the collector.
 func (d *Draft) releaseBuf() {
-	if d.held > 0 {
-		d.q.drafts.inMemory.Add(-d.held)
-		d.held = 0
+	if d.inMemory > 0 {
+		d.q.drafts.inMemory.Add(-d.inMemory)
+		d.inMemory = 0
 	}
 	if d.buf != nil {
 		if int64(d.buf.Cap()) <= 2*d.q.cfg.InlineMax {
@@ -211,7 +211,7 @@ func (d *Draft) commitFile(m *Message) error {
 	if err == nil {
 		err = d.w.Flush()
 	}
-	d.release()
+	d.releaseWriter()
 	if err != nil {
 		d.Abort()
 		return fmt.Errorf("queue: write draft: %w", err)
