@@ -187,6 +187,12 @@ func TestTraceAndWebhooksAcrossRestart(t *testing.T) {
 		}
 		return kinds[queue.EventDelivered] && kinds[queue.EventBounced] && kinds[queue.EventDSN] && first.d.queue.Len() == 0
 	})
+	if n := first.metric(t, `smarthost_bounces_total{reason="refused"}`); n != 1 {
+		t.Errorf("smarthost_bounces_total{reason=refused} = %v, want 1", n)
+	}
+	relaytest.Eventually(t, "a failed post counted", 20*time.Second, func() bool {
+		return first.metric(t, `smarthost_webhook_events_total{result="failed"}`) >= 1
+	})
 	first.halt(t)
 
 	hooks.down.Store(false)
@@ -201,6 +207,25 @@ func TestTraceAndWebhooksAcrossRestart(t *testing.T) {
 	msg2 := strings.ReplaceAll(msg, "trace-1", "trace-2")
 	send(t, second.d.Addrs().SMTP[0].String(), []string{"ok@dest.test"}, msg2)
 	checkHooks(t, hooks, second, dir)
+	if n := second.metric(t, `smarthost_webhook_events_total{result="sent"}`); n != 4 {
+		t.Errorf("smarthost_webhook_events_total{result=sent} = %v, want 4", n)
+	}
+	if s := second.metric(t, `smarthost_tls_certificate_expiry_seconds{cert="listeners"}`); s < 86400 {
+		t.Errorf("the self-signed certificate expires in %v s", s)
+	}
+}
+
+// metric is the value of one series on /metrics (-1: absent).
+func (r *running) metric(t *testing.T, series string) float64 {
+	t.Helper()
+	for _, line := range strings.Split(string(r.get(t, "/metrics")), "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			var f float64
+			fmt.Sscan(v, &f)
+			return f
+		}
+	}
+	return -1
 }
 
 // checkStory checks the story of the message traced: accepted with its
