@@ -169,10 +169,7 @@ func (q *Queue) finish(m *Message) {
 		if !ok {
 			return
 		}
-		s.mu.Lock()
-		live := s.items[m.ID] == m // not delivered and removed meanwhile
-		s.mu.Unlock()
-		if !live {
+		if !s.knows(m) { // delivered and removed meanwhile
 			continue
 		}
 		gone, err := q.apply(asked, m)

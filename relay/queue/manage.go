@@ -28,17 +28,14 @@ type Queued struct {
 
 // List returns copies of the queued messages f picks, oldest first.
 func (q *Queue) List(f Filter) []Queued {
-	s := q.sched
 	now := q.now()
-	s.mu.Lock()
 	var out []Queued
-	for id, m := range s.items {
-		state := m.State(s.inflight[id])
+	q.sched.each(func(m *Message, inflight bool) {
+		state := m.State(inflight)
 		if f.Match(m, state, now) {
 			out = append(out, Queued{Message: m.view(), State: state})
 		}
-	}
-	s.mu.Unlock()
+	})
 	sort.Slice(out, func(i, j int) bool { return out[i].Created.Before(out[j].Created) })
 	return out
 }
@@ -93,19 +90,13 @@ func (q *Queue) Manage(op string, f Filter, by string) ([]string, error) {
 // manageOne does op to message id, now or after the attempt in flight.
 func (q *Queue) manageOne(op, id, by string) (bool, error) {
 	s := q.sched
-	s.mu.Lock()
-	m := s.items[id]
+	m, claimed := s.claimOrAsk(id, adminOp{op, by})
 	if m == nil {
-		s.mu.Unlock()
 		return false, nil // delivered meanwhile
 	}
-	if s.inflight[id] {
-		s.after[id] = adminOp{op, by}
-		s.mu.Unlock()
-		return true, nil
+	if !claimed {
+		return true, nil // done when the attempt in flight ends
 	}
-	s.inflight[id] = true
-	s.mu.Unlock()
 	defer s.release(id)
 	gone, err := q.apply(adminOp{op, by}, m)
 	if err == nil && !gone {
@@ -129,18 +120,16 @@ func (q *Queue) apply(a adminOp, m *Message) (gone bool, err error) {
 		if !m.HeldSince.IsZero() {
 			return false, nil
 		}
-		s.mu.Lock()
-		m.HeldSince = now
-		s.mu.Unlock()
+		s.change(func() { m.HeldSince = now })
 		e.Kind = EventHeld
 	case OpRelease:
 		if m.HeldSince.IsZero() {
 			return false, nil
 		}
-		s.mu.Lock()
-		m.HeldFor += now.Sub(m.HeldSince)
-		m.HeldSince, m.NextAttempt = time.Time{}, now
-		s.mu.Unlock()
+		s.change(func() {
+			m.HeldFor += now.Sub(m.HeldSince)
+			m.HeldSince, m.NextAttempt = time.Time{}, now
+		})
 		e.Kind = EventReleased
 	case OpDelete:
 		if err := q.remove(m); err != nil {
@@ -165,23 +154,21 @@ func (q *Queue) bounceNow(m *Message, by string) (gone bool, err error) {
 	s, now := q.sched, q.now()
 	var failed []Recipient
 	var fates []fate
-	s.mu.Lock()
-	for j := range m.Recipients {
-		r := &m.Recipients[j]
-		if r.Status != StatusPending || r.Archive {
-			continue
+	s.change(func() {
+		for j := range m.Recipients {
+			r := &m.Recipients[j]
+			if r.Status != StatusPending || r.Archive {
+				continue
+			}
+			r.Status, r.Error = StatusFailed, adminBounceText
+			failed = append(failed, *r)
+			fates = append(fates, fate{rcpt: *r, o: Outcome{Err: Permanent(errors.New(adminBounceText))}, kind: EventBounced, reason: BounceAdmin, attempt: m.Attempts, by: by})
 		}
-		r.Status, r.Error = StatusFailed, adminBounceText
-		failed = append(failed, *r)
-		fates = append(fates, fate{rcpt: *r, o: Outcome{Err: Permanent(errors.New(adminBounceText))}, kind: EventBounced, reason: BounceAdmin, attempt: m.Attempts, by: by})
-	}
-	s.mu.Unlock()
+	})
 	q.tell(m, fates, now, false)
 	if len(failed) > 0 && m.From != "" {
 		if err := q.notify(m, failed, false); err != nil {
-			s.mu.Lock()
-			m.reopen(failed)
-			s.mu.Unlock()
+			s.reopen(m, failed)
 			return false, fmt.Errorf("queue: bounce %s: %w", m.ID, err)
 		}
 	}
@@ -209,11 +196,9 @@ type Summary struct {
 func (q *Queue) Summarize() Summary {
 	s := q.sched
 	sum := Summary{ByState: map[string]int{}, ByUpstream: map[string]int{}}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for id, m := range s.items {
+	s.each(func(m *Message, inflight bool) {
 		sum.Messages++
-		state := m.State(s.inflight[id])
+		state := m.State(inflight)
 		sum.ByState[state]++
 		ups := map[string]bool{}
 		for _, r := range m.Recipients {
@@ -227,6 +212,6 @@ func (q *Queue) Summarize() Summary {
 		if state != StateHeld && (sum.Oldest.IsZero() || m.Created.Before(sum.Oldest)) {
 			sum.Oldest, sum.OldestID = m.Created, m.ID
 		}
-	}
+	})
 	return sum
 }

@@ -142,10 +142,10 @@ func (s *scheduler) retryAll() {
 // flushLanes makes every message waiting for an upstream's budget an
 // ordinary one again, due when its NextAttempt says (a node that hands
 // its queue over sends it to its peers).
-func (s *scheduler) flushLanes() {
+func (s *scheduler) flushLanes() []*entry {
 	s.mu.Lock()
-	s.lanes.flush()
-	s.mu.Unlock()
+	defer s.mu.Unlock()
+	return s.lanes.flush()
 }
 
 // ids lists the messages known now.
@@ -310,4 +310,81 @@ func (s *scheduler) asked(id string) (adminOp, bool) {
 	a, ok := s.after[id]
 	delete(s.after, id)
 	return a, ok
+}
+
+// change runs f, which changes messages the scheduler knows (their
+// recipients, hold, next attempt), under the lock their readers take.
+func (s *scheduler) change(f func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f()
+}
+
+// each calls f for every message known, and whether it is in flight,
+// under the lock: f must not call the scheduler.
+func (s *scheduler) each(f func(m *Message, inflight bool)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for id, m := range s.items {
+		f(m, s.inflight[id])
+	}
+}
+
+// knows reports whether m is still the message known by its ID (not
+// delivered and removed meanwhile).
+func (s *scheduler) knows(m *Message) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.items[m.ID] == m
+}
+
+// claimOrAsk claims message id for an administrator's operation a; if an
+// attempt has it in flight, a is kept for that attempt to do when it ends
+// (asked). It returns the message (nil: not known) and whether the caller
+// claimed it.
+func (s *scheduler) claimOrAsk(id string, a adminOp) (m *Message, claimed bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m = s.items[id]
+	if m == nil {
+		return nil, false
+	}
+	if s.inflight[id] {
+		s.after[id] = a
+		return m, false
+	}
+	s.inflight[id] = true
+	return m, true
+}
+
+// park puts m, in flight, in its lane (shaping.go), under one lock, so
+// that the lane cannot let it go while a worker still holds it.
+func (s *scheduler) park(m *Message, w *WaitError, now time.Time) {
+	s.mu.Lock()
+	s.lanes.park(m, w, now)
+	delete(s.inflight, m.ID)
+	s.mu.Unlock()
+	s.wake()
+}
+
+// laneStatus lists the lanes; with changedOnly, only if they changed
+// since it last did (ok false otherwise).
+func (s *scheduler) laneStatus(changedOnly bool) (st []LaneStatus, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if changedOnly && !s.lanes.dirty {
+		return nil, false
+	}
+	if changedOnly {
+		s.lanes.dirty = false
+	}
+	return s.lanes.status(), true
+}
+
+// laneChanged reports whether the lanes changed since laneStatus last
+// listed them.
+func (s *scheduler) laneChanged() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lanes.dirty
 }

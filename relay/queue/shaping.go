@@ -143,31 +143,23 @@ func (m *Message) recordSent(out []Outcome) []fate {
 // lane cannot let it go while a worker still holds it.
 func (q *Queue) wait(m *Message, out []Outcome, w *WaitError) {
 	s := q.sched
-	s.mu.Lock()
-	sent := m.recordSent(out)
-	s.mu.Unlock()
+	var sent []fate
+	s.change(func() { sent = m.recordSent(out) })
 	if len(sent) > 0 {
 		q.tell(m, sent, q.now(), false)
 		if err := q.save(m); err != nil {
 			q.log.Error("queue: save state", "msg_id", m.ID, "err", err)
 		}
 	}
-	s.mu.Lock()
-	s.lanes.park(m, w, q.now())
-	delete(s.inflight, m.ID)
-	s.mu.Unlock()
-	s.wake()
+	s.park(m, w, q.now())
 }
 
 // keepWaited saves, as the queue stops, how long its waiting messages
 // have waited, so that the time does not count towards max_age after a
 // restart either; a wait under a minute is not worth a write.
 func (q *Queue) keepWaited() {
-	s := q.sched
-	s.mu.Lock()
-	es := s.lanes.flush()
+	es := q.sched.flushLanes()
 	now := q.now()
-	s.mu.Unlock()
 	for _, e := range es {
 		if d := now.Sub(e.since); d >= time.Minute {
 			e.m.Waited += d
@@ -187,20 +179,17 @@ const waitingFile = "waiting.json"
 // write was a second ago or more; it returns when it last wrote and
 // whether a change is still to be written.
 func (q *Queue) listWaiting(last time.Time) (time.Time, bool) {
-	s := q.sched
 	now := time.Now()
-	s.mu.Lock()
-	if !s.lanes.dirty {
-		s.mu.Unlock()
+	if !q.sched.laneChanged() {
 		return last, false
 	}
 	if now.Sub(last) < time.Second {
-		s.mu.Unlock()
 		return last, true
 	}
-	st := s.lanes.status()
-	s.lanes.dirty = false
-	s.mu.Unlock()
+	st, ok := q.sched.laneStatus(true)
+	if !ok {
+		return last, false
+	}
 	path := filepath.Join(q.cfg.Dir, waitingFile)
 	if len(st) == 0 {
 		os.Remove(path)
@@ -226,9 +215,8 @@ func (q *Queue) laner() Laner {
 
 // Lanes lists the messages waiting for an upstream's budget, by lane.
 func (q *Queue) Lanes() []LaneStatus {
-	q.sched.mu.Lock()
-	defer q.sched.mu.Unlock()
-	return q.sched.lanes.status()
+	st, _ := q.sched.laneStatus(false)
+	return st
 }
 
 // Waiting is what a running relay says of a message waiting in a lane.
