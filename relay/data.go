@@ -59,9 +59,9 @@ func (s *session) receive(d *queue.Draft, r io.Reader) (string, error) {
 			return "", err
 		}
 	}
-	// Both the spool and the signer see every byte; a failed spool write
+	// Both the draft and the signer see every byte; a failed draft write
 	// is told apart from a broken client by errSpool.
-	var w io.Writer = spoolWriter{d}
+	var w io.Writer = draftWriter{d}
 	if sign != nil {
 		defer sign.Abort() // after Finish, a no-op
 		w = io.MultiWriter(w, sign)
@@ -372,11 +372,11 @@ func sanitizeHelo(h string) string {
 	return h
 }
 
-// spoolWriter marks write errors of the draft, so that a full disk is told
+// draftWriter marks write errors of the draft, so that a full disk is told
 // apart from a broken client.
-type spoolWriter struct{ d *queue.Draft }
+type draftWriter struct{ d *queue.Draft }
 
-func (w spoolWriter) Write(p []byte) (int, error) {
+func (w draftWriter) Write(p []byte) (int, error) {
 	n, err := w.d.Write(p)
 	if err != nil {
 		err = fmt.Errorf("%w: %w", errSpool, err)
