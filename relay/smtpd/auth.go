@@ -1,7 +1,6 @@
 package smtpd
 
 import (
-	"crypto/tls"
 	"encoding/base64"
 	"strings"
 )
@@ -73,34 +72,4 @@ func decodeSASL(s string) ([]byte, error) {
 		return nil, ErrAuthMalformed
 	}
 	return b, nil
-}
-
-func (c *Conn) handleStartTLS(arg string) {
-	if _, isTLS := c.TLSConnectionState(); isTLS {
-		c.protocolError("STARTTLS", ReplyTLSActive)
-		return
-	}
-	if c.ep.tls == nil {
-		c.send("STARTTLS", ReplyTLSUnavailable, nil)
-		return
-	}
-	if arg != "" {
-		c.protocolError("STARTTLS", ReplyNoArguments.With("STARTTLS"))
-		return
-	}
-	c.reply(ReplyReadyTLS)
-	tc := tls.Server(c.conn, c.ep.tls)
-	c.conn = tc
-	if err := c.handshake(tc); err != nil {
-		// Nothing sensible can be said: the stream is neither TLS nor SMTP.
-		c.quit = true
-		return
-	}
-	// RFC 3207 4.2: forget everything learnt before TLS, and (init) drop
-	// whatever was pipelined behind STARTTLS in the clear.
-	c.init()
-	c.setSession(nil)
-	c.helo = ""
-	c.didAuth = false
-	c.reset()
 }

@@ -3,7 +3,6 @@ package smtpd
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -360,14 +359,6 @@ func (c *Conn) reset() {
 	c.fromReceived = false
 	c.utf8 = false
 	c.recipients = 0
-}
-
-// handshake runs a TLS handshake (implicit TLS, or after STARTTLS) within
-// WriteTimeout.
-func (c *Conn) handshake(tc *tls.Conn) error {
-	ctx, cancel := context.WithTimeout(context.Background(), c.srv.cfg.WriteTimeout)
-	defer cancel()
-	return tc.HandshakeContext(ctx)
 }
 
 func remoteAddr(c net.Conn) netip.Addr {
