@@ -131,6 +131,7 @@ func (d *Daemon) openQueue(f *configs.File, a *Assembly, store ratelimit.Limiter
 		return &ConfigError{err}
 	}
 	a.upstream.Shaping.Shaper = shaper
+	a.queue.Shaped = a.upstream.Metrics.Shaped
 	router, err := upstream.NewRouter(a.upstream, d.log)
 	if err != nil {
 		return &ConfigError{err}

@@ -78,7 +78,28 @@ func queueCollector(reg prometheus.Registerer, q *queue.Queue) {
 				}
 				return 0
 			}),
+		waitingCollector{q},
 	)
+}
+
+// waitingCollector reports the messages waiting for an upstream's limits
+// (the queue's lanes) when scraped.
+type waitingCollector struct{ q *queue.Queue }
+
+var waitingDesc = prometheus.NewDesc("smarthost_upstream_shaping_waiting",
+	"Messages waiting for an upstream's limits, by upstream and reason (rate, connections, hold, backend).", []string{"upstream", "reason"}, nil)
+
+func (c waitingCollector) Describe(ch chan<- *prometheus.Desc) { ch <- waitingDesc }
+
+func (c waitingCollector) Collect(ch chan<- prometheus.Metric) {
+	type key struct{ upstream, reason string }
+	n := map[key]int{}
+	for _, l := range c.q.Lanes() {
+		n[key{l.Upstream, l.Reason}] += len(l.IDs)
+	}
+	for k, v := range n {
+		ch <- prometheus.MustNewConstMetric(waitingDesc, prometheus.GaugeValue, float64(v), k.upstream, k.reason)
+	}
 }
 
 func newRegistry() *prometheus.Registry {
