@@ -8,20 +8,22 @@ import (
 	"github.com/smarthost/smarthost/relay/daemon"
 )
 
-const limitsShowUsage = "USER [--config FILE]"
+const limitsShowUsage = "USER | --upstream NAME [--config FILE]"
 
 var limitsVerbs = map[string]verb{
-	"show": {limitsShowUsage, "the user's class, each limit, what is left and when it is full again", limitsShow},
+	"show": {limitsShowUsage, "the user's class, each limit, what is left and when it is full again; " +
+		"with --upstream, the upstream's budget shared by every node, its sessions and whether it is on hold", limitsShow},
 }
 
 func limitsShow(c cmdIO, args []string) int {
 	fs := c.flags("limits show", limitsShowUsage)
 	path := fs.String("config", "", "configuration file")
+	up := fs.String("upstream", "", "show this upstream's budget instead of a user's")
 	pos, code, done := fs.parse(args)
 	if done {
 		return code
 	}
-	if len(pos) != 1 {
+	if len(pos) != 1 && !(*up != "" && len(pos) == 0) {
 		fs.Usage()
 		return exitBadConfig
 	}
@@ -31,7 +33,13 @@ func limitsShow(c cmdIO, args []string) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	v, err := daemon.Limits(ctx, f, pos[0])
+	var v fmt.Stringer
+	var err error
+	if *up != "" {
+		v, err = daemon.UpstreamLimits(ctx, f, *up)
+	} else {
+		v, err = daemon.Limits(ctx, f, pos[0])
+	}
 	if err != nil {
 		return fail(c, source, "limits", err)
 	}

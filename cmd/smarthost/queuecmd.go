@@ -101,7 +101,11 @@ func printQueue(w io.Writer, ms []queue.Queued, now time.Time) {
 		for _, r := range m.Recipients {
 			rcpts = append(rcpts, r.Addr+"="+r.Status)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t<%s>\t%s\t%s\n", m.ID, m.State, now.Sub(m.Created).Round(time.Second),
+		state := m.State
+		if m.Waiting != "" {
+			state = m.Waiting
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t<%s>\t%s\t%s\n", m.ID, state, now.Sub(m.Created).Round(time.Second),
 			m.Size, m.Attempts, max(next, 0), m.From, strings.Join(rcpts, ","), m.LastError)
 	}
 	tw.Flush()

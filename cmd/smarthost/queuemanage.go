@@ -92,12 +92,21 @@ func listSpool(sp *queue.Spool, filter queue.Filter, asJSON bool, w io.Writer) e
 	if err != nil {
 		return err
 	}
+	// What the running relay has waiting for an upstream's limits.
+	waiting, err := sp.Waiting()
+	if err != nil {
+		return err
+	}
 	now := time.Now()
 	var picked []queue.Queued
 	for _, m := range ms {
 		state := m.State(false)
 		if filter.Match(m, state, now) {
-			picked = append(picked, queue.Queued{Message: *m, State: state})
+			q := queue.Queued{Message: *m, State: state}
+			if w, ok := waiting[m.ID]; ok {
+				q.Waiting = w.State()
+			}
+			picked = append(picked, q)
 		}
 	}
 	if !asJSON {

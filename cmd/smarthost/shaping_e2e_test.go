@@ -4,8 +4,12 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
+	"io"
 	"maps"
+	"net/http"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -16,6 +20,7 @@ import (
 	"github.com/emersion/go-smtp"
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/smarthost/smarthost/relay/daemon"
 	"github.com/smarthost/smarthost/relay/relaytest"
 )
 
@@ -107,8 +112,9 @@ func windowCounts(msgs []relaytest.Message, w time.Duration) (fixed []int, slidi
 func TestShapingExactAcrossTwoRelays(t *testing.T) {
 	addr := ldapEnv(t, "SMARTHOST_TEST_REDIS_ADDR")
 	s := sink(t, "127.0.0.1:0")
+	name := uniqueName("shaped")
 	ups := fmt.Sprintf("upstreams:\n  - {name: %s, url: \"smtp://%s\", tls: none, timeout: 5s, limits: {messages: \"%d/5s\"}}\n",
-		uniqueName("shaped"), s.Addr, shapeLimit)
+		name, s.Addr, shapeLimit)
 	a, b := shapedRelay(t, addr, ups, ""), shapedRelay(t, addr, ups, "")
 	pa, pb := a.start(t), b.start(t)
 
@@ -130,6 +136,11 @@ func TestShapingExactAcrossTwoRelays(t *testing.T) {
 		t.Errorf("60 messages arrived within %s: faster than the limit allows", span)
 	}
 	noBounce(t, got, pa, pb)
+	// The budget in Redis, read by the command without the relays.
+	out, err := runCLI("limits", "show", "--upstream", name, "--config", a.config)
+	if err != nil || !regexp.MustCompile(`messages +10/5s +\d+ left`).MatchString(out) || !strings.Contains(out, "not on hold") {
+		t.Errorf("limits show --upstream: %v\n%s", err, out)
+	}
 }
 
 // noBounce fails the test if a relay bounced a message or a bounce
@@ -424,4 +435,70 @@ func TestShapingFairness(t *testing.T) {
 	if a > 7 {
 		t.Errorf("%d of A's messages arrived between B's first sent and its last arrived; want at most 7", a)
 	}
+}
+
+// get is the body of GET url, and its status code.
+func get(t *testing.T, url string) (string, int) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b), resp.StatusCode
+}
+
+// What waits for an upstream's limits is visible: queue list says so
+// against each message, limits show --upstream and the admin API show
+// the budget, /metrics counts the waiting.
+func TestShapingVisible(t *testing.T) {
+	s := sink(t, "127.0.0.1:0")
+	web := freePort(t)
+	e := newRelayEnv(t, envOpts{
+		upstreams: fmt.Sprintf("upstreams:\n  - {name: up, url: \"smtp://%s\", tls: none, timeout: 5s, limits: {messages: \"2/m\", connections: 1}}\n", s.Addr),
+		extra:     fmt.Sprintf("metrics: {listen: %q}\n", web)})
+	e.start(t)
+	start := time.Now()
+	submitMany(t, []string{e.implicit}, 3, func(i int) string { return fmt.Sprint("visible ", i) })
+	s.Wait(1, 20*time.Second)
+
+	var list string
+	relaytest.Eventually(t, "queue list shows two waiting", 10*time.Second, func() bool {
+		list, _ = runCLI("queue", "list", "--config", e.config)
+		return strings.Count(list, "waiting for upstream rate (up)") == 2
+	})
+	if !strings.Contains(list, "2 message(s)") {
+		t.Errorf("queue list:\n%s", list)
+	}
+	t.Logf("queue list after %s:\n%s", time.Since(start).Round(time.Millisecond), list)
+	out, err := runCLI("limits", "show", "--upstream", "up", "--config", e.config)
+	t.Logf("limits show --upstream up:\n%s", out)
+	if err != nil || !strings.Contains(out, `upstream up (limits kept as "upstream:up")`) ||
+		!regexp.MustCompile(`messages +2/m +0 left`).MatchString(out) || !strings.Contains(out, "connections 1") || !strings.Contains(out, "not on hold") {
+		t.Errorf("limits show --upstream up: %v\n%s", err, out)
+	}
+	body, code := get(t, "http://"+web+"/v1/upstreams/up/limits")
+	var v daemon.UpstreamView
+	if err := json.Unmarshal([]byte(body), &v); code != 200 || err != nil || v.Identity != "upstream:up" || len(v.Limits) != 1 || v.Held {
+		t.Errorf("GET /v1/upstreams/up/limits: %d %s", code, body)
+	}
+	if _, code := get(t, "http://"+web+"/v1/upstreams/nothere/limits"); code != 404 {
+		t.Errorf("an unknown upstream: %d, want 404", code)
+	}
+	metrics, _ := get(t, "http://"+web+"/metrics")
+	if !strings.Contains(metrics, `smarthost_upstream_shaping_waiting{reason="rate",upstream="up"} 2`) {
+		t.Errorf("/metrics has no 2 waiting for up:\n%s", grepLines(metrics, "shaping"))
+	}
+}
+
+// grepLines are the lines of text that contain s.
+func grepLines(text, s string) string {
+	var out []string
+	for _, l := range strings.Split(text, "\n") {
+		if strings.Contains(l, s) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

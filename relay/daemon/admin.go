@@ -72,7 +72,9 @@ func (d *Daemon) serveAdmin(f *configs.File) error {
 	// samples it; one event in 100 costs next to nothing.
 	runtime.SetMutexProfileFraction(100)
 	a := &admin{registry: d.registry, ready: d.ready, current: &d.current, drain: d.Drain, log: d.log, open: loopback(f.Metrics.Listen),
-		inspect: d.inspectConfig(f)}
+		inspect: d.inspectConfig(f), upstreams: func(ctx context.Context, name string) (*UpstreamView, error) {
+			return showUpstream(ctx, d.shaper, name, d.budgets[name])
+		}}
 	web := &http.Server{Handler: a.handler(), ReadHeaderTimeout: 10 * time.Second}
 	go web.Serve(ln)
 	d.admin = ln.Addr()
@@ -99,10 +101,12 @@ type admin struct {
 	// token.
 	open    bool
 	inspect inspect.Config // the history, the queue and the status page
+	// upstreams shows an upstream's budget.
+	upstreams func(ctx context.Context, name string) (*UpstreamView, error)
 }
 
 // handler serves /metrics, /healthz, /readyz, /v1/limits/{user},
-// POST /v1/drain, the history, queue and status page of relay/inspect
+// /v1/upstreams/{name}/limits, POST /v1/drain, the history, queue and status page of relay/inspect
 // and, with metrics.pprof, /debug/pprof/.
 func (a *admin) handler() http.Handler {
 	mux := http.NewServeMux()
@@ -120,6 +124,7 @@ func (a *admin) handler() http.Handler {
 		current := a.current.Load()
 		return current.deps.Quotas, current.lookup
 	}, a.log)))
+	mux.Handle("GET /v1/upstreams/{name}/limits", a.guard(upstreamHandler(a.upstreams, a.log)))
 	mux.Handle("POST /v1/drain", a.guard(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if err := a.drain(r.Context()); err != nil {
 			http.Error(w, "drain: "+err.Error(), http.StatusConflict)

@@ -53,6 +53,8 @@ type Daemon struct {
 	limiter  ratelimit.Limiter // timed; lives as long as the process
 	tls      tlsMaterial
 	queue    *queue.Queue
+	shaper   *ratelimit.Shaper            // the upstreams' budgets, holds and sessions
+	budgets  map[string]*ratelimit.Budget // by upstream name, as the router keeps them
 	smtp     *smtpd.Server
 	backend  *relay.Backend
 	ready    *readiness
@@ -137,6 +139,7 @@ func (d *Daemon) openQueue(f *configs.File, a *Assembly, store ratelimit.Limiter
 		return &ConfigError{err}
 	}
 	d.closers = append(d.closers, router.Close)
+	d.shaper, d.budgets = shaper, router.Budgets()
 	if d.queue, err = queue.Open(a.queue, router, d.log); err != nil {
 		return err
 	}

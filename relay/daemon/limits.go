@@ -110,11 +110,7 @@ func showLimits(ctx context.Context, q *ratelimit.Quotas, lookup lookupFunc, nam
 	}
 	v := &LimitsView{User: name, Key: u.Name, Class: q.ClassOf(u.Class), Limits: []LimitView{}}
 	for _, s := range st {
-		unit := map[time.Duration]string{time.Second: "s", time.Minute: "m", time.Hour: "h", 24 * time.Hour: "d"}[s.Rate.Per]
-		if unit == "" {
-			unit = s.Rate.Per.String()
-		}
-		v.Limits = append(v.Limits, LimitView{Limit: s.What, Rate: fmt.Sprintf("%d/%s", s.Rate.N, unit),
+		v.Limits = append(v.Limits, LimitView{Limit: s.What, Rate: rateText(s.Rate),
 			Remaining: s.Remaining, FullIn: s.ResetAfter.Round(time.Second).String()})
 	}
 	return v, nil

@@ -95,6 +95,17 @@ func (ls *lanes) join(m *Message, key string, p Priority, now time.Time) {
 	ls.dirty = true
 }
 
+// waitingFor says what message id waits for, as queue list says it; ""
+// when it is in no lane.
+func (ls *lanes) waitingFor(id string) string {
+	e := ls.byID[id]
+	if e == nil || ls.byKey[e.lane] == nil {
+		return ""
+	}
+	l := ls.byKey[e.lane]
+	return Waiting{Upstream: l.upstream, Reason: l.reason}.State()
+}
+
 // waiting reports whether lane key has messages waiting.
 func (ls *lanes) waiting(key string) bool {
 	l := ls.byKey[key]

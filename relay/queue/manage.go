@@ -24,6 +24,9 @@ const adminBounceText = "5.0.0 returned to the sender by the administrator"
 type Queued struct {
 	Message
 	State string `json:"state"`
+	// Waiting is what the message waits for, when it waits for an
+	// upstream's limits: "waiting for upstream rate (NAME)" and the like.
+	Waiting string `json:"waiting,omitempty"`
 }
 
 // List returns copies of the queued messages f picks, oldest first.
@@ -33,7 +36,7 @@ func (q *Queue) List(f Filter) []Queued {
 	q.sched.each(func(m *Message, inflight bool) {
 		state := m.State(inflight)
 		if f.Match(m, state, now) {
-			out = append(out, Queued{Message: m.view(), State: state})
+			out = append(out, Queued{Message: m.view(), State: state, Waiting: s.lanes.waitingFor(id)})
 		}
 	})
 	sort.Slice(out, func(i, j int) bool { return out[i].Created.Before(out[j].Created) })
