@@ -36,7 +36,7 @@ func (q *Queue) List(f Filter) []Queued {
 	q.sched.each(func(m *Message, inflight bool) {
 		state := m.State(inflight)
 		if f.Match(m, state, now) {
-			out = append(out, Queued{Message: m.view(), State: state, Waiting: s.lanes.waitingFor(id)})
+			out = append(out, Queued{Message: m.view(), State: state, Waiting: q.sched.lanes.waitingFor(m.ID)})
 		}
 	})
 	sort.Slice(out, func(i, j int) bool { return out[i].Created.Before(out[j].Created) })
