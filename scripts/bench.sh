@@ -40,6 +40,14 @@
 # each with both signatures (smarthost only: Postfix's process limit is
 # 100 here); it prints msg/s, the p99 of a message and the peak RSS.
 #
+# --shaping measures the cost of upstream shaping when no limit is
+# reached: smarthost alone, M=0 without DKIM, without upstream limits and
+# with limits far above the load (1,000,000 messages and recipients a
+# second, 20 connections: every transaction is admitted by the budget and
+# every session takes a lease), alternating run by run; it prints both
+# medians and their ratio. BENCH_REDIS=host:port keeps the user limits and
+# the budgets in that Redis instead of memory, in both.
+#
 # --latency RATES adds a latency profile per rate: the same sessions, M=0,
 # both DKIM signatures, but an open load (smtpload --rate) that offers RATE
 # messages/s whatever the answers, with each message's latency counted
@@ -66,7 +74,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH=$PATH:/usr/local/go/bin
 
 VS=0 PEERS=0 RUNS=3 TOTAL=5000 SESSIONS=20 SIZE=10240 BUILD=pure-go RATES= LTOTAL=3000 LARGE=0 MANY=0
-WAN=0 WAN_DELAY=10ms WAN_SESSIONS=64 BASELINE= WAN_PIDS=()
+SHAPING=0 WAN=0 WAN_DELAY=10ms WAN_SESSIONS=64 BASELINE= WAN_PIDS=()
 ARGS=("$@")
 while [ $# -gt 0 ]; do
   case $1 in
@@ -81,6 +89,7 @@ while [ $# -gt 0 ]; do
     --latency) RATES=$2; shift ;;
     --latency-total) LTOTAL=$2; shift ;;
     --large) LARGE=1 ;;
+    --shaping) SHAPING=1 ;;
     --many) MANY=$2; shift ;;
     --wan) WAN=1 VS=1 ;;
     --wan-delay) WAN_DELAY=$2; shift ;;
@@ -179,7 +188,7 @@ listeners: [{address: "127.0.0.1:$RELAY_PORT", mode: starttls}]
 tls: {self_signed: true}
 auth: {backend: static, static: {users_file: $W/users.yaml}}
 policy: {max_recipients: 100, max_message_size: 25MiB}
-ratelimit: {backend: memory, connections_per_ip: 15000, max_connections: 15000}
+ratelimit: {$([ -n "${BENCH_REDIS:-}" ] && echo "backend: redis, redis: {addrs: [\"$BENCH_REDIS\"]}" || echo "backend: memory"), connections_per_ip: 15000, max_connections: 15000}
 $dkim
 upstreams: [{name: sink, url: "smtp://127.0.0.1:${UP_PORT:-$SINK_PORT}", tls: none, max_connections: ${UP_CONNS:-20}${UP_EXTRA:-}}]
 queue: {dir: $W/queue, workers: 20}
@@ -452,6 +461,11 @@ echo "# $(date -u +%F) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | c
 : > "$W/results"
 for r in $(seq 1 "$RUNS"); do
   if [ $WAN = 1 ]; then wan_run; continue; fi
+  if [ $SHAPING = 1 ]; then
+    run_smarthost smarthost_M0 none 0
+    UP_EXTRA=', limits: {messages: "1000000/s", recipients: "1000000/s", connections: 20}' run_smarthost smarthost_M0_shaped none 0
+    continue
+  fi
   run_ceiling
   if [ $PEERS = 1 ]; then
     run_smarthost smarthost_M0 none 0
@@ -499,13 +513,16 @@ median() { { grep "^$1 " "$W/results" || true; } | awk '{print $2}' | sort -n | 
 ratio() { awk -v a="$(median "$1")" -v b="$(median "$2")" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 if [ $WAN = 1 ]; then wan_report; exit 0; fi
 echo "# medians of $RUNS runs (msg/s)"
-for n in ceiling smarthost_M0 baseline_M0 smarthost_openssl_M0 smarthost_M0_rsa smarthost_M0_dkim2 baseline_M0_dkim2 smarthost_openssl_M0_dkim2 smarthost_M1 \
+for n in ceiling smarthost_M0 smarthost_M0_shaped baseline_M0 smarthost_openssl_M0 smarthost_M0_rsa smarthost_M0_dkim2 baseline_M0_dkim2 smarthost_openssl_M0_dkim2 smarthost_M1 \
          smarthost_M1_noresume postfix_M0 postfix_M0_opendkim_rsa postfix_M0_opendkim2 postfix_M1_starttls maddy_M0 maddy_M0_dkim2 mox_M0 mox_M0_dkim2; do
   m=$(median $n); [ "$m" = 0 ] || printf '%-24s %8s\n' $n "$m" | tee -a "$W/medians"
 done
 if [ -n "$BASELINE" ]; then
   echo "# this build / $BASELINE (same run): no DKIM $(ratio smarthost_M0 baseline_M0), 2 signatures $(ratio smarthost_M0_dkim2 baseline_M0_dkim2)" |
     tee -a "$W/medians"
+fi
+if [ $SHAPING = 1 ]; then
+  echo "# shaping on (no limit reached) / off, same run: $(ratio smarthost_M0_shaped smarthost_M0)" | tee -a "$W/medians"
 fi
 if [ $LARGE = 1 ]; then
   echo "# large messages, both signatures: medians of $RUNS runs"
