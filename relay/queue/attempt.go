@@ -13,7 +13,7 @@ import (
 // asks the deliverer, has the scheduler record the outcomes in the message
 // (message.go), tells the observer (event.go) and the sender (bounce.go),
 // then removes the message or saves its state where it lives (remove and
-// save in queue.go: the journal or msg/). None of those calls back
+// save in persist.go: the journal or msg/). None of those calls back
 // up here.
 
 // stopGrace is how long the attempts in flight may go on once Run's

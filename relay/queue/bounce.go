@@ -168,3 +168,66 @@ func isASCII(s string) bool {
 func oneLine(s string) string {
 	return strings.Join(strings.Fields(s), " ")
 }
+
+// notify queues a delivery status notification to m's sender about
+// rcpts: failed, or with delayed, still being tried (bounce.go). It tells
+// the observer which message carries it.
+func (q *Queue) notify(m *Message, rcpts []Recipient, delayed bool) error {
+	rcpts = wantNotice(rcpts, delayed)
+	if len(rcpts) == 0 {
+		return nil
+	}
+	orig, err := m.Open()
+	if err != nil {
+		return err
+	}
+	header := readHeader(orig, maxBounceHeader)
+	orig.Close()
+	text := report(reportInput{m: m, rcpts: rcpts, delayed: delayed, header: header, now: q.now(),
+		hostname: q.cfg.Hostname, maxAge: q.cfg.MaxAge})
+	d, err := q.Create()
+	if err != nil {
+		return err
+	}
+	if _, err := d.Write(text); err != nil {
+		d.Abort()
+		return err
+	}
+	// To a UTF-8 sender the report's own header is UTF-8: SMTPUTF8.
+	utf8 := !isASCII(m.From)
+	id, err := d.Commit(Envelope{To: []string{m.From}, SMTPUTF8: utf8, UTF8Required: utf8,
+		MessageID: fmt.Sprintf("<%s.%s@%s>", m.ID, map[bool]string{false: "failed", true: "delayed"}[delayed], q.cfg.Hostname)}, nil)
+	if err == nil {
+		q.log.Info("delivery status notification queued", "msg_id", m.ID, "dsn_id", id, "delayed", delayed, "to", m.From)
+		e := m.event(EventDSN, q.now())
+		e.DSNID, e.Rcpt = id, m.From
+		if delayed {
+			e.Reason = "delayed"
+		}
+		q.observe(e)
+	}
+	return err
+}
+
+// warnDelayed sends the sender one warning, once, when m is still pending
+// after DelayWarning (time on hold not counted), and tells the observer
+// that each of its recipients is delayed.
+func (q *Queue) warnDelayed(m *Message, now time.Time) {
+	w := m.senderRecipients()
+	if len(w) == 0 || q.cfg.DelayWarning <= 0 || m.Warned || m.age(now) < q.cfg.DelayWarning {
+		return
+	}
+	if m.From != "" {
+		if err := q.notify(m, w, true); err != nil {
+			q.log.Error("queue: cannot queue delay warning", "msg_id", m.ID, "err", err)
+			return
+		}
+	}
+	m.Warned = true // saved with the message's state
+	for _, r := range w {
+		e := m.event(EventDelayed, now)
+		e.Rcpt, e.Attempt, e.Delay, e.Error = r.Addr, m.Attempts, seconds(now.Sub(m.Created)), r.Error
+		e.Status = statusOf(EventDeferred, r.Error)
+		q.observe(e)
+	}
+}

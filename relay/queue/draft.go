@@ -7,24 +7,15 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
-// newDraft starts a draft of message id: in memory, or with InlineMax < 0
-// in a file.
-func newDraft(q *Queue, id string) (*Draft, error) {
-	d := &Draft{q: q, id: id}
-	if q.cfg.InlineMax < 0 {
-		return d, d.toFile()
-	}
-	d.buf, _ = q.drafts.bufs.Get().(*bytes.Buffer)
-	if d.buf == nil {
-		d.buf = &bytes.Buffer{}
-	}
-	return d, nil
-}
-
-// drafts is what the drafts of a queue share.
+// drafts is what the drafts of a queue share, and where they go.
 type drafts struct {
+	inlineMax int64 // Config.InlineMax
+	memoryMax int64 // Config.MemoryMax
+	disk      disk
+	files     *msgFiles // their files are in its tmp/
 	// writers recycles the drafts' 32 KiB write buffers: at hundreds of
 	// messages a second, that much garbage each is felt in the collector.
 	writers sync.Pool
@@ -33,11 +24,32 @@ type drafts struct {
 	inMemory atomic.Int64
 }
 
+// start starts a draft of message id: in memory, or with InlineMax < 0
+// in a file.
+func (ds *drafts) start(id string) (*Draft, error) {
+	d := &Draft{ds: ds, id: id}
+	if ds.inlineMax < 0 {
+		return d, d.toFile()
+	}
+	d.buf, _ = ds.bufs.Get().(*bytes.Buffer)
+	if d.buf == nil {
+		d.buf = &bytes.Buffer{}
+	}
+	return d, nil
+}
+
+// inFile starts a draft of message id in a file.
+func (ds *drafts) inFile(id string) (*Draft, error) {
+	d := &Draft{ds: ds, id: id}
+	return d, d.toFile()
+}
+
 // Draft is a message being received. It is owned by one goroutine. It is
 // kept in memory up to Config.InlineMax, to be committed to the journal,
 // and written to a file in tmp/ from there on.
 type Draft struct {
-	q        *Queue
+	ds       *drafts
+	q        *Queue // where Commit queues it; nothing else uses it
 	id       string
 	buf      *bytes.Buffer // while in memory
 	f        *os.File      // once in a file
@@ -48,11 +60,11 @@ type Draft struct {
 
 // toFile moves the draft to a file in tmp/ and writes through it from now.
 func (d *Draft) toFile() error {
-	f, err := d.q.disk.create(d.q.files.tmpPath(d.id+".data"), os.O_WRONLY)
+	f, err := d.ds.disk.create(d.ds.files.tmpPath(d.id+".data"), os.O_WRONLY)
 	if err != nil {
 		return fmt.Errorf("queue: create draft: %w", err)
 	}
-	w, _ := d.q.drafts.writers.Get().(*bufio.Writer)
+	w, _ := d.ds.writers.Get().(*bufio.Writer)
 	if w == nil {
 		w = bufio.NewWriterSize(f, 32<<10)
 	}
@@ -91,11 +103,11 @@ func (d *Draft) Write(p []byte) (int, error) {
 // fitsInMemory reports whether n more bytes may stay in memory: the draft stays
 // within InlineMax and all drafts within MemoryMax. It counts them if so.
 func (d *Draft) fitsInMemory(n int) bool {
-	if int64(d.buf.Len()+n) > d.q.cfg.InlineMax {
+	if int64(d.buf.Len()+n) > d.ds.inlineMax {
 		return false
 	}
-	if d.q.drafts.inMemory.Add(int64(n)) > d.q.cfg.MemoryMax {
-		d.q.drafts.inMemory.Add(-int64(n))
+	if d.ds.inMemory.Add(int64(n)) > d.ds.memoryMax {
+		d.ds.inMemory.Add(-int64(n))
 		return false
 	}
 	d.inMemory += int64(n)
@@ -119,7 +131,7 @@ func (d *Draft) Abort() {
 func (d *Draft) releaseWriter() {
 	if d.w != nil {
 		d.w.Reset(nil)
-		d.q.drafts.writers.Put(d.w)
+		d.ds.writers.Put(d.w)
 		d.w = nil
 	}
 }
@@ -128,13 +140,13 @@ func (d *Draft) releaseWriter() {
 // message is left to the collector.
 func (d *Draft) releaseBuf() {
 	if d.inMemory > 0 {
-		d.q.drafts.inMemory.Add(-d.inMemory)
+		d.ds.inMemory.Add(-d.inMemory)
 		d.inMemory = 0
 	}
 	if d.buf != nil {
-		if int64(d.buf.Cap()) <= 2*d.q.cfg.InlineMax {
+		if int64(d.buf.Cap()) <= 2*d.ds.inlineMax {
 			d.buf.Reset()
-			d.q.drafts.bufs.Put(d.buf)
+			d.ds.bufs.Put(d.buf)
 		}
 		d.buf = nil
 	}
@@ -143,11 +155,15 @@ func (d *Draft) releaseBuf() {
 // Commit makes the draft a queued message: on return without error it is on
 // disk, fsynced, and will be delivered even if the process dies right away.
 func (d *Draft) Commit(env Envelope, prepend []byte) (string, error) {
-	q := d.q
-	now := q.now()
+	return d.q.commit(d, env, prepend)
+}
+
+// message is the message the draft becomes, with env's recipients and
+// archive copies, arriving now.
+func (d *Draft) message(env Envelope, prepend []byte, now time.Time, dir string) *Message {
 	m := &Message{ID: d.id, From: env.From, Class: env.Class, User: env.User, Ret: env.Ret, EnvID: env.EnvID,
 		SMTPUTF8: env.SMTPUTF8, UTF8: env.UTF8Required, MessageID: env.MessageID, Client: env.Client,
-		Prepend: string(prepend), Size: d.size, Created: now, NextAttempt: now, dir: q.cfg.Dir}
+		Prepend: string(prepend), Size: d.size, Created: now, NextAttempt: now, dir: dir}
 	for i, r := range env.To {
 		rc := Recipient{Addr: r, Status: StatusPending}
 		if i < len(env.Notify) {
@@ -167,46 +183,24 @@ func (d *Draft) Commit(env Envelope, prepend []byte) (string, error) {
 		m.Recipients = append(m.Recipients, Recipient{Addr: a.Addr, Status: StatusPending, Archive: true,
 			Upstreams: a.Upstreams, Notify: []string{"NEVER"}})
 	}
-	if d.buf != nil {
-		defer d.releaseBuf()
-		if err := writeTrailer(d.buf, m); err != nil {
-			return "", fmt.Errorf("queue: write draft: %w", err)
-		}
-		seg, off, err := q.journal.add(m.ID, d.buf.Bytes())
-		if err != nil {
-			return "", err
-		}
-		m.jseg, m.joff = seg, off
-	} else if err := d.commitFile(m); err != nil {
-		return "", err
-	}
-	q.accepted(m, env.DKIM)
-	q.sched.add(m)
-	return m.ID, nil
+	return m
 }
 
-// accepted tells the observer of a message just committed.
-func (q *Queue) accepted(m *Message, dkim []string) {
-	if q.cfg.Observer == nil {
-		return
+// record returns what the journal takes of the draft, still in memory:
+// its bytes with m's envelope as trailer. It is nil for a draft in a file.
+func (d *Draft) record(m *Message) ([]byte, error) {
+	if d.buf == nil {
+		return nil, nil
 	}
-	e := m.event(EventAccepted, m.Created)
-	e.Client, e.Size = m.Client, m.Size
-	for _, r := range m.Recipients {
-		e.Rcpts = append(e.Rcpts, r.Addr)
+	if err := writeTrailer(d.buf, m); err != nil {
+		return nil, fmt.Errorf("queue: write draft: %w", err)
 	}
-	q.observe(e)
-	if len(dkim) > 0 {
-		s := m.event(EventSigned, m.Created)
-		s.DKIM = dkim
-		q.observe(s)
-	}
+	return d.buf.Bytes(), nil
 }
 
-// commitFile ends the draft's file with m's envelope and moves it to msg/,
-// durably.
-func (d *Draft) commitFile(m *Message) error {
-	q := d.q
+// finishFile ends the draft's file with m's envelope, fsynced and closed,
+// and returns its name, for the queue to move into msg/.
+func (d *Draft) finishFile(m *Message) (string, error) {
 	err := writeTrailer(d.w, m)
 	if err == nil {
 		err = d.w.Flush()
@@ -214,17 +208,15 @@ func (d *Draft) commitFile(m *Message) error {
 	d.releaseWriter()
 	if err != nil {
 		d.Abort()
-		return fmt.Errorf("queue: write draft: %w", err)
+		return "", fmt.Errorf("queue: write draft: %w", err)
 	}
-	if err := d.q.disk.fsync(d.f); err != nil {
+	if err := d.ds.disk.fsync(d.f); err != nil {
 		d.Abort()
-		return fmt.Errorf("queue: fsync draft: %w", err)
+		return "", fmt.Errorf("queue: fsync draft: %w", err)
 	}
 	if err := d.f.Close(); err != nil {
 		d.Abort()
-		return fmt.Errorf("queue: close draft: %w", err)
+		return "", fmt.Errorf("queue: close draft: %w", err)
 	}
-	// From the rename on, a rescan could find the message before it is
-	// added to the schedule: it must leave it to us.
-	return q.sched.commit(m.ID, func() error { return q.files.commit(d.f.Name(), m) })
+	return d.f.Name(), nil
 }

@@ -162,3 +162,21 @@ func enhancedIn(text string) string {
 }
 
 func seconds(d time.Duration) float64 { return d.Round(time.Millisecond).Seconds() }
+
+// accepted tells the observer of a message just committed.
+func (q *Queue) accepted(m *Message, dkim []string) {
+	if q.cfg.Observer == nil {
+		return
+	}
+	e := m.event(EventAccepted, m.Created)
+	e.Client, e.Size = m.Client, m.Size
+	for _, r := range m.Recipients {
+		e.Rcpts = append(e.Rcpts, r.Addr)
+	}
+	q.observe(e)
+	if len(dkim) > 0 {
+		s := m.event(EventSigned, m.Created)
+		s.DKIM = dkim
+		q.observe(s)
+	}
+}

@@ -132,14 +132,14 @@ func TestMovedMessageFoundOnce(t *testing.T) {
 	q.sched.mu.Unlock()
 	seg := m.jseg
 	// The move without its 'D' record.
-	dr := &Draft{q: q, id: m.ID}
-	if err := dr.toFile(); err != nil {
+	dr, err := q.drafts.inFile(m.ID)
+	if err != nil {
 		t.Fatal(err)
 	}
 	b, _ := os.ReadFile(seg.path)
 	dr.w.Write(b[m.joff : m.joff+m.Size])
 	m.Attempts = 7
-	if err := dr.commitFile(m); err != nil {
+	if err := q.commitFile(dr, m); err != nil {
 		t.Fatal(err)
 	}
 	q.Close()

@@ -2,9 +2,10 @@
 // they are acknowledged, delivered by a bounded pool of workers, retried on a
 // schedule, and bounced to their sender when they fail for good.
 //
-// Where things are: queue.go (this file) opens the spool and changes it;
-// message.go is a message and its recipients; draft.go a message being
-// received; format.go what the files hold; msgfiles.go the messages with a
+// Where things are: queue.go (this file) opens the spool and hands it
+// over; persist.go where a message lives, from its commit to its removal
+// (the journal or msg/); message.go is a message and its recipients;
+// draft.go a message being received; format.go what the files hold; msgfiles.go the messages with a
 // file of their own (msg/, tmp/); journal.go and journalfile.go the
 // journal of small new messages; scheduler.go which messages are due and
 // which in flight; attempt.go the workers and one delivery attempt, from
@@ -16,7 +17,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -153,6 +153,7 @@ func open(cfg Config, d Deliverer, log *slog.Logger, od ondisk) (*Queue, error) 
 		return nil, fmt.Errorf("queue: %s: %w (%v)", cfg.Dir, ErrInUse, err)
 	}
 	q := &Queue{cfg: cfg, d: d, log: log, lock: lock, disk: od.disk, files: newMsgFiles(cfg.Dir, od.disk)}
+	q.drafts = drafts{inlineMax: cfg.InlineMax, memoryMax: cfg.MemoryMax, disk: od.disk, files: q.files}
 	q.leaving, q.leave = context.WithCancelCause(context.Background())
 	q.sched = newScheduler(q.now)
 	q.files.clean(log.Info)
@@ -183,7 +184,13 @@ func (q *Queue) Close() error {
 func (q *Queue) now() time.Time { return q.cfg.Now() }
 
 // Create starts a draft.
-func (q *Queue) Create() (*Draft, error) { return newDraft(q, newID()) }
+func (q *Queue) Create() (*Draft, error) {
+	d, err := q.drafts.start(newID())
+	if d != nil {
+		d.q = q
+	}
+	return d, err
+}
 
 type handoff struct {
 	d     Deliverer
@@ -237,8 +244,7 @@ func (q *Queue) Held() int { return q.sched.held() }
 // Writable checks that a message could be spooled right now: that a file
 // can be made and written in the spool.
 func (q *Queue) Writable() error {
-	d := &Draft{q: q, id: newID()}
-	err := d.toFile()
+	d, err := q.drafts.inFile(newID())
 	if err == nil {
 		_, err = d.Write([]byte("probe"))
 	}
@@ -249,194 +255,4 @@ func (q *Queue) Writable() error {
 		d.Abort()
 	}
 	return err
-}
-
-// rescan brings the schedule in line with msg/: messages deleted by
-// an administrator go, retry requests take effect. At start, and only then
-// (a running server leaves what it cannot explain to a person), an
-// unreadable message is set aside.
-func (q *Queue) rescan(atStart bool) error {
-	// Only messages known before msg/ is read may be dropped for
-	// not being in it: one committed meanwhile may be missing from the
-	// listing, and dropping it would delay it until the next rescan.
-	before := q.sched.ids()
-	ids, marked, err := q.files.scan()
-	if err != nil {
-		return err
-	}
-	seen := map[string]bool{}
-	for _, id := range ids {
-		seen[id] = true
-		m, busy, committing := q.sched.lookup(id)
-		if committing {
-			continue
-		}
-		if m == nil {
-			if m, err = q.files.read(id); err != nil {
-				if atStart {
-					// Every file in msg/ was complete and fsynced before
-					// it got there, so this is damage, not a crash:
-					// keep it aside for a person.
-					q.log.Error("queue: unreadable message set aside as .bad", "msg_id", id, "err", err)
-					for _, ext := range []string{".data", ".env"} {
-						p := q.files.msgPath(id + ext)
-						os.Rename(p, p+".bad") // the .env may not exist
-					}
-				}
-				continue
-			}
-			q.sched.add(m)
-		}
-		retry := q.files.msgPath(id + ".retry")
-		if _, err := os.Stat(retry); err == nil && !busy {
-			q.sched.retryNow(m)
-			os.Remove(retry)
-		}
-	}
-	for _, m := range q.sched.dropGone(before, seen) {
-		q.log.Info("queue: message deleted by request", "msg_id", m.ID)
-		e := m.event(EventDeleted, q.now())
-		e.By = "smarthost queue delete"
-		q.observe(e)
-	}
-	q.dropMarked(marked)
-	return nil
-}
-
-// dropMarked drops the journal messages `smarthost queue delete` marked
-// (Spool.Delete). One being delivered is dropped at a later scan if it is
-// still there; one in msg/ by then is removed from there.
-func (q *Queue) dropMarked(ids []string) {
-	for _, id := range ids {
-		m, _, _ := q.sched.lookup(id)
-		if m != nil {
-			if !q.sched.claim(id) { // no worker may take it meanwhile
-				continue
-			}
-			err := q.remove(m)
-			if err == nil {
-				q.sched.forget(id)
-			}
-			q.sched.release(id)
-			if err != nil {
-				q.log.Error("queue: delete", "msg_id", id, "err", err)
-				continue
-			}
-			q.log.Info("queue: message deleted by request", "msg_id", id)
-			e := m.event(EventDeleted, q.now())
-			e.By = "smarthost queue delete"
-			q.observe(e)
-		}
-		os.Remove(q.files.msgPath(id + ".delete"))
-	}
-}
-
-// remove deletes a message that is done with: a 'D' record for one in the
-// journal, its files for one in msg/.
-func (q *Queue) remove(m *Message) error {
-	if m.jseg != nil {
-		q.journal.done(m.jseg, m.ID)
-		m.jseg = nil
-		return nil
-	}
-	return q.files.remove(m)
-}
-
-// save keeps the state of a message still pending: one in the journal
-// moves out to msg/ (retries may go on for days, and journal files are
-// removed only once all their messages are done with); one in msg/ gets
-// its envelope file replaced.
-func (q *Queue) save(m *Message) error {
-	if m.jseg != nil {
-		return q.moveToMsg(m)
-	}
-	if !q.files.has(m.ID) {
-		q.sched.forget(m.ID) // deleted while we were delivering
-		return nil
-	}
-	return q.files.writeEnv(m)
-}
-
-// moveToMsg moves a journal message to msg/, with its state as of now as the
-// trailer, and tells the journal it is done with it there.
-func (q *Queue) moveToMsg(m *Message) error {
-	d := &Draft{q: q, id: m.ID}
-	if err := d.toFile(); err != nil {
-		return err
-	}
-	if _, err := io.Copy(d.w, io.NewSectionReader(m.jseg.f, m.joff, m.Size)); err != nil {
-		d.Abort()
-		return fmt.Errorf("queue: move %s out of the journal: %w", m.ID, err)
-	}
-	seg := m.jseg
-	m.jseg, m.saved = nil, false
-	if err := d.commitFile(m); err != nil {
-		m.jseg = seg
-		return err
-	}
-	q.journal.done(seg, m.ID)
-	return nil
-}
-
-// notify queues a delivery status notification to m's sender about
-// rcpts: failed, or with delayed, still being tried (bounce.go). It tells
-// the observer which message carries it.
-func (q *Queue) notify(m *Message, rcpts []Recipient, delayed bool) error {
-	rcpts = wantNotice(rcpts, delayed)
-	if len(rcpts) == 0 {
-		return nil
-	}
-	orig, err := m.Open()
-	if err != nil {
-		return err
-	}
-	header := readHeader(orig, maxBounceHeader)
-	orig.Close()
-	text := report(reportInput{m: m, rcpts: rcpts, delayed: delayed, header: header, now: q.now(),
-		hostname: q.cfg.Hostname, maxAge: q.cfg.MaxAge})
-	d, err := q.Create()
-	if err != nil {
-		return err
-	}
-	if _, err := d.Write(text); err != nil {
-		d.Abort()
-		return err
-	}
-	// To a UTF-8 sender the report's own header is UTF-8: SMTPUTF8.
-	utf8 := !isASCII(m.From)
-	id, err := d.Commit(Envelope{To: []string{m.From}, SMTPUTF8: utf8, UTF8Required: utf8,
-		MessageID: fmt.Sprintf("<%s.%s@%s>", m.ID, map[bool]string{false: "failed", true: "delayed"}[delayed], q.cfg.Hostname)}, nil)
-	if err == nil {
-		q.log.Info("delivery status notification queued", "msg_id", m.ID, "dsn_id", id, "delayed", delayed, "to", m.From)
-		e := m.event(EventDSN, q.now())
-		e.DSNID, e.Rcpt = id, m.From
-		if delayed {
-			e.Reason = "delayed"
-		}
-		q.observe(e)
-	}
-	return err
-}
-
-// warnDelayed sends the sender one warning, once, when m is still pending
-// after DelayWarning (time on hold not counted), and tells the observer
-// that each of its recipients is delayed.
-func (q *Queue) warnDelayed(m *Message, now time.Time) {
-	w := m.senderRecipients()
-	if len(w) == 0 || q.cfg.DelayWarning <= 0 || m.Warned || m.age(now) < q.cfg.DelayWarning {
-		return
-	}
-	if m.From != "" {
-		if err := q.notify(m, w, true); err != nil {
-			q.log.Error("queue: cannot queue delay warning", "msg_id", m.ID, "err", err)
-			return
-		}
-	}
-	m.Warned = true // saved with the message's state
-	for _, r := range w {
-		e := m.event(EventDelayed, now)
-		e.Rcpt, e.Attempt, e.Delay, e.Error = r.Addr, m.Attempts, seconds(now.Sub(m.Created)), r.Error
-		e.Status = statusOf(EventDeferred, r.Error)
-		q.observe(e)
-	}
 }
