@@ -243,6 +243,11 @@ func (s *Shaper) Admit(ctx context.Context, b *Budget, rcpts int) Admission {
 		return err
 	})
 	if err != nil {
+		if b.Limits == (UpstreamLimits{}) {
+			// Nothing to keep to but holds, which cannot be read now: an
+			// upstream without limits is not stopped by the store.
+			return Admission{Go: true}
+		}
 		return Admission{Reason: ReasonBackend, Wait: retryBackend}
 	}
 	return a

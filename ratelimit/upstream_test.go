@@ -307,7 +307,8 @@ func deadRedis(t *testing.T) *Redis {
 }
 
 // TestShaperStoreDown: with the shared store unreachable, tempfail waits
-// and allow sends under this node's share of the limit.
+// (an upstream with limits) and allow sends under this node's share of the
+// limit.
 func TestShaperStoreDown(t *testing.T) {
 	ctx := context.Background()
 	bud := Budget{Key: "down", Limits: UpstreamLimits{Messages: &Rate{N: 6, Per: time.Hour}, Connections: 4}}
@@ -318,6 +319,10 @@ func TestShaperStoreDown(t *testing.T) {
 	}
 	if l, ad := tempfail.Lease(ctx, &bud); l != nil || ad.Reason != ReasonBackend {
 		t.Fatalf("tempfail lease: %+v", ad)
+	}
+	// An upstream without limits has nothing to wait for but holds.
+	if ad := tempfail.Admit(ctx, &Budget{Key: "free"}, 1); !ad.Go {
+		t.Fatalf("tempfail, no limits: %+v, want go", ad)
 	}
 
 	allow := NewShaper(ShaperConfig{AllowOnError: true}, deadRedis(t), quiet())
