@@ -4,7 +4,7 @@
 # last message received upstream). One line per run.
 #
 #   scripts/bench.sh [--vs-postfix | --vs-peers] [--openssl] [--runs 3] [--total 5000] [--sessions 20] [--size 10240]
-#                    [--latency "150 400"] [--latency-total 3000] [--large] [--many 10000]
+#                    [--latency "150 400"] [--latency-total 3000] [--large] [--many 10000] [--history]
 #   scripts/bench.sh --wan [--wan-delay 10ms] [--baseline REF] [--runs 3]
 #
 # --baseline REF also builds git REF (a branch, a tag, a commit) and runs it
@@ -31,6 +31,11 @@
 # block. What makes its row unfair, in its favour or not: it fsyncs three
 # files per message, opens a new upstream connection per message, and its
 # queue delivers at most 16 at a time.
+#
+# --history adds, per run, the M=0 profiles (without DKIM and with both
+# signatures) with the delivery history off (history.enabled: false),
+# right after the same profile with it on (the default), and prints the
+# ratios: what writing the history costs the submit path.
 #
 # --large adds, per run, 1 MiB (200 messages) and 10 MiB (30 messages)
 # bodies with both signatures, smarthost against Postfix + 2 OpenDKIM, in
@@ -73,7 +78,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH=$PATH:/usr/local/go/bin
 
-VS=0 PEERS=0 RUNS=3 TOTAL=5000 SESSIONS=20 SIZE=10240 BUILD=pure-go RATES= LTOTAL=3000 LARGE=0 MANY=0
+HISTORY=0 VS=0 PEERS=0 RUNS=3 TOTAL=5000 SESSIONS=20 SIZE=10240 BUILD=pure-go RATES= LTOTAL=3000 LARGE=0 MANY=0
 SHAPING=0 WAN=0 WAN_DELAY=10ms WAN_SESSIONS=64 BASELINE= WAN_PIDS=()
 ARGS=("$@")
 while [ $# -gt 0 ]; do
@@ -90,6 +95,7 @@ while [ $# -gt 0 ]; do
     --latency-total) LTOTAL=$2; shift ;;
     --large) LARGE=1 ;;
     --shaping) SHAPING=1 ;;
+    --history) HISTORY=1 ;;
     --many) MANY=$2; shift ;;
     --wan) WAN=1 VS=1 ;;
     --wan-delay) WAN_DELAY=$2; shift ;;
@@ -192,6 +198,7 @@ ratelimit: {$([ -n "${BENCH_REDIS:-}" ] && echo "backend: redis, redis: {addrs: 
 $dkim
 upstreams: [{name: sink, url: "smtp://127.0.0.1:${UP_PORT:-$SINK_PORT}", tls: none, max_connections: ${UP_CONNS:-20}${UP_EXTRA:-}}]
 queue: {dir: $W/queue, workers: 20}
+history: {enabled: ${HIST:-true}}
 log: {format: text, level: warn}
 CONF
 }
@@ -487,11 +494,13 @@ for r in $(seq 1 "$RUNS"); do
     continue
   fi
   run_smarthost smarthost_M0 none 0
+  [ $HISTORY = 1 ] && HIST=false run_smarthost smarthost_M0_nohistory none 0
   [ -n "$BASELINE" ] && SHBIN=$W/bin/smarthost-base run_smarthost baseline_M0 none 0
   [ $VS = 1 ] && run_postfix postfix_M0 none 0 no
   run_smarthost smarthost_M0_rsa rsa 0
   [ $VS = 1 ] && run_postfix postfix_M0_opendkim_rsa rsa 0 no
   run_smarthost smarthost_M0_dkim2 both 0
+  [ $HISTORY = 1 ] && HIST=false run_smarthost smarthost_M0_dkim2_nohistory both 0
   [ -n "$BASELINE" ] && SHBIN=$W/bin/smarthost-base run_smarthost baseline_M0_dkim2 both 0
   [ $VS = 1 ] && run_postfix postfix_M0_opendkim2 both 0 no
   run_smarthost smarthost_M1 none 1
@@ -513,10 +522,14 @@ median() { { grep "^$1 " "$W/results" || true; } | awk '{print $2}' | sort -n | 
 ratio() { awk -v a="$(median "$1")" -v b="$(median "$2")" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 if [ $WAN = 1 ]; then wan_report; exit 0; fi
 echo "# medians of $RUNS runs (msg/s)"
-for n in ceiling smarthost_M0 smarthost_M0_shaped baseline_M0 smarthost_openssl_M0 smarthost_M0_rsa smarthost_M0_dkim2 baseline_M0_dkim2 smarthost_openssl_M0_dkim2 smarthost_M1 \
+for n in ceiling smarthost_M0 smarthost_M0_nohistory smarthost_M0_shaped baseline_M0 smarthost_openssl_M0 smarthost_M0_rsa smarthost_M0_dkim2 smarthost_M0_dkim2_nohistory baseline_M0_dkim2 smarthost_openssl_M0_dkim2 smarthost_M1 \
          smarthost_M1_noresume postfix_M0 postfix_M0_opendkim_rsa postfix_M0_opendkim2 postfix_M1_starttls maddy_M0 maddy_M0_dkim2 mox_M0 mox_M0_dkim2; do
   m=$(median $n); [ "$m" = 0 ] || printf '%-24s %8s\n' $n "$m" | tee -a "$W/medians"
 done
+if [ $HISTORY = 1 ]; then
+  echo "# with history / without (same run): no DKIM $(ratio smarthost_M0 smarthost_M0_nohistory), 2 signatures $(ratio smarthost_M0_dkim2 smarthost_M0_dkim2_nohistory); p99 no DKIM $(median smarthost_M0_p99) / $(median smarthost_M0_nohistory_p99) ms" |
+    tee -a "$W/medians"
+fi
 if [ -n "$BASELINE" ]; then
   echo "# this build / $BASELINE (same run): no DKIM $(ratio smarthost_M0 baseline_M0), 2 signatures $(ratio smarthost_M0_dkim2 baseline_M0_dkim2)" |
     tee -a "$W/medians"

@@ -46,7 +46,7 @@ func postfixUpstreamYAML(name string, p *relaytest.Postfix) string {
 func TestUTF8ThroughPostfixes(t *testing.T) {
 	up := postfixUpstream(t)
 	e := newRelayEnv(t, envOpts{upstreams: "upstreams:\n" + postfixUpstreamYAML("postfix", up)})
-	e.start(t)
+	p := e.start(t)
 	nc := nullClient(t, e.starttls)
 	start := time.Now()
 	if err := nc.Sendmail("zoë@example.com", []string{"zoë@pf.test"},
@@ -76,6 +76,26 @@ func TestUTF8ThroughPostfixes(t *testing.T) {
 	// Postfix adds its Return-Path: and Delivered-To: fields above ours;
 	// the signatures cover what we sent.
 	dkimVerify(t, e.records, box[0])
+	checkQueuedAs(t, p, up)
+}
+
+// checkQueuedAs checks the delivery line of the one message: it has the
+// upstream's reply as Postfix sent it, with the queue ID Postfix gave the
+// message (its log names it), as Postfix's own status=sent lines do.
+func checkQueuedAs(t *testing.T, p *proc, up *relaytest.Postfix) {
+	t.Helper()
+	var lines logRecords
+	relaytest.Eventually(t, "the delivery line", 10*time.Second, func() bool {
+		lines = p.records().with("msg", "delivered")
+		return len(lines) == 1
+	})
+	m := regexp.MustCompile(`^250 2\.0\.0 Ok: (?:[0-9]+ bytes )?queued as ([0-9A-Za-z]+)$`).FindStringSubmatch(lines[0]["reply"])
+	if m == nil || lines[0]["upstream"] != "postfix" || lines[0]["dsn"] != "2.0.0" || lines[0]["upstream_addr"] != up.Addr || !strings.HasPrefix(lines[0]["tls"], "TLSv1.") {
+		t.Fatalf("the delivery line: %v", lines[0])
+	}
+	if !strings.Contains(up.Log(), " "+m[1]+": ") {
+		t.Errorf("the upstream's log never names its queue ID %s", m[1])
+	}
 }
 
 // The same message to an upstream without SMTPUTF8 is bounced at once with

@@ -439,41 +439,6 @@ func TestSavedStateWinsOverTrailer(t *testing.T) {
 	})
 }
 
-// BenchmarkCommit10KB: spool one 10 KB message durably, from parallel
-// goroutines as concurrent sessions do: into the journal (records of
-// concurrent commits share one write and one fdatasync), and as a file of
-// its own (data and envelope trailer in one fsync, shared folder sync), as
-// messages beyond InlineMax are.
-func BenchmarkCommit10KB(b *testing.B) {
-	for _, c := range []struct {
-		name   string
-		inline int64
-	}{{"journal", 0}, {"file", -1}} {
-		b.Run(c.name, func(b *testing.B) {
-			q, err := Open(Config{Dir: b.TempDir(), InlineMax: c.inline}, nil, quiet())
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer q.Close()
-			body := []byte(strings.Repeat(strings.Repeat("x", 98)+"\r\n", 100))
-			b.SetBytes(int64(len(body)))
-			b.SetParallelism(8)
-			b.RunParallel(func(pb *testing.PB) {
-				for pb.Next() {
-					d, err := q.Create()
-					if err != nil {
-						b.Fatal(err)
-					}
-					d.Write(body)
-					if _, err := d.Commit(Envelope{From: "a@x.org", To: []string{"b@y.org"}}, []byte("Received: x\r\n")); err != nil {
-						b.Fatal(err)
-					}
-				}
-			})
-		})
-	}
-}
-
 // A message still pending after delay_warning gets one "delayed" notice
 // to its sender, not one per attempt, and delivery goes on.
 func TestDelayWarning(t *testing.T) {
