@@ -52,23 +52,27 @@ ttl:
 log: {level: warn}
 `, ph, pp, ah, ap, h.Public, ttl))
 	log := startLogged(t, "hydra", exec.Command(bin, "serve", "all", "--dev", "-c", filepath.Join(dir, "hydra.yml")))
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	ready := WithinEvery(30*time.Second, 50*time.Millisecond, func() bool {
 		r1, err1 := http.Get(h.Public + "/health/ready")
 		r2, err2 := http.Get(h.Admin + "/health/ready")
-		if err1 == nil && err2 == nil {
-			r1.Body.Close()
-			r2.Body.Close()
-			if r1.StatusCode == 200 && r2.StatusCode == 200 {
-				return h
+		if err1 != nil || err2 != nil {
+			if err1 == nil {
+				r1.Body.Close()
 			}
+			if err2 == nil {
+				r2.Body.Close()
+			}
+			return false
 		}
-		if time.Now().After(deadline) {
-			b, _ := os.ReadFile(log)
-			t.Fatalf("hydra did not start:\n%s", b)
-		}
-		time.Sleep(50 * time.Millisecond)
+		r1.Body.Close()
+		r2.Body.Close()
+		return r1.StatusCode == 200 && r2.StatusCode == 200
+	})
+	if !ready {
+		b, _ := os.ReadFile(log)
+		t.Fatalf("hydra did not start:\n%s", b)
 	}
+	return h
 }
 
 // Client registers a client allowed the client credentials grant for

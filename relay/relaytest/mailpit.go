@@ -34,20 +34,19 @@ func StartMailpit(t testing.TB) *Mailpit {
 	cmd := exec.Command(bin, "--smtp", m.SMTP, "--listen", web, "--database", filepath.Join(t.TempDir(), "mailpit.db"),
 		"--smtp-disable-rdns", "--disable-version-check", "--enable-chaos")
 	startLogged(t, "mailpit", cmd)
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	Eventually(t, "mailpit to start", 20*time.Second, func() bool {
 		c, err := net.Dial("tcp", m.SMTP)
-		if err == nil {
-			c.Close()
-			if _, err := http.Get(m.API + "/api/v1/info"); err == nil {
-				break
-			}
+		if err != nil {
+			return false
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("mailpit did not start")
+		c.Close()
+		r, err := http.Get(m.API + "/api/v1/info")
+		if err != nil {
+			return false
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		r.Body.Close()
+		return true
+	})
 	return m
 }
 

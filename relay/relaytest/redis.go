@@ -58,15 +58,12 @@ func (n *RedisNode) Restart(t testing.TB) {
 // contains want.
 func waitRedis(t testing.TB, addr, cmd, want string) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if out, _ := RedisCLI(addr, strings.Fields(cmd)...); strings.Contains(out, want) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("redis %s: no %q in answer to %s", addr, want, cmd)
-		}
-		time.Sleep(50 * time.Millisecond)
+	answered := WithinEvery(30*time.Second, 50*time.Millisecond, func() bool {
+		out, _ := RedisCLI(addr, strings.Fields(cmd)...)
+		return strings.Contains(out, want)
+	})
+	if !answered {
+		t.Fatalf("redis %s: no %q in answer to %s", addr, want, cmd)
 	}
 }
 
