@@ -135,6 +135,10 @@ s.quit()
 	if k := queueCount(t, a); k != 0 {
 		t.Fatalf("A's spool holds %d after the handoff", k)
 	}
+	// A's history has each message taken by relay-b, as its relay would.
+	if out, err := runCLI("trace", "bob@example.org", "--json", "--config", a.config); err != nil || strings.Count(out, `"upstream":"relay-b"`) != 10 {
+		t.Errorf("A's history after the handoff: %v; %d deliveries to relay-b, want 10:\n%s", err, strings.Count(out, `"upstream":"relay-b"`), out)
+	}
 	// B acknowledged each before the handoff went on, and its upstream is
 	// down: it holds all 10, and no more.
 	if k := queueCount(t, b); k != 10 {

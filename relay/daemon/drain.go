@@ -108,7 +108,8 @@ func (d *Daemon) Drain(ctx context.Context) error { return d.drainer.wait(ctx) }
 // pod's volume, say): it hands every message in f's queue.dir to the peers
 // of queue.handoff, or to the upstream named to, until none is left or ctx
 // ends, and says how many were handed off and how many are left. It takes
-// the spool's lock, so it refuses a spool a relay is running on.
+// the spool's lock, so it refuses a spool a relay is running on; the
+// history records each delivery as the relay's would.
 func Handoff(ctx context.Context, f *configs.File, to string, log *slog.Logger) (handed, left int, err error) {
 	a, probs := assemble(f, false, log, nil)
 	if len(probs) > 0 {
@@ -125,6 +126,14 @@ func Handoff(ctx context.Context, f *configs.File, to string, log *slog.Logger) 
 	defer router.Close()
 	qc := a.queue
 	qc.Retry = []time.Duration{handoffRetry}
+	h, err := offlineHistory(a)
+	if err != nil {
+		return 0, 0, err
+	}
+	if h != nil {
+		defer h.Close() // after the queue's last event
+		qc.Observer = h
+	}
 	q, err := queue.Open(qc, router, log)
 	if err != nil {
 		return 0, 0, err

@@ -34,17 +34,14 @@ func OpenQueueControl(f *configs.File, log *slog.Logger) (*QueueControl, error) 
 	if len(probs) > 0 {
 		return nil, probs
 	}
-	c := &QueueControl{}
+	h, err := offlineHistory(a)
+	if err != nil {
+		return nil, err
+	}
+	c := &QueueControl{h: h}
 	qc := a.queue
-	if a.history != nil {
-		h, err := history.Open(*a.history)
-		if err != nil && !errors.Is(err, history.ErrInUse) {
-			return nil, err
-		}
-		c.h = h
-		if h != nil {
-			qc.Observer = h
-		}
+	if h != nil {
+		qc.Observer = h
 	}
 	// No deliverer: the spool is only looked at and changed, never
 	// delivered from (Run is not called).
@@ -59,6 +56,21 @@ func OpenQueueControl(f *configs.File, log *slog.Logger) (*QueueControl, error) 
 	}
 	c.q = q
 	return c, nil
+}
+
+// offlineHistory opens the history for a command that works on the
+// spool of a stopped relay, so that what it does is recorded as the relay
+// would record it: nil when the history is off, or another process (a
+// running relay) writes it.
+func offlineHistory(a *Assembly) (*history.History, error) {
+	if a.history == nil {
+		return nil, nil
+	}
+	h, err := history.Open(*a.history)
+	if errors.Is(err, history.ErrInUse) {
+		return nil, nil
+	}
+	return h, err
 }
 
 // onlineControl is the control of the relay running on the spool.
