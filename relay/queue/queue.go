@@ -1,6 +1,6 @@
-// Package queue is the durable spool: messages are fsynced to disk before
-// they are acknowledged, delivered by a bounded pool of workers, retried on a
-// schedule, and bounced to their sender when they fail for good.
+// Package queue is the queue: the durable spool, where messages are fsynced
+// before they are acknowledged, and its schedule and workers, which deliver
+// them, retry them, and bounce them to their sender when they fail for good.
 //
 // Where things are: queue.go (this file) opens the spool and hands it
 // over; persist.go where a message lives, from its commit to its removal
