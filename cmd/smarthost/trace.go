@@ -11,7 +11,7 @@ import (
 	"github.com/smarthost/smarthost/relay/queue"
 )
 
-const traceUsage = "QUERY [--since 24h] [--json] [--config FILE]\n\n" +
+const traceUsage = "QUERY [--since 24h] [--json] [--limit N] [--config FILE]\n\n" +
 	"The story of each message QUERY names, newest first: a queue ID, a Message-ID\n" +
 	"(with or without <>), or a sender or recipient address. Every event from\n" +
 	"acceptance to each upstream's reply, and the notifications sent to the\n" +
