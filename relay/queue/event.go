@@ -20,6 +20,7 @@ const (
 	EventHeld      = "held"       // put on hold by an administrator
 	EventReleased  = "released"   // released from hold by an administrator
 	EventDeleted   = "deleted"    // deleted by an administrator, without a bounce
+	EventRetry     = "retry"      // an attempt asked for now by an administrator (smarthost queue retry)
 )
 
 // Why a recipient bounced (Event.Reason of EventBounced; the reason label

@@ -88,6 +88,9 @@ func (q *Queue) rescan(atStart bool) error {
 		if _, err := os.Stat(retry); err == nil && !busy {
 			q.sched.retryNow(m)
 			os.Remove(retry)
+			e := m.event(EventRetry, q.now())
+			e.By = "smarthost queue retry"
+			q.observe(e)
 		}
 	}
 	for _, m := range q.sched.dropGone(before, seen) {

@@ -293,7 +293,8 @@ func TestSpoolAdmin(t *testing.T) {
 	dir := t.TempDir()
 	d := newScripted()
 	d.set("b@y.org", errors.New("451 later"))
-	q, err := Open(Config{Dir: dir, Workers: 1, Retry: []time.Duration{time.Hour}, MaxAge: 48 * time.Hour, Rescan: 20 * time.Millisecond}, d, quiet())
+	rec := &recorder{}
+	q, err := Open(Config{Dir: dir, Workers: 1, Retry: []time.Duration{time.Hour}, MaxAge: 48 * time.Hour, Rescan: 20 * time.Millisecond, Observer: rec}, d, quiet())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -320,6 +321,9 @@ func TestSpoolAdmin(t *testing.T) {
 		t.Fatal(err)
 	}
 	relaytest.Eventually(t, "retry on request", inBackground, func() bool { return attempts() == 3 })
+	if r := rec.of(EventRetry); len(r) != 1 || r[0].ID != id || r[0].By != "smarthost queue retry" {
+		t.Errorf("retry events %+v: want one for %s, by smarthost queue retry", r, id)
+	}
 	// retry --all: both, and no request is left behind.
 	if n, err := sp.RetryAll(); err != nil || n != 2 {
 		t.Fatalf("RetryAll: %d, %v; want 2", n, err)
