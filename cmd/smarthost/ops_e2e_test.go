@@ -248,9 +248,10 @@ func TestReadinessIgnoresRedisUnderAllow(t *testing.T) {
 	}
 }
 
-// The admin port: pprof only with metrics.pprof; /v1/ and pprof need the
-// bearer token of metrics.token_file off loopback, and are refused there
-// without one.
+// The admin port: pprof only with metrics.pprof; /v1/ (limits, the
+// history, the queue and what changes it, drain), the status page and
+// pprof need the bearer token of metrics.token_file off loopback, and are
+// refused there without one.
 func TestAdminPortGuards(t *testing.T) {
 	// Loopback, no pprof: /v1/ open, pprof absent.
 	web := freePort(t)
@@ -270,8 +271,8 @@ func TestAdminPortGuards(t *testing.T) {
 	e2 := newRelayEnv(t, envOpts{extra: fmt.Sprintf("metrics: {listen: \"0.0.0.0:%s\", pprof: true, token_file: %q}\n", p2, tokenFile)})
 	e2.start(t)
 	url := "http://127.0.0.1:" + p2
-	get := func(path, token string) int {
-		req, _ := http.NewRequest("GET", url+path, nil)
+	ask := func(method, path, token string) int {
+		req, _ := http.NewRequest(method, url+path, nil)
 		if token != "" {
 			req.Header.Set("Authorization", "Bearer "+token)
 		}
@@ -282,19 +283,35 @@ func TestAdminPortGuards(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode
 	}
-	for _, path := range []string{"/v1/limits/alice", "/v1/limits/nobody", "/debug/pprof/"} {
-		if code := get(path, ""); code != 401 {
-			t.Errorf("%s without a token: %d, want 401", path, code)
-		}
-		if code := get(path, "wrong"); code != 401 {
-			t.Errorf("%s with a wrong token: %d, want 401", path, code)
-		}
+	get := func(path, token string) int { return ask("GET", path, token) }
+	// Every endpoint that tells of users or mail, or changes the queue.
+	const token = "s3cret-token-0123456789"
+	// With the token each answers as it would on loopback: up has no
+	// limits to show (404); the queue verbs act on no message.
+	guarded := []struct {
+		method, path string
+		want         int
+	}{
+		{"GET", "/v1/limits/alice", 200}, {"GET", "/v1/limits/nobody", 404}, {"GET", "/debug/pprof/", 200},
+		{"GET", "/status", 200}, {"GET", "/v1/messages?q=alice@example.com", 200}, {"GET", "/v1/queue", 200},
+		{"GET", "/v1/upstreams/up/limits", 404},
+		{"POST", "/v1/queue/hold?from=nobody@example.com", 200}, {"POST", "/v1/queue/release?from=nobody@example.com", 200},
+		{"POST", "/v1/queue/delete?from=nobody@example.com", 200}, {"POST", "/v1/queue/bounce?from=nobody@example.com", 200},
+		{"POST", "/v1/drain", 0},
 	}
-	if code := get("/v1/limits/alice", "s3cret-token-0123456789"); code != 200 {
-		t.Errorf("/v1/limits with the token: %d", code)
-	}
-	if code := get("/debug/pprof/", "s3cret-token-0123456789"); code != 200 {
-		t.Errorf("pprof with the token: %d", code)
+	for _, g := range guarded {
+		if code := ask(g.method, g.path, ""); code != 401 {
+			t.Errorf("%s %s without a token: %d, want 401", g.method, g.path, code)
+		}
+		if code := ask(g.method, g.path, "wrong"); code != 401 {
+			t.Errorf("%s %s with a wrong token: %d, want 401", g.method, g.path, code)
+		}
+		if g.path == "/v1/drain" {
+			continue // with the token it drains: TestDrainHandsOffTheQueue asks through the CLI
+		}
+		if code := ask(g.method, g.path, token); code != g.want {
+			t.Errorf("%s %s with the token: %d, want %d", g.method, g.path, code, g.want)
+		}
 	}
 	for _, path := range []string{"/metrics", "/healthz", "/readyz"} {
 		if code := get(path, ""); code != 200 {

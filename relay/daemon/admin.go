@@ -125,14 +125,14 @@ func (a *admin) handler() http.Handler {
 		return current.deps.Quotas, current.lookup
 	}, a.log)))
 	mux.Handle("GET /v1/upstreams/{name}/limits", a.guard(upstreamHandler(a.upstreams, a.log)))
-	mux.Handle("POST /v1/drain", a.guard(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	mux.Handle("POST /v1/drain", a.write(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if err := a.drain(r.Context()); err != nil {
 			http.Error(w, "drain: "+err.Error(), http.StatusConflict)
 			return
 		}
 		io.WriteString(w, "drained: the queue is empty\n")
 	})))
-	inspect.Routes(mux, a.guard, a.inspect)
+	inspect.Routes(mux, a.guard, a.write, a.inspect)
 	// Profiles show where time goes under load, and what a process holds:
 	// only where asked for.
 	pp := http.NewServeMux()
@@ -149,12 +149,22 @@ func (a *admin) handler() http.Handler {
 	return mux
 }
 
+// RequestHeader is the header smarthost's commands send with a request
+// that changes something (RequestHeader: 1); see admin.write.
+const RequestHeader = "X-Smarthost-Request"
+
 // guard lets a request through on a loopback listener, or with the bearer
 // token of metrics.token_file; without a token configured, a listener
 // elsewhere serves none of it (it would tell anyone which users exist).
+// On loopback it answers only requests addressed to a loopback host: a
+// page whose name an attacker rebinds to 127.0.0.1 sends its own name.
 func (a *admin) guard(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if a.open {
+			if !loopback(r.Host) {
+				http.Error(w, "on a loopback listener, address the relay as 127.0.0.1, [::1] or localhost", http.StatusForbidden)
+				return
+			}
 			h.ServeHTTP(w, r)
 			return
 		}
@@ -173,11 +183,30 @@ func (a *admin) guard(h http.Handler) http.Handler {
 	})
 }
 
-// loopback reports whether a listen address is a loopback one.
+// write guards an endpoint that changes something (the queue, a drain).
+// On loopback guard asks for no token, so a web page in the
+// administrator's browser could post a form there; a browser sends a
+// cross-site request without a preflight only with simple headers, and
+// marks it with Sec-Fetch-Site or Origin. So write asks for a header no
+// form can set (RequestHeader, or Authorization) and refuses a request a
+// browser marks as from another site (http.CrossOriginProtection).
+func (a *admin) write(h http.Handler) http.Handler {
+	marked := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get(RequestHeader) == "" && r.Header.Get("Authorization") == "" {
+			http.Error(w, "send the header "+RequestHeader+": 1 (smarthost's commands do)", http.StatusForbidden)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+	return a.guard(http.NewCrossOriginProtection().Handler(marked))
+}
+
+// loopback reports whether a listen address or a request's Host (with or
+// without a port) is a loopback one.
 func loopback(addr string) bool {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
-		return false
+		host = strings.TrimSuffix(strings.TrimPrefix(addr, "["), "]")
 	}
 	if host == "localhost" {
 		return true

@@ -90,6 +90,7 @@ func (c *AdminClient) do(ctx context.Context, method, path string) (*http.Respon
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
+	req.Header.Set(RequestHeader, "1")
 	return c.client.Do(req)
 }
 

@@ -4,7 +4,8 @@
 // filters of `smarthost queue`), and a read-only status page (GET /status)
 // with the queue, the upstreams' health, recent deliveries and failures
 // and a trace search. It serves them; the daemon puts them behind its
-// token.
+// guards (the token, and for what changes the queue, its refusal of
+// requests a browser sends cross-site).
 //
 // Where things are: api.go (this file) the JSON endpoints; page.go and
 // page.html the status page; health.go each upstream's health, from the
@@ -42,8 +43,9 @@ type Config struct {
 	TraceWindow time.Duration    // how far back the page searches; default 72h
 }
 
-// Routes adds the endpoints to mux, each through guard.
-func Routes(mux *http.ServeMux, guard func(http.Handler) http.Handler, cfg Config) {
+// Routes adds the endpoints to mux: those that read through read, those
+// that change the queue through write.
+func Routes(mux *http.ServeMux, read, write func(http.Handler) http.Handler, cfg Config) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -53,10 +55,10 @@ func Routes(mux *http.ServeMux, guard func(http.Handler) http.Handler, cfg Confi
 	if cfg.Health == nil {
 		cfg.Health = NewHealth()
 	}
-	mux.Handle("GET /v1/messages", guard(http.HandlerFunc(cfg.messages)))
-	mux.Handle("GET /v1/queue", guard(http.HandlerFunc(cfg.list)))
-	mux.Handle("POST /v1/queue/{op}", guard(http.HandlerFunc(cfg.manage)))
-	mux.Handle("GET /status", guard(http.HandlerFunc(cfg.page)))
+	mux.Handle("GET /v1/messages", read(http.HandlerFunc(cfg.messages)))
+	mux.Handle("GET /v1/queue", read(http.HandlerFunc(cfg.list)))
+	mux.Handle("POST /v1/queue/{op}", write(http.HandlerFunc(cfg.manage)))
+	mux.Handle("GET /status", read(http.HandlerFunc(cfg.page)))
 	mux.Handle("GET /{$}", http.RedirectHandler("/status", http.StatusFound))
 }
 

@@ -52,7 +52,8 @@ func server(t *testing.T) (*httptest.Server, *queue.Queue, *history.History) {
 	go func() { q.Run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done; q.Close(); h.Close() })
 	mux := http.NewServeMux()
-	Routes(mux, func(h http.Handler) http.Handler { return h }, Config{Queue: q, HistoryDir: dir + "/history",
+	open := func(h http.Handler) http.Handler { return h }
+	Routes(mux, open, open, Config{Queue: q, HistoryDir: dir + "/history",
 		Upstreams: []string{"mx", "backup"}, Health: health, Hostname: "relay.test", Version: "test"})
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
