@@ -186,19 +186,25 @@ func windowGate(n int, w time.Duration, reply *smtp.SMTPError) func() error {
 // bounces, every message arrives at its first attempt, and the refusals
 // are few: in each window the sessions in flight when the first refusal
 // came (max_connections, 2) and the probes that end a hold (at most 3 in
-// a window: after 1, 2 and 4 s). The generic reply and Microsoft's
-// daily quota, a 5xx that means later, give the same.
+// a window: after 1, 2 and 4 s). The generic reply, and Microsoft's and
+// Google's daily quotas, 5xx replies that mean later, give the same
+// (Google's over two windows only, to keep it short).
 func TestShapingHoldsOnThrottle(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
+		n     int
 		reply *smtp.SMTPError
 	}{
-		{"generic", &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Too many messages"}},
-		{"microsoft", &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 2, 0},
+		{"generic", 20, &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Too many messages"}},
+		{"microsoft", 20, &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 2, 0},
 			Message: "STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to process message due to a permanent exception with message Cannot submit message."}},
+		// As Google's "Gmail SMTP errors and codes" has it.
+		{"google", 10, &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 4, 5},
+			Message: "Daily user sending limit exceeded. For more information on Gmail sending limits go to https://support.google.com/a/answer/166852 - gsmtp"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			const n, perWindow, conns = 20, 5, 2
+			const perWindow, conns = 5, 2
+			n := tc.n
 			s := sink(t, "127.0.0.1:0")
 			s.Gate(windowGate(perWindow, shapeWindow, tc.reply))
 			ups := fmt.Sprintf("upstreams:\n  - {name: %s, url: \"smtp://%s\", tls: none, timeout: 5s, max_connections: %d, throttle: {cooldown: 1s, max_cooldown: 4s}}\n",
