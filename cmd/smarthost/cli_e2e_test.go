@@ -222,6 +222,10 @@ func TestHelpEverywhere(t *testing.T) {
 			}
 		}
 	}
+	// The overview names each form of a command.
+	if out, _ := runCLI("--help"); !strings.Contains(out, "limits show USER | --upstream NAME") {
+		t.Errorf("smarthost --help does not name limits show --upstream:\n%s", out)
+	}
 	// Without a verb, or with a wrong one: the list on standard error, 2.
 	if out, err := runCLI("queue"); exitCode(err) != 2 || !strings.Contains(out, "verbs:") {
 		t.Errorf("smarthost queue: exit %d\n%s", exitCode(err), out)

@@ -21,7 +21,8 @@ commands:
                                     inspect and act on the queue (by ID or filter); hand a stopped node's spool to its peers
   trace QUERY [--since D] [--json]  the story of a message (queue ID, Message-ID or address) from the history
   drain                             ask the running relay to hand its queue to its peers and exit
-  limits show USER                  a user's class, limits, what is left and when it refills
+  limits show USER | --upstream NAME
+                                    a user's class and limits, or an upstream's shared budget: what is left and when it refills
   probe-ready URL                   exit 0 when URL (a /readyz) answers 200: a container healthcheck
   version                           print version, commit and Go version
 
