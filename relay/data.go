@@ -290,7 +290,7 @@ func (s *session) received(id string, now time.Time) string {
 	b.WriteString("Received:")
 	tlsNote := ""
 	if s.tls {
-		tlsNote = fmt.Sprintf("(using %s with cipher %s)", tlsVersionName(s.tlsVersion), tls.CipherSuiteName(s.tlsCipher))
+		tlsNote = fmt.Sprintf("(using %s with cipher %s)", queue.TLSVersion(s.tlsVersion), tls.CipherSuiteName(s.tlsCipher))
 	}
 	if s.deps.Received != ReceivedAnonymous {
 		fmt.Fprintf(&b, " from %s ([%s])\r\n\t", sanitizeHelo(s.helo), s.client.Addr)
@@ -328,11 +328,6 @@ func (s *session) protocol() string {
 		p += "A"
 	}
 	return p
-}
-
-// tlsVersionName names a TLS version as OpenSSL and Postfix do: TLSv1.3.
-func tlsVersionName(v uint16) string {
-	return strings.Replace(tls.VersionName(v), "TLS 1", "TLSv1", 1)
 }
 
 // needsUTF8 reports whether a message sent with SMTPUTF8 really needs it:

@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"crypto/tls"
 	"strconv"
 	"strings"
 	"time"
@@ -92,7 +93,7 @@ type Outcome struct {
 	Err      error  // nil: the upstream took it
 	Upstream string // the upstream (or peer) that answered last; "" if none was reached
 	Addr     string // the address connected to
-	TLS      string // TLS version ("TLSv1.3"); "" without TLS
+	TLS      string // TLS version, as TLSVersion names it; "" without TLS
 	// Reply is the upstream's reply about this recipient as it was sent,
 	// codes included, lines joined by "\n": for a recipient taken, the
 	// reply to the message, which carries the upstream's own queue ID.
@@ -180,4 +181,11 @@ func (q *Queue) accepted(m *Message, dkim []string) {
 		s.DKIM = dkim
 		q.observe(s)
 	}
+}
+
+// TLSVersion names a TLS version as OpenSSL and Postfix do (TLSv1.3), in
+// the delivery log and in the Received header, where tools that read
+// Postfix's look for it; tls.VersionName says "TLS 1.3".
+func TLSVersion(v uint16) string {
+	return strings.Replace(tls.VersionName(v), "TLS 1", "TLSv1", 1)
 }

@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -192,3 +193,12 @@ func TestEventsObserved(t *testing.T) {
 }
 
 func jsonNumber(n any) json.Number { return json.Number(fmt.Sprint(n)) }
+
+// TLS versions are named as Postfix's log and Received header name them.
+func TestTLSVersion(t *testing.T) {
+	for v, want := range map[uint16]string{tls.VersionTLS12: "TLSv1.2", tls.VersionTLS13: "TLSv1.3", 0x0305: "0x0305"} {
+		if got := TLSVersion(v); got != want {
+			t.Errorf("TLSVersion(%#x) = %q, want %q", v, got, want)
+		}
+	}
+}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net/url"
 	"strconv"
-	"strings"
 
 	"github.com/smarthost/smarthost/relay/queue"
 	"github.com/smarthost/smarthost/relay/upstream/smtpclient"
@@ -93,7 +92,7 @@ func (t *smtpTransport) Send(ctx context.Context, m *queue.Message, to []queue.R
 func outcomes(c *smtpclient.Conn, errs []error) []queue.Outcome {
 	addr, version := c.RemoteAddr().String(), ""
 	if st, ok := c.TLS(); ok {
-		version = tlsVersionName(st.Version)
+		version = queue.TLSVersion(st.Version)
 	}
 	out := make([]queue.Outcome, len(errs))
 	for i, err := range errs {
@@ -104,11 +103,6 @@ func outcomes(c *smtpclient.Conn, errs []error) []queue.Outcome {
 		out[i] = queue.Outcome{Err: err, Addr: addr, TLS: version, Reply: reply}
 	}
 	return out
-}
-
-// tlsVersionName names a TLS version as OpenSSL and Postfix do: TLSv1.3.
-func tlsVersionName(v uint16) string {
-	return strings.Replace(tls.VersionName(v), "TLS 1", "TLSv1", 1)
 }
 
 // transaction sends one message. A non-nil error leaves the session
