@@ -139,7 +139,8 @@ func (a *admin) handler() http.Handler {
 	pp.HandleFunc("/debug/pprof/", pprof.Index)
 	pp.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	pp.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	mux.Handle("/debug/pprof/", a.guard(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	// GET only: nothing there is for a form to post to.
+	mux.Handle("GET /debug/pprof/", a.guard(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !a.current.Load().pprof {
 			http.NotFound(w, r)
 			return

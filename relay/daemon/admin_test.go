@@ -18,7 +18,7 @@ import (
 // refuses what such a page can send (a form, without the header, marked
 // cross-site, or under a rebound name) with 403, and the message stays;
 // smarthost's own client still acts, and the status page still opens from
-// a link on another site.
+// a link on another site. pprof takes no POST.
 func TestAdminWritesRefuseCrossSite(t *testing.T) {
 	r := runDaemon(t, relayConfig(t, t.TempDir(), "127.0.0.1:1", map[string]string{"alice": "alice-pw"}))
 	send(t, r.d.Addrs().SMTP[0].String(), []string{"bob@dest.test"}, "From: alice@example.com\r\nSubject: keep\r\n\r\nx\r\n")
@@ -61,6 +61,16 @@ func TestAdminWritesRefuseCrossSite(t *testing.T) {
 	}
 	if q := queued(); len(q) != 1 || q[0].ID != id {
 		t.Fatalf("after the refused requests the queue holds %+v, want %s", q, id)
+	}
+
+	// pprof answers GET alone (and is off here: 404).
+	if resp, err := http.Post(base+"/debug/pprof/heap?gc=1", "text/plain", nil); err != nil || resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("POST to pprof: %v %v, want 405", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+	if httpStatus(r.d.Addrs().Admin, "/debug/pprof/") != http.StatusNotFound {
+		t.Error("GET pprof without metrics.pprof: want 404")
 	}
 
 	req, _ := http.NewRequest(http.MethodGet, base+"/status", nil)
