@@ -198,7 +198,7 @@ ratelimit: {$([ -n "${BENCH_REDIS:-}" ] && echo "backend: redis, redis: {addrs: 
 $dkim
 upstreams: [{name: sink, url: "smtp://127.0.0.1:${UP_PORT:-$SINK_PORT}", tls: none, max_connections: ${UP_CONNS:-20}${UP_EXTRA:-}}]
 queue: {dir: $W/queue, workers: 20}
-history: {enabled: ${HIST:-true}}
+${HIST:+history: {enabled: $HIST\}}
 log: {format: text, level: warn}
 CONF
 }
