@@ -140,13 +140,26 @@ func verbs(name string, table map[string]verb) func(c cmdIO, args []string) int 
 	}
 }
 
+// usage ends a command after fs.parse: with code when parse is done, else
+// (its arguments are wrong) with the usage and exitBadConfig.
+func (f flags) usage(code int, done bool) int {
+	if done {
+		return code
+	}
+	f.Usage()
+	return exitBadConfig
+}
+
 // fail says what went wrong with the configuration at path, or with the
-// command (what, if not ""), and returns the exit code: exitBadConfig for a
-// mistake in the configuration, exitRuntime for anything else.
+// command (what, if not ""), and returns the exit code: exitOK when err is
+// nil, exitBadConfig for a mistake in the configuration, exitRuntime for
+// anything else.
 func fail(c cmdIO, path, what string, err error) int {
 	var probs configs.Problems
 	var bad *daemon.ConfigError
 	switch {
+	case err == nil:
+		return exitOK
 	case errors.As(err, &probs):
 		configs.Print(c.stderr, path, err)
 		return exitBadConfig

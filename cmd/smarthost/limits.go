@@ -20,12 +20,8 @@ func limitsShow(c cmdIO, args []string) int {
 	path := fs.String("config", "", "configuration file")
 	up := fs.String("upstream", "", "show this upstream's budget instead of a user's")
 	pos, code, done := fs.parse(args)
-	if done {
-		return code
-	}
-	if len(pos) != 1 && !(*up != "" && len(pos) == 0) {
-		fs.Usage()
-		return exitBadConfig
+	if done || len(pos) != 1 && !(*up != "" && len(pos) == 0) {
+		return fs.usage(code, done)
 	}
 	f, source, code := fs.config(*path)
 	if f == nil {

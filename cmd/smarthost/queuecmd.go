@@ -1,129 +1,212 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/smarthost/smarthost/configs"
 	"github.com/smarthost/smarthost/relay/daemon"
+	"github.com/smarthost/smarthost/relay/inspect"
 	"github.com/smarthost/smarthost/relay/queue"
 )
 
 var queueVerbs = map[string]verb{
 	"handoff": {handoffUsage[:strings.Index(handoffUsage, "\n")], "hand every message of a stopped relay's spool to its peers (queue.handoff)", queueHandoff},
 	"list":    {listUsage, "queued messages (all, or those the filters pick): ID, state, age, size, attempts, next attempt, sender, each recipient's state, last reply; --json as postqueue -j", queueListCmd},
-	"show":    queueVerb("show", 1, "one message's state and its content as it will be sent", queueShow),
-	"retry": queueVerb("retry", idOrAll, "ask the running relay to try a message, or with --all every message, now (it notices within 10 s)",
-		func(sp *queue.Spool, id string, w io.Writer) error {
-			if id != "" {
-				return said(w, sp.Retry(id), "%s: retry requested", id)
-			}
-			n, err := sp.RetryAll()
-			return said(w, err, "retry requested for %d message(s)", n)
-		}),
+	"show":    {showUsage, showAbout, queueShow},
+	"retry":   {retryUsage, retryAbout, queueRetry},
 	"hold":    manageVerb(queue.OpHold, "put messages on hold, as postsuper -h: not attempted, and not ageing towards queue.max_age, until released", false),
 	"release": manageVerb(queue.OpRelease, "release held messages, as postsuper -H: attempted again at once", false),
 	"delete":  manageVerb(queue.OpDelete, "delete messages without a bounce, as postsuper -d; by filter, says how many and asks first", true),
 	"bounce":  manageVerb(queue.OpBounce, "return messages to their senders now, each with a DSN (5.0.0) for its pending recipients; by filter, asks first", true),
 }
 
+// openSpool opens the spool (queue.dir) of the configuration --config
+// names, whether or not a relay runs on it; nil and the exit code when it
+// cannot.
+func openSpool(fs flags, path string) (*queue.Spool, int) {
+	f, _, code := fs.config(path)
+	if f == nil {
+		return nil, code
+	}
+	sp, err := queue.OpenSpool(f.Queue.Dir)
+	if err != nil {
+		return nil, fail(fs.io, "", "", err)
+	}
+	return sp, exitOK
+}
+
+const (
+	showUsage  = "ID [--config FILE]"
+	showAbout  = "one message's state and its content as it will be sent"
+	retryUsage = "ID|--all [--config FILE]"
+	retryAbout = "ask the running relay to try a message, or with --all every message, now (it notices within 10 s)"
+)
+
+func queueShow(c cmdIO, args []string) int {
+	fs := c.flags("queue show", showUsage+"\n\n"+showAbout)
+	path := fs.String("config", "", "configuration file")
+	pos, code, done := fs.parse(args)
+	if done || len(pos) != 1 {
+		return fs.usage(code, done)
+	}
+	sp, code := openSpool(fs, *path)
+	if sp == nil {
+		return code
+	}
+	return fail(c, "", "", sp.WriteShow(c.stdout, pos[0]))
+}
+
+func queueRetry(c cmdIO, args []string) int {
+	fs := c.flags("queue retry", retryUsage+"\n\n"+retryAbout)
+	path := fs.String("config", "", "configuration file")
+	all := fs.Bool("all", false, "every message in the queue")
+	pos, code, done := fs.parse(args)
+	want := 1
+	if *all {
+		want = 0
+	}
+	if done || len(pos) != want {
+		return fs.usage(code, done)
+	}
+	sp, code := openSpool(fs, *path)
+	if sp == nil {
+		return code
+	}
+	if !*all {
+		return fail(c, "", "", said(c, sp.Retry(pos[0]), "%s: retry requested", pos[0]))
+	}
+	n, err := sp.RetryAll()
+	return fail(c, "", "", said(c, err, "retry requested for %d message(s)", n))
+}
+
 // said says what was done, unless err says it was not.
-func said(w io.Writer, err error, format string, args ...any) error {
+func said(c cmdIO, err error, format string, args ...any) error {
 	if err == nil {
-		fmt.Fprintf(w, format+"\n", args...)
+		fmt.Fprintf(c.stdout, format+"\n", args...)
 	}
 	return err
 }
 
-// idOrAll, as a queue verb's number of arguments: an ID, or --all (act
-// gets the ID "").
-const idOrAll = -1
+const listUsage = "[--json] [--from A] [--to A] [--older-than D] [--upstream NAME] [--state deferred|held|active] [--config FILE]"
 
-// queueVerb makes a queue verb that takes n arguments (none, an ID, or
-// idOrAll) and works on the spool of --config's queue.dir, whether or not a
-// relay runs.
-func queueVerb(name string, n int, about string, act func(sp *queue.Spool, id string, w io.Writer) error) verb {
-	synopsis := map[int]string{0: "[--config FILE]", 1: "ID [--config FILE]", idOrAll: "ID|--all [--config FILE]"}[n]
-	return verb{synopsis, about, func(c cmdIO, args []string) int {
-		fs := c.flags("queue "+name, synopsis+"\n\n"+about)
-		path := fs.String("config", "", "configuration file")
-		all := new(bool)
-		if n == idOrAll {
-			all = fs.Bool("all", false, "every message in the queue")
+// queueListCmd is `smarthost queue list`: the spool's messages, read from
+// its files, whether or not a relay runs (as Postfix's mailq).
+func queueListCmd(c cmdIO, args []string) int {
+	fs := c.flags("queue list", listUsage+"\n\nEvery queued message the filters pick (all without one), oldest first:\n"+
+		"ID, age, size, attempts, next attempt, sender, each recipient's state, last reply.\n"+
+		"--json: one JSON object per message per line, as postqueue -j.")
+	path := fs.String("config", "", "configuration file")
+	asJSON := fs.Bool("json", false, "one JSON object per message per line")
+	readFilter := inspect.FilterFlags(fs.FlagSet)
+	pos, code, done := fs.parse(args)
+	if done {
+		return code
+	}
+	filter, err := readFilter(nil)
+	if len(pos) != 0 || err != nil {
+		if err != nil {
+			errorf(c.stderr, "queue list: %v", err)
 		}
-		pos, code, done := fs.parse(args)
+		return exitBadConfig
+	}
+	sp, code := openSpool(fs, *path)
+	if sp == nil {
+		return code
+	}
+	now := time.Now()
+	ms, err := sp.Select(filter, now)
+	if err == nil {
+		err = queue.WriteList(c.stdout, ms, *asJSON, now)
+	}
+	return fail(c, "", "", err)
+}
+
+// manageVerb makes `smarthost queue hold|release|delete|bounce`: op on
+// the messages given by ID or picked by the filters, through the running
+// relay (or on the spool when none runs); with confirm, asking first
+// unless --yes.
+func manageVerb(op, about string, confirm bool) verb {
+	synopsis := "ID...|FILTERS [--config FILE]"
+	if confirm {
+		synopsis = "ID...|FILTERS [--yes] [--config FILE]"
+	}
+	return verb{synopsis, about, func(c cmdIO, args []string) int {
+		fs := c.flags("queue "+op, synopsis+"\n\n"+about+
+			"\nFILTERS: --from, --to, --older-than, --upstream, --state (as queue list); every one given must match.")
+		path := fs.String("config", "", "configuration file")
+		yes := new(bool)
+		if confirm {
+			yes = fs.Bool("yes", false, "do not ask first")
+		}
+		readFilter := inspect.FilterFlags(fs.FlagSet)
+		ids, code, done := fs.parse(args)
 		if done {
 			return code
 		}
-		want := n
-		if n == idOrAll {
-			want = 1
-			if *all {
-				want = 0
+		filter, err := readFilter(ids)
+		if err != nil || filter.Empty() {
+			if err == nil {
+				err = fmt.Errorf("name a queue ID or a filter (--from, --to, --older-than, --upstream, --state)")
 			}
-		}
-		if len(pos) != want {
-			fs.Usage()
+			errorf(c.stderr, "queue %s: %v", op, err)
 			return exitBadConfig
 		}
 		f, _, code := fs.config(*path)
 		if f == nil {
 			return code
 		}
-		sp, err := queue.OpenSpool(f.Queue.Dir)
-		if err != nil {
-			errorf(c.stderr, "%v", err)
-			return exitRuntime
-		}
-		id := ""
-		if want == 1 {
-			id = pos[0]
-		}
-		if err := act(sp, id, c.stdout); err != nil {
-			errorf(c.stderr, "%v", err)
-			return exitRuntime
-		}
-		return exitOK
+		// By ID, the messages are named one by one; by filter, how many
+		// it picks is worth a look first.
+		byFilter := filter
+		byFilter.IDs = nil
+		return manage(c, f, op, filter, confirm && !*yes && !byFilter.Empty())
 	}}
 }
 
-// printQueue prints messages as a table, and their count.
-func printQueue(w io.Writer, ms []queue.Queued, now time.Time) {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tSTATE\tAGE\tSIZE\tATTEMPTS\tNEXT\tFROM\tRECIPIENTS\tLAST REPLY")
-	for _, m := range ms {
-		next := m.NextAttempt.Sub(now).Round(time.Second)
-		var rcpts []string
-		for _, r := range m.Recipients {
-			rcpts = append(rcpts, r.Addr+"="+r.Status)
-		}
-		state := m.State
-		if m.Waiting != "" {
-			state = m.Waiting
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t<%s>\t%s\t%s\n", m.ID, state, now.Sub(m.Created).Round(time.Second),
-			m.Size, m.Attempts, max(next, 0), m.From, strings.Join(rcpts, ","), m.LastError)
+// manage does op to what filter picks; ask: say how many first and go on
+// only on a yes.
+func manage(c cmdIO, f *configs.File, op string, filter queue.Filter, ask bool) int {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ctl, err := daemon.OpenQueueControl(f, daemon.NewLogger(configs.Log{Format: "text", Level: "warn"}, c.stderr))
+	if err != nil {
+		errorf(c.stderr, "queue %s: %v", op, err)
+		return exitRuntime
 	}
-	tw.Flush()
-	fmt.Fprintf(w, "%d message(s)\n", len(ms))
+	defer ctl.Close()
+	n := -1 // not counted
+	if ask {
+		if filter, n, err = ctl.Pick(ctx, filter); err != nil {
+			return fail(c, "", "queue "+op, err)
+		}
+	}
+	switch {
+	case n == 0:
+		fmt.Fprintln(c.stdout, "no message matches")
+		return exitOK
+	case n > 0 && !confirmed(c, fmt.Sprintf("%s %d message(s)? [y/N] ", op, n)):
+		fmt.Fprintln(c.stdout, "nothing done")
+		return exitRuntime
+	}
+	ids, err := ctl.Manage(ctx, op, filter, daemon.AskedBy("smarthost queue "+op))
+	done := map[string]string{queue.OpHold: "held", queue.OpRelease: "released", queue.OpDelete: "deleted", queue.OpBounce: "bounced"}[op]
+	for _, id := range ids {
+		fmt.Fprintf(c.stdout, "%s: %s\n", id, done)
+	}
+	fmt.Fprintf(c.stdout, "%d message(s) %s\n", len(ids), done)
+	return fail(c, "", "queue "+op, err)
 }
 
-func queueShow(sp *queue.Spool, id string, w io.Writer) error {
-	m, body, err := sp.Show(id)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(w, "ID: %s\nFrom: <%s>\nCreated: %s\nAttempts: %d\nNext attempt: %s\n",
-		m.ID, m.From, m.Created.Format(time.RFC3339), m.Attempts, m.NextAttempt.Format(time.RFC3339))
-	for _, r := range m.Recipients {
-		fmt.Fprintf(w, "Recipient: <%s> %s %s\n", r.Addr, r.Status, r.Error)
-	}
-	fmt.Fprintf(w, "\n%s", body)
-	return nil
+// confirmed asks question on stdout and reads the answer from stdin.
+func confirmed(c cmdIO, question string) bool {
+	fmt.Fprint(c.stdout, question)
+	line, _ := bufio.NewReader(c.stdin).ReadString('\n')
+	answer := strings.ToLower(strings.TrimSpace(line))
+	return answer == "y" || answer == "yes"
 }
 
 const handoffUsage = "[--config FILE] [--to NAME] [--timeout 5m]\n\n" +

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os/user"
 	"strings"
 
 	"github.com/smarthost/smarthost/configs"
@@ -131,4 +132,28 @@ func (c *QueueControl) Manage(ctx context.Context, op string, filter queue.Filte
 		return out.IDs, errors.New(out.Error)
 	}
 	return out.IDs, nil
+}
+
+// Pick is filter narrowed to the IDs of the messages it picks now, and how
+// many there are: asked first whether to act on them, an administrator
+// then gets what was said yes to, and not what has arrived since.
+func (c *QueueControl) Pick(ctx context.Context, filter queue.Filter) (queue.Filter, int, error) {
+	ms, err := c.List(ctx, filter)
+	if err != nil {
+		return filter, 0, err
+	}
+	filter.IDs = make([]string, len(ms))
+	for i, m := range ms {
+		filter.IDs[i] = m.ID
+	}
+	return filter, len(ms), nil
+}
+
+// AskedBy is who asks, for the history: command, and the system user who
+// runs it when that is known.
+func AskedBy(command string) string {
+	if u, err := user.Current(); err == nil {
+		return command + " (" + u.Username + ")"
+	}
+	return command
 }

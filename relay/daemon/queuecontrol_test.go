@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/smarthost/smarthost/configs"
@@ -42,7 +43,14 @@ func TestQueueControlOffline(t *testing.T) {
 	if ctl.client != nil {
 		t.Fatal("no relay runs, yet the control asks one")
 	}
-	ids, err := ctl.Manage(context.Background(), queue.OpBounce, queue.Filter{IDs: []string{id}}, "the test")
+	picked, n, err := ctl.Pick(context.Background(), queue.Filter{From: "ALICE@example.com"})
+	if err != nil || n != 1 || len(picked.IDs) != 1 || picked.IDs[0] != id || picked.From != "ALICE@example.com" {
+		t.Fatalf("Pick: %+v %d %v, want the filter narrowed to %s", picked, n, err, id)
+	}
+	if by := AskedBy("smarthost queue hold"); !strings.HasPrefix(by, "smarthost queue hold (") {
+		t.Errorf("AskedBy: %q, want the command and the user", by)
+	}
+	ids, err := ctl.Manage(context.Background(), queue.OpBounce, picked, "the test")
 	if err != nil || len(ids) != 1 || ids[0] != id {
 		t.Fatalf("bounce: %v %v", ids, err)
 	}

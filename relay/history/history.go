@@ -6,7 +6,8 @@
 // status page.
 //
 // Where things are: history.go (this file) the writer; segment.go the
-// files and their pruning; search.go the reading.
+// files and their pruning; search.go the reading; text.go a story as
+// `smarthost trace` prints it.
 package history
 
 import (

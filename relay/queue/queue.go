@@ -10,7 +10,8 @@
 // journal of small new messages; scheduler.go which messages are due and
 // which in flight; attempt.go the workers and one delivery attempt, from
 // the deliverer to the message's removal or saved state; bounce.go
-// delivery status notifications; spool.go the view `smarthost queue` uses.
+// delivery status notifications; spool.go the view `smarthost queue` uses,
+// listing.go what it prints.
 package queue
 
 import (
