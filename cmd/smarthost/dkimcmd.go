@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/smarthost/smarthost/cmdline"
 	"github.com/smarthost/smarthost/dkim"
 	"github.com/smarthost/smarthost/relay/daemon"
 )
@@ -15,10 +16,10 @@ const (
 	checkUsage  = "[--config FILE] [--resolver HOST[:PORT]]"
 )
 
-var dkimVerbs = map[string]verb{
-	"keygen": {keygenUsage, "write a private key (PKCS#8 PEM, mode 0600, never overwriting) and print its DNS TXT record", dkimKeygen},
-	"dns":    {dnsUsage, "print the DNS TXT record of every configured key", dkimDNS},
-	"check":  {checkUsage, "look up every configured key's published record and check that it verifies the key's signatures", dkimCheck},
+var dkimVerbs = map[string]cmdline.Verb{
+	"keygen": {Usage: keygenUsage, About: "write a private key (PKCS#8 PEM, mode 0600, never overwriting) and print its DNS TXT record", Run: dkimKeygen},
+	"dns":    {Usage: dnsUsage, About: "print the DNS TXT record of every configured key", Run: dkimDNS},
+	"check":  {Usage: checkUsage, About: "look up every configured key's published record and check that it verifies the key's signatures", Run: dkimCheck},
 }
 
 const checkHelp = checkUsage + `
@@ -35,73 +36,73 @@ as a receiver would. One line per key says:
   broken      the key's own signatures do not verify: replace the key
 Exit 0 when every key is ok, 1 when one is not, 2 for a bad configuration.`
 
-func dkimCheck(c cmdIO, args []string) int {
-	fs := c.flags("dkim check", checkHelp)
+func dkimCheck(c cmdline.IO, args []string) int {
+	fs := c.Flags("dkim check", checkHelp)
 	path := fs.String("config", "", "configuration file")
 	resolver := resolverFlag(fs)
-	if _, code, done := fs.parse(args); done {
+	if _, code, done := fs.ParseArgs(args); done {
 		return code
 	}
-	f, source, code := fs.config(*path)
+	f, source, code := fs.Config(*path)
 	if f == nil {
 		return code
 	}
-	code = printFindings(c.stdout, c.stderr, daemon.CheckDKIM(context.Background(), f, *resolver))
-	if code == exitRuntime {
+	code = printFindings(c.Stdout, c.Stderr, daemon.CheckDKIM(context.Background(), f, *resolver))
+	if code == cmdline.Runtime {
 		dns := "smarthost dkim dns"
 		if source != "" {
 			dns += " --config " + source
 		}
-		fmt.Fprintf(c.stdout, "%s prints the records to publish.\n", dns)
+		fmt.Fprintf(c.Stdout, "%s prints the records to publish.\n", dns)
 	}
 	return code
 }
 
-func dkimKeygen(c cmdIO, args []string) int {
-	fs := c.flags("dkim keygen", keygenUsage)
-	stdout, stderr := c.stdout, c.stderr
+func dkimKeygen(c cmdline.IO, args []string) int {
+	fs := c.Flags("dkim keygen", keygenUsage)
+	stdout, stderr := c.Stdout, c.Stderr
 	domain := fs.String("domain", "", "signing domain")
 	selector := fs.String("selector", "", "selector")
 	algo := fs.String("algo", "rsa2048", "rsa2048, rsa4096 or ed25519")
 	out := fs.String("out", ".", "folder for the key file")
 	ifMissing := fs.Bool("if-missing", false, "keep a key file that exists (and print its record) instead of failing")
-	if _, code, done := fs.parse(args); done {
+	if _, code, done := fs.ParseArgs(args); done {
 		return code
 	}
 	if *domain == "" || *selector == "" {
-		errorf(stderr, "dkim keygen needs --domain and --selector")
-		return exitBadConfig
+		cmdline.Errorf(stderr, "dkim keygen needs --domain and --selector")
+		return cmdline.BadConfig
 	}
 	path, record, err := dkim.Keygen(*out, *domain, *selector, *algo, *ifMissing)
 	if err != nil {
-		errorf(stderr, "%v", err)
+		cmdline.Errorf(stderr, "%v", err)
 		if errors.Is(err, dkim.ErrUnknownAlgorithm) {
-			return exitBadConfig
+			return cmdline.BadConfig
 		}
-		return exitRuntime
+		return cmdline.Runtime
 	}
 	fmt.Fprintf(stdout, "key: %s\n%s\n", path, record)
-	return exitOK
+	return cmdline.OK
 }
 
-func dkimDNS(c cmdIO, args []string) int {
-	fs := c.flags("dkim dns", dnsUsage)
+func dkimDNS(c cmdline.IO, args []string) int {
+	fs := c.Flags("dkim dns", dnsUsage)
 	path := fs.String("config", "", "configuration file")
-	if _, code, done := fs.parse(args); done {
+	if _, code, done := fs.ParseArgs(args); done {
 		return code
 	}
-	f, _, code := fs.config(*path)
+	f, _, code := fs.Config(*path)
 	if f == nil {
 		return code
 	}
-	code = exitOK
+	code = cmdline.OK
 	for _, r := range daemon.DKIMRecords(f) {
 		if r.Failed {
-			errorf(c.stderr, "%s", r)
-			code = exitRuntime
+			cmdline.Errorf(c.Stderr, "%s", r)
+			code = cmdline.Runtime
 			continue
 		}
-		fmt.Fprintln(c.stdout, r.Outcome)
+		fmt.Fprintln(c.Stdout, r.Outcome)
 	}
 	return code
 }

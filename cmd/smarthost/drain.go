@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/smarthost/smarthost/cmdline"
 	"github.com/smarthost/smarthost/relay/daemon"
 )
 
@@ -13,14 +14,14 @@ const drainUsage = "[--config FILE] [--timeout 10m]\n\n" +
 	"message to the peers of queue.handoff.upstreams; returns 0 once its queue is empty\n" +
 	"(the relay then exits 0), 1 if that does not happen within --timeout."
 
-func drainCmd(c cmdIO, args []string) int {
-	fs := c.flags("drain", drainUsage)
+func drainCmd(c cmdline.IO, args []string) int {
+	fs := c.Flags("drain", drainUsage)
 	path := fs.String("config", "", "configuration file of the relay to drain")
 	timeout := fs.Duration("timeout", 10*time.Minute, "how long to wait for the queue to empty")
-	if _, code, done := fs.parse(args); done {
+	if _, code, done := fs.ParseArgs(args); done {
 		return code
 	}
-	f, _, code := fs.config(*path)
+	f, _, code := fs.Config(*path)
 	if f == nil {
 		return code
 	}
@@ -34,6 +35,6 @@ func drainCmd(c cmdIO, args []string) int {
 	if err != nil {
 		return fail(c, "", "drain", err)
 	}
-	fmt.Fprint(c.stdout, answer)
-	return exitOK
+	fmt.Fprint(c.Stdout, answer)
+	return cmdline.OK
 }

@@ -5,25 +5,26 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/smarthost/smarthost/cmdline"
 	"github.com/smarthost/smarthost/relay/daemon"
 )
 
 const limitsShowUsage = "USER | --upstream NAME [--config FILE]"
 
-var limitsVerbs = map[string]verb{
-	"show": {limitsShowUsage, "the user's class, each limit, what is left and when it is full again; " +
-		"with --upstream, the upstream's budget shared by every node, its sessions and whether it is on hold", limitsShow},
+var limitsVerbs = map[string]cmdline.Verb{
+	"show": {Usage: limitsShowUsage, About: "the user's class, each limit, what is left and when it is full again; " +
+		"with --upstream, the upstream's budget shared by every node, its sessions and whether it is on hold", Run: limitsShow},
 }
 
-func limitsShow(c cmdIO, args []string) int {
-	fs := c.flags("limits show", limitsShowUsage)
+func limitsShow(c cmdline.IO, args []string) int {
+	fs := c.Flags("limits show", limitsShowUsage)
 	path := fs.String("config", "", "configuration file")
 	up := fs.String("upstream", "", "show this upstream's budget instead of a user's")
-	pos, code, done := fs.parse(args)
+	pos, code, done := fs.ParseArgs(args)
 	if done || len(pos) != 1 && !(*up != "" && len(pos) == 0) {
-		return fs.usage(code, done)
+		return fs.BadArgs(code, done)
 	}
-	f, source, code := fs.config(*path)
+	f, source, code := fs.Config(*path)
 	if f == nil {
 		return code
 	}
@@ -39,6 +40,6 @@ func limitsShow(c cmdIO, args []string) int {
 	if err != nil {
 		return fail(c, source, "limits", err)
 	}
-	fmt.Fprint(c.stdout, v)
-	return exitOK
+	fmt.Fprint(c.Stdout, v)
+	return cmdline.OK
 }

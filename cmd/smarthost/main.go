@@ -6,6 +6,8 @@ package main
 import (
 	"fmt"
 	"os"
+
+	"github.com/smarthost/smarthost/cmdline"
 )
 
 // overview is what smarthost without a command, or with help, prints.
@@ -34,28 +36,28 @@ smarthost COMMAND --help tells more.
 `
 
 func main() {
-	c := cmdIO{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv}
+	c := cmdline.IO{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv}
 	os.Exit(execute(c, os.Args[1:]))
 }
 
-func execute(c cmdIO, args []string) int {
-	commands := map[string]func(cmdIO, []string) int{
+func execute(c cmdline.IO, args []string) int {
+	commands := map[string]func(cmdline.IO, []string) int{
 		"serve": serveCmd, "check-config": checkConfigCmd, "passwd": passwdCmd, "drain": drainCmd,
-		"dkim": verbs("dkim", dkimVerbs), "queue": verbs("queue", queueVerbs), "limits": verbs("limits", limitsVerbs),
+		"dkim": cmdline.Verbs("dkim", dkimVerbs), "queue": cmdline.Verbs("queue", queueVerbs), "limits": cmdline.Verbs("limits", limitsVerbs),
 		"probe-ready": probeReadyCmd, "trace": traceCmd, "version": versionCmd, "--version": versionCmd, "-version": versionCmd,
 	}
 	if len(args) == 0 {
-		fmt.Fprint(c.stderr, overview)
-		return exitBadConfig
+		fmt.Fprint(c.Stderr, overview)
+		return cmdline.BadConfig
 	}
 	if cmd, ok := commands[args[0]]; ok {
 		return cmd(c, args[1:])
 	}
 	switch args[0] {
 	case "help", "-h", "--help", "-help":
-		fmt.Fprint(c.stdout, overview)
-		return exitOK
+		fmt.Fprint(c.Stdout, overview)
+		return cmdline.OK
 	}
-	fmt.Fprintf(c.stderr, "smarthost: unknown command %q\n\n%s", args[0], overview)
-	return exitBadConfig
+	fmt.Fprintf(c.Stderr, "smarthost: unknown command %q\n\n%s", args[0], overview)
+	return cmdline.BadConfig
 }

@@ -1,23 +1,23 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"strings"
 	"time"
 
+	"github.com/smarthost/smarthost/cmdline"
 	"github.com/smarthost/smarthost/configs"
 	"github.com/smarthost/smarthost/relay/daemon"
 	"github.com/smarthost/smarthost/relay/inspect"
 	"github.com/smarthost/smarthost/relay/queue"
 )
 
-var queueVerbs = map[string]verb{
-	"handoff": {handoffUsage[:strings.Index(handoffUsage, "\n")], "hand every message of a stopped relay's spool to its peers (queue.handoff)", queueHandoff},
-	"list":    {listUsage, "queued messages (all, or those the filters pick): ID, state, age, size, attempts, next attempt, sender, each recipient's state, last reply; --json as postqueue -j", queueListCmd},
-	"show":    {showUsage, showAbout, queueShow},
-	"retry":   {retryUsage, retryAbout, queueRetry},
+var queueVerbs = map[string]cmdline.Verb{
+	"handoff": {Usage: handoffUsage[:strings.Index(handoffUsage, "\n")], About: "hand every message of a stopped relay's spool to its peers (queue.handoff)", Run: queueHandoff},
+	"list":    {Usage: listUsage, About: "queued messages (all, or those the filters pick): ID, state, age, size, attempts, next attempt, sender, each recipient's state, last reply; --json as postqueue -j", Run: queueListCmd},
+	"show":    {Usage: showUsage, About: showAbout, Run: queueShow},
+	"retry":   {Usage: retryUsage, About: retryAbout, Run: queueRetry},
 	"hold":    manageVerb(queue.OpHold, "put messages on hold, as postsuper -h: not attempted, and not ageing towards queue.max_age, until released", false),
 	"release": manageVerb(queue.OpRelease, "release held messages, as postsuper -H: attempted again at once", false),
 	"delete":  manageVerb(queue.OpDelete, "delete messages without a bounce, as postsuper -d; by filter, says how many and asks first", true),
@@ -27,16 +27,16 @@ var queueVerbs = map[string]verb{
 // openSpool opens the spool (queue.dir) of the configuration --config
 // names, whether or not a relay runs on it; nil and the exit code when it
 // cannot.
-func openSpool(fs flags, path string) (*queue.Spool, int) {
-	f, _, code := fs.config(path)
+func openSpool(fs cmdline.Flags, path string) (*queue.Spool, int) {
+	f, _, code := fs.Config(path)
 	if f == nil {
 		return nil, code
 	}
 	sp, err := queue.OpenSpool(f.Queue.Dir)
 	if err != nil {
-		return nil, fail(fs.io, "", "", err)
+		return nil, fail(fs.IO, "", "", err)
 	}
-	return sp, exitOK
+	return sp, cmdline.OK
 }
 
 const (
@@ -46,31 +46,31 @@ const (
 	retryAbout = "ask the running relay to try a message, or with --all every message, now (it notices within 10 s)"
 )
 
-func queueShow(c cmdIO, args []string) int {
-	fs := c.flags("queue show", showUsage+"\n\n"+showAbout)
+func queueShow(c cmdline.IO, args []string) int {
+	fs := c.Flags("queue show", showUsage+"\n\n"+showAbout)
 	path := fs.String("config", "", "configuration file")
-	pos, code, done := fs.parse(args)
+	pos, code, done := fs.ParseArgs(args)
 	if done || len(pos) != 1 {
-		return fs.usage(code, done)
+		return fs.BadArgs(code, done)
 	}
 	sp, code := openSpool(fs, *path)
 	if sp == nil {
 		return code
 	}
-	return fail(c, "", "", sp.WriteShow(c.stdout, pos[0]))
+	return fail(c, "", "", sp.WriteShow(c.Stdout, pos[0]))
 }
 
-func queueRetry(c cmdIO, args []string) int {
-	fs := c.flags("queue retry", retryUsage+"\n\n"+retryAbout)
+func queueRetry(c cmdline.IO, args []string) int {
+	fs := c.Flags("queue retry", retryUsage+"\n\n"+retryAbout)
 	path := fs.String("config", "", "configuration file")
 	all := fs.Bool("all", false, "every message in the queue")
-	pos, code, done := fs.parse(args)
+	pos, code, done := fs.ParseArgs(args)
 	want := 1
 	if *all {
 		want = 0
 	}
 	if done || len(pos) != want {
-		return fs.usage(code, done)
+		return fs.BadArgs(code, done)
 	}
 	sp, code := openSpool(fs, *path)
 	if sp == nil {
@@ -84,9 +84,9 @@ func queueRetry(c cmdIO, args []string) int {
 }
 
 // said says what was done, unless err says it was not.
-func said(c cmdIO, err error, format string, args ...any) error {
+func said(c cmdline.IO, err error, format string, args ...any) error {
 	if err == nil {
-		fmt.Fprintf(c.stdout, format+"\n", args...)
+		fmt.Fprintf(c.Stdout, format+"\n", args...)
 	}
 	return err
 }
@@ -95,23 +95,23 @@ const listUsage = "[--json] [--from A] [--to A] [--older-than D] [--upstream NAM
 
 // queueListCmd is `smarthost queue list`: the spool's messages, read from
 // its files, whether or not a relay runs (as Postfix's mailq).
-func queueListCmd(c cmdIO, args []string) int {
-	fs := c.flags("queue list", listUsage+"\n\nEvery queued message the filters pick (all without one), oldest first:\n"+
+func queueListCmd(c cmdline.IO, args []string) int {
+	fs := c.Flags("queue list", listUsage+"\n\nEvery queued message the filters pick (all without one), oldest first:\n"+
 		"ID, age, size, attempts, next attempt, sender, each recipient's state, last reply.\n"+
 		"--json: one JSON object per message per line, as postqueue -j.")
 	path := fs.String("config", "", "configuration file")
 	asJSON := fs.Bool("json", false, "one JSON object per message per line")
 	readFilter := inspect.FilterFlags(fs.FlagSet)
-	pos, code, done := fs.parse(args)
+	pos, code, done := fs.ParseArgs(args)
 	if done {
 		return code
 	}
 	filter, err := readFilter(nil)
 	if len(pos) != 0 || err != nil {
 		if err != nil {
-			errorf(c.stderr, "queue list: %v", err)
+			cmdline.Errorf(c.Stderr, "queue list: %v", err)
 		}
-		return exitBadConfig
+		return cmdline.BadConfig
 	}
 	sp, code := openSpool(fs, *path)
 	if sp == nil {
@@ -120,7 +120,7 @@ func queueListCmd(c cmdIO, args []string) int {
 	now := time.Now()
 	ms, err := sp.Select(filter, now)
 	if err == nil {
-		err = queue.WriteList(c.stdout, ms, *asJSON, now)
+		err = queue.WriteList(c.Stdout, ms, *asJSON, now)
 	}
 	return fail(c, "", "", err)
 }
@@ -129,13 +129,13 @@ func queueListCmd(c cmdIO, args []string) int {
 // the messages given by ID or picked by the filters, through the running
 // relay (or on the spool when none runs); with confirm, asking first
 // unless --yes.
-func manageVerb(op, about string, confirm bool) verb {
+func manageVerb(op, about string, confirm bool) cmdline.Verb {
 	synopsis := "ID...|FILTERS [--config FILE]"
 	if confirm {
 		synopsis = "ID...|FILTERS [--yes] [--config FILE]"
 	}
-	return verb{synopsis, about, func(c cmdIO, args []string) int {
-		fs := c.flags("queue "+op, synopsis+"\n\n"+about+
+	return cmdline.Verb{Usage: synopsis, About: about, Run: func(c cmdline.IO, args []string) int {
+		fs := c.Flags("queue "+op, synopsis+"\n\n"+about+
 			"\nFILTERS: --from, --to, --older-than, --upstream, --state (as queue list); every one given must match.")
 		path := fs.String("config", "", "configuration file")
 		yes := new(bool)
@@ -143,7 +143,7 @@ func manageVerb(op, about string, confirm bool) verb {
 			yes = fs.Bool("yes", false, "do not ask first")
 		}
 		readFilter := inspect.FilterFlags(fs.FlagSet)
-		ids, code, done := fs.parse(args)
+		ids, code, done := fs.ParseArgs(args)
 		if done {
 			return code
 		}
@@ -152,10 +152,10 @@ func manageVerb(op, about string, confirm bool) verb {
 			if err == nil {
 				err = fmt.Errorf("name a queue ID or a filter (--from, --to, --older-than, --upstream, --state)")
 			}
-			errorf(c.stderr, "queue %s: %v", op, err)
-			return exitBadConfig
+			cmdline.Errorf(c.Stderr, "queue %s: %v", op, err)
+			return cmdline.BadConfig
 		}
-		f, _, code := fs.config(*path)
+		f, _, code := fs.Config(*path)
 		if f == nil {
 			return code
 		}
@@ -169,13 +169,13 @@ func manageVerb(op, about string, confirm bool) verb {
 
 // manage does op to what filter picks; ask: say how many first and go on
 // only on a yes.
-func manage(c cmdIO, f *configs.File, op string, filter queue.Filter, ask bool) int {
+func manage(c cmdline.IO, f *configs.File, op string, filter queue.Filter, ask bool) int {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	ctl, err := daemon.OpenQueueControl(f, daemon.NewLogger(configs.Log{Format: "text", Level: "warn"}, c.stderr))
+	ctl, err := daemon.OpenQueueControl(f, daemon.NewLogger(configs.Log{Format: "text", Level: "warn"}, c.Stderr))
 	if err != nil {
-		errorf(c.stderr, "queue %s: %v", op, err)
-		return exitRuntime
+		cmdline.Errorf(c.Stderr, "queue %s: %v", op, err)
+		return cmdline.Runtime
 	}
 	defer ctl.Close()
 	n := -1 // not counted
@@ -186,27 +186,19 @@ func manage(c cmdIO, f *configs.File, op string, filter queue.Filter, ask bool) 
 	}
 	switch {
 	case n == 0:
-		fmt.Fprintln(c.stdout, "no message matches")
-		return exitOK
-	case n > 0 && !confirmed(c, fmt.Sprintf("%s %d message(s)? [y/N] ", op, n)):
-		fmt.Fprintln(c.stdout, "nothing done")
-		return exitRuntime
+		fmt.Fprintln(c.Stdout, "no message matches")
+		return cmdline.OK
+	case n > 0 && !c.Confirmed(fmt.Sprintf("%s %d message(s)? [y/N] ", op, n)):
+		fmt.Fprintln(c.Stdout, "nothing done")
+		return cmdline.Runtime
 	}
 	ids, err := ctl.Manage(ctx, op, filter, daemon.AskedBy("smarthost queue "+op))
 	done := map[string]string{queue.OpHold: "held", queue.OpRelease: "released", queue.OpDelete: "deleted", queue.OpBounce: "bounced"}[op]
 	for _, id := range ids {
-		fmt.Fprintf(c.stdout, "%s: %s\n", id, done)
+		fmt.Fprintf(c.Stdout, "%s: %s\n", id, done)
 	}
-	fmt.Fprintf(c.stdout, "%d message(s) %s\n", len(ids), done)
+	fmt.Fprintf(c.Stdout, "%d message(s) %s\n", len(ids), done)
 	return fail(c, "", "queue "+op, err)
-}
-
-// confirmed asks question on stdout and reads the answer from stdin.
-func confirmed(c cmdIO, question string) bool {
-	fmt.Fprint(c.stdout, question)
-	line, _ := bufio.NewReader(c.stdin).ReadString('\n')
-	answer := strings.ToLower(strings.TrimSpace(line))
-	return answer == "y" || answer == "yes"
 }
 
 const handoffUsage = "[--config FILE] [--to NAME] [--timeout 5m]\n\n" +
@@ -216,28 +208,28 @@ const handoffUsage = "[--config FILE] [--to NAME] [--timeout 5m]\n\n" +
 
 // queueHandoff is `smarthost queue handoff`: drain, for the spool of a node
 // that is gone.
-func queueHandoff(c cmdIO, args []string) int {
-	fs := c.flags("queue handoff", handoffUsage)
+func queueHandoff(c cmdline.IO, args []string) int {
+	fs := c.Flags("queue handoff", handoffUsage)
 	path := fs.String("config", "", "configuration file")
 	to := fs.String("to", "", "hand to this upstream only (default: queue.handoff.upstreams)")
 	timeout := fs.Duration("timeout", 5*time.Minute, "how long to keep trying")
-	if _, code, done := fs.parse(args); done {
+	if _, code, done := fs.ParseArgs(args); done {
 		return code
 	}
-	f, source, code := fs.config(*path)
+	f, source, code := fs.Config(*path)
 	if f == nil {
 		return code
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	log := daemon.NewLogger(configs.Log{Format: "text", Level: "info"}, c.stderr)
+	log := daemon.NewLogger(configs.Log{Format: "text", Level: "info"}, c.Stderr)
 	handed, left, err := daemon.Handoff(ctx, f, *to, log)
 	if err != nil {
 		return fail(c, source, "queue handoff", err)
 	}
-	fmt.Fprintf(c.stdout, "%d message(s) handed off, %d left\n", handed, left)
+	fmt.Fprintf(c.Stdout, "%d message(s) handed off, %d left\n", handed, left)
 	if left > 0 {
-		return exitRuntime
+		return cmdline.Runtime
 	}
-	return exitOK
+	return cmdline.OK
 }

@@ -1,23 +1,24 @@
 package main
 
 import (
+	"github.com/smarthost/smarthost/cmdline"
 	"github.com/smarthost/smarthost/configs"
 	"github.com/smarthost/smarthost/relay/daemon"
 )
 
-func serveCmd(c cmdIO, args []string) int {
-	fs := c.flags("serve", "[--config FILE]\n\nRuns the relay until SIGTERM or SIGINT (graceful); SIGHUP reloads. Without --config it\nreads $SMARTHOST_CONFIG, else "+configs.DefaultPath+" if it exists, else runs\nthe embedded quickstart (configs/quickstart.yaml), and logs which.")
+func serveCmd(c cmdline.IO, args []string) int {
+	fs := c.Flags("serve", "[--config FILE]\n\nRuns the relay until SIGTERM or SIGINT (graceful); SIGHUP reloads. Without --config it\nreads $SMARTHOST_CONFIG, else "+configs.DefaultPath+" if it exists, else runs\nthe embedded quickstart (configs/quickstart.yaml), and logs which.")
 	path := fs.String("config", "", "configuration file")
-	if _, code, done := fs.parse(args); done {
+	if _, code, done := fs.ParseArgs(args); done {
 		return code
 	}
-	source := configs.Find(*path, c.getenv)
+	source := configs.Find(*path, c.Getenv)
 	f, err := configs.LoadFound(source)
 	if err != nil {
-		configs.Print(c.stderr, source, err)
-		return exitBadConfig
+		configs.Print(c.Stderr, source, err)
+		return cmdline.BadConfig
 	}
-	log := daemon.NewLogger(f.Log, c.stderr)
+	log := daemon.NewLogger(f.Log, c.Stderr)
 	if source == "" {
 		log.Info(configs.QuickstartNote)
 	} else {
@@ -28,7 +29,7 @@ func serveCmd(c cmdIO, args []string) int {
 		return fail(c, source, "", err)
 	}
 	if err := d.RunWithSignals(); err != nil {
-		return exitRuntime
+		return cmdline.Runtime
 	}
-	return exitOK
+	return cmdline.OK
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/smarthost/smarthost/cmdline"
 	"github.com/smarthost/smarthost/relay/history"
 )
 
@@ -16,23 +17,23 @@ const traceUsage = "QUERY [--since 24h] [--json] [--limit N] [--config FILE]\n\n
 	"--json: one JSON object per message per line."
 
 // traceCmd is `smarthost trace`.
-func traceCmd(c cmdIO, args []string) int {
-	fs := c.flags("trace", traceUsage)
+func traceCmd(c cmdline.IO, args []string) int {
+	fs := c.Flags("trace", traceUsage)
 	path := fs.String("config", "", "configuration file")
 	since := fs.Duration("since", 0, "only events this recent (default: all the history keeps)")
 	asJSON := fs.Bool("json", false, "one JSON object per message per line")
 	limit := fs.Int("limit", 100, "the newest this many messages")
-	pos, code, done := fs.parse(args)
+	pos, code, done := fs.ParseArgs(args)
 	if done || len(pos) != 1 || *since < 0 {
-		return fs.usage(code, done)
+		return fs.BadArgs(code, done)
 	}
-	f, _, code := fs.config(*path)
+	f, _, code := fs.Config(*path)
 	if f == nil {
 		return code
 	}
 	if !f.History.On() {
-		errorf(c.stderr, "trace: this relay keeps no history (history.enabled: false)")
-		return exitRuntime
+		cmdline.Errorf(c.Stderr, "trace: this relay keeps no history (history.enabled: false)")
+		return cmdline.Runtime
 	}
 	q := history.Query{Text: pos[0], Limit: *limit}
 	if *since > 0 {
@@ -40,7 +41,7 @@ func traceCmd(c cmdIO, args []string) int {
 	}
 	stories, err := history.Search(f.History.Dir, q)
 	if err == nil {
-		err = history.WriteStories(c.stdout, stories, *asJSON)
+		err = history.WriteStories(c.Stdout, stories, *asJSON)
 	}
 	if err == nil && len(stories) == 0 {
 		err = fmt.Errorf("no message found for %q", pos[0])

@@ -5,14 +5,15 @@ import (
 	"runtime"
 	"runtime/debug"
 
+	"github.com/smarthost/smarthost/cmdline"
 	"github.com/smarthost/smarthost/dkim"
 )
 
-func versionCmd(c cmdIO, args []string) int {
-	if _, code, done := c.flags("version", "\n\nPrints the version, the commit and its time, the Go version and the DKIM RSA backend.").parse(args); done {
+func versionCmd(c cmdline.IO, args []string) int {
+	if _, code, done := c.Flags("version", "\n\nPrints the version, the commit and its time, the Go version and the DKIM RSA backend.").ParseArgs(args); done {
 		return code
 	}
-	stdout := c.stdout
+	stdout := c.Stdout
 	rev := commit
 	if rev == "" {
 		rev = "unknown"
@@ -29,5 +30,5 @@ func versionCmd(c cmdIO, args []string) int {
 		when = "unknown"
 	}
 	fmt.Fprintf(stdout, "smarthost %s\ncommit %s\nbuilt %s\n%s %s/%s\nDKIM RSA signatures: %s\n", version, rev, when, runtime.Version(), runtime.GOOS, runtime.GOARCH, dkim.RSABackend)
-	return exitOK
+	return cmdline.OK
 }
