@@ -23,7 +23,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # relay/upstream 11, relay/history 10, docs 5, policy 4, policy/ldap 4, cmd/smtpload 2,
 # relay/smtpd 2, relay/upstream/smtpclient 2, configs 2, relay/headers 1,
 # relay/daemon 8 (headless Chromium included), relay/webhook 6, relay/inspect 2,
-# cmdline 1.
+# cmd/internal/cmdline 1.
 # A package not listed gets default_deadline, and a line saying so.
 declare -A deadline=(
   [cmd/smarthost]=45m
@@ -45,7 +45,7 @@ declare -A deadline=(
   [relay/daemon]=3m
   [relay/webhook]=2m
   [relay/inspect]=2m
-  [cmdline]=2m
+  [cmd/internal/cmdline]=2m
 )
 default_deadline=5m
 

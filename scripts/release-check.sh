@@ -4,7 +4,7 @@
 #   - scripts/release.sh VERSION (the Helm chart's appVersion) twice: both
 #     give the same binaries, tarballs, .debs and SBOM (SHA256SUMS
 #     compared); once more for an earlier version's .deb, for the upgrade;
-#   - the release tests (packaging/*_test.go, -tags release): checksums,
+#   - the release tests (deploy/packaging/*_test.go, -tags release): checksums,
 #     SBOM, tarballs, the .deb in a fresh Debian root (debootstrap), the
 #     upgrade, the image archives, the README's docker run becoming healthy
 #     with configs/minimal.yaml, testssl.sh on both listeners, and the
@@ -32,6 +32,6 @@ if ! diff <(grep -v '\.image\.tar$' "$work/dist/SHA256SUMS") "$work/again/SHA256
   exit 1
 fi
 
-say "the release tests (go test -tags release ./packaging/)"
+say "the release tests (go test -tags release ./deploy/packaging/)"
 SMARTHOST_DIST=$work/dist SMARTHOST_DIST_OLD=$work/old SMARTHOST_VERSION=$version \
-  go test -tags release -count=1 -timeout 30m ./packaging/ "$@"
+  go test -tags release -count=1 -timeout 30m ./deploy/packaging/ "$@"

@@ -79,9 +79,9 @@ for arch in $archs; do
   # nfpm expands the environment in a few fields only: the rest is filled
   # in here.
   sed -e "s|\${VERSION}|$version|g" -e "s|\${ARCH}|$arch|g" -e "s|\${BIN}|$dist/smarthost_${version}_linux_$arch|g" \
-    -e "s|\${STAGE}|$stage/deb|g" packaging/nfpm.yaml > "packaging/.nfpm-$arch.yaml"
-  (cd packaging && "$nfpm" package --config ".nfpm-$arch.yaml" --packager deb --target "$dist/smarthost_${version}_$arch.deb" >/dev/null)
-  rm -f "packaging/.nfpm-$arch.yaml"
+    -e "s|\${STAGE}|$stage/deb|g" deploy/packaging/nfpm.yaml > "deploy/packaging/.nfpm-$arch.yaml"
+  (cd deploy/packaging && "$nfpm" package --config ".nfpm-$arch.yaml" --packager deb --target "$dist/smarthost_${version}_$arch.deb" >/dev/null)
+  rm -f "deploy/packaging/.nfpm-$arch.yaml"
 done
 
 # The SBOM: the modules linked into the binary, with their versions. The

@@ -4,7 +4,7 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/smarthost/smarthost/cmdline"
+	"github.com/smarthost/smarthost/cmd/internal/cmdline"
 	"github.com/smarthost/smarthost/configs"
 	"github.com/smarthost/smarthost/relay/daemon"
 )

@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/smarthost/smarthost/cmdline"
+	"github.com/smarthost/smarthost/cmd/internal/cmdline"
 	"github.com/smarthost/smarthost/dkim"
 	"github.com/smarthost/smarthost/relay/daemon"
 )

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/smarthost/smarthost/cmdline"
+	"github.com/smarthost/smarthost/cmd/internal/cmdline"
 	"github.com/smarthost/smarthost/relay/daemon"
 )
 

@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/smarthost/smarthost/cmdline"
+	"github.com/smarthost/smarthost/cmd/internal/cmdline"
 )
 
 // overview is what smarthost without a command, or with help, prints.

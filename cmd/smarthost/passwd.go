@@ -5,7 +5,7 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 
-	"github.com/smarthost/smarthost/cmdline"
+	"github.com/smarthost/smarthost/cmd/internal/cmdline"
 	"github.com/smarthost/smarthost/policy"
 )
 

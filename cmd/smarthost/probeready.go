@@ -4,7 +4,7 @@ import (
 	"context"
 	"time"
 
-	"github.com/smarthost/smarthost/cmdline"
+	"github.com/smarthost/smarthost/cmd/internal/cmdline"
 	"github.com/smarthost/smarthost/relay/daemon"
 )
 

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/smarthost/smarthost/cmdline"
+	"github.com/smarthost/smarthost/cmd/internal/cmdline"
 	"github.com/smarthost/smarthost/configs"
 	"github.com/smarthost/smarthost/relay/daemon"
 	"github.com/smarthost/smarthost/relay/inspect"

@@ -1,7 +1,7 @@
 package main
 
 import (
-	"github.com/smarthost/smarthost/cmdline"
+	"github.com/smarthost/smarthost/cmd/internal/cmdline"
 	"github.com/smarthost/smarthost/configs"
 	"github.com/smarthost/smarthost/relay/daemon"
 )

@@ -29,7 +29,7 @@ func (c composeProject) run(args ...string) (string, error) {
 	if exec.Command("docker", "compose", "version").Run() != nil {
 		base = []string{"docker-compose"}
 	}
-	args = append(append(base[1:], "-p", c.name, "-f", "../deploy/compose/single/docker-compose.yml"), args...)
+	args = append(append(base[1:], "-p", c.name, "-f", "../../deploy/compose/single/docker-compose.yml"), args...)
 	cmd := exec.Command(base[0], args...)
 	cmd.Env = c.env
 	out, err := cmd.CombinedOutput()
@@ -83,7 +83,7 @@ func TestComposeSingle(t *testing.T) {
 		}
 		c.run("down", "-v", "--timeout", "5")
 	}()
-	file, _ := os.ReadFile("../deploy/compose/single/docker-compose.yml")
+	file, _ := os.ReadFile("../../deploy/compose/single/docker-compose.yml")
 	if !strings.Contains(string(file), "${SMARTHOST_IMAGE:-smarthost:"+v+"}") {
 		t.Errorf("deploy/compose/single runs another image than smarthost:%s by default", v)
 	}

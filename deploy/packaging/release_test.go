@@ -4,7 +4,7 @@
 // makes them with scripts/release.sh and runs these tests):
 //
 //	SMARTHOST_DIST=dist SMARTHOST_DIST_OLD=old-dist SMARTHOST_VERSION=0.3.0 \
-//	  go test -tags release ./packaging/
+//	  go test -tags release ./deploy/packaging/
 //
 // SMARTHOST_DIST_OLD holds the .deb of an earlier version, built from the
 // same tree, for the upgrade test.
@@ -83,7 +83,7 @@ func TestSBOM(t *testing.T) {
 	v := env(t, "SMARTHOST_VERSION")
 	mods := []string{"github.com/emersion/go-smtp", "github.com/go-ldap/ldap/v3", "github.com/redis/go-redis/v9",
 		"github.com/emersion/go-msgauth", "gopkg.in/yaml.v3"}
-	cmd := exec.Command("go", "list", "-deps", "-f", "{{with .Module}}{{.Path}}{{end}}", "../cmd/smarthost")
+	cmd := exec.Command("go", "list", "-deps", "-f", "{{with .Module}}{{.Path}}{{end}}", "../../cmd/smarthost")
 	cmd.Env = append(os.Environ(), "GOOS=linux", "GOARCH=amd64", "CGO_ENABLED=0")
 	deps, err := cmd.Output()
 	if err != nil {
@@ -114,7 +114,7 @@ func checkSBOM(t *testing.T, name string, mods []string) {
 	if err := json.Unmarshal(b, &bom); err != nil || bom.BOMFormat != "CycloneDX" {
 		t.Fatalf("%s is not a CycloneDX document: %v", name, err)
 	}
-	gomod, _ := os.ReadFile("../go.mod")
+	gomod, _ := os.ReadFile("../../go.mod")
 	for _, mod := range mods {
 		m := regexp.MustCompile(`(?m)^\s*` + regexp.QuoteMeta(mod) + ` (v\S+)`).FindSubmatch(gomod)
 		if m == nil {
@@ -199,7 +199,7 @@ func minimalEtc(t *testing.T, etc, bin string) {
 	run(t, bin, "dkim", "keygen", "--domain", "example.com", "--selector", "s1", "--out", filepath.Join(etc, "dkim"))
 	os.Chmod(filepath.Join(etc, "dkim", "example.com.s1.key"), 0o644)
 	os.WriteFile(filepath.Join(etc, "upstream_password"), []byte("upstream-secret\n"), 0o644)
-	min, err := os.ReadFile("../configs/minimal.yaml")
+	min, err := os.ReadFile("../../configs/minimal.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}

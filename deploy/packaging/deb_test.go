@@ -28,7 +28,7 @@ func debianRoot(t *testing.T) string {
 		}
 		t.Skip("installing a .deb into a Debian root needs root")
 	}
-	tarball := strings.TrimSpace(run(t, "../scripts/debian-root.sh", "bookworm", "systemd,procps"))
+	tarball := strings.TrimSpace(run(t, "../../scripts/debian-root.sh", "bookworm", "systemd,procps"))
 	root := t.TempDir()
 	run(t, "tar", "-C", root, "--numeric-owner", "-xf", tarball)
 	return root
@@ -63,7 +63,7 @@ func TestDebInstall(t *testing.T) {
 		t.Errorf("smarthost version in the root:\n%s", out)
 	}
 	shipped, _ := os.ReadFile(filepath.Join(root, "etc/smarthost/smarthost.yaml"))
-	minimal, _ := os.ReadFile("../configs/minimal.yaml")
+	minimal, _ := os.ReadFile("../../configs/minimal.yaml")
 	if string(shipped) != string(minimal) {
 		t.Error("/etc/smarthost/smarthost.yaml is not configs/minimal.yaml")
 	}

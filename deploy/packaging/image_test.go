@@ -61,7 +61,7 @@ func TestImageArchives(t *testing.T) {
 // section, continuation lines joined.
 func readmeDockerRun(t *testing.T) string {
 	t.Helper()
-	text, err := os.ReadFile("../README.md")
+	text, err := os.ReadFile("../../README.md")
 	if err != nil {
 		t.Fatal(err)
 	}
