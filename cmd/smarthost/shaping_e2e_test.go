@@ -474,8 +474,8 @@ func TestShapingVisible(t *testing.T) {
 		list, _ = runCLI("queue", "list", "--config", e.config)
 		return strings.Count(list, "waiting for upstream rate (up)") == 2
 	})
-	if !strings.Contains(list, "2 message(s)") {
-		t.Errorf("queue list:\n%s", list)
+	if n := counts(t, list, `(\d+) message\(s\)`)[0]; n != 2 {
+		t.Errorf("queue list holds %d messages, want 2:\n%s", n, list)
 	}
 	t.Logf("queue list after %s:\n%s", time.Since(start).Round(time.Millisecond), list)
 	out, err := runCLI("limits", "show", "--upstream", "up", "--config", e.config)
