@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,7 +17,8 @@ import (
 // embedded quickstart. A message left in the queue tells which
 // configuration `queue list` read.
 func TestEveryCommandFindsTheConfig(t *testing.T) {
-	e := newRelayEnv(t, envOpts{upstream: "smtp://" + freePort(t)})
+	// The admin listener: limits show asks the running relay.
+	e := newRelayEnv(t, envOpts{upstream: "smtp://" + freePort(t), extra: fmt.Sprintf("metrics: {listen: %q}\n", freePort(t))})
 	p := e.start(t)
 	out, code := swaks(t, "--server", e.implicit, "--tls-on-connect", "--auth-user", "alice", "--auth-password", "alice-pw",
 		"--from", "alice@example.com", "--to", "b@example.org")
@@ -55,6 +57,8 @@ func TestEveryCommandFindsTheConfig(t *testing.T) {
 		{[]string{"queue", "show", id}, "Subject:"},
 		{[]string{"dkim", "dns"}, "e2e._domainkey.example.com"},
 		{[]string{"check-config"}, "configuration is valid"},
+		// limits asks the relay that configuration names (its admin listener).
+		{[]string{"limits", "show", "alice"}, `user alice (limits kept as "alice"), class default`},
 	}
 	t.Run("environment", func(t *testing.T) {
 		for _, c := range commands {
