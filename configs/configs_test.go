@@ -167,12 +167,12 @@ func TestParseSizeAndRate(t *testing.T) {
 			t.Errorf("ParseSize(%q) accepted", in)
 		}
 	}
-	for in, want := range map[string]Rate{"200/h": {200, time.Hour}, "10/s": {10, time.Second}, "1GiB/d": {1 << 30, 24 * time.Hour}, "5/m": {5, time.Minute}, "10/10m": {10, 10 * time.Minute}} {
+	for in, want := range map[string]Rate{"200/h": {200, time.Hour}, "10/s": {10, time.Second}, "1GiB/d": {1 << 30, 24 * time.Hour}, "5/m": {5, time.Minute}, "10/10m": {10, 10 * time.Minute}, "1/366d": {1, 366 * 24 * time.Hour}} {
 		if got, err := ParseRate(in); err != nil || got != want {
 			t.Errorf("ParseRate(%q) = %v, %v; want %v", in, got, err, want)
 		}
 	}
-	for _, in := range []string{"200", "200/hr", "0/h", "/h", "-5/h", "x/h", "5/0m", "5/10"} {
+	for _, in := range []string{"200", "200/hr", "0/h", "/h", "-5/h", "x/h", "5/0m", "5/10", "1/367d", "1/107000d", "1/2147483647s"} {
 		if _, err := ParseRate(in); err == nil {
 			t.Errorf("ParseRate(%q) accepted", in)
 		}

@@ -87,6 +87,9 @@ func (r *Rate) UnmarshalYAML(n *yaml.Node) error {
 	return nil
 }
 
+// maxRateWindow is the longest window a rate may have.
+const maxRateWindow = 366 * 24 * time.Hour
+
 // ParseRate parses the configuration's rate syntax.
 func ParseRate(s string) (Rate, error) {
 	num, unit, ok := strings.Cut(strings.TrimSpace(s), "/")
@@ -106,6 +109,11 @@ func ParseRate(s string) (Rate, error) {
 	per := map[string]time.Duration{"s": time.Second, "m": time.Minute, "h": time.Hour, "d": 24 * time.Hour}[unit]
 	if per == 0 {
 		return Rate{}, fmt.Errorf("bad rate %q: unit must be s, m, h or d", s)
+	}
+	// A year at most: longer windows overflow time.Duration (1/107000d
+	// came out negative) and no budget is kept that long.
+	if time.Duration(k) > maxRateWindow/per {
+		return Rate{}, fmt.Errorf("bad rate %q: the window must be a year (366d) or less", s)
 	}
 	per *= time.Duration(k)
 	v, err := ParseSize(num)
