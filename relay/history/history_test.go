@@ -5,30 +5,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/smarthost/smarthost/relay/queue"
 	"github.com/smarthost/smarthost/relay/relaytest"
 )
-
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
 
 // story is one message's events, as the queue tells them.
 func story(id, msgID string, at time.Time, dsnID string) []queue.Event {
@@ -59,9 +41,9 @@ func story(id, msgID string, at time.Time, dsnID string) []queue.Event {
 	return out
 }
 
-func open(t *testing.T, dir string, clk *clock, cfg Config) *History {
+func open(t *testing.T, dir string, clk *relaytest.Clock, cfg Config) *History {
 	t.Helper()
-	cfg.Dir, cfg.Now = dir, clk.now
+	cfg.Dir, cfg.Now = dir, clk.Now
 	h, err := Open(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -74,13 +56,13 @@ func open(t *testing.T, dir string, clk *clock, cfg Config) *History {
 // case, with the notification sent about the message.
 func TestSearchFindsTheWholeStory(t *testing.T) {
 	dir := t.TempDir()
-	clk := &clock{t: time.Date(2030, 5, 6, 12, 0, 0, 0, time.UTC)}
+	clk := relaytest.NewClock(time.Date(2030, 5, 6, 12, 0, 0, 0, time.UTC))
 	h := open(t, dir, clk, Config{})
-	for _, e := range story("AAAA0000000000000001", "<reset-1@x.org>", clk.now(), "DDDD0000000000000001") {
+	for _, e := range story("AAAA0000000000000001", "<reset-1@x.org>", clk.Now(), "DDDD0000000000000001") {
 		h.Observe(e)
 	}
 	for i := 2; i < 50; i++ { // others, which must not be found
-		for _, e := range story(fmt.Sprintf("BBBB%016d", i), fmt.Sprintf("<other-%d@x.org>", i), clk.now(), "") {
+		for _, e := range story(fmt.Sprintf("BBBB%016d", i), fmt.Sprintf("<other-%d@x.org>", i), clk.Now(), "") {
 			e.From = "other@x.org"
 			e.Rcpts, e.Rcpt = nil, strings.Replace(e.Rcpt, "y.org", "z.org", 1)
 			h.Observe(e)
@@ -112,7 +94,7 @@ func TestSearchFindsTheWholeStory(t *testing.T) {
 	if got, _ := Search(dir, Query{Text: "nobody@x.org"}); len(got) != 0 {
 		t.Errorf("nobody: %+v", got)
 	}
-	if got, _ := Search(dir, Query{Text: "<reset-1@x.org>", Since: clk.now().Add(time.Hour)}); len(got) != 0 {
+	if got, _ := Search(dir, Query{Text: "<reset-1@x.org>", Since: clk.Now().Add(time.Hour)}); len(got) != 0 {
 		t.Errorf("since an hour later: %+v", got)
 	}
 	recent, err := Recent(dir, 3, queue.EventBounced)
@@ -125,10 +107,10 @@ func TestSearchFindsTheWholeStory(t *testing.T) {
 // restart.
 func TestSearchWhileWriting(t *testing.T) {
 	dir := t.TempDir()
-	clk := &clock{t: time.Now()}
+	clk := relaytest.NewClock(time.Now())
 	h := open(t, dir, clk, Config{})
 	defer h.Close()
-	for _, e := range story("AAAA0000000000000001", "<m@x>", clk.now(), "") {
+	for _, e := range story("AAAA0000000000000001", "<m@x>", clk.Now(), "") {
 		h.Observe(e)
 	}
 	relaytest.Eventually(t, "the story found", 10*time.Second, func() bool {
@@ -140,15 +122,15 @@ func TestSearchWhileWriting(t *testing.T) {
 // The history keeps MaxAge of events, and no more than MaxSize on disk.
 func TestPruning(t *testing.T) {
 	dir := t.TempDir()
-	clk := &clock{t: time.Date(2030, 5, 6, 12, 0, 0, 0, time.UTC)}
+	clk := relaytest.NewClock(time.Date(2030, 5, 6, 12, 0, 0, 0, time.UTC))
 	h := open(t, dir, clk, Config{MaxAge: 24 * time.Hour, MaxSize: 4 << 20})
-	for _, e := range story("AAAA0000000000000001", "<old@x>", clk.now(), "") {
+	for _, e := range story("AAAA0000000000000001", "<old@x>", clk.Now(), "") {
 		h.Observe(e)
 	}
 	h.Close()
-	clk.add(25 * time.Hour)
+	clk.Add(25 * time.Hour)
 	h = open(t, dir, clk, Config{MaxAge: 24 * time.Hour, MaxSize: 4 << 20})
-	for _, e := range story("AAAA0000000000000002", "<new@x>", clk.now(), "") {
+	for _, e := range story("AAAA0000000000000002", "<new@x>", clk.Now(), "") {
 		h.Observe(e)
 	}
 	h.Close()
@@ -162,7 +144,7 @@ func TestPruning(t *testing.T) {
 	// Size: 4 MiB, in segments of 128 KiB; far more written.
 	pad := strings.Repeat("x", 900)
 	for i := range 20000 {
-		h.Observe(queue.Event{Kind: queue.EventDeferred, Time: clk.now(), ID: fmt.Sprintf("CCCC%016d", i), Error: pad})
+		h.Observe(queue.Event{Kind: queue.EventDeferred, Time: clk.Now(), ID: fmt.Sprintf("CCCC%016d", i), Error: pad})
 		if i%1000 == 999 {
 			relaytest.Eventually(t, "the writer to catch up", 10*time.Second, func() bool { return h.Written() >= uint64(i+1) })
 		}

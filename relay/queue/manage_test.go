@@ -4,30 +4,11 @@ import (
 	"errors"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/smarthost/smarthost/relay/relaytest"
 )
-
-// clock is a time a test moves by hand.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
 
 // A held message is not attempted, and its time on hold does not count
 // towards max_age: released after longer than max_age, a temporary failure
@@ -35,9 +16,9 @@ func (c *clock) add(d time.Duration) {
 func TestHoldAndRelease(t *testing.T) {
 	d := newAnswering()
 	d.set("b@y.org", Outcome{Err: errors.New("451 4.3.0 try later"), Upstream: "mx", Reply: "451 4.3.0 try later"})
-	clk := &clock{t: time.Date(2030, 1, 1, 12, 0, 0, 0, time.UTC)}
+	clk := relaytest.NewClock(time.Date(2030, 1, 1, 12, 0, 0, 0, time.UTC))
 	dir := t.TempDir()
-	q, rec, _ := openObserved(t, dir, d, Config{Workers: 1, MaxAge: time.Hour, Now: clk.now})
+	q, rec, _ := openObserved(t, dir, d, Config{Workers: 1, MaxAge: time.Hour, Now: clk.Now})
 	held := enqueueEnv(t, q, Envelope{From: "app@x.org", To: []string{"b@y.org"}, MessageID: "<h@x>"})
 	got, err := q.Manage(OpHold, Filter{From: "@X.org"}, "test")
 	if err != nil || len(got) != 1 || got[0] != held {
@@ -47,7 +28,7 @@ func TestHoldAndRelease(t *testing.T) {
 		t.Errorf("held events %+v", h)
 	}
 	q.Close() // the hold is on disk: a restart keeps it
-	q, rec, _ = openObserved(t, dir, d, Config{Workers: 1, MaxAge: time.Hour, Now: clk.now})
+	q, rec, _ = openObserved(t, dir, d, Config{Workers: 1, MaxAge: time.Hour, Now: clk.Now})
 	if l := q.List(Filter{State: StateHeld}); len(l) != 1 || l[0].ID != held {
 		t.Fatalf("held after restart: %+v", l)
 	}
@@ -62,7 +43,7 @@ func TestHoldAndRelease(t *testing.T) {
 	if s := q.Summarize(); s.ByState[StateHeld] != 1 || !s.Oldest.IsZero() || q.Held() != 1 || !q.Oldest().IsZero() {
 		t.Errorf("summary %+v: want one held, no oldest (held ones are parked)", s)
 	}
-	clk.add(2 * time.Hour) // past max_age, all on hold
+	clk.Add(2 * time.Hour) // past max_age, all on hold
 	if got, err := q.Manage(OpRelease, Filter{IDs: []string{held}}, "test"); err != nil || len(got) != 1 {
 		t.Fatalf("release: %v %v", got, err)
 	}
