@@ -46,16 +46,29 @@ while IFS= read -r f; do
   done
 done < <(git ls-files '*_test.go' | xargs grep -l '^func Fuzz' | sort)
 
+# fuzz_one PKG NAME: the target's seeds and corpus, then the fuzzing, with
+# ten minutes of room beyond the duration.
+fuzz_one() {
+  go test -run '^$' -fuzz "^$2\$" -fuzztime "$duration" -fuzzminimizetime 5s \
+    -timeout "$(( secs + 600 ))s" "$1"
+}
+
 before=$(git ls-files -o --exclude-standard -- '*/testdata/fuzz/*' | sort)
 failed=()
 for t in "${targets[@]}"; do
   pkg=${t%%:*} name=${t#*:}
   echo "fuzz: $pkg $name for $duration" >&2
-  # Build and seed corpus first, then the fuzzing: ten minutes of room
-  # beyond the duration.
-  if ! go test -run '^$' -fuzz "^$name\$" -fuzztime "$duration" -fuzzminimizetime 5s \
-       -timeout "$(( secs + 600 ))s" "$pkg"; then
-    failed+=("$t")
+  # A failure that wrote no failing input is the fuzzing engine's own (a
+  # worker it killed on a loaded machine: "signal: terminated"), not the
+  # code's: that target runs once more, and fails for good the second time.
+  inputs=$(ls "$pkg/testdata/fuzz/$name" 2>/dev/null | wc -l)
+  if ! fuzz_one "$pkg" "$name"; then
+    if [ "$(ls "$pkg/testdata/fuzz/$name" 2>/dev/null | wc -l)" = "$inputs" ]; then
+      echo "fuzz: $pkg $name failed without a failing input; once more" >&2
+      fuzz_one "$pkg" "$name" || failed+=("$t")
+    else
+      failed+=("$t")
+    fi
   fi
   if [ -n "$corpus" ] && [ -d "$cache/${pkg#./}/$name" ]; then
     mkdir -p "$pkg/testdata/fuzz/$name"
